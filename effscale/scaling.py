@@ -1,0 +1,274 @@
+"""Model-scaling arithmetic of the EfficientNet paper (Tan & Le, ICML 2019), with no torch import.
+
+Everything here is a pure function of numbers or plain dicts, so the maths can be read, tested and
+used (by a planner, a notebook, a cluster head node) without a deep-learning stack.
+
+Paper section 3.3, eq. 3: depth d = α^φ, width w = β^φ, resolution r = γ^φ, subject to
+α·β²·γ² ≈ 2 and α, β, γ ≥ 1, so that FLOPs grow by about (α·β²·γ²)^φ ≈ 2^φ.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+# Official EfficientNet-B0…B7 multipliers (paper table / the reference implementation): they are
+# hand-set, not exactly α^φ. Tuples are (width_mult, depth_mult, resolution, dropout).
+OFFICIAL_VARIANTS: dict[str, tuple[float, float, int, float]] = {
+    "b0": (1.0, 1.0, 224, 0.2),
+    "b1": (1.0, 1.1, 240, 0.2),
+    "b2": (1.1, 1.2, 260, 0.3),
+    "b3": (1.2, 1.4, 300, 0.3),
+    "b4": (1.4, 1.8, 380, 0.4),
+    "b5": (1.6, 2.2, 456, 0.4),
+    "b6": (1.8, 2.6, 528, 0.5),
+    "b7": (2.0, 3.1, 600, 0.5),
+}
+
+# Coefficients the paper's grid search found for B0 on ImageNet (section 4).
+PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA = 1.2, 1.1, 1.15
+
+
+class ScalingError(ValueError):
+    """A scaling request that cannot be satisfied (bad multiplier, empty grid, unknown strategy)."""
+
+
+# --- rounding: how a real-valued multiplier becomes an integer architecture -----------------------
+
+
+def round_filters(channels: float, width_mult: float = 1.0, divisor: int = 8, min_value: int | None = None) -> int:
+    """Channels after width scaling: nearest multiple of `divisor`, never below 90 % of the target.
+
+    This is the rule of the reference implementation (and torchvision's `_make_divisible`): round
+    to the nearest multiple, then add one `divisor` back if rounding lost more than 10 %.
+    """
+    target = channels * width_mult
+    floor = divisor if min_value is None else min_value
+    rounded = max(floor, int(target + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * target:
+        rounded += divisor
+    return int(rounded)
+
+
+def round_repeats(repeats: int, depth_mult: float = 1.0) -> int:
+    """Layers in a stage after depth scaling: ceil(n·d) (reference implementation)."""
+    return int(math.ceil(repeats * depth_mult))
+
+
+def round_resolution(resolution: float, multiple: int = 1) -> int:
+    """Input size in whole pixels, rounded to the nearest `multiple` (at least one multiple)."""
+    if multiple < 1:
+        raise ScalingError(f"resolution multiple must be >= 1, got {multiple}")
+    return max(multiple, int(round(resolution / multiple)) * multiple)
+
+
+# --- compound scaling ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Multipliers:
+    """How much to scale each dimension of a baseline, relative to 1.0."""
+
+    depth: float = 1.0
+    width: float = 1.0
+    resolution: float = 1.0
+
+    @property
+    def flops_ratio(self) -> float:
+        """Predicted FLOPs multiplier d·w²·r² (paper section 3.3): conv FLOPs ∝ d, w², r²."""
+        return self.depth * self.width**2 * self.resolution**2
+
+
+def check_coefficients(alpha: float, beta: float, gamma: float) -> None:
+    for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+            raise ScalingError(f"scale.{name} must be a number, got {value!r}")
+        if value < 1.0:
+            raise ScalingError(f"scale.{name} must be >= 1 (paper eq. 3), got {value}")
+
+
+def check_phi(phi: float) -> None:
+    if not isinstance(phi, (int, float)) or isinstance(phi, bool) or math.isnan(phi) or math.isinf(phi):
+        raise ScalingError(f"scale.phi must be a number, got {phi!r}")
+    if phi < 0:
+        raise ScalingError(f"scale.phi must be >= 0, got {phi}")
+
+
+def compound_multipliers(alpha: float, beta: float, gamma: float, phi: float) -> Multipliers:
+    """Paper eq. 3: d = α^φ, w = β^φ, r = γ^φ."""
+    check_coefficients(alpha, beta, gamma)
+    check_phi(phi)
+    return Multipliers(depth=alpha**phi, width=beta**phi, resolution=gamma**phi)
+
+
+def constraint_value(alpha: float, beta: float, gamma: float) -> float:
+    """α·β²·γ², which eq. 3 asks to be ≈ 2."""
+    return alpha * beta**2 * gamma**2
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    alpha: float
+    beta: float
+    gamma: float
+
+    @property
+    def constraint(self) -> float:
+        return constraint_value(self.alpha, self.beta, self.gamma)
+
+
+def _frange(lo: float, hi: float, step: float) -> list[float]:
+    if step <= 0:
+        raise ScalingError(f"grid step must be > 0, got {step}")
+    n = int(math.floor((hi - lo) / step + 1e-9))
+    return [round(lo + i * step, 10) for i in range(n + 1)]
+
+
+def compound_grid(
+    alpha_range: Sequence[float] = (1.0, 2.0),
+    beta_range: Sequence[float] = (1.0, 2.0),
+    step: float = 0.05,
+    target: float = 2.0,
+    tolerance: float = 0.05,
+    gamma_values: Sequence[float] | None = None,
+    gamma_multiple: float | None = None,
+) -> list[GridPoint]:
+    """The φ = 1 grid of (α, β, γ) with α·β²·γ² within `tolerance` (relative) of `target`.
+
+    Paper section 3.3, step 1: α and β are grid values; by default γ is solved from the
+    constraint, γ = sqrt(target / (α·β²)), optionally snapped to a multiple of `gamma_multiple`;
+    points with γ < 1 are dropped. With `gamma_values`, γ is gridded too and only points whose
+    constraint lands within the tolerance are kept.
+    """
+    if tolerance < 0:
+        raise ScalingError(f"tolerance must be >= 0, got {tolerance}")
+    points: list[GridPoint] = []
+    for alpha in _frange(alpha_range[0], alpha_range[1], step):
+        for beta in _frange(beta_range[0], beta_range[1], step):
+            if alpha < 1 or beta < 1:
+                continue
+            if gamma_values is None:
+                gamma = math.sqrt(target / (alpha * beta**2))
+                if gamma_multiple:
+                    gamma = round(round(gamma / gamma_multiple) * gamma_multiple, 10)
+                candidates = [round(gamma, 4)]
+            else:
+                candidates = list(gamma_values)
+            for gamma in candidates:
+                if gamma < 1:
+                    continue
+                if abs(constraint_value(alpha, beta, gamma) / target - 1) <= tolerance + 1e-12:
+                    points.append(GridPoint(alpha, beta, gamma))
+    if not points:
+        raise ScalingError(
+            f"no (alpha, beta, gamma) in the grid satisfies alpha*beta^2*gamma^2 = {target} "
+            f"within {tolerance:.0%}; widen the ranges or the tolerance"
+        )
+    return points
+
+
+# --- strategies at a given FLOPs multiplier -------------------------------------------------------
+
+
+def single_dimension(dimension: str, flops_mult: float) -> Multipliers:
+    """Scale one dimension alone so that d·w²·r² = `flops_mult` (paper fig. 3, table 3).
+
+    Depth enters FLOPs linearly, width and resolution quadratically.
+    """
+    if flops_mult <= 0:
+        raise ScalingError(f"FLOPs multiplier must be > 0, got {flops_mult}")
+    if dimension == "depth":
+        return Multipliers(depth=flops_mult)
+    if dimension == "width":
+        return Multipliers(width=math.sqrt(flops_mult))
+    if dimension == "resolution":
+        return Multipliers(resolution=math.sqrt(flops_mult))
+    raise ScalingError(f"unknown dimension {dimension!r}; expected depth, width or resolution")
+
+
+_WEIGHTED = re.compile(r"^d(\d+(?:\.\d+)?)_w(\d+(?:\.\d+)?)_r(\d+(?:\.\d+)?)$")
+
+
+def parse_weighted(name: str) -> tuple[float, float, float]:
+    """'d1_w8_r1' → (1, 8, 1): pycls-style weights over depth, width, resolution."""
+    match = _WEIGHTED.match(name)
+    if not match:
+        raise ScalingError(f"strategy {name!r} is not of the form d<wd>_w<ww>_r<wr>, e.g. d1_w8_r1")
+    weights = tuple(float(g) for g in match.groups())
+    if sum(weights) <= 0:
+        raise ScalingError(f"strategy {name!r} has all-zero weights")
+    return weights  # type: ignore[return-value]
+
+
+def weighted(flops_mult: float, wd: float, ww: float, wr: float) -> Multipliers:
+    """pycls-style strategy (Dollár et al., "Fast and Accurate Model Scaling", CVPR 2021):
+    d = s^(wd/Σ), w = s^(ww/2Σ), r = s^(wr/2Σ), so d·w²·r² = s exactly."""
+    total = wd + ww + wr
+    s = flops_mult
+    return Multipliers(depth=s ** (wd / total), width=s ** (ww / (2 * total)), resolution=s ** (wr / (2 * total)))
+
+
+def strategy_multipliers(
+    strategy: str, flops_mult: float, alpha: float = PAPER_ALPHA, beta: float = PAPER_BETA, gamma: float = PAPER_GAMMA
+) -> Multipliers:
+    """Multipliers of a named strategy at a FLOPs multiplier.
+
+    'compound' uses α, β, γ with φ = log(flops_mult) / log(α·β²·γ²), so its predicted FLOPs match
+    the other strategies'; 'depth' / 'width' / 'resolution' scale one dimension; 'dX_wY_rZ' is
+    a pycls weighting.
+    """
+    if strategy == "compound":
+        if flops_mult == 1:
+            return Multipliers()
+        base = constraint_value(alpha, beta, gamma)
+        if base <= 1:
+            raise ScalingError("compound scaling needs alpha*beta^2*gamma^2 > 1")
+        return compound_multipliers(alpha, beta, gamma, math.log(flops_mult) / math.log(base))
+    if strategy in ("depth", "width", "resolution"):
+        return single_dimension(strategy, flops_mult)
+    return weighted(flops_mult, *parse_weighted(strategy))
+
+
+# --- applying multipliers to a stage table ----------------------------------------------------------
+
+
+def scale_stage_table(table: dict[str, Any], mult: Multipliers, resolution_multiple: int = 1) -> dict[str, Any]:
+    """Return a copy of a baseline stage table with depth, width and resolution applied.
+
+    Only repeats, channels and input size change; every layer's operation is kept (paper section 3).
+    Per-family rules come from the table itself:
+      stem.scale / head.scale: 'width' (round_filters(c·w)), 'width_up' (only when w > 1, as
+      MobileNetV2's head), or 'none' (EfficientNet-Lite keeps stem and head fixed).
+      divisor: the channel rounding multiple (8 for all the built-in families).
+    """
+    out = copy.deepcopy(dict(table))
+    divisor = int(out.get("divisor", 8))
+
+    def scaled(channels: int, rule: str) -> int:
+        if rule == "none":
+            return int(channels)
+        if rule == "width_up":
+            return round_filters(channels, max(1.0, mult.width), divisor)
+        if rule == "width":
+            return round_filters(channels, mult.width, divisor)
+        raise ScalingError(f"unknown scale rule {rule!r}; expected width, width_up or none")
+
+    channel_rule = out.get("channel_scale", "width")
+    for part in ("stem", "head"):
+        if out.get(part) and "channels" in out[part]:
+            out[part]["channels"] = scaled(out[part]["channels"], out[part].get("scale", "width"))
+    for stage in out["stages"]:
+        stage["channels"] = scaled(stage["channels"], channel_rule)
+        stage["repeats"] = round_repeats(stage["repeats"], mult.depth)
+    out["resolution"] = round_resolution(out["resolution"] * mult.resolution, resolution_multiple)
+    out["width_mult"] = mult.width
+    out["depth_mult"] = mult.depth
+    out["resolution_mult"] = mult.resolution
+    return out
+
+
+def predicted_flops_ratio(mults: Iterable[Multipliers]) -> list[float]:
+    return [m.flops_ratio for m in mults]
