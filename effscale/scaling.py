@@ -13,7 +13,7 @@ import copy
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 # Official EfficientNet-B0…B7 multipliers (paper table / the reference implementation): they are
 # hand-set, not exactly α^φ. Tuples are (width_mult, depth_mult, resolution, dropout).
@@ -270,5 +270,57 @@ def scale_stage_table(table: dict[str, Any], mult: Multipliers, resolution_multi
     return out
 
 
-def predicted_flops_ratio(mults: Iterable[Multipliers]) -> list[float]:
-    return [m.flops_ratio for m in mults]
+def multipliers_from_config(scale: dict[str, Any], variant: str | None = None) -> Multipliers:
+    """The multipliers a `scale` config and an optional official `variant` ask for.
+
+    `variant=b0..b7` takes the official hand-set values; `scale.phi` applies eq. 3 with
+    `scale.alpha/beta/gamma`; `scale.depth/width/resolution` multiply on top (single-dimension scaling).
+    """
+    extra = Multipliers(
+        depth=_positive(scale, "depth"), width=_positive(scale, "width"), resolution=_positive(scale, "resolution")
+    )
+    phi = scale.get("phi")
+    if variant is not None:
+        if variant not in OFFICIAL_VARIANTS:
+            raise ScalingError(f"variant: unknown {variant!r}; expected one of {', '.join(OFFICIAL_VARIANTS)}")
+        if phi is not None:
+            raise ScalingError("variant and scale.phi both set; choose the official variant or compound scaling")
+        width, depth, _, _ = OFFICIAL_VARIANTS[variant]
+        base = Multipliers(depth=depth, width=width, resolution=1.0)
+    elif phi is not None:
+        base = compound_multipliers(scale.get("alpha", PAPER_ALPHA), scale.get("beta", PAPER_BETA),
+                                    scale.get("gamma", PAPER_GAMMA), phi)
+    else:
+        base = Multipliers()
+    return Multipliers(depth=base.depth * extra.depth, width=base.width * extra.width,
+                       resolution=base.resolution * extra.resolution)
+
+
+def _positive(scale: dict[str, Any], key: str) -> float:
+    value = scale.get(key, 1.0)
+    value = 1.0 if value is None else value
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
+        raise ScalingError(f"scale.{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def scaled_baseline(
+    table: dict[str, Any], scale: dict[str, Any] | None = None, variant: str | None = None
+) -> dict[str, Any]:
+    """The stage table of the model a config describes: baseline + variant/phi/single-dimension scale.
+
+    An official variant also fixes the input size and dropout it was published with (for B2 the
+    architecture's 260 px, as the paper, rather than torchvision's 288 px evaluation size).
+    """
+    scale = dict(scale or {})
+    mult = multipliers_from_config(scale, variant)
+    out = scale_stage_table(table, mult, int(scale.get("resolution_multiple", 1) or 1))
+    if variant is not None:
+        _, _, resolution, dropout = OFFICIAL_VARIANTS[variant]
+        base_res = table["resolution"] * _positive(scale, "resolution")
+        out["resolution"] = round_resolution(resolution * base_res / OFFICIAL_VARIANTS["b0"][2],
+                                             int(scale.get("resolution_multiple", 1) or 1))
+        out["dropout"] = dropout
+        out["resolution_mult"] = out["resolution"] / table["resolution"]
+    out["variant"] = variant
+    return out

@@ -1,0 +1,111 @@
+"""What each `effscale` command does once its config is composed (argument parsing lives in cli.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from effscale.config import available_options, compose, to_dict
+from effscale.errors import UserError
+from effscale.scaling import OFFICIAL_VARIANTS, ScalingError, scaled_baseline
+
+
+def model_table(cfg: dict[str, Any], variant: str | None = None) -> dict[str, Any]:
+    """The scaled stage table a composed config describes. The data set names the baseline's input
+    size (`data.resolution`, e.g. 32 px for CIFAR-sized data); scaling multiplies it."""
+    baseline = dict(cfg["baseline"])
+    data = cfg.get("data") or {}
+    if data.get("resolution"):
+        baseline["resolution"] = int(data["resolution"])
+    try:
+        return scaled_baseline(baseline, cfg.get("scale"), variant if variant is not None else cfg.get("variant"))
+    except ScalingError as exc:
+        raise UserError(str(exc)) from None
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={device}: no CUDA device is available on this machine")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UserError(f"device={device}: expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def measure(overrides: list[str]) -> None:
+    from effscale.measure import human, measure_table
+    from effscale.models import build_model
+
+    cfg = to_dict(compose("measure", overrides))
+    opts = cfg["measure"]
+    variants = opts.get("variants")
+    if variants == "all":
+        variants = list(OFFICIAL_VARIANTS)
+    if isinstance(variants, str):
+        variants = [variants]
+    device = resolve_device(cfg["device"])
+    data = cfg["data"]
+    num_classes, in_channels = int(data["num_classes"]), int(data["in_channels"])
+    rows = []
+    for variant in variants or [cfg.get("variant")]:
+        table = model_table(cfg, variant)
+        name = _variant_name(cfg["baseline"]["name"], variant)
+        rows.append(measure_table(
+            table, lambda t: build_model(t, num_classes, in_channels), in_channels=in_channels,
+            batch_size=int(opts["batch_size"]), device=device, memory=bool(opts["memory"]),
+            latency=bool(opts["latency"]), optimizer=opts["optimizer"], name=name,
+        ).as_dict())
+    fmt = cfg.get("format", "table")
+    if fmt == "json":
+        for row in rows:
+            print(json.dumps(row))
+    elif fmt == "csv":
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(sys.stdout, index=False)
+    elif fmt == "table":
+        _print_table(rows, device, int(opts["batch_size"]), human)
+    else:
+        raise UserError(f"format={fmt}: expected table, json or csv")
+
+
+def _variant_name(baseline: str, variant: str | None) -> str:
+    """efficientnet_b0 + b3 → efficientnet_b3; any other baseline + b3 → name-b3."""
+    if not variant:
+        return baseline
+    return baseline[:-2] + variant if baseline.endswith("_b0") else f"{baseline}-{variant}"
+
+
+def _print_table(rows: list[dict[str, Any]], device: str, batch: int, human) -> None:
+    headers = ["model", "res", "width", "depth", "params", "MACs", "FLOPs", "activations",
+               f"peak train MB (b={batch})", f"latency ms ({device})"]
+    body = [[
+        r["name"], str(r["resolution"]), f"{r['width_mult']:.3g}", f"{r['depth_mult']:.3g}",
+        f"{r['params']:,}", human(r["macs"]), human(r["flops"]), human(r["activations"]),
+        "–" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:,.0f}",
+        "–" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}",
+    ] for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    print(line(headers))
+    print("  ".join("-" * w for w in widths))
+    for row in body:
+        print(line(row))
+
+
+def print_help(command: str, overrides: list[str]) -> None:
+    """List the config groups and their options, then the composed config."""
+    cfg = compose(command, overrides)
+    print(f"effscale {command} [overrides...]\n\nconfig groups (choose with group=option):")
+    for group in ("baseline", "data", "budget", "search", "strategy", "trainer", "logger", "sweep"):
+        options = available_options(group)
+        if options:
+            print(f"  {group:9s} {', '.join(options)}")
+    print("\ncomposed config:\n")
+    print(OmegaConf.to_yaml(cfg))

@@ -1,0 +1,52 @@
+"""`effscale measure` as a user runs it, and the one-line errors of bad overrides."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+def test_measure_b7_prints_params():
+    out = run_cli("measure", "baseline=efficientnet_b0", "variant=b7")
+    assert out.returncode == 0, out.stderr
+    assert "66,347,960" in out.stdout and "efficientnet_b7" in out.stdout
+
+
+def test_measure_json_has_contract_keys():
+    out = run_cli("measure", "measure.variants=[b0,b1]", "format=json", "measure.memory=false")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["name"] for r in rows] == ["efficientnet_b0", "efficientnet_b1"]
+    for key in ("name", "params", "macs", "flops", "activations", "resolution", "width_mult", "depth_mult"):
+        assert key in rows[0]
+    assert rows[1]["resolution"] == 240 and rows[1]["depth_mult"] == 1.1 and rows[0]["params"] == 5_288_548
+
+
+def test_measure_compound_phi_uses_alpha_beta_gamma():
+    out = run_cli("measure", "scale.phi=1", "format=json", "measure.memory=false")
+    row = json.loads(out.stdout)
+    assert row["depth_mult"] == pytest.approx(1.2) and row["width_mult"] == pytest.approx(1.1)
+    assert row["resolution"] == 258  # 224 · 1.15 = 257.6 → 258 px
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["baseline=nope"], "baseline=nope: no such option"),
+    (["scale.phi=-1"], "scale.phi must be >= 0"),
+    (["scale.phi=abc"], "scale.phi must be a number"),
+    (["scale.alpha=0.9", "scale.phi=1"], "scale.alpha must be >= 1"),
+    (["variant=b9"], "variant: unknown 'b9'"),
+    (["nokey=1"], "nokey: unknown key"),
+    (["format=xml"], "format=xml"),
+])
+def test_bad_override_one_line_exit_2(args, needle):
+    out = run_cli("measure", *args)
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_help_lists_groups():
+    out = run_cli("measure", "--help")
+    assert out.returncode == 0 and "baseline" in out.stdout and "efficientnet_lite0" in out.stdout
