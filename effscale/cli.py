@@ -7,6 +7,7 @@ on stderr with exit status 2 (`--debug` shows the traceback instead).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable
 
@@ -16,6 +17,8 @@ USAGE = """usage: effscale <command> [overrides...] [--debug]
 
 commands:
   measure     params, MACs, activations, memory, latency of a model (no training)
+  report      plots, report.md and report.html from results/<sweep>/trials.csv
+  dashboard   optuna-dashboard on a sweep's study (http://127.0.0.1:8080 by default)
 
 Overrides use Hydra's syntax, e.g.
   effscale measure baseline=efficientnet_b0 variant=b3
@@ -29,9 +32,43 @@ def _measure(overrides: list[str]) -> None:
     measure(overrides)
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as a UserError (one line, exit 2) instead of usage + exit."""
+
+    def error(self, message: str):
+        raise UserError(message)
+
+
+def _report(args: list[str]) -> None:
+    from effscale.report import write_report
+
+    parser = _ArgumentParser(prog="effscale report", description="Plots and a report from a sweep's results table.")
+    parser.add_argument("sweep", help="the sweep folder, e.g. results/quick (reads its trials.csv)")
+    parser.add_argument("--out", help="where plots/, report.md and report.html go (default: the sweep folder)")
+    parser.add_argument("--metric", default="val_acc", help="accuracy column to report (val_acc or test_acc)")
+    opts = parser.parse_args(args)
+    for path in write_report(opts.sweep, opts.out, opts.metric):
+        print(path)
+
+
+def _dashboard(args: list[str]) -> None:
+    from effscale.dashboard import run
+
+    parser = _ArgumentParser(prog="effscale dashboard", description="optuna-dashboard on a sweep's Optuna study.")
+    parser.add_argument("sweep", help="the sweep folder, e.g. results/quick (its study.db, journal or storage.txt)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it to the network")
+    opts = parser.parse_args(args)
+    run(opts.sweep, opts.host, opts.port)
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "measure": _measure,
+    "report": _report,
+    "dashboard": _dashboard,
 }
+# Commands that take argparse arguments rather than Hydra overrides answer --help themselves.
+ARGPARSE_COMMANDS = {"report", "dashboard"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"effscale: unknown command {command!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
-        if "-h" in rest or "--help" in rest:
+        if ("-h" in rest or "--help" in rest) and command not in ARGPARSE_COMMANDS:
             from effscale.commands import print_help
 
             print_help(command, [a for a in rest if a not in ("-h", "--help")])

@@ -1,0 +1,76 @@
+"""`effscale dashboard results/<sweep>`: optuna-dashboard on the sweep's Optuna study.
+
+The storage is found in the sweep folder, in this order: `study.db` (SQLite, the search's default),
+a journal file (`*.journal`, `journal.log`: several workers on one shared file system), or a URL
+written to `storage.txt` (a PostgreSQL/MySQL study on a cluster). optuna-dashboard's WSGI app is
+served from this process by wsgiref, bound to 127.0.0.1 unless `--host` says otherwise: the
+dashboard can edit notes and tell trials, so it is not exposed to the network by default.
+"""
+
+from __future__ import annotations
+
+import socketserver
+from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from effscale.errors import UserError
+
+SQLITE_FILE = "study.db"
+JOURNAL_FILES = ("*.journal", "journal.log")
+URL_FILE = "storage.txt"
+
+
+def find_storage(folder: str | Path) -> str:
+    """The Optuna storage of a sweep folder, as a URL or journal-file path optuna-dashboard accepts."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such sweep folder")
+    if (folder / SQLITE_FILE).is_file():
+        return f"sqlite:///{(folder / SQLITE_FILE).resolve()}"
+    for pattern in JOURNAL_FILES:
+        journals = sorted(folder.glob(pattern))
+        if journals:
+            return str(journals[0].resolve())
+    if (folder / URL_FILE).is_file():
+        url = (folder / URL_FILE).read_text().strip()
+        if url:
+            return url
+    raise UserError(f"{folder}: no Optuna study here (looked for {SQLITE_FILE}, a journal file, {URL_FILE}); "
+                    "run `effscale search` first")
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    """The browser fetches several API routes at once; answer them in parallel."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the stdlib's name)
+        pass
+
+
+def serve(storage: str, host: str = "127.0.0.1", port: int = 8080, quiet: bool = False) -> WSGIServer:
+    """A started-but-not-serving HTTP server for optuna-dashboard on `storage`; call `serve_forever()`
+    (in a thread, for tests) and `shutdown()`. Port 0 picks a free port (`server.server_port`)."""
+    import optuna_dashboard
+
+    try:
+        app = optuna_dashboard.wsgi(storage)
+    except Exception as exc:  # the storage URL is the user's: a bad one is their mistake to fix
+        raise UserError(f"storage {storage}: cannot open it ({str(exc).splitlines()[0]})") from None
+    try:
+        return make_server(host, port, app, server_class=_ThreadingServer,
+                           handler_class=_QuietHandler if quiet else WSGIRequestHandler)
+    except OSError as exc:
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
+
+
+def run(folder: str | Path, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve the sweep's study until Ctrl-C."""
+    server = serve(find_storage(folder), host, port)
+    print(f"optuna-dashboard for {folder}: http://{host}:{server.server_port}/dashboard  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

@@ -1,0 +1,610 @@
+"""Plots and a written report from a sweep's results table, `results/<sweep>/trials.csv`.
+
+The last step of the chain (config → candidates → budget → trial → results row → report): it reads
+the table and nothing else, with pandas and matplotlib's Agg backend only, so it runs on a laptop
+without torch, on a copy of someone else's results.
+
+What it draws depends on what the table holds: a search (compound rows at φ = 1 over an α/β grid)
+gives the grid heatmap; a comparison (several strategies, or compound at several φ) gives the
+accuracy-vs-MACs curves of the paper's figures 3 and 8 and the margin table. A table with only one
+of the two gets only its own plots.
+
+Accuracies in the table are fractions (0.853); the report shows percent.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+
+from effscale.errors import UserError
+
+TRIALS = "trials.csv"
+SINGLE_DIMENSIONS = ("width", "depth", "resolution")
+COEFFICIENTS = ["alpha", "beta", "gamma"]
+
+# Paper table 7 (ImageNet, EfficientNet-B0 scaled to ≈1.8 GFLOPs by one method each, top-1 %).
+# GFLOPs there are multiply-adds.
+PAPER_TABLE7 = pd.DataFrame([
+    ("baseline", "B0", 0.39, 77.3),
+    ("depth", "d = 4", 1.8, 79.0),
+    ("width", "w = 2", 1.8, 78.9),
+    ("resolution", "r = 2", 1.9, 79.1),
+    ("compound", "d = 1.4, w = 1.2, r = 1.3", 1.8, 81.1),
+], columns=["strategy", "paper_scale", "paper_gflops", "paper_top1"])
+PAPER_NOTE = ("Our data sets are far smaller than ImageNet and our models are trained for a few epochs "
+              "at low resolution: expect the same *shape* as the paper (compound at or above every single "
+              "dimension at equal FLOPs), not the same numbers.")
+
+# Two-sided 95 % critical values of Student's t for 1…30 degrees of freedom (any statistics table).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t_critical(df: int) -> float:
+    """t_{0.975, df}: the table above, then the Cornish–Fisher expansion around z = 1.96 (exact to 1e-3)."""
+    if df < 1:
+        return math.nan
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def mean_ci(values: Iterable[float]) -> tuple[float, float, int]:
+    """Mean, half-width of its 95 % t-interval (NaN for one value) and n, over the non-missing values."""
+    x = pd.Series(list(values), dtype=float).dropna()
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan, 0
+    half = t_critical(n - 1) * x.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+    return float(x.mean()), float(half), n
+
+
+# --- reading and splitting the table ---------------------------------------------------------------
+
+
+def load_trials(folder: str | Path) -> pd.DataFrame:
+    """The results table of a sweep folder (or a CSV path), or a one-line UserError."""
+    path = Path(folder)
+    if path.is_dir() or path.suffix != ".csv":
+        path = path / TRIALS
+    if not path.is_file():
+        raise UserError(f"{path}: no results table here (run `effscale search` or `effscale compare` first)")
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: the results table is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a readable CSV table ({str(exc).splitlines()[0]})") from None
+    if df.empty:
+        raise UserError(f"{path}: the results table has no rows")
+    missing = [c for c in ("strategy", "phi", "state", "val_acc") if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; is this an effscale trials.csv?")
+    return df
+
+
+def completed(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
+    return df[(df["state"] == "COMPLETE") & df[metric].notna()]
+
+
+def search_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the φ = 1 grid search: compound at φ = 1, one group per (α, β, γ). Empty unless the
+    table holds at least two grid points (a comparison alone has just its one coefficient set)."""
+    if not set(COEFFICIENTS) <= set(df.columns):
+        return df.iloc[0:0]
+    rows = df[(df["strategy"] == "compound") & (df["phi"] == 1)]
+    if len(rows[["alpha", "beta"]].drop_duplicates()) < 2:
+        return rows.iloc[0:0]
+    return rows
+
+
+def comparison_rows(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
+    """Completed rows of a strategy comparison, with φ = 0 rows labelled 'baseline' (every strategy at
+    φ = 0 is the unscaled model). Compound keeps only the coefficients it was scaled with: those it has
+    at φ ≠ 1, or else the best search point (what `effscale compare` picks). Empty when the table
+    compares nothing (one strategy at one φ)."""
+    done = completed(df, metric).copy()
+    if done.empty:
+        return done
+    done.loc[done["phi"] == 0, "strategy"] = "baseline"
+    compound = done["strategy"] == "compound"
+    if set(COEFFICIENTS) <= set(done.columns) and compound.any():
+        chosen = _compare_coefficients(done[compound], metric)
+        keep = (done[COEFFICIENTS].round(6) == pd.Series(chosen).round(6)).all(axis=1)
+        done = done[~compound | keep]
+    if done["strategy"].nunique() < 2 and done["phi"].nunique() < 2:
+        return done.iloc[0:0]
+    return done
+
+
+def _compare_coefficients(compound: pd.DataFrame, metric: str) -> dict[str, float]:
+    scaled = compound[compound["phi"] != 1]
+    pool = scaled if not scaled.empty else compound
+    means = pool.groupby(COEFFICIENTS)[metric].agg(["size", "mean"])
+    best = means.sort_values(["size", "mean"], ascending=False).index[0] if not scaled.empty \
+        else means["mean"].idxmax()
+    return dict(zip(COEFFICIENTS, best))
+
+
+# --- the numbers of the report ----------------------------------------------------------------------
+
+
+def _order(strategy: str) -> tuple[int, str]:
+    ranks = {"baseline": 0, "compound": 1, "width": 2, "depth": 3, "resolution": 4}
+    return ranks.get(strategy, 5), strategy
+
+
+def strategy_summary(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
+    """One row per (strategy, φ): n seeds, mean ± 95 % CI of the metric, mean MACs, params, cost."""
+    rows = comparison_rows(df, metric)
+    out = []
+    for (strategy, phi), group in rows.groupby(["strategy", "phi"]):
+        mean, half, n = mean_ci(group[metric])
+        row = {"strategy": strategy, "phi": phi, "n": n, "mean": mean, "ci95": half}
+        if "test_acc" in group and metric != "test_acc":
+            row["test_mean"], row["test_ci95"], _ = mean_ci(group["test_acc"])
+        for column in ("macs", "macs_ratio", "params", "train_seconds", "peak_mem_mb"):
+            if column in group:
+                row[column] = group[column].mean()
+        out.append(row)
+    summary = pd.DataFrame(out)
+    if summary.empty:
+        return summary
+    summary["_rank"] = summary["strategy"].map(_order)
+    return summary.sort_values(["_rank", "phi"]).drop(columns="_rank").reset_index(drop=True)
+
+
+def compound_margin(summary: pd.DataFrame) -> pd.DataFrame:
+    """At each φ > 0: compound's mean minus the best single dimension's mean (width, depth or
+    resolution alone), and whether their 95 % intervals overlap — if they do, the gap is within noise."""
+    out = []
+    if summary.empty:
+        return pd.DataFrame(out)
+    for phi, at_phi in summary[summary["phi"] > 0].groupby("phi"):
+        compound = at_phi[at_phi["strategy"] == "compound"]
+        singles = at_phi[at_phi["strategy"].isin(SINGLE_DIMENSIONS)]
+        if compound.empty or singles.empty:
+            continue
+        c = compound.iloc[0]
+        best = singles.loc[singles["mean"].idxmax()]
+        overlap = _overlap(c["mean"], c["ci95"], best["mean"], best["ci95"])
+        margin = c["mean"] - best["mean"]
+        if overlap is None:
+            verdict = "one seed: no interval"
+        elif overlap:
+            verdict = "within noise"
+        else:
+            verdict = "compound ahead" if margin > 0 else "compound behind"
+        out.append({"phi": phi, "compound": c["mean"], "compound_ci95": c["ci95"], "best_single": best["strategy"],
+                    "best_single_mean": best["mean"], "best_single_ci95": best["ci95"], "margin": margin,
+                    "ci_overlap": overlap, "verdict": verdict})
+    return pd.DataFrame(out)
+
+
+def _overlap(m1: float, h1: float, m2: float, h2: float) -> bool | None:
+    if math.isnan(h1) or math.isnan(h2):
+        return None
+    return bool(m1 - h1 <= m2 + h2 and m2 - h2 <= m1 + h1)
+
+
+def search_table(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
+    """The grid points of the search, best first: one row per (α, β, γ) with its state and mean ± CI."""
+    rows = search_rows(df)
+    out = []
+    for (alpha, beta, gamma), group in rows.groupby(COEFFICIENTS):
+        done = completed(group, metric)
+        mean, half, n = mean_ci(done[metric])
+        states = group["state"].value_counts()
+        row = {"alpha": alpha, "beta": beta, "gamma": gamma, "constraint": alpha * beta**2 * gamma**2,
+               "state": "COMPLETE" if n else states.index[0], "n": n, "mean": mean, "ci95": half}
+        for column in ("macs_ratio", "params", "peak_mem_mb"):
+            if column in group:
+                row[column] = group[column].mean()
+        out.append(row)
+    table = pd.DataFrame(out)
+    if table.empty:
+        return table
+    return table.sort_values("mean", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def paper_comparison(summary: pd.DataFrame) -> pd.DataFrame:
+    """Paper table 7 beside our comparison at the φ whose MACs ratio is nearest the paper's 1.8 / 0.39."""
+    if summary.empty or "macs_ratio" not in summary:
+        return pd.DataFrame()
+    target = PAPER_TABLE7["paper_gflops"].iloc[-1] / PAPER_TABLE7["paper_gflops"].iloc[0]
+    scaled = summary[summary["phi"] > 0]
+    if scaled.empty:
+        return pd.DataFrame()
+    phi = scaled.loc[(scaled["macs_ratio"] - target).abs().idxmin(), "phi"]
+    ours = summary[(summary["phi"] == phi) | (summary["strategy"] == "baseline")]
+    ours = ours[["strategy", "phi", "macs_ratio", "n", "mean", "ci95"]]
+    return PAPER_TABLE7.merge(ours, on="strategy", how="left")
+
+
+# --- plots ------------------------------------------------------------------------------------------
+
+_STYLE = {
+    "compound": dict(color="#d62728", marker="o", lw=2.5, zorder=5),
+    "width": dict(color="#1f77b4", marker="s"),
+    "depth": dict(color="#2ca02c", marker="^"),
+    "resolution": dict(color="#9467bd", marker="D"),
+    "baseline": dict(color="black", marker="*", ms=12, zorder=6),
+}
+_EXTRA_COLORS = ["#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+def _style(strategy: str, extra: list[str]) -> dict:
+    if strategy in _STYLE:
+        return dict(_STYLE[strategy])
+    if strategy not in extra:
+        extra.append(strategy)
+    return dict(color=_EXTRA_COLORS[extra.index(strategy) % len(_EXTRA_COLORS)], marker="v", ls="--")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy_vs_cost(summary: pd.DataFrame, x: str, xlabel: str, title: str, path: Path) -> None:
+    """Paper fig. 3 / fig. 8 style: one line per strategy through its φ points, each the mean over
+    seeds with its 95 % interval as an error bar; every line starts at the shared baseline."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    baseline = summary[summary["strategy"] == "baseline"]
+    extra: list[str] = []
+    for strategy, group in summary[summary["strategy"] != "baseline"].groupby("strategy", sort=False):
+        line = pd.concat([baseline, group]).sort_values(x)
+        style = _style(strategy, extra)
+        ax.errorbar(line[x] / 1e6, line["mean"] * 100, yerr=line["ci95"].fillna(0) * 100, capsize=3,
+                    label=strategy, **style)
+        for _, row in group.iterrows() if strategy == "compound" else ():
+            ax.annotate(f"φ={row['phi']:g}", (row[x] / 1e6, row["mean"] * 100), textcoords="offset points",
+                        xytext=(4, -11), fontsize=7, color=style["color"])
+    if not baseline.empty:
+        b = baseline.iloc[0]
+        ax.errorbar([b[x] / 1e6], [b["mean"] * 100], yerr=[0 if math.isnan(b["ci95"]) else b["ci95"] * 100],
+                    capsize=3, ls="none", label="baseline (φ=0)", **_STYLE["baseline"])
+    _log_x(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%), mean ± 95 % CI over seeds")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title="scaling strategy", fontsize=8)
+    _save(fig, path)
+
+
+def _log_x(ax) -> None:
+    """Log x axis labelled 20, 30, 50 rather than 2×10¹."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+
+
+def plot_search_heatmap(table: pd.DataFrame, path: Path) -> None:
+    """Accuracy over the α (rows) × β (columns) grid at φ = 1; γ follows from α·β²·γ² ≈ 2. Points over
+    the budget are hatched ×, points that failed are marked –, the best point is outlined."""
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    # Where γ is gridded too, one (α, β) cell shows its best γ.
+    cells = table.sort_values("mean", ascending=False, na_position="last").drop_duplicates(["alpha", "beta"])
+    alphas, betas = sorted(cells["alpha"].unique()), sorted(cells["beta"].unique())
+    grid = cells.pivot(index="alpha", columns="beta", values="mean").reindex(index=alphas, columns=betas) * 100
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(betas) + 1.5, 1.0 + 0.6 * len(alphas) + 1.2))
+    image = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis", origin="lower", aspect="auto")
+    fig.colorbar(image, ax=ax, label="validation accuracy (%), mean over seeds")
+    best = cells.dropna(subset=["mean"]).head(1)
+    for _, cell in cells.iterrows():
+        i, j = alphas.index(cell["alpha"]), betas.index(cell["beta"])
+        if cell["state"] == "INFEASIBLE":
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#dddddd", hatch="xx", edgecolor="#888888"))
+        elif pd.isna(cell["mean"]):
+            ax.text(j, i, "–", ha="center", va="center", color="#555555")
+        else:
+            ax.text(j, i, f"{cell['mean'] * 100:.1f}\nγ={cell['gamma']:.2f}", ha="center", va="center",
+                    fontsize=7, color="white" if cell["mean"] * 100 < grid.stack().mean() else "black")
+    if not best.empty:
+        b = best.iloc[0]
+        i, j = alphas.index(b["alpha"]), betas.index(b["beta"])
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=3))
+    ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
+    ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set_xlabel("β (width coefficient)")
+    ax.set_ylabel("α (depth coefficient)")
+    ax.set_title("Grid search at φ = 1: accuracy per (α, β)\nred box: best; hatched ×: over budget (INFEASIBLE)")
+    _save(fig, path)
+
+
+def plot_cost(df: pd.DataFrame, path: Path) -> None:
+    """Measured cost of every completed trial against its MACs: training time and peak memory."""
+    plt = _pyplot()
+    done = df[(df["state"] == "COMPLETE")].dropna(subset=["macs"])
+    panels = [(c, label) for c, label in (("train_seconds", "training time (s)"),
+                                          ("peak_mem_mb", "peak training memory (MB)")) if c in done]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    strategies = done["strategy"].where(done["phi"] != 0, "baseline")
+    extra: list[str] = []
+    for ax, (column, label) in zip(axes[0], panels):
+        for strategy, group in done.groupby(strategies, sort=False):
+            style = _style(strategy, extra)
+            ax.scatter(group["macs"] / 1e6, group[column], label=strategy, color=style["color"],
+                       marker=style["marker"], alpha=0.75)
+        _log_x(ax)
+        ax.set_xlabel("MACs per image (millions, log scale)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(title="strategy", fontsize=8)
+    fig.suptitle("Measured cost vs MACs (every completed trial)")
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    def write(tmp: Path) -> None:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+
+    try:
+        fig.tight_layout()
+        _atomic(path, write)
+    finally:
+        _pyplot().close(fig)
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- the documents ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    table: pd.DataFrame | None = None
+    image: str | None = None  # path relative to the report
+
+
+@dataclass
+class Report:
+    title: str
+    sections: list[Section] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+def _pm(mean: float, half: float) -> str:
+    """0.8123, 0.0045 → '81.23 ± 0.45' (percent)."""
+    if math.isnan(mean):
+        return "–"
+    return f"{mean * 100:.2f}" if math.isnan(half) else f"{mean * 100:.2f} ± {half * 100:.2f}"
+
+
+def _millions(x: float) -> str:
+    return "–" if pd.isna(x) else f"{x / 1e6:.2f}"
+
+
+def _summary_view(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
+    view = pd.DataFrame({"strategy": summary["strategy"], "φ": summary["phi"].map("{:g}".format),
+                         "n seeds": summary["n"]})
+    if "macs" in summary:
+        view["MACs (M)"] = summary["macs"].map(_millions)
+    if "macs_ratio" in summary:
+        view["MACs ratio"] = summary["macs_ratio"].map("{:.2f}".format)
+    if "params" in summary:
+        view["params (M)"] = summary["params"].map(_millions)
+    view[f"{metric} (%)"] = [_pm(m, h) for m, h in zip(summary["mean"], summary["ci95"])]
+    if "test_mean" in summary:
+        view["test_acc (%)"] = [_pm(m, h) for m, h in zip(summary["test_mean"], summary["test_ci95"])]
+    if "train_seconds" in summary:
+        view["train s"] = summary["train_seconds"].map("{:.0f}".format)
+    return view
+
+
+def _margin_view(margin: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "φ": margin["phi"].map("{:g}".format),
+        "compound (%)": [_pm(m, h) for m, h in zip(margin["compound"], margin["compound_ci95"])],
+        "best single dimension": margin["best_single"],
+        "its accuracy (%)": [_pm(m, h) for m, h in zip(margin["best_single_mean"], margin["best_single_ci95"])],
+        "margin (points)": margin["margin"].map(lambda m: f"{m * 100:+.2f}"),
+        "95 % CIs overlap": margin["ci_overlap"].map({True: "yes", False: "no", None: "–"}),
+        "verdict": margin["verdict"],
+    })
+
+
+def _search_view(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    view = pd.DataFrame({"α": table["alpha"].map("{:g}".format), "β": table["beta"].map("{:g}".format),
+                         "γ": table["gamma"].map("{:g}".format), "α·β²·γ²": table["constraint"].map("{:.3f}".format)})
+    if "macs_ratio" in table:
+        view["MACs ratio"] = table["macs_ratio"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
+    if "peak_mem_mb" in table:
+        view["peak MB"] = table["peak_mem_mb"].map(lambda v: "–" if pd.isna(v) else f"{v:.0f}")
+    view["state"] = table["state"]
+    view["n seeds"] = table["n"]
+    view[f"{metric} (%)"] = [_pm(m, h) for m, h in zip(table["mean"], table["ci95"])]
+    return view
+
+
+def _paper_view(paper: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "method": paper["strategy"], "paper: scale": paper["paper_scale"],
+        "paper: GFLOPs": paper["paper_gflops"].map("{:g}".format),
+        "paper: ImageNet top-1 (%)": paper["paper_top1"].map("{:.1f}".format),
+        "ours: φ": paper["phi"].map(lambda v: "–" if pd.isna(v) else f"{v:g}"),
+        "ours: MACs ratio": paper["macs_ratio"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}"),
+        "ours: accuracy (%)": [_pm(m, h) for m, h in zip(paper["mean"], paper["ci95"])],
+    })
+
+
+def _describe(df: pd.DataFrame) -> str:
+    states = ", ".join(f"{n} {s}" for s, n in df["state"].value_counts().items())
+    parts = [f"{len(df)} rows ({states})."]
+    for column, label in (("dataset", "data"), ("baseline", "baseline"), ("epochs", "epochs")):
+        if column in df and df[column].notna().any():
+            values = ", ".join(str(v) for v in sorted(df[column].dropna().unique(), key=str))
+            parts.append(f"{label}: {values}.")
+    return " ".join(parts)
+
+
+def _margin_sentence(margin: pd.DataFrame) -> str:
+    lines = []
+    for _, m in margin.iterrows():
+        gap = f"{m['margin'] * 100:+.2f} points over {m['best_single']}"
+        if m["verdict"] == "within noise":
+            lines.append(f"At φ = {m['phi']:g} compound is {gap}, but the 95 % intervals overlap: within noise.")
+        elif m["verdict"] == "compound ahead":
+            lines.append(f"At φ = {m['phi']:g} compound is {gap}, and the 95 % intervals do not overlap.")
+        elif m["verdict"] == "compound behind":
+            lines.append(f"At φ = {m['phi']:g} compound is {gap}: the best single dimension wins, "
+                         "and the 95 % intervals do not overlap.")
+        else:
+            lines.append(f"At φ = {m['phi']:g} compound is {gap} (one seed each: no interval, no verdict).")
+    return " ".join(lines)
+
+
+def build_report(df: pd.DataFrame, plots: Path, title: str, metric: str = "val_acc") -> Report:
+    """Draw the plots the table supports into `plots/` and assemble the sections of the report."""
+    if metric not in df:
+        raise UserError(f"--metric {metric}: the results table has no such column")
+    report = Report(title=title, sections=[Section("Sweep", _describe(df))])
+    summary = strategy_summary(df, metric)
+    grid = search_table(df, metric)
+
+    if not summary.empty:
+        for x, name, xlabel in (("macs", "accuracy_vs_macs", "MACs per image (millions, log scale; FLOPs = 2 × MACs)"),
+                                ("params", "accuracy_vs_params", "parameters (millions, log scale)")):
+            if x in summary and summary[x].notna().all():
+                path = plots / f"{name}.png"
+                plot_accuracy_vs_cost(summary, x, xlabel, f"{metric} vs {x.replace('macs', 'MACs')} "
+                                      "by scaling strategy", path)
+                report.files.append(path)
+        report.sections.append(Section(
+            "Strategies at matched MACs", "Mean ± 95 % t-interval over seeds (n seeds per row).",
+            _summary_view(summary, metric), _relative(report.files, "accuracy_vs_macs")))
+        if any(p.stem == "accuracy_vs_params" for p in report.files):
+            report.sections.append(Section("Accuracy vs parameters", image=_relative(report.files, "accuracy_vs_params")))
+        margin = compound_margin(summary)
+        if not margin.empty:
+            report.sections.append(Section(
+                "Compound vs the best single dimension",
+                "Margin = compound's mean minus the best of width, depth and resolution alone at the same φ, "
+                "in accuracy points. " + _margin_sentence(margin), _margin_view(margin)))
+        paper = paper_comparison(summary)
+        if not paper.empty:
+            report.sections.append(Section("Beside the paper (table 7, ImageNet)", PAPER_NOTE, _paper_view(paper)))
+
+    if not grid.empty:
+        path = plots / "search_heatmap.png"
+        plot_search_heatmap(grid, path)
+        report.files.append(path)
+        report.sections.append(Section(
+            "Grid search at φ = 1", "Best first; INFEASIBLE points were over the budget and never trained.",
+            _search_view(grid, metric), _relative(report.files, "search_heatmap")))
+
+    if "macs" in df and ({"train_seconds", "peak_mem_mb"} & set(df.columns)) and \
+            not completed(df, metric).dropna(subset=["macs"]).empty:
+        path = plots / "cost_vs_macs.png"
+        plot_cost(df, path)
+        report.files.append(path)
+        report.sections.append(Section("Measured cost", image=_relative(report.files, "cost_vs_macs")))
+    if summary.empty and grid.empty:
+        report.sections.append(Section("Nothing to compare yet",
+                                       "The table has no strategy comparison and no search grid of two or more "
+                                       "completed points."))
+    return report
+
+
+def _relative(files: list[Path], stem: str) -> str | None:
+    return next((f"plots/{p.name}" for p in files if p.stem == stem), None)
+
+
+# --- rendering ----------------------------------------------------------------------------------------
+
+
+def to_markdown(report: Report) -> str:
+    lines = [f"# {report.title}", ""]
+    for section in report.sections:
+        lines += [f"## {section.title}", ""]
+        if section.text:
+            lines += [section.text, ""]
+        if section.image:
+            lines += [f"![{section.title}]({section.image})", ""]
+        if section.table is not None and not section.table.empty:
+            lines += _markdown_table(section.table) + [""]
+    return "\n".join(lines)
+
+
+def _markdown_table(table: pd.DataFrame) -> list[str]:
+    cells = [[str(c) for c in table.columns]] + [[str(v) for v in row] for row in table.itertuples(index=False)]
+    escape = lambda s: s.replace("|", "\\|")
+    return ["| " + " | ".join(escape(c) for c in row) + " |" for row in cells[:1]] + \
+        ["|" + "|".join("---" for _ in table.columns) + "|"] + \
+        ["| " + " | ".join(escape(c) for c in row) + " |" for row in cells[1:]]
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+h1{border-bottom:2px solid #d62728}table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}"""
+
+
+def to_html(report: Report, folder: Path, inline: bool = True) -> str:
+    """One self-contained page: images inlined as base64 (the page still works when moved alone)."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(report.title)}</h1>"]
+    for section in report.sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        if section.text:
+            parts.append(f"<p>{html.escape(section.text).replace('*same*', '<em>same</em>')}</p>")
+        if section.image:
+            src = section.image
+            if inline:
+                src = "data:image/png;base64," + base64.b64encode((folder / section.image).read_bytes()).decode()
+            parts.append(f"<img src='{src}' alt='{html.escape(section.title)}'>")
+        if section.table is not None and not section.table.empty:
+            parts.append(section.table.to_html(index=False, border=0, escape=True))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(folder: str | Path, out: str | Path | None = None, metric: str = "val_acc") -> list[Path]:
+    """Read `folder/trials.csv`; write `plots/*.png`, `report.md` and `report.html` into `out`
+    (default: the sweep folder). Returns the files written."""
+    folder = Path(folder)
+    df = load_trials(folder)
+    out = Path(out) if out is not None else (folder if folder.suffix != ".csv" else folder.parent)
+    name = (folder if folder.suffix != ".csv" else folder.parent).resolve().name
+    report = build_report(df, out / "plots", f"effscale report — {name}", metric)
+    markdown, page = to_markdown(report), to_html(report, out)
+    for path, text in ((out / "report.md", markdown), (out / "report.html", page)):
+        _atomic(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+        report.files.append(path)
+    return report.files

@@ -1,0 +1,87 @@
+"""`effscale dashboard`: optuna-dashboard's JSON API answers over 127.0.0.1 for a sweep's study."""
+
+import json
+import threading
+import urllib.request
+
+import optuna
+import pytest
+
+from conftest import run_cli
+from effscale.dashboard import find_storage, serve
+from effscale.errors import UserError
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """A sweep folder whose study.db holds a study 'quick' with five finished trials."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="quick", storage=f"sqlite:///{tmp_path / 'study.db'}",
+                                direction="maximize")
+    study.optimize(lambda t: t.suggest_float("alpha", 1.0, 2.0), n_trials=5)
+    return tmp_path
+
+
+def get_json(port, route):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def test_dashboard_api_lists_the_study_and_its_trials(sweep):
+    server = serve(find_storage(sweep), "127.0.0.1", port=0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+        studies = get_json(server.server_port, "/api/studies")["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["quick"]
+        detail = get_json(server.server_port, f"/api/studies/{studies[0]['study_id']}")
+        assert detail["name"] == "quick" and len(detail["trials"]) == 5
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_storage_is_found_as_sqlite_journal_or_recorded_url(tmp_path):
+    (tmp_path / "study.db").touch()
+    assert find_storage(tmp_path) == f"sqlite:///{(tmp_path / 'study.db').resolve()}"
+    (tmp_path / "study.db").unlink()
+    (tmp_path / "study.journal").touch()
+    assert find_storage(tmp_path).endswith("study.journal")
+    (tmp_path / "study.journal").unlink()
+    (tmp_path / "storage.txt").write_text("postgresql://optuna@db/effscale\n")
+    assert find_storage(tmp_path) == "postgresql://optuna@db/effscale"
+
+
+def test_folder_without_a_study_is_one_line_error(tmp_path):
+    with pytest.raises(UserError, match="no Optuna study here"):
+        find_storage(tmp_path)
+    out = run_cli("dashboard", str(tmp_path / "missing"))
+    assert out.returncode == 2 and out.stderr.strip() == f"effscale dashboard: {tmp_path / 'missing'}: no such sweep folder"
+
+
+def test_cli_dashboard_serves_the_sweep_until_stopped(sweep):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "effscale.cli", "dashboard", str(sweep), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                studies = get_json(port, "/api/studies")["study_summaries"]
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+                time.sleep(0.2)
+        assert [s["study_name"] for s in studies] == ["quick"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

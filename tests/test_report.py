@@ -1,0 +1,155 @@
+"""`effscale report` on small hand-made results tables: the numbers, the files, and partial tables."""
+
+import itertools
+import math
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from effscale.errors import UserError
+from effscale.report import compound_margin, mean_ci, strategy_summary, t_critical, write_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+# val_acc per (strategy, φ) over seeds 0, 1, 2.
+ACCURACIES = {
+    ("compound", 0): [0.70, 0.71, 0.72],
+    ("compound", 1): [0.80, 0.82, 0.84],
+    ("width", 1): [0.79, 0.80, 0.81],
+    ("depth", 1): [0.78, 0.78, 0.78],
+    ("resolution", 1): [0.75, 0.76, 0.77],
+    ("compound", 2): [0.90, 0.91, 0.92],
+    ("width", 2): [0.80, 0.81, 0.82],
+    ("depth", 2): [0.85, 0.85, 0.85],
+    ("resolution", 2): [0.83, 0.84, 0.85],
+}
+
+
+def row(trial, strategy, phi, seed, val_acc, alpha=1.2, beta=1.1, gamma=1.15, state="COMPLETE"):
+    return dict(trial=trial, strategy=strategy, phi=phi, alpha=alpha, beta=beta, gamma=gamma, depth_mult=1.0,
+                width_mult=1.0, resolution=32, params=1e6 * 2**phi, macs=1e7 * 2**phi, macs_ratio=2.0**phi,
+                peak_mem_mb=50.0 * 2**phi, feasible=state != "INFEASIBLE", state=state, val_acc=val_acc, seed=seed,
+                epochs=1, train_seconds=3.0 * 2**phi)
+
+
+def compare_table() -> pd.DataFrame:
+    rows = [(s, phi, seed, acc) for (s, phi), accs in ACCURACIES.items() for seed, acc in enumerate(accs)]
+    return pd.DataFrame([row(trial, *r) for trial, r in enumerate(rows)])
+
+
+def search_table_rows() -> pd.DataFrame:
+    rows = []
+    for i, (alpha, beta) in enumerate(itertools.product([1.0, 1.2, 1.4], [1.0, 1.1])):
+        gamma = round(math.sqrt(2 / (alpha * beta**2)), 4)
+        over = alpha == 1.4 and beta == 1.1
+        rows.append(row(i, "compound", 1, 0, None if over else 0.70 + 0.01 * i, alpha, beta, gamma,
+                        "INFEASIBLE" if over else "COMPLETE"))
+    return pd.DataFrame(rows)
+
+
+def write(tmp_path, df):
+    df.to_csv(tmp_path / "trials.csv", index=False)
+    return tmp_path
+
+
+def test_t_interval_matches_the_t_table():
+    assert t_critical(2) == 4.303 and t_critical(30) == 2.042
+    assert t_critical(60) == pytest.approx(2.000, abs=1e-3) and t_critical(120) == pytest.approx(1.980, abs=1e-3)
+    mean, half, n = mean_ci([0.80, 0.82, 0.84])
+    assert (mean, n) == (pytest.approx(0.82), 3) and half == pytest.approx(4.303 * 0.02 / math.sqrt(3))
+    assert math.isnan(mean_ci([0.5])[1])
+
+
+def test_summary_is_mean_and_95_percent_interval_per_strategy_and_phi():
+    summary = strategy_summary(compare_table())
+    assert list(zip(summary["strategy"], summary["phi"]))[:3] == [("baseline", 0), ("compound", 1), ("compound", 2)]
+    compound1 = summary[(summary["strategy"] == "compound") & (summary["phi"] == 1)].iloc[0]
+    assert compound1["n"] == 3 and round(compound1["mean"] * 100, 2) == 82.00
+    assert round(compound1["ci95"] * 100, 2) == 4.97  # 4.303 · 2.00 / √3
+    depth2 = summary[(summary["strategy"] == "depth") & (summary["phi"] == 2)].iloc[0]
+    assert depth2["ci95"] == pytest.approx(0.0)
+
+
+def test_margin_says_within_noise_when_intervals_overlap():
+    margin = compound_margin(strategy_summary(compare_table())).set_index("phi")
+    # φ = 1: compound 82.00 ± 4.97 vs width 80.00 ± 2.48 — overlapping intervals.
+    assert margin.loc[1, "best_single"] == "width" and round(margin.loc[1, "margin"] * 100, 2) == 2.00
+    assert margin.loc[1, "verdict"] == "within noise"
+    # φ = 2: compound 91.00 ± 2.48 vs depth 85.00 ± 0 — compound ahead by 6 points.
+    assert margin.loc[2, "best_single"] == "depth" and round(margin.loc[2, "margin"] * 100, 2) == 6.00
+    assert margin.loc[2, "verdict"] == "compound ahead" and not margin.loc[2, "ci_overlap"]
+
+
+def test_report_writes_plots_and_documents_with_the_numbers(tmp_path):
+    folder = write(tmp_path, pd.concat([compare_table(), search_table_rows()], ignore_index=True))
+    files = write_report(folder)
+    names = sorted(p.name for p in files)
+    assert names == ["accuracy_vs_macs.png", "accuracy_vs_params.png", "cost_vs_macs.png", "report.html",
+                     "report.md", "search_heatmap.png"]
+    for png in (folder / "plots").glob("*.png"):
+        data = png.read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000
+    md = (folder / "report.md").read_text()
+    assert "| compound | 1 | 3 |" in md and "82.00 ± 4.97" in md and "80.00 ± 2.48" in md
+    assert "| 2 | 91.00 ± 2.48 | depth | 85.00 ± 0.00 | +6.00 | no | compound ahead |" in md
+    assert "within noise" in md and "81.1" in md and "not the same numbers" in md
+    assert "| 1.4 | 1.1 |" in md and "INFEASIBLE" in md
+    page = (folder / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "82.00 ± 4.97" in page
+    assert not list(folder.glob(".*.tmp")) and not list((folder / "plots").glob(".*.tmp"))
+
+
+def test_search_only_table_gets_a_heatmap_and_no_strategy_curves(tmp_path):
+    files = write_report(write(tmp_path, search_table_rows()))
+    assert sorted(p.name for p in files if p.suffix == ".png") == ["cost_vs_macs.png", "search_heatmap.png"]
+    md = (tmp_path / "report.md").read_text()
+    # Best first: the last feasible point (α = 1.4, β = 1.0) at 74 %.
+    lines = md.split("## Grid search at φ = 1")[1].splitlines()
+    first = lines[next(i for i, line in enumerate(lines) if line.startswith("|---")) + 1]
+    assert first.startswith("| 1.4 | 1 |") and first.endswith("| 74.00 |")
+
+
+def test_compare_only_table_gets_curves_and_no_heatmap(tmp_path):
+    files = write_report(write(tmp_path, compare_table()))
+    assert "search_heatmap.png" not in {p.name for p in files}
+    assert "accuracy_vs_macs.png" in {p.name for p in files}
+
+
+def test_table_with_only_failed_rows_still_reports(tmp_path):
+    df = compare_table().assign(state="FAIL", val_acc=None)
+    files = write_report(write(tmp_path, df))
+    assert [p.name for p in files] == ["report.md", "report.html"]
+    assert "Nothing to compare yet" in (tmp_path / "report.md").read_text()
+
+
+def test_missing_or_empty_table_is_one_line_error(tmp_path):
+    with pytest.raises(UserError, match="no results table"):
+        write_report(tmp_path)
+    (tmp_path / "trials.csv").write_text("")
+    with pytest.raises(UserError, match="empty"):
+        write_report(tmp_path)
+    (tmp_path / "trials.csv").write_text("trial,strategy,phi,state,val_acc\n")
+    with pytest.raises(UserError, match="no rows"):
+        write_report(tmp_path)
+
+
+def test_cli_report_writes_into_out_and_fails_in_one_line(tmp_path):
+    write(tmp_path, compare_table())
+    out = run_cli("report", str(tmp_path), "--out", str(tmp_path / "elsewhere"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "elsewhere" / "report.html").is_file() and not (tmp_path / "report.html").exists()
+    missing = run_cli("report", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "nope/trials.csv: no results table" in missing.stderr
+
+
+def test_report_does_not_import_torch(tmp_path):
+    write(tmp_path, compare_table())
+    code = ("import sys; from effscale.report import write_report; write_report(sys.argv[1]); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
