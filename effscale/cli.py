@@ -19,6 +19,7 @@ commands:
   measure     params, MACs, activations, memory, latency of a model (no training)
   report      plots, report.md and report.html from results/<sweep>/trials.csv
   dashboard   optuna-dashboard on a sweep's study (http://127.0.0.1:8080 by default)
+  predict     top-5 ImageNet classes of photos under pretrained weights (effscale predict IMAGE… --weights …)
 
 Overrides use Hydra's syntax, e.g.
   effscale measure baseline=efficientnet_b0 variant=b3
@@ -62,13 +63,31 @@ def _dashboard(args: list[str]) -> None:
     run(opts.sweep, opts.host, opts.port)
 
 
+def _predict(args: list[str]) -> None:
+    from effscale.predict import run
+
+    parser = _ArgumentParser(prog="effscale predict", description="Top-k classes of photos under pretrained weights.")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
+    parser.add_argument("--weights", default="imagenet",
+                        help="imagenet (torchvision's, for --baseline/--variant), lite0 (the efficientnet-lite0-"
+                             "pytorch-model package) or a file: torchvision, efficientnet_pytorch or timm state "
+                             "dict, or a checkpoint of effscale finetune (default: imagenet)")
+    parser.add_argument("--baseline", help="architecture (conf/baseline/*.yaml); default: the one the weights fit")
+    parser.add_argument("--variant", help="official variant b0…b7; default: the one the weights fit")
+    parser.add_argument("--top", type=int, default=5, help="how many classes to list (default 5)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image instead of a table")
+    opts = parser.parse_args(args)
+    run(opts.images, opts.weights, opts.baseline, opts.variant, opts.top, opts.json)
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "measure": _measure,
     "report": _report,
     "dashboard": _dashboard,
+    "predict": _predict,
 }
 # Commands that take argparse arguments rather than Hydra overrides answer --help themselves.
-ARGPARSE_COMMANDS = {"report", "dashboard"}
+ARGPARSE_COMMANDS = {"report", "dashboard", "predict"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,94 @@
+"""`effscale predict IMAGE…`: classify photos with pretrained weights loaded into effscale's builder.
+
+The weights decide everything the photo goes through: the architecture (unless --baseline says),
+the class names (ImageNet's from torchvision's metadata, or a fine-tuned checkpoint's own) and the
+preprocessing they were trained with (see `effscale.weights`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from effscale.errors import UserError
+from effscale.weights import Pretrained, load_pretrained
+
+BATCH = 16
+
+
+def open_image(path: str | Path) -> Any:
+    """The image at `path`, fully decoded, or a UserError saying why not."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if not path.is_file():
+        raise UserError(f"{path}: not a file")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: a truncated file fails here, not halfway through a batch
+            return image.copy()
+    except UnidentifiedImageError:
+        raise UserError(f"{path}: not an image (Pillow cannot identify it)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
+@torch.no_grad()
+def classify(pretrained: Pretrained, images: list[Any], top: int = 5) -> list[list[tuple[int, float]]]:
+    """For each image, the `top` (class index, probability) pairs, most probable first."""
+    transform = pretrained.preprocessing.transform()
+    pretrained.model.eval()
+    top = min(top, len(pretrained.class_names))
+    results = []
+    for start in range(0, len(images), BATCH):
+        batch = torch.stack([transform(image) for image in images[start:start + BATCH]])
+        probs = pretrained.model(batch).softmax(dim=1)
+        values, indices = probs.topk(top, dim=1)
+        results += [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
+    return results
+
+
+def describe(pretrained: Pretrained) -> str:
+    """One line: which model, which weights, how images are prepared."""
+    p = pretrained.preprocessing
+    variant = pretrained.table.get("variant")
+    name = pretrained.table["name"] + (f" variant={variant}" if variant not in (None, "b0") else "")
+    mean = "/".join(f"{m:.3g}" for m in p.mean)
+    std = "/".join(f"{s:.3g}" for s in p.std)
+    return (f"{name} ({pretrained.format} weights {pretrained.source}); images: {p.interpolation} resize "
+            f"{p.resize}, centre crop {p.crop}, mean {mean}, std {std}")
+
+
+def print_table(paths: list[str], results: list[list[tuple[int, float]]], names: list[str]) -> None:
+    width = max(len(names[i]) for ranked in results for i, _ in ranked)
+    for path, ranked in zip(paths, results):
+        print(f"\n{path}")
+        for rank, (index, prob) in enumerate(ranked, start=1):
+            print(f"  {rank}  {names[index]:<{width}}  {100 * prob:5.1f} %  (class {index})")
+
+
+def run(image_paths: list[str], weights: str = "imagenet", baseline: str | None = None,
+        variant: str | None = None, top: int = 5, as_json: bool = False) -> None:
+    """Print the top-k classes of each image: a table, or one JSON object per image."""
+    if top < 1:
+        raise UserError(f"--top must be at least 1, got {top}")
+    images = [open_image(path) for path in image_paths]  # bad paths fail before the weights load
+    pretrained = load_pretrained(weights, baseline, variant)
+    results = classify(pretrained, images, top)
+    names = pretrained.class_names
+    if as_json:
+        for path, ranked in zip(image_paths, results):
+            print(json.dumps({
+                "image": path, "model": pretrained.table["name"], "variant": pretrained.table.get("variant"),
+                "weights": pretrained.source,
+                "top": [{"rank": r, "class": names[i], "index": i, "prob": round(p, 6)}
+                        for r, (i, p) in enumerate(ranked, start=1)],
+            }))
+    else:
+        print(describe(pretrained))
+        print_table(image_paths, results, names)

