@@ -154,6 +154,8 @@ def out_channels_of(block: str, channels: int) -> int:
 def init_weights(model: nn.Module, linear: str) -> None:
     """torchvision's initialisation for these families: He-normal (fan-out) convs, unit BN, and a
     linear layer drawn as the family does it ('uniform' ±1/√out, 'normal' σ=0.01, or 'default')."""
+    if any(p.is_meta for p in model.parameters()):
+        return  # built on the meta device to be measured: shapes only, no values to draw
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
