@@ -1,0 +1,99 @@
+"""`effscale compare`: each strategy's model lands on the compound model's measured MACs."""
+
+import math
+
+import pytest
+import yaml
+
+from conftest import REPO
+from effscale.compare import MacsCounter, matched_models, solve_multiplier
+from effscale.models import build_model
+from effscale.scaling import Multipliers, scale_stage_table, strategy_multipliers
+
+TOLERANCE = 0.05
+
+
+def b0_at(resolution: int) -> dict:
+    table = yaml.safe_load((REPO / "conf/baseline/efficientnet_b0.yaml").read_text())
+    return {**table, "resolution": resolution}
+
+
+@pytest.fixture(scope="module")
+def counters():
+    """One MACs counter per input size, shared by the tests: the bisections revisit architectures."""
+    made = {}
+
+    def counter(resolution):
+        if resolution not in made:
+            base = b0_at(resolution)
+            count = MacsCounter(lambda t: build_model(t, 10, 3))
+            made[resolution] = (base, count, count(scale_stage_table(base, Multipliers())))
+        return made[resolution]
+
+    return counter
+
+
+def solve(counters, resolution, strategy, target):
+    base, count, base_macs = counters(resolution)
+    return solve_multiplier(lambda s: count(scale_stage_table(base, strategy_multipliers(strategy, s))) / base_macs,
+                            target, TOLERANCE)
+
+
+def test_bisection_finds_the_step_nearest_the_target():
+    # A staircase: the ratio only takes the values 1, 1.5, 2.1, 3, … at multipliers 1, 1.4, 2, 3, …
+    steps = [(1.0, 1.0), (1.4, 1.5), (2.0, 2.1), (3.0, 3.0), (5.0, 6.0)]
+    staircase = lambda s: max(r for edge, r in steps if s >= edge)
+    s, ratio = solve_multiplier(staircase, 2.0, 0.10)
+    assert ratio == 2.1 and 2.0 <= s
+    s, ratio = solve_multiplier(staircase, 4.0, 0.05)  # nothing within 5 %: nearest in log ratio is 3.0
+    assert ratio == 3.0 and 3.0 <= s < 5.0
+    assert solve_multiplier(staircase, 1.0, 0.05) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("strategy, target", [
+    ("width", 2), ("width", 4), ("depth", 2), ("depth", 4), ("d1_w8_r1", 2),
+])
+def test_b0_at_32px_lands_within_tolerance(counters, strategy, target):
+    s, ratio = solve(counters, 32, strategy, target)
+    assert abs(ratio / target - 1) <= TOLERANCE, (s, ratio)
+
+
+@pytest.mark.parametrize("strategy, target", [
+    ("resolution", 2), ("resolution", 4), ("d1_w8_r1", 4),
+])
+def test_b0_at_224px_lands_within_tolerance(counters, strategy, target):
+    s, ratio = solve(counters, 224, strategy, target)
+    assert abs(ratio / target - 1) <= TOLERANCE, (s, ratio)
+
+
+def test_resolution_alone_cannot_reach_2x_at_32px(counters):
+    # At 32 px B0's last stage is 1×1; 33 px makes it 2×2 (stride 32, padded), so MACs jump from 1×
+    # straight to 2.41×: the nearest step is reported, and not called matched.
+    s, ratio = solve(counters, 32, "resolution", 2)
+    base, _, _ = counters(32)
+    assert scale_stage_table(base, strategy_multipliers("resolution", s))["resolution"] == 33
+    assert round(ratio, 2) == 2.41
+
+
+def test_matched_models_share_the_compound_models_measured_macs(counters):
+    base, count, base_macs = counters(32)
+    models = matched_models(base, ["compound", "width", "depth"], 1, 1.2, 1.1, 1.15, count, TOLERANCE)
+    compound = models[0]
+    assert compound.strategy == "compound" and compound.table["resolution"] == 37  # 32 · 1.15 = 36.8
+    assert [stage["repeats"] for stage in compound.table["stages"]] == [2, 3, 3, 4, 4, 5, 2]  # ceil(n · 1.2)
+    # Far above α·β²·γ² = 1.92: ceil adds a layer to every stage, and 37 px grows the 1×1 last stage to 2×2.
+    assert compound.macs_ratio == pytest.approx(compound.macs / base_macs) and round(compound.macs_ratio, 2) == 4.43
+    width, depth = models[1:]
+    assert (width.strategy, depth.strategy) == ("width", "depth")
+    assert width.matched and width.target_ratio == compound.macs_ratio and width.macs == count(width.table)
+    assert (width.mult.depth, width.mult.resolution) == (1, 1)
+    assert width.mult.width == pytest.approx(math.sqrt(width.flops_mult))
+    # Depth alone steps from 4.19× (ceil(n · 4) layers) to 4.88× (ceil(n · 4.5)): the nearest step is
+    # 5.4 % short of 4.43×, so it is kept but not called matched.
+    assert not depth.matched and round(depth.macs_ratio, 2) == 4.19 and depth.macs == count(depth.table)
+
+
+def test_phi_zero_is_one_baseline_model(counters):
+    base, count, base_macs = counters(32)
+    [model] = matched_models(base, ["compound", "width"], 0, 1.2, 1.1, 1.15, count)
+    assert (model.strategy, model.macs, model.macs_ratio) == ("baseline", base_macs, 1.0)
