@@ -161,6 +161,11 @@ def strategy_summary(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     summary = pd.DataFrame(out)
     if summary.empty:
         return summary
+    if "macs" in summary:
+        # How far each model's measured MACs sit from the compound model's at the same φ: integer
+        # rounding can leave no architecture of a strategy within the matching tolerance.
+        compound = summary[summary["strategy"] == "compound"].set_index("phi")["macs"]
+        summary["macs_vs_compound"] = summary["macs"] / summary["phi"].map(compound) - 1
     summary["_rank"] = summary["strategy"].map(_order)
     return summary.sort_values(["_rank", "phi"]).drop(columns="_rank").reset_index(drop=True)
 
@@ -418,6 +423,8 @@ def _summary_view(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
         view["MACs (M)"] = summary["macs"].map(_millions)
     if "macs_ratio" in summary:
         view["MACs ratio"] = summary["macs_ratio"].map("{:.2f}".format)
+    if "macs_vs_compound" in summary:
+        view["MACs vs compound"] = summary["macs_vs_compound"].map(lambda v: "–" if pd.isna(v) else f"{v:+.1%}")
     if "params" in summary:
         view["params (M)"] = summary["params"].map(_millions)
     view[f"{metric} (%)"] = [_pm(m, h) for m, h in zip(summary["mean"], summary["ci95"])]

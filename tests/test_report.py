@@ -72,6 +72,14 @@ def test_summary_is_mean_and_95_percent_interval_per_strategy_and_phi():
     assert depth2["ci95"] == pytest.approx(0.0)
 
 
+def test_summary_shows_how_far_each_model_missed_the_compound_macs():
+    df = compare_table()
+    df.loc[(df["strategy"] == "depth") & (df["phi"] == 2), "macs"] *= 1.08
+    summary = strategy_summary(df).set_index(["strategy", "phi"])
+    assert summary.loc[("depth", 2), "macs_vs_compound"] == pytest.approx(0.08)
+    assert summary.loc[("width", 2), "macs_vs_compound"] == pytest.approx(0.0)
+
+
 def test_margin_says_within_noise_when_intervals_overlap():
     margin = compound_margin(strategy_summary(compare_table())).set_index("phi")
     # φ = 1: compound 82.00 ± 4.97 vs width 80.00 ± 2.48 — overlapping intervals.
