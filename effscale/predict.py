@@ -54,14 +54,25 @@ def classify(pretrained: Pretrained, images: list[Any], top: int = 5) -> list[li
 
 
 def describe(pretrained: Pretrained) -> str:
-    """One line: which model, which weights, how images are prepared."""
+    """Two lines: which model and weights, and how images are prepared for them."""
     p = pretrained.preprocessing
     variant = pretrained.table.get("variant")
     name = pretrained.table["name"] + (f" variant={variant}" if variant not in (None, "b0") else "")
-    mean = "/".join(f"{m:.3g}" for m in p.mean)
-    std = "/".join(f"{s:.3g}" for s in p.std)
-    return (f"{name} ({pretrained.format} weights {pretrained.source}); images: {p.interpolation} resize "
-            f"{p.resize}, centre crop {p.crop}, mean {mean}, std {std}")
+    return (f"model   {name}, {pretrained.format} weights from {_relative(pretrained.source)}\n"
+            f"images  {p.interpolation} resize {p.resize}, centre crop {p.crop}, "
+            f"mean {_numbers(p.mean)}, std {_numbers(p.std)}")
+
+
+def _relative(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def _numbers(values: tuple[float, ...]) -> str:
+    """0.498 for equal channels, 0.485/0.456/0.406 otherwise."""
+    return f"{values[0]:.3g}" if len(set(values)) == 1 else "/".join(f"{v:.3g}" for v in values)
 
 
 def print_table(paths: list[str], results: list[list[tuple[int, float]]], names: list[str]) -> None:

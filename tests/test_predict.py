@@ -52,8 +52,9 @@ def test_predict_table_lists_top_k_with_percentages(photos):
     out = run_cli("predict", str(photos / "coffee.png"), "--weights", "lite0", "--top", "3")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("efficientnet_lite0 (efficientnet_pytorch weights ")
-    ranked = [line.split() for line in lines[3:]]
+    assert lines[0].startswith("model   efficientnet_lite0, efficientnet_pytorch weights from ")
+    assert lines[1] == "images  bicubic resize 256, centre crop 224, mean 0.498, std 0.502"
+    ranked = [line.split() for line in lines[4:]]
     assert [r[0] for r in ranked] == ["1", "2", "3"] and ranked[0][1] == "espresso" and ranked[0][3] == "%"
 
 
