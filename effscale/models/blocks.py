@@ -11,7 +11,9 @@ from typing import Callable
 
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation, StochasticDepth
+from torchvision.ops.misc import ConvNormActivation
 
+from effscale.models.depthwise import DepthwiseConv2d
 from effscale.scaling import round_filters
 
 ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
@@ -22,6 +24,16 @@ ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
 }
 
 Norm = Callable[[int], nn.Module]
+
+
+class DepthwiseConvNormActivation(ConvNormActivation):
+    """Depthwise conv → norm → activation: Conv2dNormActivation's layers and keys, with a conv whose
+    weight gradient stays fast on CPU at small feature maps (see models/depthwise.py)."""
+
+    def __init__(self, channels: int, kernel: int, stride: int, norm: Norm,
+                 activation: Callable[..., nn.Module]) -> None:
+        super().__init__(channels, channels, kernel, stride=stride, groups=channels, norm_layer=norm,
+                         activation_layer=activation, conv_layer=DepthwiseConv2d)
 
 
 class MBConv(nn.Module):
@@ -39,8 +51,7 @@ class MBConv(nn.Module):
         layers: list[nn.Module] = []
         if hidden != c_in:
             layers.append(Conv2dNormActivation(c_in, hidden, 1, norm_layer=norm, activation_layer=activation))
-        layers.append(Conv2dNormActivation(hidden, hidden, kernel, stride=stride, groups=hidden,
-                                           norm_layer=norm, activation_layer=activation))
+        layers.append(DepthwiseConvNormActivation(hidden, kernel, stride, norm, activation))
         if se > 0:
             squeeze = max(1, int(c_in * se))
             layers.append(SqueezeExcitation(hidden, squeeze, activation=partial(activation, inplace=True)))
@@ -68,8 +79,7 @@ class InvertedResidual(nn.Module):
         if expand != 1:
             layers.append(Conv2dNormActivation(c_in, hidden, 1, norm_layer=norm, activation_layer=activation))
         layers += [
-            Conv2dNormActivation(hidden, hidden, kernel, stride=stride, groups=hidden, norm_layer=norm,
-                                 activation_layer=activation),
+            DepthwiseConvNormActivation(hidden, kernel, stride, norm, activation),
             nn.Conv2d(hidden, c_out, 1, bias=False),
             norm(c_out),
         ]
