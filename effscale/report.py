@@ -28,6 +28,7 @@ import pandas as pd
 from effscale.errors import UserError
 
 TRIALS = "trials.csv"
+COMPARE_PREFIX = "compare_"  # point ids of the rows `effscale compare` writes (compare.compare_point)
 SINGLE_DIMENSIONS = ("width", "depth", "resolution")
 COEFFICIENTS = ["alpha", "beta", "gamma"]
 
@@ -98,12 +99,19 @@ def completed(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     return df[(df["state"] == "COMPLETE") & df[metric].notna()]
 
 
+def _from_compare(df: pd.DataFrame) -> pd.Series:
+    """Rows written by `effscale compare` (their point ids start with 'compare_')."""
+    if "point" not in df:
+        return pd.Series(False, index=df.index)
+    return df["point"].astype(str).str.startswith(COMPARE_PREFIX)
+
+
 def search_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of the φ = 1 grid search: compound at φ = 1, one group per (α, β, γ). Empty unless the
     table holds at least two grid points (a comparison alone has just its one coefficient set)."""
     if not set(COEFFICIENTS) <= set(df.columns):
         return df.iloc[0:0]
-    rows = df[(df["strategy"] == "compound") & (df["phi"] == 1)]
+    rows = df[(df["strategy"] == "compound") & (df["phi"] == 1) & ~_from_compare(df)]
     if len(rows[["alpha", "beta"]].drop_duplicates()) < 2:
         return rows.iloc[0:0]
     return rows
@@ -111,10 +119,12 @@ def search_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 def comparison_rows(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     """Completed rows of a strategy comparison, with φ = 0 rows labelled 'baseline' (every strategy at
-    φ = 0 is the unscaled model). Compound keeps only the coefficients it was scaled with: those it has
-    at φ ≠ 1, or else the best search point (what `effscale compare` picks). Empty when the table
-    compares nothing (one strategy at one φ)."""
+    φ = 0 is the unscaled model). The rows `effscale compare` wrote, when there are any; otherwise
+    compound keeps only the coefficients it was scaled with: those it has at φ ≠ 1, or else the best
+    search point. Empty when the table compares nothing (one strategy at one φ)."""
     done = completed(df, metric).copy()
+    if _from_compare(done).any():
+        done = done[_from_compare(done)]
     if done.empty:
         return done
     done.loc[done["phi"] == 0, "strategy"] = "baseline"

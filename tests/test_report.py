@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from effscale.errors import UserError
-from effscale.report import compound_margin, mean_ci, strategy_summary, t_critical, write_report
+from effscale.report import compound_margin, mean_ci, search_table, strategy_summary, t_critical, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -161,3 +161,15 @@ def test_report_does_not_import_torch(tmp_path):
 
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_compare_rows_and_search_rows_are_told_apart_by_point(tmp_path):
+    search = search_table_rows().assign(point=lambda d: [f"a{a:g}_b{b:g}" for a, b in zip(d["alpha"], d["beta"])])
+    # The comparison scaled the search's (1.2, 1.0) point; its φ = 1 compound rows must not join that cell.
+    compare = compare_table().assign(alpha=1.2, beta=1.0, gamma=search.loc[2, "gamma"],
+                                     point=lambda d: [f"compare_phi{p:g}" for p in d["phi"]])
+    df = pd.concat([search, compare], ignore_index=True)
+    grid = search_table(df).set_index(["alpha", "beta"])
+    assert grid.loc[(1.2, 1.0), "n"] == 1 and grid.loc[(1.2, 1.0), "mean"] == pytest.approx(0.72)
+    summary = strategy_summary(df).set_index(["strategy", "phi"])
+    assert summary.loc[("compound", 1), "n"] == 3 and summary.loc[("compound", 1), "mean"] == pytest.approx(0.82)
