@@ -1,8 +1,9 @@
 """`effscale dashboard results/<sweep>`: optuna-dashboard on the sweep's Optuna study.
 
 The storage is found in the sweep folder, in this order: `study.db` (SQLite, the search's default),
-a journal file (`*.journal`, `journal.log`: several workers on one shared file system), or a URL
-written to `storage.txt` (a PostgreSQL/MySQL study on a cluster). optuna-dashboard's WSGI app is
+a journal file (`*.journal`, `journal.log`: several workers on one shared file system), or the
+`search.storage` URL the search wrote to `storage.txt` (a journal file elsewhere, or PostgreSQL on a
+cluster); `--storage URL` names one directly. optuna-dashboard's WSGI app is
 served from this process by wsgiref, bound to 127.0.0.1 unless `--host` says otherwise: the
 dashboard can edit notes and tell trials, so it is not exposed to the network by default.
 """
@@ -34,9 +35,15 @@ def find_storage(folder: str | Path) -> str:
     if (folder / URL_FILE).is_file():
         url = (folder / URL_FILE).read_text().strip()
         if url:
-            return url
+            return dashboard_url(url)
     raise UserError(f"{folder}: no Optuna study here (looked for {SQLITE_FILE}, a journal file, {URL_FILE}); "
                     "run `effscale search` first")
+
+
+def dashboard_url(url: str) -> str:
+    """A `search.storage` value as optuna-dashboard takes it: `journal:///path/file.log` is the
+    journal file's path; RDB URLs pass unchanged."""
+    return url[len("journal://"):] if url.startswith("journal://") else url
 
 
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
@@ -66,10 +73,12 @@ def serve(storage: str, host: str = "127.0.0.1", port: int = 8080, quiet: bool =
         raise UserError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
 
 
-def run(folder: str | Path, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve the sweep's study until Ctrl-C."""
-    server = serve(find_storage(folder), host, port)
-    print(f"optuna-dashboard for {folder}: http://{host}:{server.server_port}/dashboard  (Ctrl-C stops)", flush=True)
+def run(folder: str | Path | None, host: str = "127.0.0.1", port: int = 8080, storage: str | None = None) -> None:
+    """Serve the sweep's study (or the `storage` URL given) until Ctrl-C."""
+    if folder is None and storage is None:
+        raise UserError("name a sweep folder (results/<sweep>) or --storage URL")
+    server = serve(dashboard_url(storage) if storage else find_storage(folder), host, port)
+    print(f"optuna-dashboard for {storage or folder}: http://{host}:{server.server_port}/dashboard  (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     finally:

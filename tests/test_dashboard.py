@@ -1,5 +1,6 @@
 """`effscale dashboard`: optuna-dashboard's JSON API answers over 127.0.0.1 for a sweep's study."""
 
+import contextlib
 import json
 import threading
 import urllib.request
@@ -22,25 +23,32 @@ def sweep(tmp_path):
     return tmp_path
 
 
+@contextlib.contextmanager
+def serving(storage):
+    """optuna-dashboard on a free port of 127.0.0.1, in a thread, for the duration of the block."""
+    server = serve(storage, "127.0.0.1", port=0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
 def get_json(port, route):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=10) as answer:
         return json.loads(answer.read())
 
 
 def test_dashboard_api_lists_the_study_and_its_trials(sweep):
-    server = serve(find_storage(sweep), "127.0.0.1", port=0, quiet=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(find_storage(sweep)) as server:
         assert server.server_address[0] == "127.0.0.1"
         studies = get_json(server.server_port, "/api/studies")["study_summaries"]
         assert [s["study_name"] for s in studies] == ["quick"]
         detail = get_json(server.server_port, f"/api/studies/{studies[0]['study_id']}")
         assert detail["name"] == "quick" and len(detail["trials"]) == 5
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_storage_is_found_as_sqlite_journal_or_recorded_url(tmp_path):
@@ -52,6 +60,23 @@ def test_storage_is_found_as_sqlite_journal_or_recorded_url(tmp_path):
     (tmp_path / "study.journal").unlink()
     (tmp_path / "storage.txt").write_text("postgresql://optuna@db/effscale\n")
     assert find_storage(tmp_path) == "postgresql://optuna@db/effscale"
+    (tmp_path / "storage.txt").write_text("journal:///shared/sweeps/quick.log\n")  # search.storage's form
+    assert find_storage(tmp_path) == "/shared/sweeps/quick.log"
+
+
+def test_dashboard_serves_a_journal_file_study(tmp_path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = tmp_path / "elsewhere" / "quick.log"
+    journal.parent.mkdir()
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    optuna.create_study(study_name="journal", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), 3)
+    (tmp_path / "storage.txt").write_text(f"journal://{journal}\n")
+    with serving(find_storage(tmp_path)) as server:
+        [study] = get_json(server.server_port, "/api/studies")["study_summaries"]
+        assert study["study_name"] == "journal"
+        assert len(get_json(server.server_port, f"/api/studies/{study['study_id']}")["trials"]) == 3
 
 
 def test_folder_without_a_study_is_one_line_error(tmp_path):
