@@ -491,7 +491,7 @@ def _describe(df: pd.DataFrame) -> str:
     return " ".join(parts)
 
 
-def _margin_sentence(margin: pd.DataFrame) -> str:
+def margin_sentences(margin: pd.DataFrame) -> str:
     lines = []
     for _, m in margin.iterrows():
         gap = f"{m['margin'] * 100:+.2f} points over {m['best_single']}"
@@ -533,7 +533,7 @@ def build_report(df: pd.DataFrame, plots: Path, title: str, metric: str = "val_a
             report.sections.append(Section(
                 "Compound vs the best single dimension",
                 "Margin = compound's mean minus the best of width, depth and resolution alone at the same φ, "
-                "in accuracy points. " + _margin_sentence(margin), _margin_view(margin)))
+                "in accuracy points. " + margin_sentences(margin), _margin_view(margin)))
         paper = paper_comparison(summary)
         if not paper.empty:
             report.sections.append(Section("Beside the paper (table 7, ImageNet)", PAPER_NOTE, _paper_view(paper)))
