@@ -154,8 +154,9 @@ def _first_words(exc: BaseException) -> str:
 def state_dict_of(obj: Any, path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The state dict inside a loaded file, and the effscale metadata around it (empty for other formats).
 
-    Accepts a bare state dict, the common {"state_dict": …} / {"model": …} wrappers, and
-    DataParallel's "module." prefix.
+    Accepts a bare state dict, the common {"state_dict": …} / {"model": …} wrappers (Lightning
+    checkpoints among them), and a prefix every key shares ("module." of DataParallel, "network." of
+    effscale's Lightning module) when the keys are not recognised with it.
     """
     meta: dict[str, Any] = {}
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
@@ -169,15 +170,17 @@ def state_dict_of(obj: Any, path: str | Path) -> tuple[dict[str, Tensor], dict[s
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise UserError(f"{path}: not a state dict (expected a mapping of parameter names to tensors, "
                         f"got {_describe(obj)})")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+    prefix = next(iter(obj)).split(".")[0] + "."
+    if detect_format(obj) is None and all(k.startswith(prefix) for k in obj):
+        stripped = {k[len(prefix):]: v for k, v in obj.items()}
+        obj = stripped if detect_format(stripped) else obj
     return dict(obj), meta
 
 
 def _describe(obj: Any) -> str:
     if isinstance(obj, dict):
         odd = next((k for k, v in obj.items() if not isinstance(v, Tensor)), None)
-        return "an empty dict" if not obj else f"a dict whose {odd!r} is a {type(obj[odd]).__name__}"
+        return "an empty dict" if not obj else f"a dict whose {odd!r} holds {type(obj[odd]).__name__}, not a tensor"
     return f"a {type(obj).__name__}"
 
 

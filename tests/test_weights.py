@@ -133,6 +133,13 @@ def test_imagenet_missing_says_where_to_put_the_file(tmp_path, monkeypatch):
     assert "https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth" in message
 
 
+def test_lightning_checkpoint_with_prefixed_keys_loads(tmp_path):
+    theirs = torchvision_efficientnet("b0")
+    state = {f"network.{k}": v for k, v in theirs.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "last.ckpt")
+    assert same_logits(load_pretrained(str(tmp_path / "last.ckpt")).model, theirs)
+
+
 def test_torchvision_mobilenet_v2_is_recognised_by_its_shapes(tmp_path):
     theirs = randomised(torchvision.models.mobilenet_v2())
     torch.save({"state_dict": theirs.state_dict()}, tmp_path / "m.pth")  # a common wrapper
@@ -204,8 +211,8 @@ def test_corrupt_file_names_the_file(tmp_path, content, needle):
 
 @pytest.mark.parametrize("obj, needle", [
     ([1, 2, 3], "got a list"),
-    ({"lr": 0.1}, "whose 'lr' is a float"),
-    ({"features.0.0.weight": torch.ones(1), "epoch": 3}, "whose 'epoch' is a int"),
+    ({"lr": 0.1}, "whose 'lr' holds float, not a tensor"),
+    ({"features.0.0.weight": torch.ones(1), "epoch": 3}, "whose 'epoch' holds int, not a tensor"),
 ])
 def test_not_a_state_dict(tmp_path, obj, needle):
     torch.save(obj, tmp_path / "x.pth")
