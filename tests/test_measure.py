@@ -1,0 +1,82 @@
+"""The fast counting paths of measure.py give exactly the numbers of the plain meta-device ones."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from effscale.measure import count_macs_and_activations, count_training_forward, measure_table, measure_tables
+from effscale.models import build_model
+from effscale.scaling import compound_grid, compound_multipliers, scale_stage_table, scaled_baseline
+
+CONF = Path(__file__).resolve().parent.parent / "conf" / "baseline"
+BASELINES = sorted(p.stem for p in CONF.glob("*.yaml"))
+
+
+def baseline(name: str) -> dict:
+    return yaml.safe_load((CONF / f"{name}.yaml").read_text())
+
+
+def plain_counts(model: nn.Module, resolution: int, batch: int) -> tuple[int, int, int]:
+    """MACs (FlopCounterMode) and activations per image, saved bytes of a batch: the reference, with
+    PyTorch's own meta batch norm and two separate forward passes."""
+    activations = 0
+
+    def count(_m, _i, out):
+        nonlocal activations
+        activations += out.numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.empty(1, 3, resolution, resolution, device="meta"))
+    for hook in hooks:
+        hook.remove()
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.empty(batch, 3, resolution, resolution, device="meta"))
+    return counter.get_total_flops() // 2, activations, sum(storages.values())
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_one_pass_counts_equal_flop_counter_and_saved_tensors(name):
+    table = scaled_baseline(baseline(name), {"phi": 1})
+    res = 48
+    with torch.device("meta"):
+        model = build_model(table, 10)
+    assert count_training_forward(model, res, 4) == plain_counts(model, res, 4)
+    assert count_macs_and_activations(model, res) == plain_counts(model, res, 4)[:2]
+
+
+def test_grid_candidates_count_the_same_as_the_reference():
+    base = baseline("efficientnet_b0") | {"resolution": 32}
+    for p in compound_grid(step=0.1)[:6]:
+        table = scale_stage_table(base, compound_multipliers(p.alpha, p.beta, p.gamma, 1))
+        with torch.device("meta"):
+            model = build_model(table, 10)
+        assert count_training_forward(model, table["resolution"], 16) == plain_counts(model, table["resolution"], 16)
+
+
+def test_measure_tables_shares_models_and_equals_measure_table_one_by_one():
+    base = baseline("efficientnet_b0") | {"resolution": 32}
+    # α = 1.05 and 1.1 give the same ceil(n·α) repeats: same architecture, different γ and input size
+    tables = [scale_stage_table(base, compound_multipliers(p.alpha, p.beta, p.gamma, 1))
+              for p in compound_grid((1.05, 1.1), (1.0, 1.2), step=0.05)]
+    built = []
+
+    def build(t):
+        built.append(t["resolution"])
+        return build_model(t, 10)
+
+    together = measure_tables(tables, build, batch_size=16)
+    assert len(built) == len(tables) // 2 and len({t["resolution"] for t in tables}) > len(built)
+    assert together == [measure_table(t, lambda t: build_model(t, 10), batch_size=16) for t in tables]
