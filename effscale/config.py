@@ -13,8 +13,9 @@ from effscale.errors import UserError
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def compose(command: str, overrides: list[str]) -> DictConfig:
-    """The config of `command` (conf/<command>.yaml) with Hydra command-line overrides applied."""
+def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConfig:
+    """The config of `command` (conf/<command>.yaml) with Hydra command-line overrides applied;
+    `hydra=True` keeps Hydra's own node (launcher, sweep dir), so that `hydra/…` overrides are checked too."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -23,7 +24,7 @@ def compose(command: str, overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=command):
-            cfg = hydra_compose(config_name=command, overrides=overrides)
+            cfg = hydra_compose(config_name=command, overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as exc:
         raise UserError(_one_line(exc)) from None
     finally:
