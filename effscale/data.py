@@ -1,0 +1,839 @@
+"""Data for scaling experiments: one LightningDataModule per source, all with the same small surface.
+
+Every module states its shape before reading an image (`num_classes`, `in_channels`, `class_names`,
+`native_resolution`, `mean`, `std`) and takes the candidate's input size through the settable
+`resolution`. `build_datamodule` makes one from the `data` config group. Sources:
+
+- `procedural` (default): generated in memory from a seed; described below.
+- `fashion_mnist`: the original IDX files (gzipped or not) under `data.root`.
+- `cifar10`: torchvision's CIFAR-10 (python version) under `data.root`.
+- `imagefolder`: any `root/<class>/<image>` tree, decoded per step; `conf/data/imagenet.yaml` is one.
+
+The first three are small: they are held in memory as uint8, resized once per resolution with an
+antialiased filter, and served in whole batches by `TensorBatchLoader`. Only `imagefolder` decodes
+files during training.
+
+The procedural data set
+-----------------------
+Each image (`native_resolution`, 64 px by default, twice the 32 px the baseline trains at) shows a
+square patch and a cross far apart, over a colour gradient with up to four distractor discs and
+pixel noise. The class is the pair (patch texture, layout): five textures × two layouts = 10 classes.
+Compound scaling only pays off if every dimension has something to buy, so each factor is built for
+one of them:
+
+- Resolution. The patch is plain, coarsely striped (period 1/7-1/5 of the image, visible at 24 px)
+  or finely striped, horizontally or vertically, with a period of 2-3.4 native pixels. Fine stripes
+  are sinusoids that average to the plain patch's colour, so an antialiased downsample all but
+  erases them. A fixed linear probe on the amplitude spectrum (tests/test_data.py) tells plain,
+  fine-horizontal and fine-vertical apart 93 % of the time at 64 px, 80 % at 48, 62 % at 40, 44 % at
+  32 and 35 % at 8 px (chance: 33 %).
+- Depth. The layout is whether the cross lies in the patch's row or in its column, 50-68 % of the
+  image away. No local feature tells the two apart: a network must see both parts at once, and its
+  receptive field grows with depth (and shrinks, relative to the image, as resolution grows: the
+  paper's reason to scale depth together with resolution).
+- Width. Every colour is random; discs may carry the coarse stripes too, so a texture counts only
+  on the square; stripe period, phase, contrast and position vary. Telling all that apart takes
+  many filters.
+
+Row/column layouts and stripe orientations are mirror-symmetric, so horizontal flips keep every class
+and training uses them.
+
+`python benchmarks/procedural_dims.py` trains a small CNN (three stages of `depth` conv layers, `width`
+channels doubling per stage) for 4 epochs on the default splits, scaling one dimension at a time away
+from depth 2, width 16, 32 px. Validation accuracy (seed 0):
+
+    scaled       depth  width   px   val acc
+    baseline         2     16   32    64.2 %
+    depth            1     16   32    47.4 %
+    depth            3     16   32    77.0 %
+    depth            4     16   32    66.8 %
+    width            2      8   32    55.7 %
+    width            2     32   32    77.1 %
+    resolution       2     16   24    59.3 %
+    resolution       2     16   48    84.7 %
+    resolution       2     16   64    79.6 %
+
+One step up in any dimension alone adds 13-20 points; the next step adds nothing (depth 4 trains no
+better in 4 epochs; at 64 px a depth-2 network no longer sees both parts at once): each dimension
+saturates alone, as in the paper's Fig. 3.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import os
+import struct
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from effscale.errors import UserError
+
+# --- shared helpers -------------------------------------------------------------------------------
+
+
+def fitted_workers() -> int:
+    """Loader processes for this machine: one per core this process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def resize_uint8(images: torch.Tensor, resolution: int, chunk: int = 2048) -> torch.Tensor:
+    """`images` (N×C×H×W uint8) at `resolution`², bilinear with antialiasing, so that detail finer than
+    the new pixel grid is averaged away rather than aliased, as a lower-resolution camera would record
+    it. Done once per resolution, in chunks so that memory stays bounded."""
+    if tuple(images.shape[-2:]) == (resolution, resolution):
+        return images
+    out = torch.empty((len(images), images.shape[1], resolution, resolution), dtype=torch.uint8)
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk].float()
+        part = F.interpolate(part, size=(resolution, resolution), mode="bilinear", antialias=True,
+                             align_corners=False)
+        out[start:start + chunk] = part.round_().clamp_(0, 255)
+    return out
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class TensorBatchLoader:
+    """Whole batches straight from in-memory uint8 tensors: one gather and one normalisation per
+    batch. A `__getitem__` per sample and a collate take over twice as long on a CPU (an epoch of 6000
+    images of 3×32×32 in batches of 64: 0.18 s against 0.08 s on one core).
+
+    Lightning accepts any iterable with `__len__` as a dataloader. A shuffled loader draws a new
+    permutation each epoch from its own generator seeded with `seed`, so a run is reproducible.
+    DistributedSampler is not used: under DDP every rank draws the same permutation and keeps every
+    world_size-th index of it, so ranks see disjoint shards of equal length (up to world_size - 1
+    samples are left out).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
+                 mean: Sequence[float], std: Sequence[float], shuffle: bool = False,
+                 drop_last: bool = False, hflip: bool = False, seed: int = 0) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.drop_last, self.hflip = batch_size, shuffle, drop_last, hflip
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        # (x / 255 - mean) / std as one multiply-subtract. With one stored channel and three means,
+        # broadcasting replicates the grey channel (greyscale data for an RGB model).
+        self._scale, self._shift = 1 / (255 * std_t), mean_t / std_t
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        samples = len(self.labels) // _rank_and_world()[1]
+        full, rest = divmod(samples, self.batch_size)
+        if self.drop_last:  # BatchNorm cannot train on a last batch of one; a tiny set still gives one batch
+            return max(full, 1 if samples else 0)
+        return full + (rest > 0)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._order()
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield self._batch(order[start:start + self.batch_size])
+
+    def _order(self) -> torch.Tensor:
+        count = len(self.labels)
+        order = torch.randperm(count, generator=self._generator) if self.shuffle else torch.arange(count)
+        rank, world = _rank_and_world()
+        return order[rank:count - count % world:world]
+
+    def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[index].float().mul(self._scale).sub_(self._shift)
+        if self.hflip:
+            flip = torch.rand(len(index), generator=self._generator) < 0.5
+            x[flip] = x[flip].flip(-1)
+        return x, self.labels[index]
+
+
+# --- the shared base ------------------------------------------------------------------------------
+
+
+def _count(value: Any, key: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise UserError(f"data.{key}: expected an integer of at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def _per_channel(values: Any, channels: int, key: str) -> tuple[float, ...]:
+    """`values` as one float per channel; a single value stands for every channel."""
+    values = [values] if isinstance(values, numbers.Real) else list(values)
+    if len(values) not in (1, channels):
+        raise UserError(f"data.{key}: {len(values)} values for in_channels={channels}")
+    return tuple(float(v) for v in values) * (channels if len(values) == 1 else 1)
+
+
+class DataModule(pl.LightningDataModule):
+    """What every source shares: its shape, its normalisation, the candidate's resolution and the
+    loader settings. Subclasses add their own keys (sizes, root, download) and the dataloaders."""
+
+    def __init__(self, *, name: str, num_classes: int | None, in_channels: int, native_resolution: int,
+                 mean: Sequence[float], std: Sequence[float], resolution: int | None = None,
+                 batch_size: int = 128, num_workers: int | None = None, root: str | None = None,
+                 hflip: bool = True, data_seed: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        self.name = name
+        self.root = Path(root).expanduser() if root else None
+        self._num_classes = None if num_classes is None else _count(num_classes, "num_classes", 2)
+        self.in_channels = _count(in_channels, "in_channels")
+        self.native_resolution = _count(native_resolution, "native_resolution")
+        self.mean = _per_channel(mean, self.in_channels, "mean")
+        self.std = _per_channel(std, self.in_channels, "std")
+        if min(self.std) <= 0:
+            raise UserError(f"data.std: must be positive, got {list(std)}")
+        self.batch_size = _count(batch_size, "batch_size")
+        self._num_workers = None if num_workers is None else _count(num_workers, "num_workers", 0)
+        self.hflip = bool(hflip)
+        self.data_seed, self.seed = int(data_seed), int(seed)
+        self.resolution = native_resolution if resolution is None else resolution
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def resolution(self) -> int:
+        """The candidate's input size in pixels (square); loaders made after a change use it."""
+        return self._resolution
+
+    @resolution.setter
+    def resolution(self, value: int) -> None:
+        self._resolution = _count(value, "resolution")
+
+    @property
+    def num_workers(self) -> int:
+        """Loader processes: the configured number, or `fitted_workers()` when the config says null."""
+        return fitted_workers() if self._num_workers is None else self._num_workers
+
+
+# --- in-memory sources ----------------------------------------------------------------------------
+
+Split = tuple[torch.Tensor, torch.Tensor]  # uint8 images N×C×H×W, int64 labels N
+
+
+class TensorDataModule(DataModule):
+    """A source small enough to hold in memory as uint8. Each split is resized once per resolution
+    (not once per step) and served by `TensorBatchLoader` in the main process: `num_workers` is 0
+    whatever the config says."""
+
+    def __init__(self, **common: Any) -> None:
+        super().__init__(**common)
+        self._splits: dict[str, Split] | None = None
+        self._resized: dict[str, Split] = {}
+
+    def _load(self) -> dict[str, Split]:
+        """The train, val and test splits at native resolution."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits is None:
+            self._splits = self._load()
+
+    @property
+    def num_workers(self) -> int:
+        return 0
+
+    def tensors(self, split: str) -> Split:
+        """`split` ("train", "val" or "test") as uint8 images at the current resolution, and labels."""
+        self.setup()
+        images, labels = self._splits[split]
+        cached = self._resized.get(split)
+        if cached is None or cached[0].shape[-1] != self.resolution:
+            self._resized[split] = cached = (resize_uint8(images, self.resolution), labels)
+        return cached
+
+    def _loader(self, split: str, train: bool) -> TensorBatchLoader:
+        images, labels = self.tensors(split)
+        return TensorBatchLoader(images, labels, batch_size=self.batch_size, mean=self.mean, std=self.std,
+                                 shuffle=train, drop_last=train, hflip=train and self.hflip, seed=self.seed)
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        return self._loader("test", train=False)
+
+
+def _carve(images: torch.Tensor, labels: torch.Tensor, val_size: int, train_size: int | None,
+           seed: int) -> tuple[Split, Split]:
+    """A validation split of `val_size` images drawn from a training set with a fixed seed (the same
+    for every trial, so that all candidates are compared on the same images), and the rest, optionally
+    cut to `train_size` for quick runs."""
+    total = len(labels)
+    if val_size >= total:
+        raise UserError(f"data.val_size: {val_size} leaves no training images out of {total}")
+    if train_size is not None and train_size > total - val_size:
+        raise UserError(f"data.train_size: {train_size} is more than the {total - val_size} images left "
+                        f"after data.val_size={val_size}")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    val, train = order[:val_size], order[val_size:]
+    if train_size is not None:
+        train = train[:train_size]
+    return (images[train], labels[train]), (images[val], labels[val])
+
+
+# --- procedural -----------------------------------------------------------------------------------
+
+TEXTURES = ("plain", "coarse-horizontal", "coarse-vertical", "fine-horizontal", "fine-vertical")
+LAYOUTS = ("row", "column")
+PROCEDURAL_CLASSES = tuple(f"{texture}/{layout}" for texture in TEXTURES for layout in LAYOUTS)
+
+# Generator constants. Lengths are fractions of the image side unless they say px (native pixels).
+_DISCS = 4                          # distractor discs, each present with probability 0.7
+_DISC_TEXTURES = 3                  # discs are plain or coarsely striped (TEXTURES[:3])
+_DISC_RADIUS = (0.04, 0.10)
+_PATCH_HALF_SIDE = (0.11, 0.15)
+_PART_DISTANCE = (0.50, 0.68)       # patch to cross: beyond a shallow network's receptive field
+_MARGIN = 0.16                      # keeps both parts inside the image
+_COARSE_PERIOD = (0.14, 0.20)
+_FINE_PERIOD_PX = (2.0, 3.4)        # below the 4 px a 2× downsample can represent
+_CONTRAST = (0.25, 0.45)
+_GRADIENT = 0.3                     # background brightness change across the image, at most
+_NOISE = 0.06                       # pixel noise, standard deviation (1 = full range)
+_CHUNK = 1000                       # images rendered at once, to bound the float32 working memory
+
+
+def generate_procedural(count: int, native_resolution: int = 64, seed: int | Sequence[int] = 0,
+                        num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """`count` images (uint8, count×3×R×R) and labels (int64), as balanced as `count` allows, the
+    same bytes for the same arguments. See the module docstring for what the classes are."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(count) % num_classes)
+    images = np.empty((count, 3, native_resolution, native_resolution), np.uint8)
+    for start in range(0, count, _CHUNK):
+        images[start:start + _CHUNK] = _render(labels[start:start + _CHUNK], native_resolution, rng)
+    return images, labels.astype(np.int64)
+
+
+def _render(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One chunk of images, all drawn at once: each step works on the whole N×3×H×W block."""
+    axis = np.arange(size, dtype=np.float32)
+    grid = (axis.reshape(1, size, 1), axis.reshape(1, 1, size))  # y, x; broadcast against N×1×1
+    canvas = _background(len(labels), size, rng, grid)
+    _draw_discs(canvas, size, rng, grid)
+    patch, cross = _place_parts(labels % len(LAYOUTS), size, rng)
+    _draw_patch(canvas, labels // len(LAYOUTS), patch, size, rng, grid)
+    _draw_cross(canvas, cross, size, rng, grid)
+    canvas += _NOISE * rng.standard_normal(canvas.shape, dtype=np.float32)
+    return np.clip(canvas * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _uniform(rng: np.random.Generator, bounds: tuple[float, float], shape: Any) -> np.ndarray:
+    return rng.uniform(bounds[0], bounds[1], shape).astype(np.float32)
+
+
+def _background(count: int, size: int, rng: np.random.Generator, grid: tuple) -> np.ndarray:
+    """A random colour with a linear brightness ramp in a random direction."""
+    y, x = grid
+    base = _uniform(rng, (0.25, 0.75), (count, 3, 1, 1))
+    angle = _uniform(rng, (0, 2 * np.pi), (count, 1, 1))
+    slope = _uniform(rng, (0, _GRADIENT), (count, 1, 1)) / size
+    ramp = slope * (np.cos(angle) * (x - size / 2) + np.sin(angle) * (y - size / 2))
+    return base + ramp[:, None]
+
+
+def _paint(canvas: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> None:
+    """Fill `mask` (N×H×W) with one random colour per image."""
+    colour = _uniform(rng, (0, 1), (len(canvas), 3, 1, 1))
+    np.copyto(canvas, colour, where=mask[:, None])
+
+
+def _fill(canvas: np.ndarray, mask: np.ndarray, texture: np.ndarray, size: int, rng: np.random.Generator,
+          grid: tuple) -> None:
+    """Fill `mask` with a random colour modulated by each image's texture (an index into TEXTURES)."""
+    shape = (len(canvas), 1, 1)
+    contrast = _uniform(rng, _CONTRAST, shape)
+    colour = _uniform(rng, (0.3, 0.7), (len(canvas), 3, 1, 1))
+    pattern = colour * (1 + (contrast * _texture(texture, size, rng, grid))[:, None])
+    np.copyto(canvas, pattern, where=mask[:, None])
+
+
+def _draw_discs(canvas: np.ndarray, size: int, rng: np.random.Generator, grid: tuple) -> None:
+    """Distractors that may carry the patch's coarse textures, so that a network must tie a texture
+    to the square shape rather than just notice it somewhere."""
+    y, x = grid
+    shape = (len(canvas), 1, 1)
+    for _ in range(_DISCS):
+        radius = _uniform(rng, _DISC_RADIUS, shape) * size
+        cx, cy = _uniform(rng, (0, size), shape), _uniform(rng, (0, size), shape)
+        present = rng.random(shape) < 0.7
+        texture = rng.integers(0, _DISC_TEXTURES, len(canvas))
+        _fill(canvas, ((x - cx) ** 2 + (y - cy) ** 2 < radius ** 2) & present, texture, size, rng, grid)
+
+
+def _place_parts(layout: np.ndarray, size: int, rng: np.random.Generator) -> tuple[tuple, tuple]:
+    """Centres (x, y) of patch and cross: apart along one axis (x for "row", y for "column"), level
+    on the other up to a small jitter, either one first."""
+    count = len(layout)
+    margin = _MARGIN * size
+    distance = _uniform(rng, _PART_DISTANCE, count) * size
+    first = margin + _uniform(rng, (0, 1), count) * (size - 2 * margin - distance)
+    patch_first = rng.random(count) < 0.5
+    patch_along = np.where(patch_first, first, first + distance)
+    cross_along = np.where(patch_first, first + distance, first)
+    patch_across = _uniform(rng, (margin, size - margin), count)
+    cross_across = patch_across + _uniform(rng, (-0.03, 0.03), count) * size
+    row = layout == 0
+    patch = np.where(row, patch_along, patch_across), np.where(row, patch_across, patch_along)
+    cross = np.where(row, cross_along, cross_across), np.where(row, cross_across, cross_along)
+    return patch, cross
+
+
+def _texture(texture: np.ndarray, size: int, rng: np.random.Generator, grid: tuple) -> np.ndarray:
+    """Brightness modulation in [-1, 1] for each texture class. Fine stripes are sinusoids, so they
+    average to exactly the plain patch's colour once blurred."""
+    y, x = grid
+    shape = (len(texture), 1, 1)
+    phase = _uniform(rng, (0, 2 * np.pi), shape)
+    coarse = _uniform(rng, _COARSE_PERIOD, shape) * size
+    fine = _uniform(rng, _FINE_PERIOD_PX, shape)
+    kind = texture.reshape(shape)
+    patterns = [np.sign(np.sin(2 * np.pi * y / coarse + phase)), np.sign(np.sin(2 * np.pi * x / coarse + phase)),
+                np.cos(2 * np.pi * y / fine + phase), np.cos(2 * np.pi * x / fine + phase)]
+    return np.select([kind == k for k in range(1, len(TEXTURES))], patterns, 0.0).astype(np.float32)
+
+
+def _draw_patch(canvas: np.ndarray, texture: np.ndarray, centre: tuple, size: int,
+                rng: np.random.Generator, grid: tuple) -> None:
+    y, x = grid
+    shape = (len(canvas), 1, 1)
+    half = _uniform(rng, _PATCH_HALF_SIDE, shape) * size
+    cx, cy = (c.reshape(shape) for c in centre)
+    _fill(canvas, (np.abs(x - cx) < half) & (np.abs(y - cy) < half), texture, size, rng, grid)
+
+
+def _draw_cross(canvas: np.ndarray, centre: tuple, size: int, rng: np.random.Generator,
+                grid: tuple) -> None:
+    y, x = grid
+    cx, cy = (c.reshape(len(canvas), 1, 1) for c in centre)
+    arm, thickness = 0.08 * size, max(1.0, 0.025 * size)
+    dx, dy = np.abs(x - cx), np.abs(y - cy)
+    _paint(canvas, ((dx < thickness) & (dy < arm)) | ((dy < thickness) & (dx < arm)), rng)
+
+
+@lru_cache(maxsize=6)
+def _procedural_split(count: int, native_resolution: int, seed: tuple[int, int], num_classes: int) -> Split:
+    """Cached so that the trials of one search process generate each split once (never modified)."""
+    images, labels = generate_procedural(count, native_resolution, seed, num_classes)
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+class ProceduralDataModule(TensorDataModule):
+    """The embedded default: no files, no download, the same images for the same `data_seed`."""
+
+    def __init__(self, *, train_size: int = 6000, val_size: int = 1000, test_size: int = 1000,
+                 **common: Any) -> None:
+        super().__init__(**common)
+        if self.root is not None:
+            raise UserError("data.root: data=procedural generates its images and reads no files "
+                            "(for files use data=imagefolder, fashion_mnist or cifar10)")
+        if self.in_channels != 3:
+            raise UserError(f"data.in_channels: procedural images are RGB (3), got {self.in_channels}")
+        if not 2 <= self.num_classes <= len(PROCEDURAL_CLASSES):
+            raise UserError(f"data.num_classes: procedural data has 2 to {len(PROCEDURAL_CLASSES)} "
+                            f"classes, got {self.num_classes}")
+        self.sizes = {"train": _count(train_size, "train_size"), "val": _count(val_size, "val_size"),
+                      "test": _count(test_size, "test_size")}
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(PROCEDURAL_CLASSES[:self.num_classes])
+
+    def _load(self) -> dict[str, Split]:
+        # One seed per split, so that changing one split's size leaves the others' images unchanged.
+        return {split: _procedural_split(count, self.native_resolution, (self.data_seed, index), self.num_classes)
+                for index, (split, count) in enumerate(self.sizes.items())}
+
+
+# --- Fashion-MNIST --------------------------------------------------------------------------------
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+# IDX magic numbers (LeCun's MNIST format): 0x08 = unsigned bytes, then the number of dimensions.
+IDX_IMAGES, IDX_LABELS = 0x0803, 0x0801
+
+
+def _idx_bytes(path: Path) -> tuple[bytes, bool]:
+    """The file's (decompressed) bytes, and whether the gzip stream was complete. What a truncated
+    gzip still holds is returned, so that the size check can say how much is missing."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    if path.suffix != ".gz":
+        return raw, True
+    stream = zlib.decompressobj(wbits=31)  # 31: a gzip header and trailer around the deflate data
+    try:
+        data = stream.decompress(raw)
+    except zlib.error as exc:
+        raise UserError(f"{path}: not a valid gzip file ({exc})") from None
+    return data, stream.eof
+
+
+def read_idx(path: Path | str, magic: int) -> np.ndarray:
+    """The array stored in an IDX file: a big-endian int32 magic number (whose low byte is the number of
+    dimensions), one int32 per dimension, then the unsigned bytes. Every way the file can be wrong is
+    a `UserError` naming it."""
+    path = Path(path)
+    data, complete = _idx_bytes(path)
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise UserError(f"{path}: truncated, expected at least {header} bytes, found {len(data)}")
+    found = struct.unpack(">i", data[:4])[0]
+    if found != magic:
+        raise UserError(f"{path}: wrong magic number {found}, expected {magic}")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    expected = header + math.prod(dims)
+    if len(data) < expected:
+        raise UserError(f"{path}: truncated, expected {expected} bytes, found {len(data)}")
+    if not complete:
+        raise UserError(f"{path}: truncated, the gzip stream ends early")
+    if len(data) > expected:
+        raise UserError(f"{path}: {len(data) - expected} bytes beyond the {expected} its header declares")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+class FashionMNISTDataModule(TensorDataModule):
+    """Fashion-MNIST (Xiao et al. 2017) from its original IDX files; `test` is the t10k set and
+    `val` is carved from the 60 000 training images with `data_seed`."""
+
+    def __init__(self, *, download: bool = False, val_size: int = 5000, train_size: int | None = None,
+                 **common: Any) -> None:
+        super().__init__(**common)
+        if self.num_classes != len(FASHION_MNIST_CLASSES):
+            raise UserError(f"data.num_classes: Fashion-MNIST has 10 classes, got {self.num_classes}")
+        if self.in_channels not in (1, 3):
+            raise UserError(f"data.in_channels: 1 (grey) or 3 (grey replicated as RGB), got {self.in_channels}")
+        self.download = bool(download)
+        self.val_size = _count(val_size, "val_size", 0)
+        self.train_size = None if train_size is None else _count(train_size, "train_size")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(FASHION_MNIST_CLASSES)
+
+    def prepare_data(self) -> None:
+        if self.download:
+            self._download()
+
+    def _download(self) -> None:
+        from torchvision.datasets import FashionMNIST
+
+        try:
+            FashionMNIST(str(self._root()), download=True)
+        except (OSError, RuntimeError) as exc:
+            raise UserError(f"data.download: could not fetch Fashion-MNIST into {self.root} ({exc})") from None
+
+    def _root(self) -> Path:
+        if self.root is None:
+            raise UserError("data.root: not set; point it at the Fashion-MNIST IDX files "
+                            "(data.root=DIR) or add data.download=true")
+        return self.root
+
+    def _file(self, stem: str) -> Path:
+        """`stem` or `stem`.gz in the root, or where torchvision's download puts it."""
+        root = self._root()
+        if not root.is_dir():
+            raise UserError(f"data.root: {root} is not a directory")
+        for folder in (root, root / "FashionMNIST" / "raw"):
+            for name in (stem, stem + ".gz"):
+                if (folder / name).is_file():
+                    return folder / name
+        raise UserError(f"{root / stem}[.gz]: missing (data.download=true fetches the Fashion-MNIST files)")
+
+    def _read(self, prefix: str) -> Split:
+        images_path, labels_path = self._file(f"{prefix}-images-idx3-ubyte"), self._file(f"{prefix}-labels-idx1-ubyte")
+        images, labels = read_idx(images_path, IDX_IMAGES), read_idx(labels_path, IDX_LABELS)
+        if len(images) != len(labels):
+            raise UserError(f"{labels_path}: {len(labels)} labels for the {len(images)} images in {images_path.name}")
+        if images.shape[1:] != (self.native_resolution,) * 2:
+            raise UserError(f"{images_path}: images are {images.shape[1]}×{images.shape[2]} px, expected "
+                            f"{self.native_resolution}×{self.native_resolution}")
+        if len(labels) and labels.max() >= self.num_classes:
+            raise UserError(f"{labels_path}: label {labels.max()} outside 0..{self.num_classes - 1}")
+        return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+    def _load(self) -> dict[str, Split]:
+        if self.download:
+            self._download()
+        train, val = _carve(*self._read("train"), self.val_size, self.train_size, self.data_seed)
+        return {"train": train, "val": val, "test": self._read("t10k")}
+
+
+# --- CIFAR-10 -------------------------------------------------------------------------------------
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class CIFAR10DataModule(TensorDataModule):
+    """CIFAR-10 through torchvision's reader (which checks the files' MD5 sums); `test` is the test
+    batch and `val` is carved from the 50 000 training images with `data_seed`."""
+
+    def __init__(self, *, download: bool = False, val_size: int = 5000, train_size: int | None = None,
+                 **common: Any) -> None:
+        super().__init__(**common)
+        if self.num_classes != len(CIFAR10_CLASSES):
+            raise UserError(f"data.num_classes: CIFAR-10 has 10 classes, got {self.num_classes}")
+        if self.in_channels != 3:
+            raise UserError(f"data.in_channels: CIFAR-10 images are RGB (3), got {self.in_channels}")
+        self.download = bool(download)
+        self.val_size = _count(val_size, "val_size", 0)
+        self.train_size = None if train_size is None else _count(train_size, "train_size")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(CIFAR10_CLASSES)
+
+    def prepare_data(self) -> None:
+        if self.download:
+            self._read(train=True)
+
+    def _read(self, train: bool) -> Split:
+        from torchvision.datasets import CIFAR10
+
+        if self.root is None:
+            raise UserError("data.root: not set; point it at the folder holding cifar-10-batches-py "
+                            "(data.root=DIR) or add data.download=true")
+        try:
+            dataset = CIFAR10(str(self.root), train=train, download=self.download)
+        except RuntimeError:  # torchvision: "Dataset not found or corrupted"
+            raise UserError(f"data.root: no intact CIFAR-10 (cifar-10-batches-py) under {self.root}; "
+                            "data.download=true fetches it") from None
+        except OSError as exc:
+            raise UserError(f"data.download: could not fetch CIFAR-10 into {self.root} ({exc})") from None
+        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+        return images, torch.tensor(dataset.targets, dtype=torch.int64)
+
+    def _load(self) -> dict[str, Split]:
+        train, val = _carve(*self._read(train=True), self.val_size, self.train_size, self.data_seed)
+        return {"train": train, "val": val, "test": self._read(train=False)}
+
+
+# --- image folders --------------------------------------------------------------------------------
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+EVAL_CROP = 0.875  # evaluation resizes to resolution / 0.875, then centre-crops: ImageNet's 224 of 256
+Sample = tuple[str, int]
+
+
+def _unreadable(path: str) -> str | None:
+    """Why PIL cannot decode `path`, or None. `verify()` checks the container without decoding (and
+    leaves the image unusable), and a truncated JPEG passes it, so a second open decodes the pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            image.load()
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """(path, label) pairs decoded on access, as `mode` ("RGB" or "L"), through `transform`."""
+
+    def __init__(self, samples: list[Sample], transform: Any, mode: str) -> None:
+        self.samples, self.transform, self.mode = samples, transform, mode
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[index]
+        with Image.open(path) as image:
+            return self.transform(image.convert(self.mode)), label
+
+
+class ImageFolderDataModule(DataModule):
+    """Any `root/<class>/<image>` tree (torchvision ImageFolder's layout). With `root/train` and
+    `root/val` (and optionally `root/test`) those are the splits; otherwise `val_fraction` of the images
+    is held out with `data_seed`. Without a test split, `test` is `val`. Every image is opened once at
+    setup (`verify: true`) so that a corrupt file is skipped with one warning, not met mid-epoch."""
+
+    def __init__(self, *, val_fraction: float = 0.1, verify: bool = True, **common: Any) -> None:
+        super().__init__(**common)
+        if self.in_channels not in (1, 3):
+            raise UserError(f"data.in_channels: 1 (grey) or 3 (RGB), got {self.in_channels}")
+        if not 0 < val_fraction < 1:
+            raise UserError(f"data.val_fraction: expected a fraction between 0 and 1, got {val_fraction}")
+        self.val_fraction, self.verify = float(val_fraction), bool(verify)
+        self._classes: list[str] | None = None
+        self._samples: dict[str, list[Sample]] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) if self._num_classes is None else self._num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        """The class folders' names, sorted; without a root (a shape-only config such as imagenet),
+        placeholders for `num_classes`."""
+        if self._classes is None:
+            if self.root is None and self._num_classes is not None:
+                return [f"class {index}" for index in range(self._num_classes)]
+            self._classes = self._find_classes(self._split_dirs()["train"])
+        return list(self._classes)
+
+    def _split_dirs(self) -> dict[str, Path | None]:
+        if self.root is None:
+            raise UserError("data.root: not set; point it at a folder of <class>/<image> folders (data.root=DIR)")
+        if not self.root.is_dir():
+            raise UserError(f"data.root: {self.root} is not a directory")
+        if not (self.root / "train").is_dir():
+            return {"train": self.root, "val": None, "test": None}
+        return {split: self.root / split if (self.root / split).is_dir() else None
+                for split in ("train", "val", "test")}
+
+    @staticmethod
+    def _find_classes(folder: Path) -> list[str]:
+        classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+        if not classes:
+            raise UserError(f"{folder}: no class folders (expected {folder}/<class>/<image files>)")
+        return classes
+
+    def _images(self, folder: Path) -> list[Sample]:
+        """Every image file under `folder`/<class>/, recursively, in a fixed order."""
+        samples = []
+        for label, name in enumerate(self.class_names):
+            for directory, _, files in sorted(os.walk(folder / name, followlinks=True)):
+                samples += [(os.path.join(directory, file), label) for file in sorted(files)
+                            if file.lower().endswith(IMAGE_EXTENSIONS)]
+        if not samples:
+            raise UserError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
+        return samples
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._samples is None:
+            samples = self._scan()
+            self._samples = self._without_unreadable(samples) if self.verify else samples
+
+    def _scan(self) -> dict[str, list[Sample]]:
+        dirs = self._split_dirs()
+        if self._num_classes is not None and self._num_classes != len(self.class_names):
+            raise UserError(f"data.num_classes: {self._num_classes}, but {dirs['train']} has "
+                            f"{len(self.class_names)} class folders")
+        train = self._images(dirs["train"])
+        if dirs["val"] is None:
+            train, val = self._hold_out(train)
+        else:
+            val = self._images(dirs["val"])
+        return {"train": train, "val": val, "test": val if dirs["test"] is None else self._images(dirs["test"])}
+
+    def _hold_out(self, samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
+        held = max(1, round(self.val_fraction * len(samples)))
+        if held >= len(samples):
+            raise UserError(f"data.val_fraction: {self.val_fraction} of {len(samples)} images leaves none to train on")
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.data_seed)).tolist()
+        return [samples[i] for i in order[held:]], [samples[i] for i in order[:held]]
+
+    def _without_unreadable(self, splits: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
+        """Each file opened once, in parallel threads (PIL decodes without the GIL); the unreadable ones
+        dropped with a single warning that counts them and names the first."""
+        paths = sorted({path for samples in splits.values() for path, _ in samples})
+        with ThreadPoolExecutor(max(1, self.num_workers)) as pool:
+            problems = {path: why for path, why in zip(paths, pool.map(_unreadable, paths)) if why}
+        if not problems:
+            return splits
+        first = min(problems)
+        warnings.warn(f"{self.root}: skipped {len(problems)} unreadable image(s), the first {first} "
+                      f"({problems[first]})", stacklevel=2)
+        kept = {split: [s for s in samples if s[0] not in problems] for split, samples in splits.items()}
+        for split, samples in kept.items():
+            if not samples:
+                raise UserError(f"{self.root}: no readable images left in the {split} split")
+        return kept
+
+    def _transform(self, train: bool) -> Any:
+        """Training: a random crop of 8-100 % of the image (Inception-style) resized to `resolution`;
+        evaluation: resize and centre crop. Both end in `mean`/`std` normalisation."""
+        from torchvision import transforms
+
+        size = self.resolution
+        if train:
+            steps = [transforms.RandomResizedCrop(size)] + ([transforms.RandomHorizontalFlip()] if self.hflip else [])
+        else:
+            steps = [transforms.Resize(round(size / EVAL_CROP)), transforms.CenterCrop(size)]
+        return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
+
+    def _loader(self, split: str, train: bool) -> torch.utils.data.DataLoader:
+        self.setup()
+        dataset = _ImageFiles(self._samples[split], self._transform(train), "L" if self.in_channels == 1 else "RGB")
+        workers = self.num_workers
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=train, drop_last=train and len(dataset) > self.batch_size,
+            num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(self.seed))
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("test", train=False)
+
+
+# --- from a config --------------------------------------------------------------------------------
+
+DATAMODULES: dict[str, type[DataModule]] = {
+    "procedural": ProceduralDataModule,
+    "fashion_mnist": FashionMNISTDataModule,
+    "cifar10": CIFAR10DataModule,
+    "imagefolder": ImageFolderDataModule,
+}
+
+
+def _settings(cls: type[DataModule]) -> set[str]:
+    """The keyword arguments `cls` accepts: its own and those of every base it passes `**common` to."""
+    return {name for klass in cls.__mro__ if "__init__" in vars(klass) and issubclass(klass, DataModule)
+            for name, parameter in inspect.signature(klass.__init__).parameters.items()
+            if parameter.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def build_datamodule(cfg: Mapping[str, Any], resolution: int, batch_size: int, num_workers: int | None = None,
+                     seed: int = 0) -> DataModule:
+    """The data module the `data` config group describes, at a candidate's `resolution` and
+    `batch_size`; `seed` orders the batches (the images and splits depend on `data_seed` only)."""
+    cfg = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    name = cfg.get("name")
+    if name not in DATAMODULES:
+        raise UserError(f"data.name: unknown data source {name!r}; expected one of {', '.join(DATAMODULES)}")
+    cls = DATAMODULES[name]
+    unknown = sorted(set(cfg) - _settings(cls))
+    if unknown:
+        raise UserError(f"data.{unknown[0]}: not a setting of data={name} "
+                        f"(its settings: {', '.join(sorted(_settings(cls) - {'seed'}))})")
+    overrides = {"resolution": resolution, "batch_size": batch_size, "seed": seed}
+    if num_workers is not None:
+        overrides["num_workers"] = num_workers
+    return cls(**{**cfg, **overrides})

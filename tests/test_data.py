@@ -1,0 +1,342 @@
+"""Data modules: the procedural set's promises, Fashion-MNIST's reader, image folders, the factory."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from effscale import data
+from effscale.data import (IDX_IMAGES, IDX_LABELS, TEXTURES, TensorBatchLoader, build_datamodule,
+                           generate_procedural, read_idx, resize_uint8)
+from effscale.errors import UserError
+
+FASHION_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
+SMALL_PROCEDURAL = {"name": "procedural", "root": None, "train_size": 200, "val_size": 60, "test_size": 60,
+                    "num_classes": 10, "in_channels": 3, "native_resolution": 64, "mean": [0.5] * 3,
+                    "std": [0.18] * 3}
+
+
+# --- procedural -----------------------------------------------------------------------------------
+
+
+def test_procedural_images_are_the_same_bytes_for_the_same_seed_and_differ_for_another():
+    images, labels = generate_procedural(40, seed=3)
+    again, again_labels = generate_procedural(40, seed=3)
+    other, _ = generate_procedural(40, seed=4)
+    assert images.dtype == np.uint8 and images.shape == (40, 3, 64, 64)
+    assert images.tobytes() == again.tobytes() and np.array_equal(labels, again_labels)
+    assert np.mean(images != other) > 0.9
+
+
+def test_procedural_classes_are_balanced():
+    _, labels = generate_procedural(250, seed=0)
+    assert np.bincount(labels, minlength=10).tolist() == [25] * 10
+
+
+def test_procedural_splits_differ_from_each_other():
+    module = build_datamodule(SMALL_PROCEDURAL, resolution=64, batch_size=32)
+    train, val = module.tensors("train")[0], module.tensors("val")[0]
+    assert not any(torch.equal(train[i], val[j]) for i in range(5) for j in range(5))
+
+
+def test_resolution_is_applied_to_every_split_and_changes_when_set():
+    module = build_datamodule(SMALL_PROCEDURAL, resolution=40, batch_size=32)
+    x, y = next(iter(module.train_dataloader()))
+    assert x.shape == (32, 3, 40, 40) and x.dtype == torch.float32 and y.shape == (32,)
+    module.resolution = 16
+    assert next(iter(module.val_dataloader()))[0].shape == (32, 3, 16, 16)
+    assert next(iter(module.test_dataloader()))[0].shape == (32, 3, 16, 16)
+    assert module.native_resolution == 64 and module.tensors("train")[0].dtype == torch.uint8
+
+
+def test_batches_are_normalised_by_the_configured_mean_and_std():
+    module = build_datamodule(SMALL_PROCEDURAL, resolution=64, batch_size=200)
+    x, _ = next(iter(module.train_dataloader()))
+    images = module.tensors("train")[0].float() / 255
+    assert x.mean().item() == pytest.approx((images.mean().item() - 0.5) / 0.18, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def fine_detail_set() -> tuple[torch.Tensor, torch.Tensor]:
+    """Procedural images of the three classes that differ only in fine detail (plain,
+    fine-horizontal, fine-vertical stripes; either layout), with labels 0, 1, 2."""
+    images, labels = generate_procedural(1500, seed=11)
+    wanted = [TEXTURES.index(t) for t in ("plain", "fine-horizontal", "fine-vertical")]
+    keep = np.isin(labels // 2, wanted)
+    texture = torch.from_numpy(labels[keep] // 2)
+    return torch.from_numpy(images[keep]), torch.searchsorted(torch.tensor(wanted), texture)
+
+
+@contextmanager
+def one_thread():
+    """Hundreds of tiny optimiser steps run fastest on one thread, above all on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def fine_detail_accuracy(images: torch.Tensor, labels: torch.Tensor, resolution: int) -> float:
+    """Held-out accuracy of logistic regression on the log-amplitude spectrum (blind to where the
+    patch is) of the grey images seen at `resolution` and shown again at 64 px, so that the same
+    classifier judges every resolution."""
+    x = resize_uint8(images, resolution)
+    x = torch.nn.functional.interpolate(x.float(), size=(64, 64), mode="bilinear", align_corners=False)
+    grey = x.mean(1) - x.mean((1, 2, 3))[:, None, None]
+    features = torch.log1p(torch.fft.rfft2(grey).abs()).flatten(1)
+    features = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    train, test = slice(0, 300), slice(300, None)
+    torch.manual_seed(0)
+    classifier = torch.nn.Linear(features.shape[1], 3)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=0.01, weight_decay=1e-3)
+    with one_thread():
+        for _ in range(300):
+            loss = torch.nn.functional.cross_entropy(classifier(features[train]), labels[train])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return (classifier(features[test]).argmax(1) == labels[test]).float().mean().item()
+
+
+def test_fine_detail_classes_need_more_than_the_baselines_resolution(fine_detail_set):
+    native, baseline, low = (fine_detail_accuracy(*fine_detail_set, r) for r in (64, 32, 8))
+    assert native > 0.85
+    assert baseline < native - 0.3
+    assert low < 0.42  # chance is 1/3
+
+
+def test_loader_shuffles_reproducibly_from_its_seed():
+    images = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1)
+    labels = torch.arange(100)
+
+    def first_epoch(seed: int) -> list[int]:
+        loader = TensorBatchLoader(images, labels, batch_size=30, mean=[0], std=[1 / 255], shuffle=True,
+                                   drop_last=True, seed=seed)
+        return torch.cat([y for _, y in loader]).tolist()
+
+    assert len(first_epoch(0)) == 90 and first_epoch(0) == first_epoch(0) != first_epoch(1)
+    assert sorted(first_epoch(0)) != list(range(90))
+
+
+def test_loader_gives_each_distributed_rank_a_disjoint_equal_shard(monkeypatch):
+    images, labels = torch.zeros(10, 1, 1, 1, dtype=torch.uint8), torch.arange(10)
+    seen = []
+    for rank in range(3):
+        monkeypatch.setattr(data, "_rank_and_world", lambda rank=rank: (rank, 3))
+        loader = TensorBatchLoader(images, labels, batch_size=2, mean=[0], std=[1], shuffle=True, seed=5)
+        seen.append(torch.cat([y for _, y in loader]).tolist())
+        assert len(loader) == 2
+    assert [len(s) for s in seen] == [3, 3, 3] and len(set(sum(seen, []))) == 9
+
+
+def test_lightning_trains_on_the_tensor_loader(tmp_path):
+    import lightning.pytorch as pl
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+
+        def training_step(self, batch, _):
+            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def validation_step(self, batch, _):
+            self.log("val_loss", torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    module = build_datamodule(SMALL_PROCEDURAL, resolution=8, batch_size=50)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(Tiny(), datamodule=module)
+    assert trainer.global_step == 2 * 4 and "val_loss" in trainer.callback_metrics
+
+
+# --- Fashion-MNIST --------------------------------------------------------------------------------
+
+needs_fashion_mnist = pytest.mark.skipif(not FASHION_MNIST.is_dir(),
+                                         reason=f"real Fashion-MNIST files not found at {FASHION_MNIST}")
+
+
+def _fashion_cfg(root: Path, **extra) -> dict:
+    return {"name": "fashion_mnist", "root": str(root), "num_classes": 10, "in_channels": 1,
+            "native_resolution": 28, "mean": [0.286], "std": [0.353], **extra}
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_reads_the_real_files():
+    module = build_datamodule(_fashion_cfg(FASHION_MNIST), resolution=28, batch_size=256)
+    (train, train_labels), (val, _), (test, test_labels) = (module.tensors(s) for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (55000, 5000, 10000)
+    assert train.shape[1:] == (1, 28, 28) and train.dtype == torch.uint8
+    assert (train.min().item(), train.max().item()) == (0, 255)
+    assert torch.bincount(test_labels).tolist() == [1000] * 10
+    assert module.num_classes == 10 and len(module.class_names) == 10
+    first = read_idx(FASHION_MNIST / "train-labels-idx1-ubyte.gz", IDX_LABELS)[0]
+    assert module.class_names[first] == "Ankle boot" and first == 9
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_replicates_grey_for_three_channels_and_subsamples():
+    module = build_datamodule(_fashion_cfg(FASHION_MNIST, in_channels=3, train_size=1000, val_size=500),
+                              resolution=32, batch_size=100)
+    x, _ = next(iter(module.train_dataloader()))
+    assert x.shape == (100, 3, 32, 32) and torch.equal(x[:, 0], x[:, 2])
+    assert len(module.train_dataloader()) == 10 and len(module.tensors("val")[1]) == 500
+
+
+def _write_idx(path: Path, magic: int, array: np.ndarray, keep_bytes: int | None = None) -> Path:
+    content = struct.pack(">i", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    content = content[:keep_bytes]
+    path.write_bytes(gzip.compress(content) if path.suffix == ".gz" else content)
+    return path
+
+
+def _tiny_fashion_root(root: Path) -> Path:
+    """A valid Fashion-MNIST layout with 30 training and 10 test images."""
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", 30), ("t10k", 10)):
+        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", IDX_IMAGES, rng.integers(0, 256, (count, 28, 28), np.uint8))
+        _write_idx(root / f"{prefix}-labels-idx1-ubyte", IDX_LABELS, np.arange(count, dtype=np.uint8) % 10)
+    return root
+
+
+def test_fashion_mnist_reads_gzipped_and_plain_files(tmp_path):
+    module = build_datamodule(_fashion_cfg(_tiny_fashion_root(tmp_path / "fm"), val_size=10), 28, 8)
+    assert [len(module.tensors(s)[1]) for s in ("train", "val", "test")] == [20, 10, 10]
+
+
+def test_wrong_magic_number_names_the_file(tmp_path):
+    root = _tiny_fashion_root(tmp_path / "fm")
+    bad = _write_idx(root / "train-images-idx3-ubyte.gz", 1234, np.zeros((30, 28, 28), np.uint8))
+    with pytest.raises(UserError, match=f"^{bad}: wrong magic number 1234, expected 2051$"):
+        build_datamodule(_fashion_cfg(root, val_size=10), 28, 8).setup()
+
+
+@pytest.mark.parametrize("name", ["train-labels-idx1-ubyte", "train-images-idx3-ubyte.gz"])
+def test_truncated_file_names_the_file_and_the_size_it_needs(tmp_path, name):
+    root = _tiny_fashion_root(tmp_path / "fm")
+    shape = (30,) if "labels" in name else (30, 28, 28)
+    magic = IDX_LABELS if "labels" in name else IDX_IMAGES
+    expected = 4 + 4 * len(shape) + int(np.prod(shape))
+    bad = _write_idx(root / name, magic, np.zeros(shape, np.uint8), keep_bytes=expected - 7)
+    with pytest.raises(UserError, match=f"^{bad}: truncated, expected {expected} bytes, found {expected - 7}$"):
+        build_datamodule(_fashion_cfg(root, val_size=10), 28, 8).setup()
+
+
+@needs_fashion_mnist
+def test_cut_off_copy_of_the_real_gzip_is_reported_truncated(tmp_path):
+    real = (FASHION_MNIST / "train-labels-idx1-ubyte.gz").read_bytes()
+    bad = tmp_path / "train-labels-idx1-ubyte.gz"
+    bad.write_bytes(real[:len(real) // 2])
+    with pytest.raises(UserError, match=f"^{bad}: truncated, expected 60008 bytes, found "):
+        read_idx(bad, IDX_LABELS)
+
+
+def test_labels_that_do_not_match_the_images_name_the_file(tmp_path):
+    root = _tiny_fashion_root(tmp_path / "fm")
+    bad = _write_idx(root / "t10k-labels-idx1-ubyte", IDX_LABELS, np.zeros(9, np.uint8))
+    with pytest.raises(UserError, match=f"^{bad}: 9 labels for the 10 images in t10k-images-idx3-ubyte.gz$"):
+        build_datamodule(_fashion_cfg(root, val_size=10), 28, 8).setup()
+
+
+def test_missing_fashion_mnist_root_or_file_names_the_path(tmp_path):
+    with pytest.raises(UserError, match=f"^data.root: {tmp_path / 'absent'} is not a directory$"):
+        build_datamodule(_fashion_cfg(tmp_path / "absent"), 28, 8).setup()
+    root = _tiny_fashion_root(tmp_path / "fm")
+    (root / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(UserError, match=f"{root / 't10k-images-idx3-ubyte'}\\[.gz\\]: missing"):
+        build_datamodule(_fashion_cfg(root, val_size=10), 28, 8).setup()
+
+
+# --- image folders --------------------------------------------------------------------------------
+
+
+def _folder_cfg(root: Path, **extra) -> dict:
+    return {"name": "imagefolder", "root": str(root), "num_classes": None, "in_channels": 3,
+            "native_resolution": 224, "mean": [0.5] * 3, "std": [0.25] * 3, "num_workers": 0, **extra}
+
+
+def _image_tree(root: Path, per_class: int = 6) -> Path:
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            pixels = rng.integers(0, 256, (20, 24, 3), np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{index}.{'png' if index % 2 else 'jpg'}")
+    return root
+
+
+def test_imagefolder_skips_unreadable_images_with_one_counted_warning(tmp_path):
+    root = _image_tree(tmp_path / "photos")
+    (root / "cat" / "a-garbage.png").write_bytes(b"not an image at all")
+    whole = (root / "dog" / "0.jpg").read_bytes()
+    (root / "dog" / "b-cut.jpg").write_bytes(whole[:len(whole) // 2])
+    module = build_datamodule(_folder_cfg(root, val_fraction=0.25), resolution=16, batch_size=4)
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable image\(s\), the first .*a-garbage.png") as caught:
+        module.setup()
+    assert len(caught) == 1
+    assert [len(module._samples[s]) for s in ("train", "val")] == [9, 3]
+    x, y = next(iter(module.train_dataloader()))
+    assert x.shape == (4, 3, 16, 16) and module.class_names == ["cat", "dog"] and module.num_classes == 2
+    assert next(iter(module.val_dataloader()))[0].shape == (3, 3, 16, 16)
+
+
+def test_imagefolder_uses_train_and_val_folders_when_present(tmp_path):
+    _image_tree(tmp_path / "set" / "train", per_class=4)
+    _image_tree(tmp_path / "set" / "val", per_class=2)
+    module = build_datamodule(_folder_cfg(tmp_path / "set", in_channels=1, mean=[0.5], std=[0.25]), 12, 4)
+    module.setup()
+    assert [len(module._samples[s]) for s in ("train", "val", "test")] == [8, 4, 4]
+    assert next(iter(module.test_dataloader()))[0].shape == (4, 1, 12, 12)
+
+
+def test_imagefolder_missing_or_empty_root_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match=f"^data.root: {tmp_path / 'nowhere'} is not a directory$"):
+        build_datamodule(_folder_cfg(tmp_path / "nowhere"), 16, 4).setup()
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    with pytest.raises(UserError, match=f"^{tmp_path / 'empty'}: no images"):
+        build_datamodule(_folder_cfg(tmp_path / "empty"), 16, 4).setup()
+    with pytest.raises(UserError, match="no class folders"):
+        build_datamodule(_folder_cfg(tmp_path / "empty" / "cat"), 16, 4).setup()
+
+
+def test_imagenet_shape_config_needs_no_files():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "imagenet.yaml")
+    module = build_datamodule(cfg, resolution=224, batch_size=8)
+    assert (module.num_classes, module.in_channels, len(module.class_names)) == (1000, 3, 1000)
+
+
+# --- the factory ----------------------------------------------------------------------------------
+
+
+def test_every_shipped_config_builds():
+    from omegaconf import OmegaConf
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "conf" / "data").glob("*.yaml")):
+        module = build_datamodule(OmegaConf.load(path), resolution=32, batch_size=8, num_workers=1)
+        assert module.resolution == 32 and module.batch_size == 8 and len(module.mean) == module.in_channels
+
+
+def test_unknown_source_or_setting_is_a_user_error():
+    with pytest.raises(UserError, match="^data.name: unknown data source 'mnist'"):
+        build_datamodule({**SMALL_PROCEDURAL, "name": "mnist"}, 32, 8)
+    with pytest.raises(UserError, match="^data.trian_size: not a setting of data=procedural"):
+        build_datamodule({**SMALL_PROCEDURAL, "trian_size": 5}, 32, 8)
+    with pytest.raises(UserError, match="^data.mean: 2 values for in_channels=3$"):
+        build_datamodule({**SMALL_PROCEDURAL, "mean": [0.5, 0.5]}, 32, 8)
+    with pytest.raises(UserError, match="^data.root: data=procedural generates its images"):
+        build_datamodule({**SMALL_PROCEDURAL, "root": "/data"}, 32, 8)
