@@ -1,0 +1,76 @@
+"""What effscale needs to know about SLURM: which job a trial runs in, whether that job still runs it,
+and a job watcher for clusters without accounting.
+
+A trial records `slurm_job` ("<job id>.<restart count>") when its worker runs inside a SLURM job. The
+trial is abandoned when that job is no longer running, or runs again after a requeue (a requeued job
+keeps its id and raises SLURM_RESTART_COUNT): the worker that held it is gone either way, whatever
+host it ran on, so another worker takes the trial over at once instead of waiting for its heartbeat
+to age past `search.stale_after_s`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+GONE = "GONE"  # the state the watcher reports for a job squeue no longer lists
+
+
+def current_job() -> str | None:
+    """This process's SLURM job as "<job id>.<restart count>", or None outside SLURM.
+    Array tasks are named by their own SLURM_JOB_ID, which squeue and scontrol accept."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    return f"{job}.{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+
+
+def job_running(job: str) -> bool | None:
+    """Whether "<job id>.<restart count>" still runs: None when SLURM cannot be asked (no scontrol)."""
+    if shutil.which("scontrol") is None:
+        return None
+    job_id, _, restarts = job.partition(".")
+    done = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        return False  # purged from the controller: finished long ago
+    fields = dict(item.split("=", 1) for item in done.stdout.split() if "=" in item)
+    return fields.get("JobState") == "RUNNING" and fields.get("Restarts", "0") == (restarts or "0")
+
+
+def use_squeue_without_accounting() -> None:
+    """Make submitit follow jobs with squeue when `sacct` fails (accounting disabled).
+
+    submitit asks sacct for job states; without accounting it reports UNKNOWN forever, so a job
+    killed before it wrote its result (scancel, node failure) would leave the launcher waiting for
+    ever. squeue lists pending and running jobs (requeued ones too); a job it no longer lists has
+    ended, and submitit then reads its result file or reports that it produced none.
+    """
+    from submitit.slurm import slurm
+
+    class Watcher(slurm.SlurmInfoWatcher):
+        accounting: bool | None = None
+
+        def _make_command(self) -> list[str] | None:
+            command = super()._make_command()
+            if command is None or self._has_accounting():
+                return command
+            jobs = ",".join(command[i + 1] for i, arg in enumerate(command) if arg == "-j")
+            return ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T", "--jobs", jobs]
+
+        def _has_accounting(self) -> bool:
+            if self.accounting is None:
+                self.accounting = subprocess.run(["sacct", "-n", "-j", "1"], capture_output=True).returncode == 0
+            return self.accounting
+
+        def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
+            if self._has_accounting():
+                return super().read_info(string)
+            text = string.decode() if isinstance(string, bytes) else string
+            # sacct's format, so that submitit's parser reads array ranges such as 12_[0-3%256]
+            states = super().read_info("JobID|State\n" + text)
+            for job_id in self._registered - self._finished:
+                states.setdefault(job_id, {"JobID": job_id, "State": GONE})
+            return states
+
+    slurm.SlurmJob.watcher = Watcher(delay_s=30)
