@@ -19,7 +19,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -236,16 +236,23 @@ _NOT_ARCHITECTURE = ("resolution", "resolution_mult", "width_mult", "depth_mult"
 def measure_tables(tables: Sequence[dict[str, Any]], build: Callable[[dict[str, Any]], nn.Module],
                    **options: Any) -> list[Measurement]:
     """`measure_table` for each table (same keyword options). Tables that differ only in input size
-    share one model built on the meta device: building is a good part of the cost of measuring, and a
-    compound grid holds many points whose rounded depth and width are the same."""
+    share one model built on the meta device, and tables with the same architecture and input size
+    share one count: a compound grid holds many points whose rounded depth, width and resolution
+    coincide, and building and counting are what measuring costs."""
     built: dict[str, nn.Module] = {}
+    counted: dict[tuple[str, int], Measurement] = {}
     out = []
     for table in tables:
         key = json.dumps({k: v for k, v in table.items() if k not in _NOT_ARCHITECTURE}, sort_keys=True, default=str)
-        if key not in built:
-            with torch.device("meta"):
-                built[key] = build(table)
-        out.append(_measure_built(built[key], table, build, **options))
+        same = counted.get((key, int(table["resolution"])))
+        if same is None:
+            if key not in built:
+                with torch.device("meta"):
+                    built[key] = build(table)
+            same = counted[key, int(table["resolution"])] = _measure_built(built[key], table, build, **options)
+        out.append(replace(same, name=options.get("name") or table.get("name", "model"),
+                           width_mult=float(table.get("width_mult", 1.0)), depth_mult=float(table.get("depth_mult", 1.0)),
+                           resolution_mult=float(table.get("resolution_mult", 1.0))))
     return out
 
 

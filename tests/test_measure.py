@@ -80,3 +80,18 @@ def test_measure_tables_shares_models_and_equals_measure_table_one_by_one():
     together = measure_tables(tables, build, batch_size=16)
     assert len(built) == len(tables) // 2 and len({t["resolution"] for t in tables}) > len(built)
     assert together == [measure_table(t, lambda t: build_model(t, 10), batch_size=16) for t in tables]
+
+
+def test_measure_tables_counts_a_repeated_architecture_and_size_once():
+    base = baseline("efficientnet_b0") | {"resolution": 32}
+    table = scale_stage_table(base, compound_multipliers(1.2, 1.1, 1.15, 1))
+    twin = dict(table, width_mult=1.104)  # same channels after rounding: only the recorded multiplier differs
+    calls = []
+
+    def build(t):
+        calls.append(t)
+        return build_model(t, 10)
+
+    first, second = measure_tables([table, twin], build, batch_size=8)
+    assert len(calls) == 1
+    assert second.width_mult == 1.104 and {**first.as_dict(), "width_mult": 1.104} == second.as_dict()
