@@ -35,11 +35,11 @@ def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConf
 def _one_line(exc: Exception) -> str:
     """Hydra's messages span lines (with option lists); keep what names the key and what is wrong."""
     text = str(exc).strip()
-    missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
     if missing:
         group, option = missing.groups()
-        options = available_options(group)
-        return f"{group}={option}: no such option; available: {', '.join(options) or 'none'}"
+        options = available_options(group)  # Hydra's own groups (hydra/launcher) come from plugins: not listed
+        return f"{group}={option}: no such option" + (f"; available: {', '.join(options)}" if options else "")
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
         return f"{unknown.group(1)}: unknown key (not in the config; check the spelling, or add it with +{unknown.group(1)}=…)"
