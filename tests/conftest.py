@@ -25,3 +25,34 @@ def fashion_mnist_dir() -> Path:
     if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"Fashion-MNIST files not found in {FASHION_MNIST} (set EFFSCALE_FASHION_MNIST)")
     return FASHION_MNIST
+
+
+SERVICES = REPO / "tests" / "services"
+POSTGRES_URL = os.environ.get("EFFSCALE_POSTGRES_URL", "postgresql+psycopg://effscale:effscale@127.0.0.1:5432/effscale")
+
+
+def _require_service(name: str) -> None:
+    """Skip when the service is not running here, but fail under CI=true: there a skipped cluster
+    test would pass silently. `tests/services/<name>.sh start` brings it up."""
+    import subprocess
+
+    status = subprocess.run(["bash", str(SERVICES / f"{name}.sh"), "status"], capture_output=True, text=True)
+    if status.returncode == 0:
+        return
+    reason = f"{name} is not running ({(status.stdout + status.stderr).strip()}); start it with tests/services/{name}.sh start"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def slurm_cluster() -> None:
+    """The single-node SLURM cluster of tests/services/slurm.sh."""
+    _require_service("slurm")
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The PostgreSQL server of tests/services/postgres.sh, as an Optuna storage URL."""
+    _require_service("postgres")
+    return POSTGRES_URL
