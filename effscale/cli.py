@@ -17,6 +17,7 @@ USAGE = """usage: effscale <command> [overrides...] [--debug]
 
 commands:
   measure     params, MACs, activations, memory, latency of a model (no training)
+  search      the alpha/beta/gamma grid search at phi=1 under a budget (trains candidates)
   report      plots, report.md and report.html from results/<sweep>/trials.csv
   dashboard   optuna-dashboard on a sweep's study (http://127.0.0.1:8080 by default)
   predict     top-5 ImageNet classes of photos under pretrained weights (effscale predict IMAGE… --weights …)
@@ -80,8 +81,15 @@ def _predict(args: list[str]) -> None:
     run(opts.images, opts.weights, opts.baseline, opts.variant, opts.top, opts.json)
 
 
+def _search(overrides: list[str]) -> None:
+    from effscale.commands import search
+
+    search(overrides)
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "measure": _measure,
+    "search": _search,
     "report": _report,
     "dashboard": _dashboard,
     "predict": _predict,

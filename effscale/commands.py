@@ -75,6 +75,23 @@ def measure(overrides: list[str]) -> None:
         raise UserError(f"format={fmt}: expected table, json or csv")
 
 
+def search(overrides: list[str]) -> None:
+    """Paper section 3.3, step 1: the alpha, beta, gamma grid search at phi = 1 (see effscale/search.py)."""
+    import time
+
+    from effscale.search import Search, outcome
+
+    started = time.perf_counter()
+    cfg = to_dict(compose("search", overrides))
+    run = Search(cfg, model_table(cfg), resolve_device(cfg["device"]))
+    run.plan()
+    print(run.describe_plan())
+    run.open()
+    table = run.run()
+    print(outcome(table, run.sweep_dir, run.logger_kind))
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
 def _variant_name(baseline: str, variant: str | None) -> str:
     """efficientnet_b0 + b3 → efficientnet_b3; any other baseline + b3 → name-b3."""
     if not variant:

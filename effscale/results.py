@@ -1,0 +1,160 @@
+"""The results table of a sweep: `results/<sweep>/trials.csv`, one row per trial, pandas only.
+
+A row is keyed by (point, seed, strategy): running a sweep again replaces its rows and never
+duplicates them. Every write goes to a temporary file in the same folder and is renamed over the
+table (`os.replace` is atomic on POSIX), so a reader (the report, a dashboard, a second shell) sees
+the old table or the new one, never half of one. Workers of one sweep take turns at the table through
+an exclusive lock on `.trials.csv.lock` beside it, so that none loses another's rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pandas as pd
+
+# The contract columns other tools rely on (DESIGN.md), then the rest, in the order they are written.
+CONTRACT = ["trial", "strategy", "phi", "alpha", "beta", "gamma", "depth_mult", "width_mult", "resolution",
+            "params", "macs", "macs_ratio", "peak_mem_mb", "feasible", "state", "val_acc", "seed", "epochs",
+            "train_seconds"]
+COLUMNS = CONTRACT + ["test_acc", "reason", "flops", "activations", "latency_ms", "constraint", "point",
+                      "baseline", "dataset"]
+KEY = ["point", "seed", "strategy"]
+STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE")
+INTEGER = ["trial", "resolution", "params", "macs", "flops", "activations", "seed", "epochs"]
+
+
+def read_trials(path: str | Path) -> pd.DataFrame:
+    """The table at `path` (a trials.csv or the sweep folder holding it); empty if there is none."""
+    path = _table_path(path)
+    if not path.exists():
+        return pd.DataFrame(columns=COLUMNS)
+    return _typed(pd.read_csv(path))
+
+
+def write_trials(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write the whole table atomically: a temporary file beside it, then one rename."""
+    path = _table_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = [c for c in table.columns if c not in COLUMNS]
+    table = table.reindex(columns=COLUMNS + extra)
+    handle, tmp = tempfile.mkstemp(prefix=".trials-", suffix=".csv", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="") as f:
+            table.to_csv(f, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@contextlib.contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on `.trials.csv.lock` beside the table: workers of one sweep update it
+    in turn, so no worker's read-modify-write loses another's row."""
+    path = _table_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def upsert_trials(path: str | Path, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Merge `rows` into the table at `path`, replacing any row with the same (point, seed, strategy)."""
+    new = pd.DataFrame(list(rows))
+    with locked(path):
+        return _upsert(path, new)
+
+
+def _upsert(path: str | Path, new: pd.DataFrame) -> pd.DataFrame:
+    old = read_trials(path)
+    if new.empty:
+        return old
+    table = pd.concat([df for df in (old, new) if not df.empty], ignore_index=True)
+    table = table.reindex(columns=COLUMNS + [c for c in table.columns if c not in COLUMNS])
+    table = table.drop_duplicates(subset=KEY, keep="last")
+    table = _typed(table.sort_values(["feasible", "trial", "point", "seed"], ascending=[False, True, True, True],
+                                     na_position="last", kind="stable").reset_index(drop=True))
+    write_trials(table, path)
+    return table
+
+
+def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per trained point: mean, standard deviation and count of `val_acc` over its seeds,
+    best mean first. PRUNED and FAIL trials do not count towards a point's accuracy."""
+    done = table[table["state"] == "COMPLETE"]
+    if done.empty:
+        return pd.DataFrame(columns=["point", "alpha", "beta", "gamma", "resolution", "macs_ratio", "params",
+                                     "val_acc", "val_std", "seeds", "test_acc", "train_seconds"])
+    grouped = done.groupby(["strategy", "point"], sort=False)
+    summary = grouped.agg(alpha=("alpha", "first"), beta=("beta", "first"), gamma=("gamma", "first"),
+                          resolution=("resolution", "first"), macs_ratio=("macs_ratio", "first"),
+                          params=("params", "first"), val_acc=("val_acc", "mean"), val_std=("val_acc", "std"),
+                          seeds=("val_acc", "size"), test_acc=("test_acc", "mean"),
+                          train_seconds=("train_seconds", "mean")).reset_index()
+    return summary.sort_values(["val_acc", "seeds"], ascending=False, kind="stable").reset_index(drop=True)
+
+
+def within_noise(summary: pd.DataFrame) -> tuple[bool, float, float] | None:
+    """Is the best point's lead over the runner-up within seed noise?
+
+    Returns (within, lead, noise) where `noise` is twice the standard error of the difference of the
+    two means, sqrt(s1²/n1 + s2²/n2), with each point's seed-to-seed standard deviation (the larger
+    of the two when one point has a single seed). None when fewer than two points were trained or no
+    point has two seeds to estimate the spread from.
+    """
+    if len(summary) < 2:
+        return None
+    best, second = summary.iloc[0], summary.iloc[1]
+    stds = [s for s in (best["val_std"], second["val_std"]) if not pd.isna(s)]
+    if not stds:
+        return None
+    spread = max(stds)
+
+    def sd(row: pd.Series) -> float:
+        return spread if pd.isna(row["val_std"]) else float(row["val_std"])
+
+    noise = 2 * math.sqrt(sd(best) ** 2 / best["seeds"] + sd(second) ** 2 / second["seeds"])
+    lead = float(best["val_acc"] - second["val_acc"])
+    return lead <= noise, lead, noise
+
+
+def format_summary(summary: pd.DataFrame, limit: int | None = None) -> str:
+    """The seed summary as a compact fixed-width table for a terminal or the README."""
+    rows = summary if limit is None else summary.head(limit)
+    headers = ["#", "alpha", "beta", "gamma", "res", "MACs x", "params", "val acc", "± std", "seeds",
+               "test acc", "s/trial"]
+    body = [[str(i + 1), f"{r.alpha:.2f}", f"{r.beta:.2f}", f"{r.gamma:.3f}", str(int(r.resolution)),
+             f"{r.macs_ratio:.2f}", f"{int(r.params) / 1e6:.2f}M", f"{r.val_acc:.3f}",
+             "–" if pd.isna(r.val_std) else f"{r.val_std:.3f}", str(int(r.seeds)),
+             "–" if pd.isna(r.test_acc) else f"{r.test_acc:.3f}", f"{r.train_seconds:.0f}"]
+            for i, r in enumerate(rows.itertuples())]
+    widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cells, widths)) for cells in [headers, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _table_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path / "trials.csv" if path.suffix != ".csv" else path
+
+
+def _typed(table: pd.DataFrame) -> pd.DataFrame:
+    """Nullable integers stay integers (a CSV round trip would turn them into floats)."""
+    for column in INTEGER:
+        if column in table.columns:
+            table[column] = pd.to_numeric(table[column], errors="coerce").round().astype("Int64")
+    if "feasible" in table.columns:
+        table["feasible"] = table["feasible"].astype("boolean")
+    return table

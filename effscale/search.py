@@ -1,0 +1,481 @@
+"""The α, β, γ search of the paper (section 3.3, step 1): fix φ = 1, grid-search the coefficients
+under α·β²·γ² ≈ 2, train every candidate the budget allows, keep the most accurate.
+
+    grid (scaling.compound_grid) → cost of each candidate measured before any training (measure.py)
+    → budget filter → one Optuna trial per (point, seed) → train.fit_candidate → one results row
+
+The study (SQLite in the sweep folder unless `search.storage` names another) is the record of what
+ran. Each trial carries its grid point and seed as user attributes, so running the same command again
+resumes: a job whose trial finished is never run twice, and a trial left RUNNING by a process that
+died is marked FAIL (stale) and its job runs again. The results table is rebuilt from the study on
+every start and updated after every trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from effscale import results
+from effscale.errors import UserError
+from effscale.measure import Measurement, measure_table
+from effscale.models import build_model
+from effscale.scaling import ScalingError, compound_grid, compound_multipliers, constraint_value, scale_stage_table
+
+log = logging.getLogger("effscale.search")
+STRATEGY = "compound"
+
+
+# --- candidates and the budget --------------------------------------------------------------------
+
+
+@dataclass
+class Candidate:
+    """One (α, β, γ) at φ: its scaled stage table, its measured cost and, when it breaks the budget, why."""
+
+    alpha: float
+    beta: float
+    gamma: float
+    phi: float
+    table: dict[str, Any]
+    cost: Measurement | None = None
+    macs_ratio: float = float("nan")
+    reasons: list[str] = field(default_factory=list)
+    # Optuna's constraint convention: one value per budget, feasible when every value is <= 0.
+    constraints: list[float] = field(default_factory=list)
+
+    @property
+    def point(self) -> str:
+        """A stable id of the grid point, e.g. 'a1.2_b1.1_g1.1736'."""
+        return point_id(self.alpha, self.beta, self.gamma)
+
+    @property
+    def feasible(self) -> bool:
+        return not self.reasons
+
+
+def point_id(alpha: float, beta: float, gamma: float) -> str:
+    return f"a{alpha:g}_b{beta:g}_g{gamma:g}"
+
+
+def compound_candidates(baseline: dict[str, Any], grid: dict[str, Any], phi: float,
+                        resolution_multiple: int = 1) -> list[Candidate]:
+    """Every grid point with α·β²·γ² ≈ 2 (paper eq. 3), as a stage table scaled by α^φ, β^φ, γ^φ."""
+    try:
+        points = compound_grid(tuple(grid["alpha"]), tuple(grid["beta"]), step=float(grid["step"]),
+                               tolerance=float(grid.get("tolerance", 0.05)),
+                               gamma_values=grid.get("gamma_values"), gamma_multiple=grid.get("gamma_multiple"))
+        return [Candidate(p.alpha, p.beta, p.gamma, phi,
+                          scale_stage_table(baseline, compound_multipliers(p.alpha, p.beta, p.gamma, phi),
+                                            resolution_multiple))
+                for p in points]
+    except ScalingError as exc:
+        raise UserError(f"search.grid: {exc}") from None
+
+
+def check_baseline_budget(base: Measurement, budget: dict[str, Any]) -> None:
+    """A budget the unscaled baseline already breaks can admit nothing: say so before any work."""
+    for key, value, unit in _budget_terms(base, budget):
+        if value > budget[key]:
+            raise UserError(f"budget.{key}={budget[key]:,g} is below the baseline's own {value:,g} {unit}")
+
+
+def judge(candidate: Candidate, cost: Measurement, base: Measurement, budget: dict[str, Any]) -> None:
+    """Record the candidate's cost and whether it fits: MACs ratio within `macs_tolerance` of 2^φ
+    (paper section 3.3: FLOPs grow by about 2^φ), and every other budget that is set."""
+    candidate.cost = cost
+    candidate.macs_ratio = cost.macs / base.macs
+    target, tolerance = 2.0 ** candidate.phi, float(budget["macs_tolerance"])
+    off = abs(candidate.macs_ratio / target - 1)
+    candidate.constraints = [off - tolerance]
+    if off > tolerance:
+        candidate.reasons.append(f"MACs ratio {candidate.macs_ratio:.2f} is outside {target:g} ± {tolerance:.0%}")
+    for key, value, unit in _budget_terms(cost, budget):
+        candidate.constraints.append(value - budget[key])
+        if value > budget[key]:
+            candidate.reasons.append(f"{value:,g} {unit} > budget.{key}={budget[key]:,g}")
+
+
+def _budget_terms(cost: Measurement, budget: dict[str, Any]) -> list[tuple[str, float, str]]:
+    terms = [("max_params", cost.params, "params"), ("max_peak_mem_mb", cost.peak_mem_mb, "MB peak memory"),
+             ("max_latency_ms", cost.latency_ms, "ms latency")]
+    return [(key, value, unit) for key, value, unit in terms if budget.get(key) is not None and value is not None]
+
+
+# --- storage and study ----------------------------------------------------------------------------
+
+
+def open_storage(url: str | None, sweep_dir: Path) -> Any:
+    """`None`: SQLite file `study.db` in the sweep folder. `journal:///path/file.log`: Optuna's
+    JournalStorage on one file (workers on a shared file system). Anything else: an RDB URL."""
+    if not url:
+        return f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
+    if url.startswith("journal://"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal://"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return url
+
+
+def make_sampler(kind: str, points: list[str], seed: int) -> optuna.samplers.BaseSampler:
+    if kind == "grid":
+        return optuna.samplers.GridSampler({"point": points}, seed=seed)
+    if kind == "tpe":
+        # Constraints are recorded per trial (user attribute) in Optuna's convention, <= 0 feasible.
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=lambda t: t.user_attrs.get("constraints", [0.0]))
+    raise UserError(f"search.sampler={kind}: expected grid or tpe")
+
+
+def make_pruner(kind: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    if kind in (None, "none"):
+        return optuna.pruners.NopPruner()
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, max_epochs))
+    raise UserError(f"search.pruner={kind}: expected none, median or hyperband")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale(trial: FrozenTrial, stale_after_s: float) -> bool:
+    """A RUNNING trial nobody is working on: its process on this host is gone, or (another host) its
+    heartbeat, refreshed every epoch, is older than `stale_after_s`."""
+    attrs = trial.user_attrs
+    if attrs.get("host") == socket.gethostname() and attrs.get("pid"):
+        return attrs["pid"] != os.getpid() and not _alive(int(attrs["pid"]))
+    started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+    return time.time() - float(attrs.get("heartbeat", started)) > stale_after_s
+
+
+def fail_stale_trials(study: optuna.Study, stale_after_s: float) -> int:
+    """Mark abandoned trials FAIL with user attribute `stale`, so that their jobs run again.
+    A WAITING trial can only be left by a process that died between enqueueing and asking."""
+    count = 0
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        trial = study.ask()
+        trial.set_user_attr("stale", True)
+        study.tell(trial, state=TrialState.FAIL)
+        count += 1
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if is_stale(frozen, stale_after_s):
+            optuna.trial.Trial(study, frozen._trial_id).set_user_attr("stale", True)
+            study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
+            count += 1
+    return count
+
+
+# --- rows -----------------------------------------------------------------------------------------
+
+ROW_ATTRS = [c for c in results.COLUMNS if c not in ("trial", "state")]
+
+
+def candidate_row(c: Candidate, context: dict[str, Any]) -> dict[str, Any]:
+    """The columns a candidate has before training: where it is on the grid and what it costs."""
+    cost = c.cost
+    return {
+        "strategy": STRATEGY, "phi": c.phi, "alpha": c.alpha, "beta": c.beta, "gamma": c.gamma,
+        "depth_mult": round(c.table["depth_mult"], 6), "width_mult": round(c.table["width_mult"], 6),
+        "resolution": cost.resolution, "params": cost.params, "macs": cost.macs,
+        "macs_ratio": round(c.macs_ratio, 4), "peak_mem_mb": cost.peak_mem_mb, "feasible": c.feasible,
+        "flops": cost.flops, "activations": cost.activations, "latency_ms": cost.latency_ms,
+        "constraint": round(constraint_value(c.alpha, c.beta, c.gamma), 4), "point": c.point,
+        "reason": "; ".join(c.reasons) or None, **context,
+    }
+
+
+def trial_row(trial: FrozenTrial) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    return {"trial": trial.number, "state": trial.state.name, **{k: attrs.get(k) for k in ROW_ATTRS}}
+
+
+# --- the search -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    candidate: Candidate
+    seed: int
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.candidate.point, self.seed
+
+
+class Search:
+    """One sweep: its candidates, its study, its data, and the loop that trains what is left."""
+
+    def __init__(self, cfg: dict[str, Any], baseline: dict[str, Any], device: str,
+                 say: Callable[[str], None] = print) -> None:
+        self.cfg, self.baseline, self.device, self.say = cfg, baseline, device, say
+        self.opts, self.budget, self.recipe = cfg["search"], cfg["budget"], dict(cfg["trainer"])
+        self.seed = int(cfg["seed"])
+        self.sweep_dir = Path(cfg["out"]) / str(cfg["name"])
+        self.context = {"baseline": baseline["name"], "dataset": cfg["data"]["name"]}
+        self.logger_kind = cfg["logger"]["name"]
+        if self.logger_kind not in ("wandb", "csv"):
+            raise UserError(f"logger={self.logger_kind}: expected wandb or csv")
+        make_pruner(self.opts.get("pruner"), int(self.recipe["max_epochs"]))
+        make_sampler(self.opts["sampler"], [], self.seed)
+
+    # Candidates: everything here runs before anything is written.
+    def plan(self) -> list[Candidate]:
+        from effscale.data import build_datamodule
+        from effscale.train import set_threads
+
+        set_threads(self.recipe.get("threads"))
+        data_cfg = self.cfg["data"]
+        self.data = build_datamodule(data_cfg, int(self.baseline["resolution"]), int(data_cfg["batch_size"]),
+                                     self.recipe.get("num_workers"), self.seed)
+        classes, channels = self.data.num_classes, self.data.in_channels
+
+        def measure(table: dict[str, Any]) -> Measurement:
+            return measure_table(table, lambda t: build_model(t, classes, channels), in_channels=channels,
+                                 batch_size=int(data_cfg["batch_size"]), device=self.device,
+                                 latency=self.budget.get("max_latency_ms") is not None,
+                                 optimizer=self.recipe.get("optimizer", "sgd"))
+
+        base = measure(self.baseline)
+        check_baseline_budget(base, self.budget)
+        phi = float(self.opts["phi"])
+        multiple = int((self.cfg.get("scale") or {}).get("resolution_multiple") or 1)
+        self.candidates = compound_candidates(self.baseline, self.opts["grid"], phi, multiple)
+        for candidate in self.candidates:
+            judge(candidate, measure(candidate.table), base, self.budget)
+        self.feasible = [c for c in self.candidates if c.feasible]
+        if not self.feasible:
+            nearest = min(self.candidates, key=lambda c: abs(c.macs_ratio / 2**phi - 1))
+            raise UserError(f"budget: none of the {len(self.candidates)} grid points fits "
+                            f"(nearest: {nearest.point}, {'; '.join(nearest.reasons)})")
+        self.by_point = {c.point: c for c in self.candidates}
+        self.base_cost = base
+        return self.candidates
+
+    def describe_plan(self) -> str:
+        phi, tolerance = float(self.opts["phi"]), float(self.budget["macs_tolerance"])
+        bounds = [f"MACs ratio {2 ** phi:g} ± {tolerance:.0%}"]
+        bounds += [f"{k}={v:,g}" for k, v in self.budget.items() if k.startswith("max_") and v is not None]
+        return (f"{self.context['baseline']} on {self.context['dataset']} at {self.baseline['resolution']} px: "
+                f"{len(self.candidates)} grid points at phi={phi:g}, {len(self.feasible)} within budget "
+                f"({', '.join(bounds)})")
+
+    def open(self) -> optuna.Study:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.sweep_dir / "search.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        storage = open_storage(self.opts.get("storage"), self.sweep_dir)
+        points = [c.point for c in self.feasible]
+        try:
+            self.study = optuna.create_study(
+                study_name=str(self.cfg["name"]), storage=storage, direction="maximize", load_if_exists=True,
+                sampler=make_sampler(self.opts["sampler"], points, self.seed),
+                pruner=make_pruner(self.opts.get("pruner"), int(self.recipe["max_epochs"])))
+        except (ImportError, ValueError) as exc:
+            raise UserError(f"search.storage={self.opts.get('storage')}: {exc}") from None
+        for key, value in {**self.context, "strategy": STRATEGY, "phi": float(self.opts["phi"])}.items():
+            self.study.set_user_attr(key, value)
+        stale = fail_stale_trials(self.study, float(self.opts.get("stale_after_s", 3600)))
+        if stale:
+            self.say(f"{stale} trial(s) left unfinished by an earlier run: marked FAIL (stale), will run again")
+        self.table = self.sweep_dir / "trials.csv"
+        rows = [candidate_row(c, self.context) | {"state": "INFEASIBLE", "seed": self.seed}
+                for c in self.candidates if not c.feasible]
+        rows += [trial_row(t) for t in self._finished().values()]
+        results.upsert_trials(self.table, rows)
+        return self.study
+
+    def _finished(self) -> dict[tuple[str, int], FrozenTrial]:
+        """The trial that settled each (point, seed): the latest finished one, leaving out stale and
+        interrupted trials (their jobs run again) and, with `search.retry_failed`, failures too."""
+        done: dict[tuple[str, int], FrozenTrial] = {}
+        for t in self.study.get_trials(deepcopy=False):
+            a = t.user_attrs
+            if not t.state.is_finished() or a.get("stale") or a.get("repeat_of") is not None or "point" not in a:
+                continue
+            if t.state == TrialState.FAIL and self.opts.get("retry_failed"):
+                continue
+            done[(a["point"], int(a["seed"]))] = t
+        return done
+
+    def _running(self) -> set[tuple[str, int]]:
+        return {(t.user_attrs["point"], int(t.user_attrs["seed"]))
+                for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if "point" in t.user_attrs}
+
+    # Jobs: which (point, seed) pairs this sweep trains.
+    def first_jobs(self) -> list[Job]:
+        if self.opts["sampler"] == "grid":
+            return [Job(c, self.seed) for c in self.feasible]
+        return []  # TPE chooses its points one trial at a time, in `run_tpe`
+
+    def seed_jobs(self) -> list[Job]:
+        """Extra seeds for the best `top_k` points, so that the winner is not decided by one seed's luck."""
+        extra, top_k = int(self.opts.get("extra_seeds", 0)), int(self.opts.get("top_k", 0))
+        if not extra or not top_k:
+            return []
+        first = [(t.value, point) for (point, seed), t in self._finished().items()
+                 if seed == self.seed and t.state == TrialState.COMPLETE and point in self.by_point]
+        best = [point for _, point in sorted(first, key=lambda vp: -vp[0])[:top_k]]
+        return [Job(self.by_point[p], self.seed + i) for p in best for i in range(1, extra + 1)]
+
+    def run(self) -> pd.DataFrame:
+        started = time.perf_counter()
+        first = self.first_jobs()
+        if self.opts["sampler"] == "tpe":
+            self.run_tpe()
+        else:
+            self.run_jobs(first)
+        self.run_jobs(self.seed_jobs(), label="extra seeds for the best points")
+        self.elapsed = time.perf_counter() - started
+        return results.read_trials(self.table)
+
+    def run_jobs(self, jobs: list[Job], label: str = "grid points") -> None:
+        done, running = self._finished(), self._running()
+        todo = [j for j in jobs if j.key not in done and j.key not in running]
+        if not jobs:
+            return
+        self.say(f"{label}: {len(jobs) - len(todo)} trials already complete, {len(todo)} to run")
+        for i, job in enumerate(todo, 1):
+            if job.key in self._finished() or job.key in self._running():
+                continue  # another worker on the same study took it meanwhile
+            self.study.enqueue_trial({"point": job.candidate.point}, user_attrs={"seed": job.seed})
+            trial = self.study.ask({"point": optuna.distributions.CategoricalDistribution(self._points())})
+            self.train(trial, job, f"[{i}/{len(todo)}]")
+
+    def run_tpe(self) -> None:
+        """TPE proposes points from the feasible set; a point it proposes again is answered from the
+        study (never retrained) and does not count towards `search.n_trials`."""
+        n_trials = int(self.opts.get("n_trials") or max(1, len(self.feasible) // 2))
+        n_trials = min(n_trials, len(self.feasible))
+        trained = {p for p, s in self._finished() if s == self.seed}
+        self.say(f"TPE: {len(trained)} trials already complete, {max(0, n_trials - len(trained))} to run")
+        for _ in range(20 * n_trials):
+            if len(trained) >= n_trials:
+                break
+            trial = self.study.ask()
+            trial.set_user_attr("seed", self.seed)
+            point = trial.suggest_categorical("point", self._points())
+            earlier = self._finished().get((point, self.seed))
+            if earlier is not None:
+                trial.set_user_attr("repeat_of", earlier.number)
+                if earlier.state == TrialState.COMPLETE:
+                    self.study.tell(trial, earlier.value)
+                else:
+                    self.study.tell(trial, state=earlier.state)
+                continue
+            self.train(trial, Job(self.by_point[point], self.seed), f"[{len(trained) + 1}/{n_trials}]")
+            trained.add(point)
+
+    def _points(self) -> list[str]:
+        return [c.point for c in self.feasible]
+
+    def train(self, trial: optuna.Trial, job: Job, progress: str) -> None:
+        from effscale.loggers import close_loggers, trial_loggers
+        from effscale.train import fit_candidate
+
+        c, seed = job.candidate, job.seed
+        row = candidate_row(c, self.context) | {"seed": seed, "epochs": None}
+        for key, value in row.items():
+            trial.set_user_attr(key, value)
+        for key, value in {"constraints": c.constraints, "host": socket.gethostname(), "pid": os.getpid(),
+                           "heartbeat": time.time()}.items():
+            trial.set_user_attr(key, value)
+        pruning = self.opts.get("pruner") not in (None, "none")
+
+        def report(epoch: int, val_acc: float) -> bool:
+            trial.report(val_acc, epoch)
+            trial.set_user_attr("heartbeat", time.time())
+            return pruning and trial.should_prune()
+
+        name = f"trial_{trial.number}"
+        config = {k: row[k] for k in ("point", "alpha", "beta", "gamma", "phi", "depth_mult", "width_mult",
+                                      "resolution", "params", "macs", "macs_ratio", "seed", "baseline", "dataset")}
+        config["trainer"] = self.recipe
+        loggers = trial_loggers(self.logger_kind, self.sweep_dir, name, group=str(self.cfg["name"]),
+                                job_type=STRATEGY, config=config, project=self.cfg["logger"].get("project", "effscale"))
+        try:
+            metrics = fit_candidate(c.table, self.data, self.recipe, seed=seed, device=self.device,
+                                    loggers=loggers, report=report)
+        except KeyboardInterrupt:
+            trial.set_user_attr("stale", True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as exc:  # one broken candidate must not end the sweep; the log keeps the traceback
+            log.exception("trial %s (%s, seed %s) failed", trial.number, c.point, seed)
+            metrics = {"state": "FAIL", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        summary = {k: metrics.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds", "reason")}
+        close_loggers(loggers, summary | {"macs": c.cost.macs, "params": c.cost.params, "state": metrics["state"]})
+        for key, value in summary.items():
+            trial.set_user_attr(key, value)
+        state = TrialState[metrics["state"]]
+        frozen = self.study.tell(trial, metrics["val_acc"] if state == TrialState.COMPLETE else None, state=state)
+        results.upsert_trials(self.table, [trial_row(frozen)])
+        self.say(trial_line(progress, frozen))
+
+
+def trial_line(progress: str, t: FrozenTrial) -> str:
+    """The one line printed per finished trial."""
+    a = t.user_attrs
+    acc = f"val {a['val_acc']:.3f}" if a.get("val_acc") is not None else "val –"
+    text = (f"{progress} α={a['alpha']:.2f} β={a['beta']:.2f} γ={a['gamma']:.3f} seed {a['seed']}  "
+            f"{a['resolution']}px  MACs ×{a['macs_ratio']:.2f}  {acc}  {a.get('train_seconds') or 0:.0f} s  "
+            f"{t.state.name}")
+    return text + (f" ({a['reason']})" if a.get("reason") and t.state != TrialState.COMPLETE else "")
+
+
+def outcome(table: pd.DataFrame, sweep_dir: Path, logger_kind: str) -> str:
+    """What a search found, for the terminal: the best α, β, γ, whether its lead is more than seed
+    noise, the trained points by mean validation accuracy, and where the files are."""
+    table = table[table["strategy"] == STRATEGY]
+    summary = results.seed_summary(table)
+    counts = table["state"].value_counts()
+    lines = ["", "trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in results.STATES)]
+    if summary.empty:
+        return "\n".join(lines + ["no trial completed: nothing to rank"])
+    best = summary.iloc[0]
+    spread = "" if pd.isna(best["val_std"]) else f" ± {best['val_std']:.3f}"
+    lines.append(f"best: alpha={best['alpha']:g} beta={best['beta']:g} gamma={best['gamma']:g} "
+                 f"({int(best['resolution'])} px, MACs ×{best['macs_ratio']:.2f}): "
+                 f"val acc {best['val_acc']:.3f}{spread} over {int(best['seeds'])} seed(s)")
+    noise = results.within_noise(summary)
+    if noise is None:
+        lines.append("noise: no point was trained with more than one seed, so the ranking's noise is unknown "
+                     "(set search.top_k and search.extra_seeds)")
+    else:
+        within, lead, margin = noise
+        runner = summary.iloc[1]
+        verdict = ("is WITHIN seed noise: the top two are not distinguishable with this budget"
+                   if within else "is larger than seed noise")
+        lines.append(f"noise: the lead over alpha={runner['alpha']:g} beta={runner['beta']:g} "
+                     f"gamma={runner['gamma']:g} is {lead:.3f}; twice its standard error over seeds is "
+                     f"{margin:.3f}, so the lead {verdict}")
+    lines += ["", results.format_summary(summary), ""]
+    files = [f"table  {sweep_dir / 'trials.csv'}", f"study  {sweep_dir / 'study.db'} (unless search.storage)",
+             f"logs   {sweep_dir / 'logs'}/trial_*/metrics.csv, {sweep_dir / 'search.log'}"]
+    if logger_kind == "wandb":
+        files.append(f"W&B    {sweep_dir / 'wandb'} (offline; `wandb sync {sweep_dir / 'wandb'}/offline-run-*` uploads)")
+    return "\n".join(lines + files)
