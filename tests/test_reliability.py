@@ -1,0 +1,240 @@
+"""Issue #8: nothing lost, nothing half-written, every user error one clear line.
+
+The scenarios live in tests/reliability_scenarios.py, which benchmarks/reliability.py runs too. Bad
+inputs go through the `effscale` command as a user types it; faults inside a trial are injected in
+process (an out-of-memory, a diverging loss) or by signalling a running search (Ctrl-C, kill -9).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import reliability_scenarios as rs
+from reliability_scenarios import BAD_INPUTS, TINY_SEARCH
+
+PACKAGE = Path(__file__).resolve().parent.parent / "effscale"
+
+
+# --- 1. bad input: one line, exit 2, nothing written ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    return rs.make_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture(scope="module")
+def outcomes(inputs) -> dict[str, rs.Outcome]:
+    """Every bad-input scenario, run once, a few side by side (each is mostly interpreter start-up)."""
+    return {o.scenario.name: o for o in rs.run_bad_inputs(inputs)}
+
+
+@pytest.mark.parametrize("name", [s.name for s in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(outcomes, name):
+    outcome = outcomes[name]
+    assert outcome.problems() == [], f"{' '.join(outcome.scenario.args)}\n{outcome.stderr}"
+
+
+def test_pickled_code_in_a_checkpoint_is_refused_without_running_it(outcomes, inputs):
+    assert outcomes["checkpoint with pickled code"].returncode == 2
+    assert "weights_only" in outcomes["checkpoint with pickled code"].stderr
+    assert not (inputs["pickled_code"].parent / "code_ran").exists()
+
+
+def test_corrupt_image_in_a_folder_is_skipped_with_a_counted_warning_not_met_mid_epoch(tmp_path):
+    from effscale.data import build_datamodule
+
+    root = rs.image_folder(tmp_path / "images", per_class=6, corrupt=1)
+    cfg = {"name": "imagefolder", "root": str(root), "val_fraction": 0.25, "num_classes": None, "in_channels": 3,
+           "native_resolution": 16, "mean": [0.5] * 3, "std": [0.25] * 3, "batch_size": 4, "num_workers": 0}
+    data = build_datamodule(cfg, resolution=16, batch_size=4, num_workers=0)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\), the first .*red/0\.png"):
+        data.setup("fit")
+    seen = sum(len(y) for loader in (data.train_dataloader(), data.val_dataloader()) for _, y in loader)
+    assert seen == 11  # every readable image decodes in a full pass; the cut-off one is never met
+
+
+# --- 2. nothing half-written ----------------------------------------------------------------------------
+
+
+def _no_temporaries(folder: Path) -> list[str]:
+    """Leftover temporary files (a writer's lock file is meant to stay)."""
+    return sorted(p.name for p in folder.iterdir()
+                  if (p.name.startswith(".") or p.suffix == ".tmp") and p.suffix != ".lock")
+
+
+def test_trials_csv_survives_a_write_that_fails_halfway(tmp_path, monkeypatch):
+    from effscale import results
+
+    old = pd.DataFrame([{"trial": 0, "point": "a2_b1_g1", "seed": 0, "strategy": "compound", "state": "COMPLETE",
+                         "val_acc": 0.5}])
+    path = results.write_trials(old, tmp_path / "trials.csv")
+    before = path.read_bytes()
+
+    def half_then_fail(self, f, *args, **kwargs):
+        f.write("trial,strategy,ph")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_fail)
+    with pytest.raises(OSError):
+        results.upsert_trials(path, [{"trial": 1, "point": "a1.9_b1_g1", "seed": 0, "strategy": "compound"}])
+    assert path.read_bytes() == before
+    assert _no_temporaries(tmp_path) == []
+
+
+def test_trials_csv_survives_a_rename_that_fails(tmp_path, monkeypatch):
+    from effscale import results
+
+    table = pd.DataFrame([{"trial": 0, "point": "p", "seed": 0, "strategy": "compound", "state": "COMPLETE"}])
+    path = results.write_trials(table, tmp_path / "trials.csv")
+    before = path.read_bytes()
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(5, "Input/output error")))
+    with pytest.raises(OSError):
+        results.write_trials(table.assign(state="FAIL"), path)
+    assert path.read_bytes() == before and _no_temporaries(tmp_path) == []
+
+
+def test_report_file_survives_a_write_that_fails_halfway(tmp_path):
+    from effscale.report import _atomic
+
+    path = tmp_path / "report.md"
+    _atomic(path, lambda tmp: tmp.write_text("# complete report\n"))
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_text("# half a rep")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _atomic(path, half_then_fail)
+    assert path.read_text() == "# complete report\n" and _no_temporaries(tmp_path) == []
+
+
+def test_checkpoint_survives_a_save_that_fails_halfway(tmp_path, monkeypatch):
+    from effscale import weights
+    from effscale.weights import Preprocessing, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    prep = Preprocessing(resize=8, crop=8, mean=(0.5,), std=(0.5,))
+    path = save_checkpoint(tmp_path / "model.pt", model, {"name": "tiny"}, ["a", "b"], prep)
+    before = path.read_bytes()
+
+    def half_then_fail(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a zip")
+        raise RuntimeError("disk quota exceeded")
+
+    monkeypatch.setattr(weights.torch, "save", half_then_fail)
+    with pytest.raises(RuntimeError):
+        save_checkpoint(path, model, {"name": "tiny"}, ["a", "b"], prep)
+    assert path.read_bytes() == before and _no_temporaries(tmp_path) == []
+
+
+# --- 3. faults inside a trial ---------------------------------------------------------------------------
+
+
+def _search_in_process(out: Path, *extra: str) -> pd.DataFrame:
+    from effscale.commands import search
+
+    search([*TINY_SEARCH, f"out={out}", "name=sweep", *extra])
+    return pd.read_csv(out / "sweep" / "trials.csv").sort_values("alpha").reset_index(drop=True)
+
+
+def test_out_of_memory_in_one_candidate_fails_that_trial_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    from effscale import train
+
+    def fit(table, data, recipe, **kwargs):
+        if table["depth_mult"] == pytest.approx(1.9):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return {"state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.5, "epochs": 1, "train_seconds": 0.1,
+                "val_history": [0.5], "reason": None}
+
+    monkeypatch.setattr(train, "fit_candidate", fit)
+    table = _search_in_process(tmp_path)
+    assert list(table["state"]) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert "OutOfMemoryError: CUDA out of memory" in table.loc[1, "reason"]
+
+
+def test_diverging_loss_fails_that_trial_with_the_reason_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    from effscale import train
+
+    real_fit = train.fit_candidate
+
+    def fit(table, data, recipe, **kwargs):
+        if table["depth_mult"] == pytest.approx(1.9):
+            recipe = {**recipe, "lr": 1e30}  # the weights blow up within a step or two: loss inf, then nan
+        return real_fit(table, data, recipe, **kwargs)
+
+    monkeypatch.setattr(train, "fit_candidate", fit)
+    table = _search_in_process(tmp_path, "search.grid.alpha=[1.85,1.9]")
+    assert list(table["state"]) == ["COMPLETE", "FAIL"]
+    assert re.search(r"loss is (nan|inf)", table.loc[1, "reason"])
+    assert table.loc[0, "val_acc"] >= 0 and pd.isna(table.loc[1, "val_acc"])
+
+
+def test_ctrl_c_then_kill_9_then_rerun_loses_no_trial_and_trains_none_twice(tmp_path):
+    # Ctrl-C once the first trial is complete: exit 130, one line, the finished row kept.
+    rc, stderr, table = rs.search_until(tmp_path, "sweep", complete=1, sig=signal.SIGINT)
+    assert rc == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "effscale search: interrupted" and "Traceback" not in stderr
+    first = table[table["state"] == "COMPLETE"].set_index("point")
+    assert len(first) >= 1
+    # The process is killed outright once a further trial is complete: no handler runs at all.
+    rc, _, table = rs.search_until(tmp_path, "sweep", complete=len(first) + 1, sig=signal.SIGKILL)
+    assert rc == -signal.SIGKILL
+    second = table[table["state"] == "COMPLETE"].set_index("point")
+    assert set(first.index) <= set(second.index) and len(second) > len(first)
+    # The third launch trains only what is left.
+    done = rs.cli("search", *TINY_SEARCH, f"out={tmp_path}", "name=sweep")
+    assert done.returncode == 0, done.stderr
+    assert f"{len(second)} trials already complete, {rs.TINY_POINTS - len(second)} to run" in done.stdout
+    final = rs.trials(tmp_path / "sweep").set_index("point")
+    assert (final["state"] == "COMPLETE").sum() == rs.TINY_POINTS
+    for point, row in second.iterrows():  # the same trial, not a retrained one
+        assert final.loc[point, "trial"] == row["trial"] and final.loc[point, "train_seconds"] == row["train_seconds"]
+    study = rs.study_trials(tmp_path / "sweep")
+    complete = [t.user_attrs["point"] for t in study if t.state.name == "COMPLETE"]
+    assert sorted(complete) == sorted(final.index)  # each point trained to completion exactly once
+    unfinished = [t for t in study if t.state.name == "FAIL"]
+    assert unfinished and all(t.user_attrs.get("stale") for t in unfinished)  # the interrupted and the killed
+
+
+# --- 4. security ----------------------------------------------------------------------------------------
+
+
+def test_every_torch_load_in_the_package_is_weights_only():
+    unsafe = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        for match in re.finditer(r"torch\.load\(", text):
+            call = text[match.start(): text.find(")", match.end()) + 1]
+            if "weights_only=True" not in call:
+                unsafe.append(f"{path.name}:{text.count(chr(10), 0, match.start()) + 1}")
+    assert unsafe == []
+
+
+def test_dashboard_listens_on_localhost_unless_told_otherwise(monkeypatch):
+    from effscale import cli, dashboard
+
+    calls = []
+    monkeypatch.setattr(dashboard, "run", lambda *args: calls.append(args))
+    assert cli.main(["dashboard", "results/quick"]) == 0
+    assert cli.main(["dashboard", "results/quick", "--host", "0.0.0.0"]) == 0
+    assert [c[1] for c in calls] == ["127.0.0.1", "0.0.0.0"]
+
+
+def test_wandb_api_key_never_reaches_the_sweep_folder(tmp_path):
+    canary = "secret-canary-123"
+    done = rs.cli("search", *TINY_SEARCH, "search.grid.alpha=[1.95,2.0]", "logger=wandb", f"out={tmp_path}",
+                  "name=sweep", env={"WANDB_API_KEY": canary})
+    assert done.returncode == 0, done.stderr
+    sweep = tmp_path / "sweep"
+    assert len(list((sweep / "wandb").glob("offline-run-*"))) == 2  # W&B did write its runs there
+    assert rs.secrets_in(sweep, canary) == []
+    assert canary not in done.stdout + done.stderr
