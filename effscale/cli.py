@@ -82,6 +82,11 @@ def _predict(args: list[str]) -> None:
 
 
 def _search(overrides: list[str]) -> None:
+    if "-m" in overrides or "--multirun" in overrides:
+        from effscale.multirun import multirun
+
+        multirun(overrides)  # one Hydra job per worker: hydra/launcher=submitit_slurm, submitit_local, …
+        return
     from effscale.commands import search
 
     search(overrides)

@@ -87,7 +87,13 @@ def search(overrides: list[str]) -> None:
     run.plan()
     print(run.describe_plan())
     run.open()
-    table = run.run()
+    workers = int(cfg["search"].get("workers") or 1)
+    if workers > 1:
+        from effscale.workers import run_local
+
+        table = run_local(run, overrides, workers)
+    else:
+        table = run.run()
     print(outcome(table, run.sweep_dir, run.logger_kind))
     print(f"total {time.perf_counter() - started:.0f} s")
 

@@ -18,11 +18,14 @@ GONE = "GONE"  # the state the watcher reports for a job squeue no longer lists
 
 
 def current_job() -> str | None:
-    """This process's SLURM job as "<job id>.<restart count>", or None outside SLURM.
-    Array tasks are named by their own SLURM_JOB_ID, which squeue and scontrol accept."""
+    """This process's SLURM job as "<job id>.<restart count>", or None outside SLURM. An array task
+    is "<array job id>_<task id>": the first task's SLURM_JOB_ID is the whole array's id, which
+    scancel would take to mean every task."""
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return None
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     return f"{job}.{os.environ.get('SLURM_RESTART_COUNT', '0')}"
 
 

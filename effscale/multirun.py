@@ -1,0 +1,104 @@
+"""`effscale search -m …`: one Hydra multirun job per worker, through any Hydra launcher.
+
+    effscale search -m hydra/launcher=submitit_slurm search.workers=16 search.storage=postgresql+psycopg://…
+    effscale search -m hydra/launcher=submitit_local search.workers=2     # the same path on one machine
+
+The overrides are first composed and the sweep planned here, so that a bad override or an impossible
+budget is one line and exit status 2 before anything is submitted, and the study exists before the
+workers open it. Then a real Hydra app (conf/search.yaml) sweeps `+worker=range(0,N)`: job I runs
+worker I of effscale/workers.py. Everything lands in the sweep folder `<out>/<name>/`: trials.csv,
+the study, wandb/, Hydra's job folders in logs/hydra/ and submitit's logs in logs/slurm/<job id>/
+(logs/local/ for submitit_local).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+from effscale.config import CONF_DIR, compose, to_dict
+from effscale.errors import UserError
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def run_job(cfg: DictConfig) -> None:
+    """The task of one Hydra job: worker `cfg.worker` of the search `cfg` describes."""
+    from effscale.workers import work
+
+    work(to_dict(cfg), int(cfg.worker))
+
+
+def check_storage(storage: str | None, launcher: str, workers: int) -> None:
+    """SQLite takes file locks that network file systems honour badly: several SLURM jobs writing
+    one study.db would corrupt it or fail with `database is locked`."""
+    if launcher == "submitit_slurm" and workers > 1 and not storage:
+        raise UserError(f"search.storage: the default SQLite study.db is not safe for {workers} SLURM workers "
+                        "(file locks over NFS); set search.storage=journal:///shared/path/study.journal "
+                        "or an RDB URL such as postgresql+psycopg://user:pass@host/db")
+
+
+def job_overrides(cfg: dict[str, Any], launcher: str, sweep_dir: Path) -> list[str]:
+    """What the cli adds to the user's overrides: the worker sweep, absolute paths (jobs may start in
+    another directory), and for workers sharing this machine, a share of its cores each."""
+    from effscale.workers import local_threads
+
+    workers = int(cfg["search"]["workers"])
+    extra = [f"out={sweep_dir.parent}", f"+worker=range(0,{workers})", f"hydra.sweep.dir={sweep_dir / 'logs' / 'hydra'}"]
+    if launcher.startswith("submitit_"):
+        kind = "slurm" if launcher == "submitit_slurm" else "local"
+        extra += [f"hydra.launcher.submitit_folder={sweep_dir / 'logs' / kind / '%j'}",
+                  f"hydra.launcher.name=effscale-{sweep_dir.name}"]  # what squeue shows
+    if launcher != "submitit_slurm" and not cfg["trainer"].get("threads"):
+        extra.append(f"trainer.threads={local_threads(workers)}")  # a SLURM job uses the CPUs it was given
+    return extra
+
+
+def multirun(overrides: list[str]) -> None:
+    from effscale.commands import model_table
+    from effscale.search import Search, outcome
+    from effscale import results, slurm
+    from effscale.workers import record_storage
+
+    overrides = [o for o in overrides if o not in MULTIRUN_FLAGS]
+    composed = compose("search", overrides, hydra=True)
+    launcher = composed.hydra.runtime.choices.get("hydra/launcher", "basic")
+    with open_dict(composed):
+        del composed["hydra"]
+    cfg = to_dict(composed)
+    workers = int(cfg["search"]["workers"])
+    if workers < 1:
+        raise UserError(f"search.workers={workers}: expected 1 or more")
+    check_storage(cfg["search"].get("storage"), launcher, workers)
+
+    # Plan and open the study here (on CPU: a login node has no GPU; each worker measures again on its own).
+    search = Search(cfg, model_table(cfg), "cpu")
+    search.plan()
+    print(search.describe_plan())
+    search.open()
+    record_storage(search)
+    sweep_dir = search.sweep_dir.resolve()
+    print(f"{workers} worker job(s) through hydra/launcher={launcher}; logs in {sweep_dir / 'logs'}", flush=True)
+
+    import hydra
+
+    if launcher == "submitit_slurm":
+        slurm.use_squeue_without_accounting()
+    app = hydra.main(config_path=str(CONF_DIR), config_name="search", version_base="1.3")(run_job)
+    argv = sys.argv
+    sys.argv = ["effscale-search", "--multirun", *overrides, *job_overrides(cfg, launcher, sweep_dir)]
+    try:
+        app()
+        failed = None
+    except SystemExit as exc:  # Hydra reports a job that raised, or one the cluster killed, and exits 1
+        failed = exc.code
+    finally:
+        sys.argv = argv
+    print(outcome(results.read_trials(sweep_dir), sweep_dir, search.logger_kind))
+    if failed:
+        print("effscale search: a worker job ended without finishing (cancelled, killed, or out of time and "
+              "requeues); run the same command again to train what is left", file=sys.stderr)
+        raise SystemExit(1)

@@ -1,0 +1,218 @@
+"""Several workers on one search: `search.workers=N`.
+
+Each worker is a process with its own thread budget that plans the same grid, opens the same Optuna
+study and trains whatever (point, seed) nobody else holds, until every one is settled. Workers are
+local processes (`effscale search search.workers=2`) or one Hydra multirun job each
+(`effscale search -m hydra/launcher=submitit_slurm search.workers=16`, see effscale/hydra_app.py).
+
+Claiming a point. Optuna's GridSampler hands the same point to workers that ask at the same moment,
+so workers claim through the study instead. A claim is a RUNNING trial created in one write with
+its point and seed as user attributes; the claimant then reads the study and keeps the point only if
+no finished trial holds it and its own claim is the live one with the lowest trial id. Every
+worker sees the same trials and applies the same rule, so exactly one keeps each point; a loser
+marks its trial FAIL with `repeat_of` (the winner's number), which the results table leaves out, and
+moves on without training. Journal files and SQLite serialise writes, so a trial with a lower id is
+already visible when the claimant reads; PostgreSQL hands out ids before commit, so on an RDB the
+claimant reads again after `CLAIM_SETTLE_S`, long after any earlier claim has committed.
+
+Faults. A trial whose worker died (SIGKILL, scancel, preemption, a requeued SLURM job) stays RUNNING
+until a worker or the next launch finds it abandoned — its process gone on this host, its SLURM job
+no longer running it (effscale/slurm.py), or no heartbeat for `search.stale_after_s` — marks it FAIL
+(stale) and trains its point again. Idle workers keep watching while others train, so a survivor
+takes over a dead worker's point. A trial that raises or reaches a non-finite loss is recorded FAIL
+with its reason by `Search.train`, and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from effscale import slurm
+from effscale.errors import UserError
+from effscale.search import Job, Search, fail_stale_trials
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+CLAIM_SETTLE_S = 1.0  # RDB only: far longer than the few statements of a trial-creating transaction
+POLL_S = 5.0          # how often an idle worker looks for abandoned trials while others train
+
+
+def local_threads(workers: int) -> int:
+    """Each of `workers` processes on this machine gets an equal share of its cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // workers)
+
+
+# --- claims ---------------------------------------------------------------------------------------
+
+
+def holders(study: optuna.Study, key: tuple[str, int]) -> list[FrozenTrial]:
+    """Trials that hold (point, seed): neither stale nor a repeat, finished or RUNNING."""
+    point, seed = key
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("point") == point and t.user_attrs.get("seed") == seed
+            and not t.user_attrs.get("stale") and t.user_attrs.get("repeat_of") is None
+            and (t.state.is_finished() or t.state == TrialState.RUNNING)]
+
+
+def owner(trials: list[FrozenTrial], retry_failed: bool = False) -> FrozenTrial | None:
+    """The trial that owns a point among its holders: a finished one (the latest), else the RUNNING
+    claim with the lowest trial id. A FAILed trial owns nothing when failures are retried."""
+    finished = [t for t in trials if t.state.is_finished() and not (retry_failed and t.state == TrialState.FAIL)]
+    if finished:
+        return max(finished, key=lambda t: t._trial_id)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    return min(running, key=lambda t: t._trial_id) if running else None
+
+
+def claim(search: Search, job: Job) -> optuna.Trial | None:
+    """A RUNNING trial for `job` if this worker won its point, else None (the losing claim is
+    recorded FAIL with `repeat_of`). See the module docstring for why exactly one worker wins."""
+    study, point = search.study, job.candidate.point
+    attrs = {"point": point, "seed": job.seed, "host": socket.gethostname(), "pid": os.getpid(),
+             "heartbeat": time.time()}
+    if slurm.current_job():
+        attrs["slurm_job"] = slurm.current_job()
+    template = optuna.trial.create_trial(
+        state=TrialState.RUNNING, params={"point": point},
+        distributions={"point": optuna.distributions.CategoricalDistribution(search._points())},
+        user_attrs=attrs, system_attrs={"fixed_params": {"point": point}})  # GridSampler leaves it be
+    storage = study._storage
+    trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+    if _is_rdb(search):
+        time.sleep(CLAIM_SETTLE_S)
+    winner = owner(holders(study, job.key), bool(search.opts.get("retry_failed")))
+    if winner is not None and winner._trial_id == trial_id:
+        return optuna.trial.Trial(study, trial_id)
+    storage.set_trial_user_attr(trial_id, "repeat_of", winner.number if winner else None)
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    return None
+
+
+def _is_rdb(search: Search) -> bool:
+    """PostgreSQL, MySQL: anything but the default SQLite file or a journal file."""
+    url = search.opts.get("storage") or ""
+    return bool(url) and not url.startswith(("journal://", "sqlite:"))
+
+
+def fail_abandoned(study: optuna.Study, stale_after_s: float) -> int:
+    """Mark FAIL (stale) every trial nobody works on any more, so that its point runs again: those
+    of SLURM jobs that ended or were requeued, then those `search.is_stale` finds."""
+    count = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        job = t.user_attrs.get("slurm_job")
+        if job and job != slurm.current_job() and slurm.job_running(job) is False:
+            study._storage.set_trial_user_attr(t._trial_id, "stale", True)
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            count += 1
+    return count + fail_stale_trials(study, stale_after_s)
+
+
+# --- one worker -----------------------------------------------------------------------------------
+
+
+class Worker:
+    """Worker `index` of a search: trains unclaimed points until every one is settled."""
+
+    def __init__(self, search: Search, index: int) -> None:
+        if search.opts["sampler"] != "grid":
+            raise UserError(f"search.sampler={search.opts['sampler']}: several workers share a grid search only "
+                            "(search.sampler=grid), or run search.workers=1")
+        self.search, self.index = search, index
+        self.stale_after_s = float(search.opts.get("stale_after_s", 3600))
+
+    def run(self) -> None:
+        self.run_jobs(self.search.first_jobs(), "grid points")
+        # Every worker waits for the whole grid, so all of them pick the same best points.
+        self.run_jobs(self.search.seed_jobs(), "extra seeds for the best points")
+
+    def run_jobs(self, jobs: list[Job], label: str) -> None:
+        study, retry = self.search.study, bool(self.search.opts.get("retry_failed"))
+        while True:
+            taken = fail_abandoned(study, self.stale_after_s)
+            if taken:
+                self.search.say(f"{taken} abandoned trial(s) marked FAIL (stale): their points run again")
+            owners = {job.key: owner(holders(study, job.key), retry) for job in jobs}
+            unsettled = [j for j in jobs if owners[j.key] is None or not owners[j.key].state.is_finished()]
+            free = [j for j in unsettled if owners[j.key] is None]
+            if not unsettled:
+                return
+            if not free:
+                time.sleep(POLL_S)  # the rest is being trained; stay to take over if a worker dies
+                continue
+            # Start at a different point in each worker, so that claims rarely collide.
+            job = free[self.index % len(free)]
+            trial = claim(self.search, job)
+            if trial is not None:
+                self.search.train(trial, job, f"[worker {self.index}, {label} {len(jobs) - len(unsettled) + 1}"
+                                              f"/{len(jobs)}]")
+
+
+def work(cfg: dict[str, Any], index: int, say: Callable[[str], None] | None = None) -> None:
+    """Plan the sweep, open its study and work as worker `index` until the grid is done."""
+    from effscale.commands import model_table, resolve_device
+
+    say = say or (lambda line: print(f"worker {index}: {line}", flush=True))
+    search = Search(cfg, model_table(cfg), resolve_device(cfg["device"]), say=say)
+    search.plan()
+    search.open()
+    Worker(search, index).run()
+
+
+# --- local processes ------------------------------------------------------------------------------
+
+
+def record_storage(search: Search) -> None:
+    """Write `search.storage` to the sweep folder's storage.txt, where `effscale dashboard` looks for
+    it; readable by its owner only, since an RDB URL may carry a password."""
+    url = search.opts.get("storage")
+    if url:
+        path = search.sweep_dir / "storage.txt"
+        path.touch(mode=0o600)
+        path.write_text(url + "\n")
+
+
+def run_local(search: Search, overrides: list[str], workers: int) -> "pd.DataFrame":
+    """`search.workers=N` on this machine, after `search` planned the sweep and opened its study:
+    N processes `python -m effscale.workers I OVERRIDES`, each with an equal share of the cores
+    unless `trainer.threads` says otherwise. Returns the results table once all have ended."""
+    from effscale import results
+
+    if not search.recipe.get("threads"):
+        overrides = [*overrides, f"trainer.threads={local_threads(workers)}"]
+    record_storage(search)
+    procs = [subprocess.Popen([sys.executable, "-m", "effscale.workers", str(i), *overrides]) for i in range(workers)]
+    try:
+        failed = sum(p.wait() != 0 for p in procs)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    if failed:
+        search.say(f"{failed} of {workers} workers failed (see above); run the same command again to finish the grid")
+    return results.read_trials(search.table)
+
+
+def main(argv: list[str]) -> int:
+    from effscale.config import compose, to_dict
+
+    index, overrides = int(argv[0]), argv[1:]
+    try:
+        work(to_dict(compose("search", overrides)), index)
+    except UserError as exc:
+        print(f"effscale search: worker {index}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
