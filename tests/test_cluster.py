@@ -1,0 +1,237 @@
+"""Several workers on one study: locally, through submitit_local, and on the SLURM cluster and
+PostgreSQL server of tests/services/ (those tests skip when the services are absent, and fail under CI).
+
+Every sweep here is the same tiny grid (three points, one epoch on a few hundred procedural images),
+so that the tests prove who trained what, not how well.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import REPO, run_cli
+from effscale import results
+from effscale.workers import claim, owner, holders
+
+TINY = ["logger=csv", "data.train_size=128", "data.val_size=64", "data.test_size=64", "data.batch_size=64",
+        "trainer.max_epochs=1", "search.top_k=0", "search.grid.alpha=[1.0,1.1]", "search.grid.beta=[1.0,1.1]",
+        "search.grid.step=0.1", "budget.macs_tolerance=1.0", "trainer.threads=1"]
+POINTS = 3  # the feasible points of that grid
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def study_trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def assert_each_point_once(sweep_dir: Path, trials: list[optuna.trial.FrozenTrial]) -> None:
+    """trials.csv has one COMPLETE row per grid point, and the study one COMPLETE trial per point."""
+    table = results.read_trials(sweep_dir)
+    done = table[table["state"] == "COMPLETE"]
+    assert len(done) == POINTS and done["point"].is_unique, table[["trial", "point", "state"]]
+    complete = Counter(t.user_attrs["point"] for t in trials if t.state == TrialState.COMPLETE)
+    assert complete == Counter(set(done["point"])), complete
+    assert set(done["trial"]) == {t.number for t in trials if t.state == TrialState.COMPLETE}
+
+
+def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the search ended (exit {proc.returncode}) before {what}:\n{proc.stdout.read()}")
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_after_a_complete(storage: str, name: str) -> list[optuna.trial.FrozenTrial] | None:
+    """The study's trials once one trial is COMPLETE and another is training, else None."""
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).exists():
+        return None  # connecting would create the file under the worker's feet
+    try:
+        trials = study_trials(storage, name)
+    except KeyError:  # the study does not exist yet
+        return None
+    states = Counter(t.state for t in trials if "point" in t.user_attrs and t.user_attrs.get("repeat_of") is None)
+    return trials if states[TrialState.COMPLETE] >= 1 and states[TrialState.RUNNING] >= 1 else None
+
+
+def background_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "effscale.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+# --- claims, without training ---------------------------------------------------------------------
+
+
+def fake_search(study: optuna.Study, points: list[str]) -> SimpleNamespace:
+    return SimpleNamespace(study=study, opts={"storage": None}, _points=lambda: points)
+
+
+def test_second_claim_on_a_point_loses_to_the_lower_trial_and_is_recorded_as_a_repeat():
+    study = optuna.create_study()
+    job = SimpleNamespace(candidate=SimpleNamespace(point="p1"), seed=0, key=("p1", 0))
+    first = claim(fake_search(study, ["p1", "p2"]), job)
+    second = claim(fake_search(study, ["p1", "p2"]), job)
+    assert first is not None and second is None
+    loser = study.get_trials()[1]
+    assert loser.state == TrialState.FAIL and loser.user_attrs["repeat_of"] == first.number
+    assert owner(holders(study, job.key)).number == first.number
+
+
+def test_claim_of_a_point_held_by_a_dead_process_waits_until_that_trial_is_marked_stale():
+    from effscale.workers import fail_abandoned
+
+    study = optuna.create_study()
+    job = SimpleNamespace(candidate=SimpleNamespace(point="p1"), seed=0, key=("p1", 0))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    held = claim(fake_search(study, ["p1"]), job)
+    study._storage.set_trial_user_attr(held._trial_id, "pid", int(dead.stdout))
+    assert claim(fake_search(study, ["p1"]), job) is None  # still RUNNING: it owns the point
+    assert fail_abandoned(study, stale_after_s=3600) == 1
+    assert claim(fake_search(study, ["p1"]), job) is not None
+
+
+# --- local workers --------------------------------------------------------------------------------
+
+
+def test_two_local_workers_train_each_grid_point_exactly_once(tmp_path):
+    done = run_cli("search", *TINY, f"out={tmp_path}", "name=two", "search.workers=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "worker 0:" in done.stdout and "worker 1:" in done.stdout
+    assert_each_point_once(tmp_path / "two", study_trials(f"sqlite:///{tmp_path}/two/study.db", "two"))
+
+
+def test_worker_killed_mid_trial_then_relaunch_finishes_the_grid_without_losing_or_repeating_a_trial(tmp_path):
+    storage = f"sqlite:///{tmp_path}/killed/study.db"
+    overrides = [*TINY, f"out={tmp_path}", "name=killed"]
+    worker = subprocess.Popen([sys.executable, "-m", "effscale.workers", "0", *overrides], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        before = wait_for(lambda: running_after_a_complete(storage, "killed"), 180, "a second trial", worker)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    finished = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}
+    killed = [t.number for t in before if t.state == TrialState.RUNNING and "point" in t.user_attrs]
+
+    done = run_cli("search", *overrides, "search.workers=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = study_trials(storage, "killed")
+    assert {t.number: t.value for t in after if t.number in finished} == finished  # kept, not re-run
+    assert all(after[n].state == TrialState.FAIL and after[n].user_attrs["stale"] for n in killed)
+    assert_each_point_once(tmp_path / "killed", after)
+
+
+def test_submitit_local_launcher_runs_two_worker_jobs_into_one_sweep_folder(tmp_path):
+    done = run_cli("search", "-m", "hydra/launcher=submitit_local", "search.workers=2", *TINY,
+                   f"out={tmp_path}", "name=local")
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep = tmp_path / "local"
+    assert_each_point_once(sweep, study_trials(f"sqlite:///{sweep}/study.db", "local"))
+    assert len(list((sweep / "logs" / "local").glob("*/*_log.out"))) == 2  # one submitit log per job
+    assert sorted(p.name for p in (sweep / "logs" / "hydra").iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def test_slurm_workers_on_the_default_sqlite_study_are_refused_in_one_line(tmp_path):
+    done = run_cli("search", "-m", "hydra/launcher=submitit_slurm", "search.workers=2", f"out={tmp_path}")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "search.storage" in done.stderr and "postgresql" in done.stderr
+    assert not (tmp_path / "default").exists()
+
+
+def test_bad_launcher_with_multirun_is_one_line_and_exit_2(tmp_path):
+    done = run_cli("search", "-m", "hydra/launcher=no_such_launcher", f"out={tmp_path}")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "hydra/launcher" in done.stderr
+
+
+# --- SLURM and PostgreSQL -------------------------------------------------------------------------
+
+SLURM = ["-m", "hydra/launcher=submitit_slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10"]
+LONGER = ["data.train_size=1024", "trainer.max_epochs=2"]  # trials long enough to be interrupted mid-way
+
+
+@pytest.mark.slurm
+@pytest.mark.postgres
+def test_two_slurm_jobs_on_postgres_train_each_point_once_with_logs_and_wandb_runs_in_the_sweep_folder(
+        tmp_path, slurm_cluster, postgres_url):
+    name = f"slurm-{uuid.uuid4().hex[:8]}"
+    overrides = [*TINY, "logger=wandb"]
+    done = run_cli("search", *SLURM, "search.workers=2", f"search.storage={postgres_url}", *overrides,
+                   f"out={tmp_path}", f"name={name}", env={"WANDB_MODE": "offline"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    sweep = tmp_path / name
+    trials = study_trials(postgres_url, name)
+    assert_each_point_once(sweep, trials)
+    jobs = {t.user_attrs["slurm_job"] for t in trials if t.state == TrialState.COMPLETE}
+    assert len(list((sweep / "logs" / "slurm").glob("*/*_log.out"))) == 2
+    assert len(list((sweep / "wandb").glob("offline-run-*"))) == POINTS  # one W&B run per trained trial
+    assert jobs and (sweep / "storage.txt").read_text().strip() == postgres_url
+
+
+@pytest.mark.slurm
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_scancel_mid_trial_then_relaunch_finishes_the_grid_without_losing_or_repeating_a_trial(
+        tmp_path, slurm_cluster, postgres_url):
+    name = f"scancel-{uuid.uuid4().hex[:8]}"
+    args = [*SLURM, "search.workers=2", f"search.storage={postgres_url}", *TINY, *LONGER, f"out={tmp_path}",
+            f"name={name}"]
+    search = background_cli("search", *args)
+    try:
+        before = wait_for(lambda: running_after_a_complete(postgres_url, name), 240, "a trial to cancel", search)
+        victim = next(t for t in before if t.state == TrialState.RUNNING and t.user_attrs.get("slurm_job"))
+        subprocess.run(["scancel", victim.user_attrs["slurm_job"].split(".")[0]], check=True)
+        search.wait(timeout=240)
+    finally:
+        search.kill()
+    assert search.returncode == 1  # the cancelled job produced no result: the command says so
+
+    finished = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}
+    done = run_cli("search", *args)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    after = study_trials(postgres_url, name)
+    assert {t.number: t.value for t in after if t.number in finished} == finished
+    assert after[victim.number].state == TrialState.FAIL and after[victim.number].user_attrs["stale"]
+    assert_each_point_once(tmp_path / name, after)
+
+
+@pytest.mark.slurm
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_requeued_slurm_job_runs_its_interrupted_trial_again(tmp_path, slurm_cluster, postgres_url):
+    """`scontrol requeue` is what preemption does (and what submitit does at the time limit, after
+    USR2): the job restarts with the same id and SLURM_RESTART_COUNT=1, and re-runs its trial."""
+    name = f"requeue-{uuid.uuid4().hex[:8]}"
+    search = background_cli("search", *SLURM, "search.workers=1", f"search.storage={postgres_url}", *TINY, *LONGER,
+                            f"out={tmp_path}", f"name={name}")
+    try:
+        before = wait_for(lambda: running_after_a_complete(postgres_url, name), 240, "a trial to requeue", search)
+        victim = next(t for t in before if t.state == TrialState.RUNNING and t.user_attrs.get("slurm_job"))
+        job_id = victim.user_attrs["slurm_job"].split(".")[0]
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
+        search.wait(timeout=240)
+    finally:
+        search.kill()
+    output = search.stdout.read()
+    assert search.returncode == 0, output[-3000:]
+    after = study_trials(postgres_url, name)
+    assert after[victim.number].state == TrialState.FAIL and after[victim.number].user_attrs["stale"]
+    rerun = [t for t in after if t.state == TrialState.COMPLETE and t.user_attrs["point"] == victim.user_attrs["point"]]
+    assert [t.user_attrs["slurm_job"] for t in rerun] == [f"{job_id}.1"]  # the same job, restarted once
+    assert_each_point_once(tmp_path / name, after)
