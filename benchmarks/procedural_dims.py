@@ -5,7 +5,10 @@ Trains a small CNN (three stages of `depth` 3×3 conv-BN-ReLU layers with `width
 default procedural splits, scaling one of depth, width and input resolution at a time away from a
 baseline of depth 2, width 16 and 32 px, and prints validation accuracy for each.
 
-    .venv/bin/python benchmarks/procedural_dims.py            # about 4 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/procedural_dims.py            # about 4 minutes on 2 idle CPU cores
+    .venv/bin/python benchmarks/procedural_dims.py --seed 1 --dimensions depth
+
+The results are quoted in the docstring of effscale/data.py.
 """
 
 from __future__ import annotations

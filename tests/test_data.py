@@ -260,6 +260,15 @@ def test_missing_fashion_mnist_root_or_file_names_the_path(tmp_path):
         build_datamodule(_fashion_cfg(root, val_size=10), 28, 8).setup()
 
 
+def test_cifar10_without_its_files_is_a_user_error_naming_the_root(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "cifar10.yaml")
+    cfg.root = str(tmp_path)
+    with pytest.raises(UserError, match=f"^data.root: no intact CIFAR-10 .* under {tmp_path};"):
+        build_datamodule(cfg, 32, 8).setup()
+
+
 # --- image folders --------------------------------------------------------------------------------
 
 
