@@ -95,15 +95,23 @@ class Classifier(L.LightningModule):
         self.test_acc = self._accuracy()
         self.log("test_acc", self.test_acc)
 
+    def param_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """(parameters, learning-rate multiplier) pairs to optimise: all of them at the recipe's rate.
+        Fine-tuning overrides it to freeze the backbone or train it more slowly."""
+        return [(list(self.parameters()), 1.0)]
+
     def configure_optimizers(self) -> dict[str, Any]:
         r = self.recipe
-        # Weight decay on conv and linear weights only: decaying BatchNorm scales and biases
-        # hurts small networks and is what the reference EfficientNet code also avoids for BN.
-        decay = [p for p in self.parameters() if p.ndim > 1]
-        rest = [p for p in self.parameters() if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": float(r.get("weight_decay", 0.0))},
-                  {"params": rest, "weight_decay": 0.0}]
         lr = float(r["lr"])
+        groups = []
+        for params, lr_mult in self.param_groups():
+            # Weight decay on conv and linear weights only: decaying BatchNorm scales and biases
+            # hurts small networks and is what the reference EfficientNet code also avoids for BN.
+            decay = [p for p in params if p.ndim > 1]
+            rest = [p for p in params if p.ndim <= 1]
+            groups += [{"params": decay, "weight_decay": float(r.get("weight_decay", 0.0)), "lr": lr * lr_mult},
+                       {"params": rest, "weight_decay": 0.0, "lr": lr * lr_mult}]
+        groups = [group for group in groups if group["params"]]
         if r.get("optimizer", "sgd") == "sgd":
             optimizer = torch.optim.SGD(groups, lr=lr, momentum=float(r.get("momentum", 0.9)),
                                         nesterov=bool(r.get("nesterov", True)))
@@ -146,6 +154,25 @@ def _accelerator(device: str) -> tuple[str, Any]:
     return "cpu", 1
 
 
+def make_trainer(recipe: dict[str, Any], *, device: str = "cpu", loggers: Sequence[Any] = (),
+                 callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+    """The Lightning Trainer a `trainer` recipe describes (epochs, precision, batch limits, progress bar)."""
+    accelerator, devices = _accelerator(device)
+    progress = recipe.get("progress", "auto")
+    progress = sys.stderr.isatty() if progress in (None, "auto") else bool(progress)
+    return L.Trainer(
+        accelerator=accelerator, devices=devices, precision=_precision(device, recipe.get("precision", "auto")),
+        max_epochs=int(recipe["max_epochs"]), logger=list(loggers) or False,
+        limit_train_batches=recipe.get("limit_train_batches") or 1.0,
+        limit_val_batches=recipe.get("limit_val_batches") or 1.0,
+        limit_test_batches=recipe.get("limit_val_batches") or 1.0,
+        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
+        num_sanity_val_steps=0, log_every_n_steps=int(recipe.get("log_every_n_steps", 50)),
+        gradient_clip_val=recipe.get("gradient_clip_val"), deterministic=bool(recipe.get("deterministic", False)),
+        default_root_dir=recipe.get("root_dir"), callbacks=list(callbacks),
+    )
+
+
 def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, recipe: dict[str, Any], *,
                   seed: int = 0, device: str = "cpu", loggers: Sequence[Any] = (),
                   report: Report | None = None) -> dict[str, Any]:
@@ -165,20 +192,7 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
         # NHWC is what oneDNN and cuDNN run depthwise convolutions fastest in (measured in the README).
         network = network.to(memory_format=torch.channels_last)
     module = Classifier(network, recipe, report)
-    accelerator, devices = _accelerator(device)
-    progress = recipe.get("progress", "auto")
-    progress = sys.stderr.isatty() if progress in (None, "auto") else bool(progress)
-    trainer = L.Trainer(
-        accelerator=accelerator, devices=devices, precision=_precision(device, recipe.get("precision", "auto")),
-        max_epochs=int(recipe["max_epochs"]), logger=list(loggers) or False,
-        limit_train_batches=recipe.get("limit_train_batches") or 1.0,
-        limit_val_batches=recipe.get("limit_val_batches") or 1.0,
-        limit_test_batches=recipe.get("limit_val_batches") or 1.0,
-        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
-        num_sanity_val_steps=0, log_every_n_steps=int(recipe.get("log_every_n_steps", 50)),
-        gradient_clip_val=recipe.get("gradient_clip_val"), deterministic=bool(recipe.get("deterministic", False)),
-        default_root_dir=recipe.get("root_dir"),
-    )
+    trainer = make_trainer(recipe, device=device, loggers=loggers)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     seconds = time.perf_counter() - start
