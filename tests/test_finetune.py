@@ -104,12 +104,13 @@ def test_finetune_cli_writes_a_checkpoint_predict_reads_with_the_data_class_name
     assert len(top) == 3 and all(t["class"] in PROCEDURAL_CLASSES for t in top)
 
 
-def test_finetune_missing_weights_file_one_line_exit_2(tmp_path):
-    from conftest import run_cli
+def test_finetune_missing_weights_file_one_line_exit_2(tmp_path, capsys):
+    from effscale.cli import main
 
-    out = run_cli("finetune", f"out={tmp_path}", f"finetune.weights={tmp_path / 'nope.pt'}")
-    assert out.returncode == 2 and out.stderr.strip().endswith("nope.pt: no such file")
-    assert len(out.stderr.strip().splitlines()) == 1
+    assert main(["finetune", f"out={tmp_path}", f"finetune.weights={tmp_path / 'nope.pt'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith("nope.pt: no such file") and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 @pytest.mark.slow  # about a minute on 2 idle cores, longer on a busy machine

