@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -87,7 +89,7 @@ def check_baseline_budget(base: Measurement, budget: dict[str, Any]) -> None:
     """A budget the unscaled baseline already breaks can admit nothing: say so before any work."""
     for key, value, unit in _budget_terms(base, budget):
         if value > budget[key]:
-            raise UserError(f"budget.{key}={budget[key]:,g} is below the baseline's own {value:,g} {unit}")
+            raise UserError(f"budget.{key}={budget[key]} is below the baseline's own {value:,} {unit}")
 
 
 def judge(candidate: Candidate, cost: Measurement, base: Measurement, budget: dict[str, Any]) -> None:
@@ -103,7 +105,11 @@ def judge(candidate: Candidate, cost: Measurement, base: Measurement, budget: di
     for key, value, unit in _budget_terms(cost, budget):
         candidate.constraints.append(value - budget[key])
         if value > budget[key]:
-            candidate.reasons.append(f"{value:,g} {unit} > budget.{key}={budget[key]:,g}")
+            candidate.reasons.append(f"{_number(value)} {unit} > budget.{key}={_number(budget[key])}")
+
+
+def _number(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:,.1f}"
 
 
 def _budget_terms(cost: Measurement, budget: dict[str, Any]) -> list[tuple[str, float, str]]:
@@ -127,7 +133,18 @@ def open_storage(url: str | None, sweep_dir: Path) -> Any:
         path = Path(url[len("journal://"):])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith(("postgresql", "mysql")):
+        # A server that does not answer should cost seconds, not the driver's default of minutes.
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}})
     return url
+
+
+CONNECT_TIMEOUT_S = 10
+
+
+def without_password(url: str) -> str:
+    """An RDB URL as it may be printed: `postgresql://user:***@host/db`."""
+    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 def make_sampler(kind: str, points: list[str], seed: int) -> optuna.samplers.BaseSampler:
@@ -248,6 +265,10 @@ class Search:
         data_cfg = self.cfg["data"]
         self.data = build_datamodule(data_cfg, int(self.baseline["resolution"]), int(data_cfg["batch_size"]),
                                      self.recipe.get("num_workers"), self.seed)
+        # Read the data now: a missing, empty or corrupt data set is one error before anything is
+        # written, not the same failure in every trial.
+        self.data.prepare_data()
+        self.data.setup("fit")
         classes, channels = self.data.num_classes, self.data.in_channels
 
         def measure(table: dict[str, Any]) -> Measurement:
@@ -281,21 +302,34 @@ class Search:
                 f"({', '.join(bounds)})")
 
     def open(self) -> optuna.Study:
+        from sqlalchemy.exc import SQLAlchemyError
+
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        # The first folder this run creates: removed again if the study cannot be opened, so that a
+        # bad storage URL leaves nothing behind.
+        new = next((p for p in reversed([self.sweep_dir, *self.sweep_dir.parents]) if not p.exists()), None)
+        try:
+            self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"out={self.cfg['out']}: cannot create the sweep folder {self.sweep_dir} "
+                            f"({exc.strerror or exc})") from None
+        url = self.opts.get("storage")
+        points = [c.point for c in self.feasible]
+        try:
+            self.study = optuna.create_study(
+                study_name=str(self.cfg["name"]), storage=open_storage(url, self.sweep_dir), direction="maximize",
+                load_if_exists=True, sampler=make_sampler(self.opts["sampler"], points, self.seed),
+                pruner=make_pruner(self.opts.get("pruner"), int(self.recipe["max_epochs"])))
+        except (ImportError, ValueError, OSError, SQLAlchemyError) as exc:
+            if new is not None:
+                shutil.rmtree(new, ignore_errors=True)
+            what = f"search.storage={without_password(url)}" if url else f"{self.sweep_dir / 'study.db'}"
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+            raise UserError(f"{what}: cannot open the study ({reason[:200]})") from None
         handler = logging.FileHandler(self.sweep_dir / "search.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-        storage = open_storage(self.opts.get("storage"), self.sweep_dir)
-        points = [c.point for c in self.feasible]
-        try:
-            self.study = optuna.create_study(
-                study_name=str(self.cfg["name"]), storage=storage, direction="maximize", load_if_exists=True,
-                sampler=make_sampler(self.opts["sampler"], points, self.seed),
-                pruner=make_pruner(self.opts.get("pruner"), int(self.recipe["max_epochs"])))
-        except (ImportError, ValueError) as exc:
-            raise UserError(f"search.storage={self.opts.get('storage')}: {exc}") from None
         for key, value in {**self.context, "strategy": STRATEGY, "phi": float(self.opts["phi"])}.items():
             self.study.set_user_attr(key, value)
         stale = fail_stale_trials(self.study, float(self.opts.get("stale_after_s", 3600)))
@@ -420,8 +454,11 @@ class Search:
         try:
             metrics = fit_candidate(c.table, self.data, self.recipe, seed=seed, device=self.device,
                                     loggers=loggers, report=report)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, UserError) as exc:
+            # Ctrl-C, or a mistake that would fail every trial alike: stop the sweep. The trial is marked
+            # stale, so the next launch runs it again.
             trial.set_user_attr("stale", True)
+            trial.set_user_attr("reason", "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc))
             self.study.tell(trial, state=TrialState.FAIL)
             raise
         except Exception as exc:  # one broken candidate must not end the sweep; the log keeps the traceback
