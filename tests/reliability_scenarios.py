@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
+import re
 import signal
 import struct
 import subprocess
@@ -248,7 +248,8 @@ def _files(folder: Path) -> set[str]:
 
 def run_bad_input(scenario: BadInput, paths: dict[str, Path]) -> Outcome:
     """Run one scenario; `written` lists what it left in the output folder (which must stay empty)."""
-    out = paths["out"] / scenario.name.replace(" ", "_")  # its own, so that scenarios may run side by side
+    # its own folder, so that scenarios may run side by side (ASCII: Hydra's override grammar is)
+    out = paths["out"] / re.sub(r"[^A-Za-z0-9]+", "_", scenario.name)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     done = cli(*scenario.argv({**paths, "out": out}), timeout=240)
@@ -282,7 +283,7 @@ def search_until(out: Path, name: str, complete: int, sig: int, extra: tuple[str
     try:
         while time.monotonic() < deadline and process.poll() is None:
             if (trials(sweep)["state"] == "COMPLETE").sum() >= complete:
-                time.sleep(0.5)  # into the next trial's setup or training
+                time.sleep(1.0)  # into the next trial's training
                 process.send_signal(sig)
                 break
             time.sleep(0.1)
@@ -311,3 +312,86 @@ def secrets_in(folder: Path, secret: str) -> list[str]:
 
 INTERRUPT = signal.SIGINT
 KILL = signal.SIGKILL
+
+
+# --- faults, as functions both the tests and the benchmark run ------------------------------------------
+
+OOM_DEPTH = 1.9  # the grid point whose trial runs out of memory, or diverges
+
+
+def search_in_process(out: Path, *extra: str, fit=None) -> pd.DataFrame:
+    """The tiny search in this process, `fit` standing in for `effscale.train.fit_candidate`; the
+    results table sorted by alpha."""
+    from effscale import train
+    from effscale.commands import search
+
+    real = train.fit_candidate
+    train.fit_candidate = fit or real
+    try:
+        search([*TINY_SEARCH, f"out={out}", "name=sweep", *extra])
+    finally:
+        train.fit_candidate = real
+    return pd.read_csv(out / "sweep" / "trials.csv").sort_values("alpha").reset_index(drop=True)
+
+
+def out_of_memory_in_one_trial(out: Path) -> pd.DataFrame:
+    """The candidate at depth 1.9 raises torch.OutOfMemoryError; the others 'train' instantly."""
+    import torch
+
+    def fit(table, data, recipe, **kwargs):
+        if abs(table["depth_mult"] - OOM_DEPTH) < 1e-9:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return {"state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.5, "epochs": 1, "train_seconds": 0.1,
+                "val_history": [0.5], "reason": None}
+
+    return search_in_process(out, fit=fit)
+
+
+def diverging_loss_in_one_trial(out: Path) -> pd.DataFrame:
+    """Two candidates trained for real; the one at depth 1.9 with a learning rate of 1e30 (loss inf, then nan)."""
+    from effscale import train
+
+    real = train.fit_candidate
+
+    def fit(table, data, recipe, **kwargs):
+        if abs(table["depth_mult"] - OOM_DEPTH) < 1e-9:
+            recipe = {**recipe, "lr": 1e30}
+        return real(table, data, recipe, **kwargs)
+
+    return search_in_process(out, "search.grid.alpha=[1.85,1.9]", fit=fit)
+
+
+@dataclass
+class Resumed:
+    """What three launches of one sweep left: Ctrl-C after one trial, kill -9 after another, then a full run."""
+
+    interrupted_rc: int
+    interrupted_stderr: str
+    after_interrupt: pd.DataFrame
+    killed_rc: int
+    after_kill: pd.DataFrame
+    rerun: subprocess.CompletedProcess
+    final: pd.DataFrame
+    study: list
+
+    def lost(self) -> int:
+        """Trials complete before a fault that are not the same complete trial at the end."""
+        final = self.final.set_index("point")
+        lost = 0
+        for table in (self.after_interrupt, self.after_kill):
+            for _, row in table[table["state"] == "COMPLETE"].iterrows():
+                if row["point"] not in final.index or final.loc[row["point"], "trial"] != row["trial"]:
+                    lost += 1
+        return lost
+
+    def trained_twice(self) -> int:
+        points = [t.user_attrs.get("point") for t in self.study if t.state.name == "COMPLETE"]
+        return len(points) - len(set(points))
+
+
+def interrupt_kill_resume(out: Path) -> Resumed:
+    rc1, err1, t1 = search_until(out, "sweep", complete=1, sig=INTERRUPT)
+    done = int((t1["state"] == "COMPLETE").sum())
+    rc2, _, t2 = search_until(out, "sweep", complete=done + 1, sig=KILL)
+    rerun = cli("search", *TINY_SEARCH, f"out={out}", "name=sweep")
+    return Resumed(rc1, err1, t1, rc2, t2, rerun, trials(out / "sweep"), study_trials(out / "sweep"))

@@ -139,70 +139,55 @@ def test_checkpoint_survives_a_save_that_fails_halfway(tmp_path, monkeypatch):
 # --- 3. faults inside a trial ---------------------------------------------------------------------------
 
 
-def _search_in_process(out: Path, *extra: str) -> pd.DataFrame:
-    from effscale.commands import search
-
-    search([*TINY_SEARCH, f"out={out}", "name=sweep", *extra])
-    return pd.read_csv(out / "sweep" / "trials.csv").sort_values("alpha").reset_index(drop=True)
-
-
-def test_out_of_memory_in_one_candidate_fails_that_trial_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    from effscale import train
-
-    def fit(table, data, recipe, **kwargs):
-        if table["depth_mult"] == pytest.approx(1.9):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return {"state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.5, "epochs": 1, "train_seconds": 0.1,
-                "val_history": [0.5], "reason": None}
-
-    monkeypatch.setattr(train, "fit_candidate", fit)
-    table = _search_in_process(tmp_path)
+def test_out_of_memory_in_one_candidate_fails_that_trial_and_the_sweep_goes_on(tmp_path):
+    table = rs.out_of_memory_in_one_trial(tmp_path)
     assert list(table["state"]) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     assert "OutOfMemoryError: CUDA out of memory" in table.loc[1, "reason"]
 
 
-def test_diverging_loss_fails_that_trial_with_the_reason_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    from effscale import train
-
-    real_fit = train.fit_candidate
-
-    def fit(table, data, recipe, **kwargs):
-        if table["depth_mult"] == pytest.approx(1.9):
-            recipe = {**recipe, "lr": 1e30}  # the weights blow up within a step or two: loss inf, then nan
-        return real_fit(table, data, recipe, **kwargs)
-
-    monkeypatch.setattr(train, "fit_candidate", fit)
-    table = _search_in_process(tmp_path, "search.grid.alpha=[1.85,1.9]")
+def test_diverging_loss_fails_that_trial_with_the_reason_and_the_sweep_goes_on(tmp_path):
+    table = rs.diverging_loss_in_one_trial(tmp_path)
     assert list(table["state"]) == ["COMPLETE", "FAIL"]
     assert re.search(r"loss is (nan|inf)", table.loc[1, "reason"])
     assert table.loc[0, "val_acc"] >= 0 and pd.isna(table.loc[1, "val_acc"])
 
 
 def test_ctrl_c_then_kill_9_then_rerun_loses_no_trial_and_trains_none_twice(tmp_path):
-    # Ctrl-C once the first trial is complete: exit 130, one line, the finished row kept.
-    rc, stderr, table = rs.search_until(tmp_path, "sweep", complete=1, sig=signal.SIGINT)
-    assert rc == 130, stderr
-    assert stderr.strip().splitlines()[-1] == "effscale search: interrupted" and "Traceback" not in stderr
-    first = table[table["state"] == "COMPLETE"].set_index("point")
-    assert len(first) >= 1
-    # The process is killed outright once a further trial is complete: no handler runs at all.
-    rc, _, table = rs.search_until(tmp_path, "sweep", complete=len(first) + 1, sig=signal.SIGKILL)
-    assert rc == -signal.SIGKILL
-    second = table[table["state"] == "COMPLETE"].set_index("point")
-    assert set(first.index) <= set(second.index) and len(second) > len(first)
-    # The third launch trains only what is left.
-    done = rs.cli("search", *TINY_SEARCH, f"out={tmp_path}", "name=sweep")
-    assert done.returncode == 0, done.stderr
-    assert f"{len(second)} trials already complete, {rs.TINY_POINTS - len(second)} to run" in done.stdout
-    final = rs.trials(tmp_path / "sweep").set_index("point")
-    assert (final["state"] == "COMPLETE").sum() == rs.TINY_POINTS
-    for point, row in second.iterrows():  # the same trial, not a retrained one
-        assert final.loc[point, "trial"] == row["trial"] and final.loc[point, "train_seconds"] == row["train_seconds"]
-    study = rs.study_trials(tmp_path / "sweep")
-    complete = [t.user_attrs["point"] for t in study if t.state.name == "COMPLETE"]
-    assert sorted(complete) == sorted(final.index)  # each point trained to completion exactly once
-    unfinished = [t for t in study if t.state.name == "FAIL"]
+    run = rs.interrupt_kill_resume(tmp_path)
+    # Ctrl-C once the first trial is complete: exit 130, one line, the finished rows kept.
+    assert run.interrupted_rc == 130, run.interrupted_stderr
+    assert run.interrupted_stderr.strip().splitlines()[-1] == "effscale search: interrupted"
+    assert "Traceback" not in run.interrupted_stderr
+    first = run.after_interrupt[run.after_interrupt["state"] == "COMPLETE"]
+    second = run.after_kill[run.after_kill["state"] == "COMPLETE"]
+    assert len(first) >= 1 and run.killed_rc == -signal.SIGKILL and len(second) > len(first)
+    # The third launch trains only what is left, and every earlier complete trial is the same trial.
+    assert run.rerun.returncode == 0, run.rerun.stderr
+    assert f"{len(second)} trials already complete, {rs.TINY_POINTS - len(second)} to run" in run.rerun.stdout
+    assert (run.final["state"] == "COMPLETE").sum() == rs.TINY_POINTS
+    assert run.lost() == 0 and run.trained_twice() == 0
+    unfinished = [t for t in run.study if t.state.name == "FAIL"]
     assert unfinished and all(t.user_attrs.get("stale") for t in unfinished)  # the interrupted and the killed
+
+
+def test_ctrl_c_inside_a_trial_marks_it_interrupted_and_the_rerun_trains_it(tmp_path):
+    calls = []
+
+    def fit(table, data, recipe, **kwargs):
+        calls.append(table["depth_mult"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return {"state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.5, "epochs": 1, "train_seconds": 0.1,
+                "val_history": [0.5], "reason": None}
+
+    with pytest.raises(KeyboardInterrupt):
+        rs.search_in_process(tmp_path, fit=fit)
+    [interrupted] = [t for t in rs.study_trials(tmp_path / "sweep") if t.state.name == "FAIL"]
+    assert interrupted.user_attrs["stale"] and interrupted.user_attrs["reason"] == "interrupted"
+    assert list(rs.trials(tmp_path / "sweep")["state"]) == ["COMPLETE"]
+    table = rs.search_in_process(tmp_path, fit=fit)
+    assert list(table["state"]) == ["COMPLETE"] * rs.TINY_POINTS
+    assert calls == pytest.approx([1.85, 1.9, 1.9, 1.95, 2.0])  # the interrupted point again, none twice
 
 
 # --- 4. security ----------------------------------------------------------------------------------------
