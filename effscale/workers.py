@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 CLAIM_SETTLE_S = 1.0  # RDB only: far longer than the few statements of a trial-creating transaction
 POLL_S = 5.0          # how often an idle worker looks for abandoned trials while others train
+SLURM_CHECK_S = 60.0  # how often a worker asks SLURM whether the jobs of RUNNING trials still run
 
 
 def local_threads(workers: int) -> int:
@@ -55,26 +56,30 @@ def local_threads(workers: int) -> int:
 # --- claims ---------------------------------------------------------------------------------------
 
 
-def holders(study: optuna.Study, key: tuple[str, int]) -> list[FrozenTrial]:
-    """Trials that hold (point, seed): neither stale nor a repeat, finished or RUNNING."""
-    point, seed = key
-    return [t for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("point") == point and t.user_attrs.get("seed") == seed
-            and not t.user_attrs.get("stale") and t.user_attrs.get("repeat_of") is None
-            and (t.state.is_finished() or t.state == TrialState.RUNNING)]
+def holders(trials: list[FrozenTrial]) -> dict[tuple[str, int], list[FrozenTrial]]:
+    """The trials that hold each (point, seed): finished or RUNNING, neither stale nor a repeat."""
+    held: dict[tuple[str, int], list[FrozenTrial]] = {}
+    for t in trials:
+        a = t.user_attrs
+        if "point" in a and not a.get("stale") and a.get("repeat_of") is None \
+                and (t.state.is_finished() or t.state == TrialState.RUNNING):
+            held.setdefault((a["point"], int(a["seed"])), []).append(t)
+    return held
 
 
-def owner(trials: list[FrozenTrial], retry_failed: bool = False) -> FrozenTrial | None:
+def owner(trials: list[FrozenTrial], retry_below: int | None = None) -> FrozenTrial | None:
     """The trial that owns a point among its holders: a finished one (the latest), else the RUNNING
-    claim with the lowest trial id. A FAILed trial owns nothing when failures are retried."""
-    finished = [t for t in trials if t.state.is_finished() and not (retry_failed and t.state == TrialState.FAIL)]
+    claim with the lowest trial id. With `search.retry_failed`, a FAILed trial older than this
+    launch (trial id below `retry_below`) owns nothing, so its point runs once more."""
+    finished = [t for t in trials if t.state.is_finished()
+                and not (retry_below is not None and t.state == TrialState.FAIL and t._trial_id < retry_below)]
     if finished:
         return max(finished, key=lambda t: t._trial_id)
     running = [t for t in trials if t.state == TrialState.RUNNING]
     return min(running, key=lambda t: t._trial_id) if running else None
 
 
-def claim(search: Search, job: Job) -> optuna.Trial | None:
+def claim(search: Search, job: Job, retry_below: int | None = None) -> optuna.Trial | None:
     """A RUNNING trial for `job` if this worker won its point, else None (the losing claim is
     recorded FAIL with `repeat_of`). See the module docstring for why exactly one worker wins."""
     study, point = search.study, job.candidate.point
@@ -90,7 +95,7 @@ def claim(search: Search, job: Job) -> optuna.Trial | None:
     trial_id = storage.create_new_trial(study._study_id, template_trial=template)
     if _is_rdb(search):
         time.sleep(CLAIM_SETTLE_S)
-    winner = owner(holders(study, job.key), bool(search.opts.get("retry_failed")))
+    winner = owner(holders(study.get_trials(deepcopy=False)).get(job.key, []), retry_below)
     if winner is not None and winner._trial_id == trial_id:
         return optuna.trial.Trial(study, trial_id)
     storage.set_trial_user_attr(trial_id, "repeat_of", winner.number if winner else None)
@@ -104,11 +109,11 @@ def _is_rdb(search: Search) -> bool:
     return bool(url) and not url.startswith(("journal://", "sqlite:"))
 
 
-def fail_abandoned(study: optuna.Study, stale_after_s: float) -> int:
-    """Mark FAIL (stale) every trial nobody works on any more, so that its point runs again: those
-    of SLURM jobs that ended or were requeued, then those `search.is_stale` finds."""
+def fail_abandoned(study: optuna.Study, stale_after_s: float, ask_slurm: bool = True) -> int:
+    """Mark FAIL (stale) every trial nobody works on any more, so that its point runs again: with
+    `ask_slurm`, those of SLURM jobs that ended or were requeued; then those `search.is_stale` finds."""
     count = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if ask_slurm else []:
         job = t.user_attrs.get("slurm_job")
         if job and job != slurm.current_job() and slurm.job_running(job) is False:
             study._storage.set_trial_user_attr(t._trial_id, "stale", True)
@@ -129,6 +134,11 @@ class Worker:
                             "(search.sampler=grid), or run search.workers=1")
         self.search, self.index = search, index
         self.stale_after_s = float(search.opts.get("stale_after_s", 3600))
+        trials = search.study.get_trials(deepcopy=False)
+        # Failures of earlier launches run again once; this launch's own failures stand.
+        self.retry_below = (max((t._trial_id for t in trials), default=-1) + 1
+                            if search.opts.get("retry_failed") else None)
+        self.asked_slurm = 0.0
 
     def run(self) -> None:
         self.run_jobs(self.search.first_jobs(), "grid points")
@@ -136,12 +146,10 @@ class Worker:
         self.run_jobs(self.search.seed_jobs(), "extra seeds for the best points")
 
     def run_jobs(self, jobs: list[Job], label: str) -> None:
-        study, retry = self.search.study, bool(self.search.opts.get("retry_failed"))
         while True:
-            taken = fail_abandoned(study, self.stale_after_s)
-            if taken:
-                self.search.say(f"{taken} abandoned trial(s) marked FAIL (stale): their points run again")
-            owners = {job.key: owner(holders(study, job.key), retry) for job in jobs}
+            self.take_over_abandoned()
+            held = holders(self.search.study.get_trials(deepcopy=False))
+            owners = {job.key: owner(held.get(job.key, []), self.retry_below) for job in jobs}
             unsettled = [j for j in jobs if owners[j.key] is None or not owners[j.key].state.is_finished()]
             free = [j for j in unsettled if owners[j.key] is None]
             if not unsettled:
@@ -151,10 +159,19 @@ class Worker:
                 continue
             # Start at a different point in each worker, so that claims rarely collide.
             job = free[self.index % len(free)]
-            trial = claim(self.search, job)
+            trial = claim(self.search, job, self.retry_below)
             if trial is not None:
-                self.search.train(trial, job, f"[worker {self.index}, {label} {len(jobs) - len(unsettled) + 1}"
-                                              f"/{len(jobs)}]")
+                done = len(jobs) - len(unsettled) + 1
+                self.search.train(trial, job, f"[worker {self.index}, {label} {done}/{len(jobs)}]")
+
+    def take_over_abandoned(self) -> None:
+        # scontrol once a minute per worker at most: hundreds of workers must not flood slurmctld.
+        ask_slurm = time.monotonic() - self.asked_slurm > SLURM_CHECK_S
+        if ask_slurm:
+            self.asked_slurm = time.monotonic()
+        taken = fail_abandoned(self.search.study, self.stale_after_s, ask_slurm)
+        if taken:
+            self.search.say(f"{taken} abandoned trial(s) marked FAIL (stale): their points run again")
 
 
 def work(cfg: dict[str, Any], index: int, say: Callable[[str], None] | None = None) -> None:

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from conftest import REPO, run_cli
 from effscale import results
-from effscale.workers import claim, owner, holders
+from effscale.workers import claim, fail_abandoned, holders, owner
 
 TINY = ["logger=csv", "data.train_size=128", "data.val_size=64", "data.test_size=64", "data.batch_size=64",
         "trainer.max_epochs=1", "search.top_k=0", "search.grid.alpha=[1.0,1.1]", "search.grid.beta=[1.0,1.1]",
@@ -91,12 +91,10 @@ def test_second_claim_on_a_point_loses_to_the_lower_trial_and_is_recorded_as_a_r
     assert first is not None and second is None
     loser = study.get_trials()[1]
     assert loser.state == TrialState.FAIL and loser.user_attrs["repeat_of"] == first.number
-    assert owner(holders(study, job.key)).number == first.number
+    assert owner(holders(study.get_trials())[job.key]).number == first.number
 
 
 def test_claim_of_a_point_held_by_a_dead_process_waits_until_that_trial_is_marked_stale():
-    from effscale.workers import fail_abandoned
-
     study = optuna.create_study()
     job = SimpleNamespace(candidate=SimpleNamespace(point="p1"), seed=0, key=("p1", 0))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -105,6 +103,18 @@ def test_claim_of_a_point_held_by_a_dead_process_waits_until_that_trial_is_marke
     assert claim(fake_search(study, ["p1"]), job) is None  # still RUNNING: it owns the point
     assert fail_abandoned(study, stale_after_s=3600) == 1
     assert claim(fake_search(study, ["p1"]), job) is not None
+
+
+def test_with_retry_failed_only_a_failure_of_an_earlier_launch_gives_its_point_up():
+    study = optuna.create_study()
+    job = SimpleNamespace(candidate=SimpleNamespace(point="p1"), seed=0, key=("p1", 0))
+    earlier = claim(fake_search(study, ["p1"]), job)
+    study.tell(earlier, state=TrialState.FAIL)
+    launch = earlier._trial_id + 1  # the first trial id of the next launch
+    again = claim(fake_search(study, ["p1"]), job, retry_below=launch)
+    assert again is not None
+    study.tell(again, state=TrialState.FAIL)
+    assert owner(holders(study.get_trials())[job.key], retry_below=launch).number == again.number
 
 
 # --- local workers --------------------------------------------------------------------------------
