@@ -390,11 +390,20 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, _file_mode())
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _file_mode() -> int:
+    """The mode open() would give a new file, 0o666 less the umask: mkstemp's files are 0o600, and the
+    renamed file should be as readable as any other the user writes."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 # --- the documents ----------------------------------------------------------------------------------

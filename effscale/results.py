@@ -46,6 +46,7 @@ def write_trials(table: pd.DataFrame, path: str | Path) -> Path:
     table = table.reindex(columns=COLUMNS + extra)
     handle, tmp = tempfile.mkstemp(prefix=".trials-", suffix=".csv", dir=path.parent)
     try:
+        os.chmod(tmp, _file_mode())
         with os.fdopen(handle, "w", newline="") as f:
             table.to_csv(f, index=False)
         os.replace(tmp, path)
@@ -67,6 +68,14 @@ def locked(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _file_mode() -> int:
+    """The mode open() would give a new file, 0o666 less the umask: mkstemp's files are 0o600, and the
+    renamed file should be as readable as any other the user writes."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def upsert_trials(path: str | Path, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:

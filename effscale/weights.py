@@ -562,6 +562,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, table: dict[str, Any], c
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _file_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
         os.replace(tmp, path)
@@ -569,3 +570,11 @@ def save_checkpoint(path: str | Path, model: nn.Module, table: dict[str, Any], c
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _file_mode() -> int:
+    """The mode open() would give a new file, 0o666 less the umask: mkstemp's files are 0o600, and the
+    renamed file should be as readable as any other the user writes."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask

@@ -136,6 +136,26 @@ def test_checkpoint_survives_a_save_that_fails_halfway(tmp_path, monkeypatch):
     assert path.read_bytes() == before and _no_temporaries(tmp_path) == []
 
 
+def test_atomic_writes_give_files_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import stat
+
+    from effscale import results
+    from effscale.report import _atomic
+    from effscale.weights import Preprocessing, save_checkpoint
+
+    umask = os.umask(0o027)
+    try:
+        written = [results.write_trials(pd.DataFrame([{"trial": 0}]), tmp_path / "trials.csv"),
+                   save_checkpoint(tmp_path / "model.pt", torch.nn.Linear(2, 2), {"name": "tiny"}, ["a", "b"],
+                                   Preprocessing(resize=8, crop=8, mean=(0.5,), std=(0.5,)))]
+        _atomic(tmp_path / "report.md", lambda tmp: tmp.write_text("# report\n"))
+        written.append(tmp_path / "report.md")
+    finally:
+        os.umask(umask)
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == \
+        {p.name: oct(0o640) for p in written}
+
+
 # --- 3. faults inside a trial ---------------------------------------------------------------------------
 
 
