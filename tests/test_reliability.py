@@ -62,6 +62,25 @@ def test_corrupt_image_in_a_folder_is_skipped_with_a_counted_warning_not_met_mid
     assert seen == 11  # every readable image decodes in a full pass; the cut-off one is never met
 
 
+def test_a_storage_server_that_never_answers_fails_within_the_connect_timeout(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    from effscale import search
+
+    monkeypatch.setattr(search, "CONNECT_TIMEOUT_S", 2)
+    with socket.socket() as server:  # accepts the TCP connection (kernel backlog), never says a word
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        url = f"postgresql+psycopg://u:p@127.0.0.1:{server.getsockname()[1]}/db"
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="timeout"):
+            search.open_storage(url, tmp_path)
+    assert time.monotonic() - started < 20
+
+
 # --- 2. nothing half-written ----------------------------------------------------------------------------
 
 
