@@ -41,9 +41,9 @@ def check_storage(storage: str | None, launcher: str, workers: int) -> None:
                         "or an RDB URL such as postgresql+psycopg://user:pass@host/db")
 
 
-def job_overrides(cfg: dict[str, Any], launcher: str, sweep_dir: Path) -> list[str]:
-    """What the cli adds to the user's overrides: the worker sweep, absolute paths (jobs may start in
-    another directory), and for workers sharing this machine, a share of its cores each."""
+def job_overrides(cfg: dict[str, Any], launcher: str, sweep_dir: Path, overrides: list[str]) -> list[str]:
+    """What the cli adds to the user's `overrides`: the worker sweep, absolute paths (jobs may start
+    in another directory), and for workers sharing this machine, a share of its cores each."""
     from effscale.workers import local_threads
 
     workers = int(cfg["search"]["workers"])
@@ -52,6 +52,8 @@ def job_overrides(cfg: dict[str, Any], launcher: str, sweep_dir: Path) -> list[s
         kind = "slurm" if launcher == "submitit_slurm" else "local"
         extra += [f"hydra.launcher.submitit_folder={sweep_dir / 'logs' / kind / '%j'}",
                   f"hydra.launcher.name=effscale-{sweep_dir.name}"]  # what squeue shows
+    if launcher == "submitit_local" and not any(o.startswith("hydra.launcher.timeout_min=") for o in overrides):
+        extra.append("hydra.launcher.timeout_min=10080")  # submitit kills local jobs at 60 min by default
     if launcher != "submitit_slurm" and not cfg["trainer"].get("threads"):
         extra.append(f"trainer.threads={local_threads(workers)}")  # a SLURM job uses the CPUs it was given
     return extra
@@ -89,7 +91,7 @@ def multirun(overrides: list[str]) -> None:
         slurm.use_squeue_without_accounting()
     app = hydra.main(config_path=str(CONF_DIR), config_name="search", version_base="1.3")(run_job)
     argv = sys.argv
-    sys.argv = ["effscale-search", "--multirun", *overrides, *job_overrides(cfg, launcher, sweep_dir)]
+    sys.argv = ["effscale-search", "--multirun", *overrides, *job_overrides(cfg, launcher, sweep_dir, overrides)]
     try:
         app()
         failed = None
