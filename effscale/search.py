@@ -454,12 +454,15 @@ class Search:
         try:
             metrics = fit_candidate(c.table, self.data, self.recipe, seed=seed, device=self.device,
                                     loggers=loggers, report=report)
-        except (KeyboardInterrupt, UserError) as exc:
+        except (KeyboardInterrupt, SystemExit, UserError) as exc:
             # Ctrl-C, or a mistake that would fail every trial alike: stop the sweep. The trial is marked
-            # stale, so the next launch runs it again.
+            # stale, so the next launch runs it again. Lightning answers a Ctrl-C inside trainer.fit with
+            # its own shutdown and sys.exit(1); that is the same interrupt, and the CLI's exit 130.
             trial.set_user_attr("stale", True)
-            trial.set_user_attr("reason", "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc))
+            trial.set_user_attr("reason", str(exc) if isinstance(exc, UserError) else "interrupted")
             self.study.tell(trial, state=TrialState.FAIL)
+            if isinstance(exc, SystemExit):
+                raise KeyboardInterrupt from None
             raise
         except Exception as exc:  # one broken candidate must not end the sweep; the log keeps the traceback
             log.exception("trial %s (%s, seed %s) failed", trial.number, c.point, seed)

@@ -210,12 +210,17 @@ def test_ctrl_c_then_kill_9_then_rerun_loses_no_trial_and_trains_none_twice(tmp_
 
 
 def test_ctrl_c_inside_a_trial_marks_it_interrupted_and_the_rerun_trains_it(tmp_path):
-    calls = []
+    from effscale import train
+
+    real_fit, calls = train.fit_candidate, []
+
+    def ctrl_c(epoch, val_acc):
+        raise KeyboardInterrupt  # inside trainer.fit, where Lightning turns it into sys.exit(1)
 
     def fit(table, data, recipe, **kwargs):
         calls.append(table["depth_mult"])
         if len(calls) == 2:
-            raise KeyboardInterrupt
+            return real_fit(table, data, recipe, **{**kwargs, "report": ctrl_c})
         return {"state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.5, "epochs": 1, "train_seconds": 0.1,
                 "val_history": [0.5], "reason": None}
 
