@@ -18,6 +18,7 @@ USAGE = """usage: effscale <command> [overrides...] [--debug]
 commands:
   measure     params, MACs, activations, memory, latency of a model (no training)
   search      the alpha/beta/gamma grid search at phi=1 under a budget (trains candidates)
+  compare     compound vs width, depth, resolution alone at matched MACs, over phi and seeds (trains)
   report      plots, report.md and report.html from results/<sweep>/trials.csv
   dashboard   optuna-dashboard on a sweep's study (http://127.0.0.1:8080 by default)
   finetune    transfer learning from pretrained weights to a data set (effscale finetune data=imagefolder data.root=DIR)
@@ -58,11 +59,13 @@ def _dashboard(args: list[str]) -> None:
     from effscale.dashboard import run
 
     parser = _ArgumentParser(prog="effscale dashboard", description="optuna-dashboard on a sweep's Optuna study.")
-    parser.add_argument("sweep", help="the sweep folder, e.g. results/quick (its study.db, journal or storage.txt)")
+    parser.add_argument("sweep", nargs="?", help="the sweep folder, e.g. results/quick (its study.db, journal or "
+                                                 "storage.txt)")
+    parser.add_argument("--storage", help="an Optuna storage URL instead of a sweep folder")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it to the network")
     opts = parser.parse_args(args)
-    run(opts.sweep, opts.host, opts.port)
+    run(opts.sweep, opts.host, opts.port, opts.storage)
 
 
 def _finetune(overrides: list[str]) -> None:
@@ -99,9 +102,16 @@ def _search(overrides: list[str]) -> None:
     search(overrides)
 
 
+def _compare(overrides: list[str]) -> None:
+    from effscale.commands import compare
+
+    compare(overrides)
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "measure": _measure,
     "search": _search,
+    "compare": _compare,
     "report": _report,
     "dashboard": _dashboard,
     "predict": _predict,

@@ -98,6 +98,24 @@ def search(overrides: list[str]) -> None:
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
+def compare(overrides: list[str]) -> None:
+    """Paper table 3 / fig. 8: compound scaling against width, depth and resolution alone at the compound
+    model's measured MACs, every model trained with the same seeds; ends with the report (effscale/compare.py)."""
+    import time
+
+    from effscale.compare import Comparison, outcome
+    from effscale.report import write_report
+
+    started = time.perf_counter()
+    cfg = to_dict(compose("compare", overrides))
+    run = Comparison(cfg, model_table(cfg), resolve_device(cfg["device"]))
+    run.plan()
+    print(run.describe_plan())
+    table = run.run()
+    print(outcome(table, run.sweep_dir, write_report(run.sweep_dir)))
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
 def _variant_name(baseline: str, variant: str | None) -> str:
     """efficientnet_b0 + b3 → efficientnet_b3; any other baseline + b3 → name-b3."""
     if not variant:

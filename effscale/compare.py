@@ -15,7 +15,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
+
+import pandas as pd
 
 from effscale.scaling import Multipliers, compound_multipliers, scale_stage_table, strategy_multipliers
 
@@ -94,11 +97,11 @@ class MacsCounter:
         if key not in self._cache:
             import torch
 
-            from effscale.measure import count_macs_and_activations
+            from effscale.measure import count_training_forward
 
             with torch.device("meta"):
                 model = self.build(table)
-            self._cache[key] = count_macs_and_activations(model, int(table["resolution"]), self.in_channels)[0]
+            self._cache[key] = count_training_forward(model, int(table["resolution"]), 1, self.in_channels)[0]
         return self._cache[key]
 
 
@@ -128,3 +131,206 @@ def matched_models(base: dict[str, Any], strategies: list[str], phi: float, alph
         table, ratio = scaled(mult)
         models.append(ScaledModel(strategy, phi, s, mult, table, round(ratio * base_macs), ratio, target, tolerance))
     return models
+
+
+def best_point(trials: pd.DataFrame, metric: str = "val_acc") -> tuple[float, float, float]:
+    """The (α, β, γ) of a search's best grid point: compound at φ = 1, highest mean `metric` over its
+    completed seeds (ties: the smaller α·β²·γ², then the earlier point)."""
+    rows = trials[(trials["strategy"] == "compound") & (trials["phi"] == 1) & (trials["state"] == "COMPLETE")]
+    rows = rows.dropna(subset=[metric])
+    if rows.empty:
+        raise ValueError("no completed compound trial at phi = 1")
+    means = rows.groupby(["alpha", "beta", "gamma"], sort=False)[metric].mean().reset_index()
+    means["constraint"] = means["alpha"] * means["beta"] ** 2 * means["gamma"] ** 2
+    best = means.sort_values([metric, "constraint"], ascending=[False, True], kind="stable").iloc[0]
+    return float(best["alpha"]), float(best["beta"]), float(best["gamma"])
+
+
+# --- the command: plan every model, then train each (strategy, φ, seed) not yet in the table ---------
+
+POINT_PREFIX = "compare_"
+SUMMARY_KEYS = ("val_acc", "test_acc", "macs", "params", "train_seconds")
+
+
+def compare_point(phi: float, alpha: float, beta: float, gamma: float) -> str:
+    """A row's point id: the φ and the compound coefficients every model of that φ is matched to, so
+    a comparison with other coefficients never resumes from (or overwrites) this one's rows."""
+    return f"{POINT_PREFIX}phi{phi:g}_a{alpha:g}_b{beta:g}_g{gamma:g}"
+
+
+def coefficients(cfg: dict[str, Any]) -> tuple[float, float, float, str]:
+    """α, β, γ for the comparison and where they came from: the best point of the search in
+    `compare.from_search`, or `scale.alpha/beta/gamma`."""
+    from effscale import results
+    from effscale.errors import UserError
+    from effscale.scaling import ScalingError, check_coefficients
+
+    source = cfg["compare"].get("from_search")
+    if source:
+        table = Path(source) if str(source).endswith(".csv") else Path(source) / "trials.csv"
+        if not table.is_file():
+            raise UserError(f"compare.from_search={source}: no results table {table} (run effscale search first)")
+        trials = results.read_trials(table)
+        search = trials[~trials["point"].astype(str).str.startswith(POINT_PREFIX)] if "point" in trials else trials
+        try:
+            alpha, beta, gamma = best_point(search)
+        except (KeyError, ValueError):
+            raise UserError(f"compare.from_search={source}: no completed search trial at phi=1 in {table}") from None
+        origin = f"best point of {source}"
+    else:
+        scale = cfg.get("scale") or {}
+        alpha, beta, gamma = (float(scale.get(k)) for k in ("alpha", "beta", "gamma"))
+        origin = "scale.alpha/beta/gamma"
+    try:
+        check_coefficients(alpha, beta, gamma)
+    except ScalingError as exc:
+        raise UserError(str(exc)) from None
+    return alpha, beta, gamma, origin
+
+
+@dataclass
+class Comparison:
+    """One `effscale compare` sweep: its models at every φ, its seeds, and the loop that trains them."""
+
+    cfg: dict[str, Any]
+    baseline: dict[str, Any]   # the model the config describes (as the search's): φ = 0 of every strategy
+    device: str
+    say: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        from effscale.errors import UserError
+
+        opts = self.cfg["compare"]
+        self.sweep_dir = Path(self.cfg["out"]) / str(self.cfg["name"])
+        self.recipe = dict(self.cfg["trainer"])
+        self.phis = [float(p) for p in opts["phis"]]
+        self.strategies = list(opts["strategies"])
+        self.tolerance = float(opts["macs_tolerance"])
+        first = int(self.cfg["seed"])
+        self.seeds = list(range(first, first + int(opts["seeds"])))
+        self.context = {"baseline": self.baseline["name"], "dataset": self.cfg["data"]["name"]}
+        self.logger_kind = self.cfg["logger"]["name"]
+        if not self.phis or any(p < 0 for p in self.phis):
+            raise UserError(f"compare.phis={opts['phis']}: expected a list of φ >= 0")
+        if not self.seeds:
+            raise UserError(f"compare.seeds={opts['seeds']}: expected at least 1")
+        for strategy in self.strategies:
+            try:
+                strategy_multipliers(strategy, 2.0)
+            except ValueError:
+                raise UserError(f"compare.strategies: unknown strategy {strategy!r}; expected compound, width, "
+                                "depth, resolution or a pycls weighting such as d1_w8_r1") from None
+
+    def plan(self) -> list[ScaledModel]:
+        """Every model of the comparison with its measured cost; nothing is trained or written."""
+        from effscale.data import build_datamodule
+        from effscale.measure import measure_table
+        from effscale.models import build_model
+        from effscale.train import set_threads
+
+        set_threads(self.recipe.get("threads"))
+        self.alpha, self.beta, self.gamma, self.origin = coefficients(self.cfg)
+        data_cfg = self.cfg["data"]
+        self.data = build_datamodule(data_cfg, int(self.baseline["resolution"]), int(data_cfg["batch_size"]),
+                                     self.recipe.get("num_workers"), self.seeds[0])
+        self.data.prepare_data()  # a missing or corrupt data set: one error before anything is written
+        self.data.setup("fit")
+        classes, channels = self.data.num_classes, self.data.in_channels
+        build = lambda t: build_model(t, classes, channels)  # noqa: E731
+        counter = MacsCounter(build, channels)
+        multiple = int((self.cfg.get("scale") or {}).get("resolution_multiple") or 1)
+        self.models = [m for phi in self.phis for m in matched_models(
+            self.baseline, self.strategies, phi, self.alpha, self.beta, self.gamma, counter, self.tolerance, multiple)]
+        self.costs = {id(m): measure_table(m.table, build, in_channels=channels,
+                                           batch_size=int(data_cfg["batch_size"]), device=self.device,
+                                           optimizer=self.recipe.get("optimizer", "sgd"))
+                      for m in self.models}
+        return self.models
+
+    def describe_plan(self) -> str:
+        lines = [f"{self.context['baseline']} on {self.context['dataset']} at {self.baseline['resolution']} px; "
+                 f"compound alpha={self.alpha:g} beta={self.beta:g} gamma={self.gamma:g} ({self.origin}); "
+                 f"{len(self.models)} models x {len(self.seeds)} seeds, MACs matched within "
+                 f"{self.tolerance:.0%} of compound's",
+                 f"{'strategy':<12} {'phi':>4} {'depth':>6} {'width':>6} {'res':>4} {'MACs x':>7}  matched"]
+        for m in self.models:
+            miss = "" if m.matched else f"  no: nearest is {m.macs_ratio / m.target_ratio - 1:+.1%} off"
+            lines.append(f"{m.strategy:<12} {m.phi:>4g} {m.mult.depth:>6.3f} {m.mult.width:>6.3f} "
+                         f"{m.table['resolution']:>4} {m.macs_ratio:>7.2f}  {'yes' if m.matched else ''}{miss}")
+        return "\n".join(lines)
+
+    def row(self, model: ScaledModel) -> dict[str, Any]:
+        """The columns a model has before training. α, β, γ are the compound coefficients this model is
+        matched against; its own scaling is in depth_mult, width_mult and resolution."""
+        cost = self.costs[id(model)]
+        return {
+            "strategy": model.strategy, "phi": model.phi, "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma,
+            "depth_mult": round(model.mult.depth, 6), "width_mult": round(model.mult.width, 6),
+            "resolution": cost.resolution, "params": cost.params, "macs": cost.macs,
+            "macs_ratio": round(model.macs_ratio, 4), "peak_mem_mb": cost.peak_mem_mb, "feasible": True,
+            "flops": cost.flops, "activations": cost.activations,
+            "constraint": round(self.alpha * self.beta**2 * self.gamma**2, 4),
+            "point": compare_point(model.phi, self.alpha, self.beta, self.gamma), **self.context,
+        }
+
+    def run(self) -> pd.DataFrame:
+        """Train every (model, seed) whose row is not already COMPLETE, updating the table after each."""
+        from effscale import results
+
+        self.table = self.sweep_dir / "trials.csv"
+        existing = results.read_trials(self.table)
+        done = set()
+        if not existing.empty:
+            complete = existing[existing["state"] == "COMPLETE"]
+            done = set(zip(complete["point"], complete["seed"].astype(int), complete["strategy"]))
+        jobs = [(m, seed) for m in self.models for seed in self.seeds
+                if (self.row(m)["point"], seed, m.strategy) not in done]
+        self.say(f"{len(self.models) * len(self.seeds) - len(jobs)} trainings already complete, {len(jobs)} to run")
+        trial = int(existing["trial"].max()) + 1 if not existing.empty and existing["trial"].notna().any() else 0
+        for i, (model, seed) in enumerate(jobs, 1):
+            row = self.train(model, seed, trial) | {"trial": trial}
+            results.upsert_trials(self.table, [row])
+            acc = "–" if row.get("val_acc") is None else f"{row['val_acc']:.3f}"
+            self.say(f"[{i}/{len(jobs)}] {model.strategy} phi={model.phi:g} seed {seed}  {row['resolution']}px  "
+                     f"MACs x{model.macs_ratio:.2f}  val {acc}  {row.get('train_seconds') or 0:.0f} s  {row['state']}")
+            trial += 1
+        return results.read_trials(self.table)
+
+    def train(self, model: ScaledModel, seed: int, trial: int) -> dict[str, Any]:
+        from effscale.loggers import close_loggers, trial_loggers
+        from effscale.train import fit_candidate
+
+        row = self.row(model) | {"seed": seed}
+        # W&B: one group per sweep, one job type per strategy, so the workspace compares strategies.
+        loggers = trial_loggers(self.logger_kind, self.sweep_dir, f"compare_{trial}_{model.strategy}_phi{model.phi:g}_s{seed}",
+                                group=str(self.cfg["name"]), job_type=model.strategy,
+                                config=row | {"trainer": self.recipe},
+                                project=self.cfg["logger"].get("project", "effscale"))
+        try:
+            metrics = fit_candidate(model.table, self.data, self.recipe, seed=seed, device=self.device,
+                                    loggers=loggers)
+        except Exception as exc:  # one broken model must not end the comparison; its row says why
+            metrics = {"state": "FAIL", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        metrics = {k: metrics.get(k) for k in ("state", "val_acc", "test_acc", "epochs", "train_seconds", "reason")}
+        close_loggers(loggers, {k: (metrics | row).get(k) for k in SUMMARY_KEYS} | {"state": metrics["state"]})
+        return row | metrics
+
+
+def outcome(table: pd.DataFrame, sweep_dir: Path, files: list[Path]) -> str:
+    """What a comparison found, for the terminal: accuracy per strategy and φ, compound's margin over
+    the best single dimension (and whether it is within noise), and where the report is."""
+    from effscale.report import compound_margin, margin_sentences, strategy_summary
+
+    summary = strategy_summary(table)
+    if summary.empty:
+        return "no model completed: nothing to compare"
+    lines = ["", f"{'strategy':<12} {'phi':>4} {'MACs x':>7} {'seeds':>5}  val acc (mean ± 95 % CI)"]
+    for r in summary.itertuples():
+        ci = "" if math.isnan(r.ci95) else f" ± {r.ci95:.3f}"
+        lines.append(f"{r.strategy:<12} {r.phi:>4g} {r.macs_ratio:>7.2f} {r.n:>5}  {r.mean:.3f}{ci}")
+    margin = compound_margin(summary)
+    if not margin.empty:
+        lines += ["", margin_sentences(margin)]
+    report = next((f for f in files if f.name == "report.html"), sweep_dir / "report.html")
+    lines += ["", f"table   {sweep_dir / 'trials.csv'}", f"report  {report} (and report.md, plots/)"]
+    return "\n".join(lines)

@@ -97,3 +97,51 @@ def test_phi_zero_is_one_baseline_model(counters):
     base, count, base_macs = counters(32)
     [model] = matched_models(base, ["compound", "width"], 0, 1.2, 1.1, 1.15, count)
     assert (model.strategy, model.macs, model.macs_ratio) == ("baseline", base_macs, 1.0)
+
+
+TINY = ["logger=csv", "data.train_size=64", "data.val_size=32", "data.test_size=32", "data.batch_size=32",
+        "data.resolution=16", "scale.width=0.25", "trainer.max_epochs=1", "trainer.progress=false", "trainer.threads=1",
+        "compare.seeds=2", "compare.phis=[0,1]", "compare.strategies=[compound,width,depth]"]
+
+
+def test_tiny_compare_trains_every_model_and_seed_resumes_and_reports(tmp_path, capsys):
+    from effscale.commands import compare
+    from effscale.results import read_trials
+
+    compare([f"out={tmp_path}", "name=tiny", *TINY])
+    table = read_trials(tmp_path / "tiny")
+    # φ = 0: the baseline once per seed; φ = 1: compound, width and depth, each with both seeds.
+    assert sorted(zip(table["strategy"], table["phi"], table["seed"])) == sorted(
+        [("baseline", 0, s) for s in (0, 1)] + [(k, 1, s) for k in ("compound", "depth", "width") for s in (0, 1)])
+    assert (table["state"] == "COMPLETE").all() and table["val_acc"].between(0, 1).all()
+    assert (table["epochs"] == 1).all() and table["trial"].tolist() == sorted(table["trial"]) and table["trial"].is_unique
+    phi1 = table[table["phi"] == 1].set_index(["strategy", "seed"])
+    compound = phi1.loc[("compound", 0)]
+    assert (compound["depth_mult"], compound["width_mult"]) == (1.2, 1.1)
+    assert (phi1.loc[("width", 0), "depth_mult"], phi1.loc[("depth", 0), "width_mult"]) == (1.0, 1.0)
+    for strategy in ("width", "depth"):
+        assert phi1.loc[(strategy, 0), "macs_ratio"] == pytest.approx(compound["macs_ratio"], rel=0.05)
+    sweep = tmp_path / "tiny"
+    assert (sweep / "report.md").is_file() and (sweep / "plots" / "accuracy_vs_macs.png").stat().st_size > 10_000
+    assert "| compound | 1 | 2 |" in (sweep / "report.md").read_text()
+
+    capsys.readouterr()
+    compare([f"out={tmp_path}", "name=tiny", *TINY])  # everything is COMPLETE: nothing trains again
+    assert "8 trainings already complete, 0 to run" in capsys.readouterr().out
+    assert read_trials(sweep)["train_seconds"].tolist() == table["train_seconds"].tolist()
+
+
+def test_compare_takes_the_best_point_of_a_search(tmp_path):
+    import pandas as pd
+
+    from effscale.compare import coefficients
+
+    rows = [dict(strategy="compound", phi=1, alpha=a, beta=b, gamma=g, state=state, val_acc=acc, seed=seed,
+                 point=f"a{a}_b{b}_g{g}")
+            for a, b, g, state, acc, seed in [(1.0, 1.2, 1.18, "COMPLETE", 0.60, 0), (1.4, 1.1, 1.1, "COMPLETE", 0.70, 0),
+                                              (1.4, 1.1, 1.1, "COMPLETE", 0.64, 1), (1.2, 1.0, 1.29, "COMPLETE", 0.66, 0),
+                                              (1.8, 1.0, 1.05, "INFEASIBLE", None, 0)]]
+    pd.DataFrame(rows).to_csv(tmp_path / "trials.csv", index=False)
+    # (1.4, 1.1) averages 0.67 over its two seeds: ahead of (1.2, 1.0) at 0.66.
+    alpha, beta, gamma, origin = coefficients({"compare": {"from_search": str(tmp_path)}})
+    assert (alpha, beta, gamma) == (1.4, 1.1, 1.1) and str(tmp_path) in origin
