@@ -145,3 +145,25 @@ def test_compare_takes_the_best_point_of_a_search(tmp_path):
     # (1.4, 1.1) averages 0.67 over its two seeds: ahead of (1.2, 1.0) at 0.66.
     alpha, beta, gamma, origin = coefficients({"compare": {"from_search": str(tmp_path)}})
     assert (alpha, beta, gamma) == (1.4, 1.1, 1.1) and str(tmp_path) in origin
+
+
+def test_runs_are_grouped_by_sweep_with_one_job_type_per_strategy(tmp_path, monkeypatch):
+    """What the W&B workspace groups by: group = sweep name, job_type = strategy, and the same summary
+    names as the search's runs. Training is stubbed: this is about the bookkeeping."""
+    import effscale.loggers
+    import effscale.train
+    from effscale.commands import compare
+
+    runs, summaries = [], []
+    monkeypatch.setattr(effscale.loggers, "trial_loggers",
+                        lambda kind, sweep_dir, name, *, group, job_type, config, project: runs.append(
+                            (kind, group, job_type, config["phi"])) or [])
+    monkeypatch.setattr(effscale.loggers, "close_loggers", lambda loggers, summary: summaries.append(summary))
+    monkeypatch.setattr(effscale.train, "fit_candidate", lambda table, data, recipe, **kw: {
+        "state": "COMPLETE", "val_acc": 0.5 + kw["seed"] / 10, "test_acc": 0.4, "epochs": 1, "train_seconds": 1.0})
+    compare([f"out={tmp_path}", "name=grouped", *TINY, "logger=wandb", "compare.strategies=[compound,width,d1_w8_r1]"])
+    assert {r[:2] for r in runs} == {("wandb", "grouped")}
+    assert sorted((job, phi) for _, _, job, phi in runs) == sorted(
+        [("baseline", 0)] * 2 + [(s, 1) for s in ("compound", "width", "d1_w8_r1") for _ in range(2)])
+    assert all(set(s) == {"val_acc", "test_acc", "macs", "params", "train_seconds", "state"} for s in summaries)
+    assert summaries[0]["val_acc"] == 0.5 and summaries[1]["val_acc"] == pytest.approx(0.6)
