@@ -61,8 +61,8 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None
 
 def running_after_a_complete(storage: str, name: str) -> list[optuna.trial.FrozenTrial] | None:
     """The study's trials once one trial is COMPLETE and another is training, else None."""
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).exists():
-        return None  # connecting would create the file under the worker's feet
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).with_name("trials.csv").exists():
+        return None  # the worker has not finished creating the study: connecting now would race it
     try:
         trials = study_trials(storage, name)
     except KeyError:  # the study does not exist yet
@@ -148,12 +148,14 @@ def test_worker_killed_mid_trial_then_relaunch_finishes_the_grid_without_losing_
     assert_each_point_once(tmp_path / "killed", after)
 
 
-def test_submitit_local_launcher_runs_two_worker_jobs_into_one_sweep_folder(tmp_path):
+def test_submitit_local_launcher_runs_two_worker_jobs_on_a_journal_file_into_one_sweep_folder(tmp_path):
+    journal = tmp_path / "shared" / "study.journal"
     done = run_cli("search", "-m", "hydra/launcher=submitit_local", "search.workers=2", *TINY,
-                   f"out={tmp_path}", "name=local")
+                   f"search.storage=journal://{journal}", f"out={tmp_path}", "name=local")
     assert done.returncode == 0, done.stderr[-3000:]
     sweep = tmp_path / "local"
-    assert_each_point_once(sweep, study_trials(f"sqlite:///{sweep}/study.db", "local"))
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    assert_each_point_once(sweep, optuna.load_study(study_name="local", storage=storage).get_trials())
     assert len(list((sweep / "logs" / "local").glob("*/*_log.out"))) == 2  # one submitit log per job
     assert sorted(p.name for p in (sweep / "logs" / "hydra").iterdir() if p.is_dir()) == ["0", "1"]
 
