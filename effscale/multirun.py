@@ -60,9 +60,10 @@ def job_overrides(cfg: dict[str, Any], launcher: str, sweep_dir: Path, overrides
 
 
 def multirun(overrides: list[str]) -> None:
+    """`effscale search -m OVERRIDES`: check and plan here, then one Hydra job per worker."""
+    from effscale import results, slurm
     from effscale.commands import model_table
     from effscale.search import Search, outcome
-    from effscale import results, slurm
     from effscale.workers import record_storage
 
     overrides = [o for o in overrides if o not in MULTIRUN_FLAGS]
