@@ -167,3 +167,14 @@ def test_runs_are_grouped_by_sweep_with_one_job_type_per_strategy(tmp_path, monk
         [("baseline", 0)] * 2 + [(s, 1) for s in ("compound", "width", "d1_w8_r1") for _ in range(2)])
     assert all(set(s) == {"val_acc", "test_acc", "macs", "params", "train_seconds", "state"} for s in summaries)
     assert summaries[0]["val_acc"] == 0.5 and summaries[1]["val_acc"] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("sweep, baseline", [("table3_mobilenetv2", "mobilenet_v2"), ("table3_resnet", "resnet18")])
+def test_table3_presets_compare_every_dimension_of_their_baseline(sweep, baseline):
+    from effscale.config import compose, to_dict
+
+    cfg = to_dict(compose("compare", [f"+sweep={sweep}"]))
+    assert (cfg["name"], cfg["baseline"]["name"]) == (sweep, baseline)
+    assert cfg["compare"]["strategies"] == ["compound", "width", "depth", "resolution"]
+    assert cfg["compare"]["phis"] == [0, 1, 2] and cfg["compare"]["seeds"] == 3
+    assert (cfg["scale"]["alpha"], cfg["scale"]["beta"], cfg["scale"]["gamma"]) == (1.2, 1.1, 1.15)
