@@ -297,18 +297,25 @@ class Comparison:
         return results.read_trials(self.table)
 
     def train(self, model: ScaledModel, seed: int, trial: int) -> dict[str, Any]:
+        from effscale.errors import UserError
         from effscale.loggers import close_loggers, trial_loggers
         from effscale.train import fit_candidate
 
         row = self.row(model) | {"seed": seed}
         # W&B: one group per sweep, one job type per strategy, so the workspace compares strategies.
-        loggers = trial_loggers(self.logger_kind, self.sweep_dir, f"compare_{trial}_{model.strategy}_phi{model.phi:g}_s{seed}",
-                                group=str(self.cfg["name"]), job_type=model.strategy,
-                                config=row | {"trainer": self.recipe},
+        name = f"compare_{trial}_{model.strategy}_phi{model.phi:g}_s{seed}"
+        loggers = trial_loggers(self.logger_kind, self.sweep_dir, name, group=str(self.cfg["name"]),
+                                job_type=model.strategy, config=row | {"trainer": self.recipe},
                                 project=self.cfg["logger"].get("project", "effscale"))
         try:
             metrics = fit_candidate(model.table, self.data, self.recipe, seed=seed, device=self.device,
                                     loggers=loggers)
+        except (KeyboardInterrupt, SystemExit):
+            # Lightning answers a Ctrl-C inside trainer.fit with its own shutdown and sys.exit(1): the same
+            # interrupt (the CLI's exit 130). No row is written, so the next run trains this model again.
+            raise KeyboardInterrupt from None
+        except UserError:
+            raise  # a mistake that would fail every model alike
         except Exception as exc:  # one broken model must not end the comparison; its row says why
             metrics = {"state": "FAIL", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
         metrics = {k: metrics.get(k) for k in ("state", "val_acc", "test_acc", "epochs", "train_seconds", "reason")}

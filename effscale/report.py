@@ -468,7 +468,8 @@ def _margin_view(margin: pd.DataFrame) -> pd.DataFrame:
 
 def _search_view(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     view = pd.DataFrame({"α": table["alpha"].map("{:g}".format), "β": table["beta"].map("{:g}".format),
-                         "γ": table["gamma"].map("{:g}".format), "α·β²·γ²": table["constraint"].map("{:.3f}".format)})
+                         "γ": table["gamma"].map("{:g}".format),
+                         "α·β²·γ²": table["constraint"].map("{:.3f}".format)})
     if "macs_ratio" in table:
         view["MACs ratio"] = table["macs_ratio"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
     if "peak_mem_mb" in table:
@@ -535,8 +536,9 @@ def build_report(df: pd.DataFrame, plots: Path, title: str, metric: str = "val_a
         report.sections.append(Section(
             "Strategies at matched MACs", "Mean ± 95 % t-interval over seeds (n seeds per row).",
             _summary_view(summary, metric), _relative(report.files, "accuracy_vs_macs")))
-        if any(p.stem == "accuracy_vs_params" for p in report.files):
-            report.sections.append(Section("Accuracy vs parameters", image=_relative(report.files, "accuracy_vs_params")))
+        params_plot = _relative(report.files, "accuracy_vs_params")
+        if params_plot:
+            report.sections.append(Section("Accuracy vs parameters", image=params_plot))
         margin = compound_margin(summary)
         if not margin.empty:
             report.sections.append(Section(

@@ -114,7 +114,7 @@ def test_tiny_compare_trains_every_model_and_seed_resumes_and_reports(tmp_path, 
     assert sorted(zip(table["strategy"], table["phi"], table["seed"])) == sorted(
         [("baseline", 0, s) for s in (0, 1)] + [(k, 1, s) for k in ("compound", "depth", "width") for s in (0, 1)])
     assert (table["state"] == "COMPLETE").all() and table["val_acc"].between(0, 1).all()
-    assert (table["epochs"] == 1).all() and table["trial"].tolist() == sorted(table["trial"]) and table["trial"].is_unique
+    assert (table["epochs"] == 1).all() and table["trial"].is_unique
     phi1 = table[table["phi"] == 1].set_index(["strategy", "seed"])
     compound = phi1.loc[("compound", 0)]
     assert (compound["depth_mult"], compound["width_mult"]) == (1.2, 1.1)
@@ -138,9 +138,10 @@ def test_compare_takes_the_best_point_of_a_search(tmp_path):
 
     rows = [dict(strategy="compound", phi=1, alpha=a, beta=b, gamma=g, state=state, val_acc=acc, seed=seed,
                  point=f"a{a}_b{b}_g{g}")
-            for a, b, g, state, acc, seed in [(1.0, 1.2, 1.18, "COMPLETE", 0.60, 0), (1.4, 1.1, 1.1, "COMPLETE", 0.70, 0),
-                                              (1.4, 1.1, 1.1, "COMPLETE", 0.64, 1), (1.2, 1.0, 1.29, "COMPLETE", 0.66, 0),
-                                              (1.8, 1.0, 1.05, "INFEASIBLE", None, 0)]]
+            for a, b, g, state, acc, seed in [
+                (1.0, 1.2, 1.18, "COMPLETE", 0.60, 0), (1.4, 1.1, 1.1, "COMPLETE", 0.70, 0),
+                (1.4, 1.1, 1.1, "COMPLETE", 0.64, 1), (1.2, 1.0, 1.29, "COMPLETE", 0.66, 0),
+                (1.8, 1.0, 1.05, "INFEASIBLE", None, 0)]]
     pd.DataFrame(rows).to_csv(tmp_path / "trials.csv", index=False)
     # (1.4, 1.1) averages 0.67 over its two seeds: ahead of (1.2, 1.0) at 0.66.
     alpha, beta, gamma, origin = coefficients({"compare": {"from_search": str(tmp_path)}})

@@ -83,7 +83,8 @@ def test_folder_without_a_study_is_one_line_error(tmp_path):
     with pytest.raises(UserError, match="no Optuna study here"):
         find_storage(tmp_path)
     out = run_cli("dashboard", str(tmp_path / "missing"))
-    assert out.returncode == 2 and out.stderr.strip() == f"effscale dashboard: {tmp_path / 'missing'}: no such sweep folder"
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"effscale dashboard: {tmp_path / 'missing'}: no such sweep folder"
 
 
 def test_cli_dashboard_serves_the_sweep_until_stopped(sweep):
