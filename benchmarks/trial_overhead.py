@@ -1,0 +1,154 @@
+"""One trial through effscale against a bare PyTorch loop doing the same training.
+
+effscale: `Search.run_jobs` with one job, the quick sweep's (`+sweep=quick`) grid point nearest the
+paper's α 1.2, β 1.1, so the trial goes through everything a sweep does per trial: the Optuna trial, the
+default loggers (W&B offline and CSV), Lightning's `fit` with validation each epoch and `test`, the
+results row in trials.csv. The search's one-off setup (measuring the grid, opening the study) is timed
+and printed apart.
+
+Bare loop: the same network (`build_model`, channels_last), data module and batches, the recipe's
+optimizer (AdamW, or SGD with Nesterov momentum) with weight decay on weights only, warmup-cosine
+schedule per step, label smoothing, validation accuracy each epoch, test accuracy at the end. Same
+seed, threads and epochs.
+
+The two run in one process as A B B A (effscale, bare, bare, effscale; the second pair with the next
+seed) so drifting load cancels; the ratio is the sum of effscale times over the sum of bare times.
+What a sweep pays once (measuring the grid, opening the study, the first trial's imports and W&B
+start-up) is paid by a one-batch warm-up trial first and printed apart.
+
+    .venv/bin/python benchmarks/trial_overhead.py            # ~4 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/trial_overhead.py --quick    # seconds: one epoch of 4 batches, A B only
+    .venv/bin/python benchmarks/trial_overhead.py logger=csv # any Hydra override of the sweep config
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+
+import _timing  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+import lightning as L
+import torch
+from torch import nn
+
+from _timing import describe_machine, log, pick_device, timed, verdict
+from effscale.commands import model_table
+from effscale.config import compose, to_dict
+from effscale import results
+from effscale.models import build_model
+from effscale.search import Job, Search
+from effscale.train import set_threads, warmup_cosine
+
+
+def bare_trial(table: dict, data, recipe: dict, seed: int, device: torch.device) -> dict:
+    """What fit_candidate trains, as a plain loop: returns the last validation and the test accuracy."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    data.resolution, data.seed = int(table["resolution"]), seed
+    model = build_model(table, data.num_classes, data.in_channels).to(device).to(memory_format=torch.channels_last)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    rest = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": float(recipe["weight_decay"])}, {"params": rest, "weight_decay": 0.0}]
+    if recipe.get("optimizer", "sgd") == "sgd":
+        opt = torch.optim.SGD(groups, lr=float(recipe["lr"]), momentum=float(recipe["momentum"]),
+                              nesterov=bool(recipe["nesterov"]))
+    else:
+        opt = torch.optim.AdamW(groups, lr=float(recipe["lr"]))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(recipe["label_smoothing"]))
+    train, val, test = data.train_dataloader(), data.val_dataloader(), data.test_dataloader()
+    epochs = int(recipe["max_epochs"])
+    limit = recipe.get("limit_train_batches")
+    per_epoch = min(len(train), int(limit)) if limit else len(train)
+    total = max(1, per_epoch * epochs)
+    warmup = min(total - 1, int(float(recipe["warmup_epochs"]) * total / epochs))
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total))
+
+    def accuracy(loader, limit_batches=None) -> float:
+        model.eval()
+        correct = seen = 0
+        with torch.no_grad():
+            for i, (x, y) in enumerate(loader):
+                if limit_batches and i >= limit_batches:
+                    break
+                x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
+                correct += int((model(x).argmax(1) == y).sum())
+                seen += len(y)
+        return correct / max(seen, 1)
+
+    val_acc = math.nan
+    for _ in range(epochs):
+        model.train()
+        for i, (x, y) in enumerate(train):
+            if i >= per_epoch:
+                break
+            x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+        val_acc = accuracy(val, recipe.get("limit_val_batches"))
+    return {"val_acc": val_acc, "test_acc": accuracy(test, recipe.get("limit_val_batches"))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quick", action="store_true", help="smoke run: one epoch of 4 batches, A B only")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the sweep config, e.g. logger=csv")
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    out = tempfile.mkdtemp(prefix="effscale-bench-")
+    # The budget filter is not what is timed here: every grid point may be the trial.
+    overrides = ["+sweep=quick", f"out={out}", "search.extra_seeds=0", "budget.macs_tolerance=100",
+                 "trainer.progress=false", f"device={device}"]
+    if args.quick:
+        overrides += ["trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2"]
+    cfg = to_dict(compose("search", [*overrides, *args.overrides]))
+    threads = set_threads(cfg["trainer"].get("threads"))
+    log(f"one trial: effscale (Lightning, {cfg['logger']['name']} logger, results row) vs a bare loop; "
+        f"{describe_machine(device)}")
+
+    run = Search(cfg, model_table(cfg), str(device), say=lambda _line: None)
+    setup = timed(lambda: (run.plan(), run.open()), device)
+    # the quick grid's point nearest the paper's (α 1.2, β 1.1) stands for every trial of the sweep
+    point = min(run.feasible, key=lambda c: abs(c.alpha - 1.2) + abs(c.beta - 1.1))
+
+    def effscale_trial(seed: int) -> float:
+        seconds = timed(lambda: run.run_jobs([Job(point, seed)]), device)
+        row = results.read_trials(run.table).query("point == @point.point and seed == @seed")
+        assert len(row) == 1 and row["state"].iloc[0] == "COMPLETE", row
+        log(f"  effscale trial: {seconds:6.1f} s; val_acc {row['val_acc'].iloc[0]:.3f}")
+        return seconds
+
+    def bare(seed: int) -> float:
+        result: dict = {}
+        seconds = timed(lambda: result.update(bare_trial(point.table, run.data, run.recipe, seed, device)), device)
+        log(f"  bare loop:      {seconds:6.1f} s; val_acc {result['val_acc']:.3f}")
+        return seconds
+
+    # Once per sweep process, not per trial: measuring the grid and opening the study, and the first
+    # trial's imports and logger start-up (W&B starts its service once). A one-batch trial pays the
+    # latter before the timed trials; it also resizes the data to the point's resolution, which both
+    # sides then share.
+    full = dict(run.recipe)
+    run.recipe.update(max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    warm = timed(lambda: run.run_jobs([Job(point, run.seed + 100)]), device)
+    bare_trial(point.table, run.data, run.recipe, run.seed, device)
+    run.recipe.clear()
+    run.recipe.update(full)
+    log(f"  once per sweep: measure the grid and open the study {setup:.1f} s; first (one-batch) trial {warm:.1f} s")
+
+    ours, theirs = [effscale_trial(run.seed)], [bare(run.seed)]
+    if not args.quick:  # A B B A
+        theirs.append(bare(run.seed + 1))
+        ours.append(effscale_trial(run.seed + 1))
+    epochs = int(cfg["trainer"]["max_epochs"])
+    log(f"  ({epochs} epochs of {len(run.data.train_dataloader())} batches of {run.data.batch_size} at "
+        f"{point.table['resolution']} px, {threads} threads)")
+    verdict("effscale trial/bare loop time", sum(ours) / sum(theirs), "<=", 1.08,
+            "(smoke run)" if args.quick else "")
+
+
+if __name__ == "__main__":
+    main()
