@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(VENV)/bin/effscale measure measure.variants=all
+	$(VENV)/bin/effscale search +sweep=quick
 
 test: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
