@@ -154,6 +154,15 @@ def _accelerator(device: str) -> tuple[str, Any]:
     return "cpu", 1
 
 
+def _cluster_environment() -> list[Any]:
+    """Inside a SLURM job Lightning would take the job over (its SLURMEnvironment requeues on a
+    signal); effscale's jobs are requeued by submitit and the worker re-runs the trial, so Lightning
+    sees a plain machine."""
+    from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    return [LightningEnvironment()] if SLURMEnvironment.detect() else []
+
+
 def make_trainer(recipe: dict[str, Any], *, device: str = "cpu", loggers: Sequence[Any] = (),
                  callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     """The Lightning Trainer a `trainer` recipe describes (epochs, precision, batch limits, progress bar)."""
@@ -169,7 +178,7 @@ def make_trainer(recipe: dict[str, Any], *, device: str = "cpu", loggers: Sequen
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
         num_sanity_val_steps=0, log_every_n_steps=int(recipe.get("log_every_n_steps", 50)),
         gradient_clip_val=recipe.get("gradient_clip_val"), deterministic=bool(recipe.get("deterministic", False)),
-        default_root_dir=recipe.get("root_dir"), callbacks=list(callbacks),
+        default_root_dir=recipe.get("root_dir"), callbacks=list(callbacks), plugins=_cluster_environment(),
     )
 
 
