@@ -190,12 +190,20 @@ def work(cfg: dict[str, Any], index: int, say: Callable[[str], None] | None = No
 
 def record_storage(search: Search) -> None:
     """Write `search.storage` to the sweep folder's storage.txt, where `effscale dashboard` looks for
-    it; readable by its owner only, since an RDB URL may carry a password."""
+    it. An RDB URL's password is left out, so no secret lands in the results folder: the dashboard's
+    driver takes it from the usual place (PGPASSWORD or ~/.pgpass for PostgreSQL)."""
     url = search.opts.get("storage")
     if url:
-        path = search.sweep_dir / "storage.txt"
-        path.touch(mode=0o600)
-        path.write_text(url + "\n")
+        (search.sweep_dir / "storage.txt").write_text(without_password(url) + "\n")
+
+
+def without_password(url: str) -> str:
+    """postgresql+psycopg://user:secret@host/db → postgresql+psycopg://user@host/db (other URLs unchanged)."""
+    if "://" not in url or url.startswith(("journal:", "sqlite:")):
+        return url
+    from sqlalchemy.engine import make_url
+
+    return make_url(url)._replace(password=None).render_as_string(hide_password=False)
 
 
 def run_local(search: Search, overrides: list[str], workers: int) -> "pd.DataFrame":
