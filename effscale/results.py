@@ -14,6 +14,7 @@ import fcntl
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -114,28 +115,39 @@ def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
     return summary.sort_values(["val_acc", "seeds"], ascending=False, kind="stable").reset_index(drop=True)
 
 
-def within_noise(summary: pd.DataFrame) -> tuple[bool, float, float] | None:
-    """Is the best point's lead over the runner-up within seed noise?
+@dataclass(frozen=True)
+class Noise:
+    """How far seed-to-seed noise reaches in a seed summary (best mean first)."""
 
-    Returns (within, lead, noise) where `noise` is twice the standard error of the difference of the
-    two means, sqrt(s1²/n1 + s2²/n2), with each point's seed-to-seed standard deviation (the larger
-    of the two when one point has a single seed). None when fewer than two points were trained or no
-    point has two seeds to estimate the spread from.
+    sigma: float    # seed-to-seed standard deviation of val_acc, pooled over points with >= 2 seeds
+    pooled_from: int  # how many points that estimate comes from
+    lead: float     # best mean minus runner-up mean
+    margin: float   # two standard errors of that difference
+    tied: int       # other points whose difference from the best is within two standard errors
+
+    @property
+    def within(self) -> bool:
+        return self.lead <= self.margin
+
+
+def seed_noise(summary: pd.DataFrame) -> Noise | None:
+    """Is the best point's lead more than seed noise?
+
+    Every point shares one seed-to-seed standard deviation σ, pooled (by degrees of freedom) over the
+    points trained with several seeds; a mean over n seeds then has standard error σ/√n, and two
+    points differ beyond noise when their means are more than 2·σ·√(1/n₁ + 1/n₂) apart. None when
+    fewer than two points were trained or none with two seeds.
     """
-    if len(summary) < 2:
+    multi = summary[summary["seeds"] >= 2]
+    if len(summary) < 2 or multi.empty:
         return None
-    best, second = summary.iloc[0], summary.iloc[1]
-    stds = [s for s in (best["val_std"], second["val_std"]) if not pd.isna(s)]
-    if not stds:
-        return None
-    spread = max(stds)
-
-    def sd(row: pd.Series) -> float:
-        return spread if pd.isna(row["val_std"]) else float(row["val_std"])
-
-    noise = 2 * math.sqrt(sd(best) ** 2 / best["seeds"] + sd(second) ** 2 / second["seeds"])
-    lead = float(best["val_acc"] - second["val_acc"])
-    return lead <= noise, lead, noise
+    dof = multi["seeds"] - 1
+    sigma = math.sqrt(float((multi["val_std"] ** 2 * dof).sum() / dof.sum()))
+    best = summary.iloc[0]
+    margins = 2 * sigma * (1 / best["seeds"] + 1 / summary["seeds"].iloc[1:]) ** 0.5
+    gaps = best["val_acc"] - summary["val_acc"].iloc[1:]
+    return Noise(sigma=sigma, pooled_from=len(multi), lead=float(gaps.iloc[0]), margin=float(margins.iloc[0]),
+                 tied=int((gaps <= margins).sum()))
 
 
 def format_summary(summary: pd.DataFrame, limit: int | None = None) -> str:

@@ -261,6 +261,9 @@ class Search:
         from effscale.data import build_datamodule
         from effscale.train import set_threads
 
+        phi = float(self.opts["phi"])
+        multiple = int((self.cfg.get("scale") or {}).get("resolution_multiple") or 1)
+        self.candidates = compound_candidates(self.baseline, self.opts["grid"], phi, multiple)
         set_threads(self.recipe.get("threads"))
         data_cfg = self.cfg["data"]
         self.data = build_datamodule(data_cfg, int(self.baseline["resolution"]), int(data_cfg["batch_size"]),
@@ -279,9 +282,6 @@ class Search:
 
         base = measure(self.baseline)
         check_baseline_budget(base, self.budget)
-        phi = float(self.opts["phi"])
-        multiple = int((self.cfg.get("scale") or {}).get("resolution_multiple") or 1)
-        self.candidates = compound_candidates(self.baseline, self.opts["grid"], phi, multiple)
         for candidate in self.candidates:
             judge(candidate, measure(candidate.table), base, self.budget)
         self.feasible = [c for c in self.candidates if c.feasible]
@@ -501,21 +501,28 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, logger_kind: str) -> str:
     lines.append(f"best: alpha={best['alpha']:g} beta={best['beta']:g} gamma={best['gamma']:g} "
                  f"({int(best['resolution'])} px, MACs ×{best['macs_ratio']:.2f}): "
                  f"val acc {best['val_acc']:.3f}{spread} over {int(best['seeds'])} seed(s)")
-    noise = results.within_noise(summary)
-    if noise is None:
-        lines.append("noise: no point was trained with more than one seed, so the ranking's noise is unknown "
-                     "(set search.top_k and search.extra_seeds)")
-    else:
-        within, lead, margin = noise
-        runner = summary.iloc[1]
-        verdict = ("is WITHIN seed noise: the top two are not distinguishable with this budget"
-                   if within else "is larger than seed noise")
-        lines.append(f"noise: the lead over alpha={runner['alpha']:g} beta={runner['beta']:g} "
-                     f"gamma={runner['gamma']:g} is {lead:.3f}; twice its standard error over seeds is "
-                     f"{margin:.3f}, so the lead {verdict}")
+    lines.append(noise_verdict(summary))
     lines += ["", results.format_summary(summary), ""]
-    files = [f"table  {sweep_dir / 'trials.csv'}", f"study  {sweep_dir / 'study.db'} (unless search.storage)",
+    storage = sweep_dir / "storage.txt"  # written when search.storage names another study than study.db
+    study = storage.read_text().strip() if storage.exists() else sweep_dir / "study.db"
+    files = [f"table  {sweep_dir / 'trials.csv'}", f"study  {study}",
              f"logs   {sweep_dir / 'logs'}/trial_*/metrics.csv, {sweep_dir / 'search.log'}"]
     if logger_kind == "wandb":
         files.append(f"W&B    {sweep_dir / 'wandb'} (offline; `wandb sync {sweep_dir / 'wandb'}/offline-run-*` uploads)")
     return "\n".join(lines + files)
+
+
+def noise_verdict(summary: pd.DataFrame) -> str:
+    """One plain sentence on whether the best point's lead is more than seed noise."""
+    noise = results.seed_noise(summary)
+    if noise is None:
+        return ("noise: unknown, no point was trained with more than one seed "
+                "(search.top_k and search.extra_seeds train the best points again)")
+    runner = summary.iloc[1]
+    text = (f"noise: seeds move val acc by ±{noise.sigma:.3f} (std over seeds, {noise.pooled_from} point(s)); "
+            f"the lead over alpha={runner['alpha']:g} beta={runner['beta']:g} gamma={runner['gamma']:g} is "
+            f"{noise.lead:.3f} against a noise margin of {noise.margin:.3f} (2 standard errors), so ")
+    if not noise.within:
+        return text + "the best point is better than the runner-up beyond seed noise."
+    return text + (f"the lead is WITHIN NOISE: {noise.tied} of the other {len(summary) - 1} points cannot be told "
+                   "apart from the best at this budget (more data or epochs would separate them).")
