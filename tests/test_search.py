@@ -1,0 +1,235 @@
+"""`effscale search` end to end on tiny settings: the results table, budgets, failures and resuming."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+
+from conftest import REPO, run_cli
+from effscale import results
+from effscale.commands import search
+from effscale.errors import UserError
+
+# A tiny sweep: B0 at half width on 40 px procedural images (where the measured MACs of most grid
+# points land near 2x), a 3x3 grid, one batch of one epoch per trial, one thread.
+TINY = ["scale.width=0.5", "data.resolution=40", "data.train_size=64", "data.val_size=32", "data.test_size=32",
+        "data.batch_size=32", "trainer.max_epochs=1", "trainer.threads=1", "trainer.progress=false",
+        "search.grid={alpha:[1.0,1.2],beta:[1.0,1.2],step:0.1}", "budget.macs_tolerance=0.15",
+        "search.extra_seeds=0", "logger=csv"]
+
+
+def overrides(*extra):
+    """TINY with `extra` overrides replacing those of the same key (Hydra refuses a key twice)."""
+    merged = dict(o.split("=", 1) for o in TINY)
+    merged.update(o.split("=", 1) for o in extra)
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def tiny_search(tmp_path, *extra, name="tiny"):
+    search(overrides(f"out={tmp_path}", f"name={name}", *extra))
+    return results.read_trials(tmp_path / name)
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search")
+    search(overrides(f"out={out}", "name=tiny", "search.top_k=1", "search.extra_seeds=1"))
+    return out / "tiny", results.read_trials(out / "tiny")
+
+
+def test_table_has_one_row_per_grid_point_and_seed_with_contract_columns(tiny_table):
+    sweep, table = tiny_table
+    assert set(results.CONTRACT) <= set(table.columns)
+    first_seed = table[table["seed"] == 0]
+    assert len(first_seed) == first_seed["point"].nunique() == 9  # α, β ∈ {1.0, 1.1, 1.2}
+    assert not table.duplicated(["point", "seed", "strategy"]).any()
+    assert set(table["state"]) <= set(results.STATES)
+    trained = table[table["state"] == "COMPLETE"]
+    assert len(trained) >= 3 and trained["val_acc"].between(0, 1).all() and (trained["train_seconds"] > 0).all()
+    # the best seed-0 point was trained again with seed 1
+    best = trained[trained["seed"] == 0].sort_values("val_acc", ascending=False).iloc[0]["point"]
+    assert set(trained.loc[trained["point"] == best, "seed"]) == {0, 1}
+    assert (sweep / "study.db").exists() and (sweep / "logs").is_dir()
+
+
+def test_every_trained_point_keeps_the_compound_constraint_and_the_macs_budget(tiny_table):
+    _, table = tiny_table
+    trained = table[table["state"] != "INFEASIBLE"]
+    constraint = trained["alpha"] * trained["beta"] ** 2 * trained["gamma"] ** 2
+    assert ((constraint / 2 - 1).abs() <= 0.05).all()  # paper eq. 3, grid tolerance 5 %
+    assert ((trained["macs_ratio"] / 2 - 1).abs() <= 0.15).all()
+    assert trained["feasible"].all()
+    outside = table[table["state"] == "INFEASIBLE"]
+    assert len(outside) and ((outside["macs_ratio"] / 2 - 1).abs() > 0.15).all()
+    assert outside["reason"].str.contains("MACs ratio").all()
+
+
+def test_study_records_each_trial_point_seed_and_constraints(tiny_table):
+    sweep, table = tiny_table
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{sweep / 'study.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == (table["state"] == "COMPLETE").sum()
+    for t in done:
+        assert t.params["point"] == t.user_attrs["point"]
+        assert all(c <= 0 for c in t.user_attrs["constraints"])  # Optuna's convention: <= 0 is feasible
+        row = table[(table["point"] == t.user_attrs["point"]) & (table["seed"] == t.user_attrs["seed"])]
+        assert row["trial"].item() == t.number and row["val_acc"].item() == pytest.approx(t.value)
+
+
+def test_budget_excludes_points_and_never_trains_them(tmp_path):
+    table = tiny_search(tmp_path, "budget.max_params=1800000")
+    over = table[table["params"] > 1_800_000]
+    assert len(over) and (over["state"] == "INFEASIBLE").all() and not over["feasible"].any()
+    assert over["train_seconds"].isna().all() and over["val_acc"].isna().all()
+    assert over["reason"].str.contains("> budget.max_params=1,800,000").all()
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny' / 'study.db'}")
+    assert not {t.user_attrs["point"] for t in study.trials} & set(over["point"])
+
+
+def test_budget_below_the_baseline_is_one_line_and_exit_2(tmp_path):
+    out = run_cli("search", "budget.max_params=1000", f"out={tmp_path}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == ("effscale search: budget.max_params=1000 is below the baseline's own "
+                                  "4,020,358 params")
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_unknown_baseline_is_one_line_and_exit_2(tmp_path):
+    out = run_cli("search", "baseline=nope", f"out={tmp_path}")
+    assert out.returncode == 2 and out.stdout == "" and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "baseline=nope: no such option" in out.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["search=nope"], "search=nope: no such option"),
+    (["search.sampler=random"], "search.sampler=random: expected grid or tpe"),
+    (["search.pruner=early"], "search.pruner=early: expected none, median or hyperband"),
+    (["logger=nope"], "logger=nope: no such option"),
+    (["search.grid.step=0.5", "search.grid.tolerance=0"], "search.grid: no (alpha, beta, gamma) in the grid"),
+])
+def test_bad_search_settings_are_user_errors_before_anything_is_written(args, needle, tmp_path):
+    with pytest.raises(UserError, match=re.escape(needle)):
+        search(overrides(f"out={tmp_path}", *args))
+    assert not any(tmp_path.iterdir())
+
+
+def test_rerun_resumes_without_training_again(tmp_path, capsys):
+    first = tiny_search(tmp_path)
+    capsys.readouterr()
+    again = tiny_search(tmp_path)
+    trained = (first["state"] == "COMPLETE").sum()
+    assert f"grid points: {trained} trials already complete, 0 to run" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_killed_search_resumes_only_the_unfinished_points(tmp_path):
+    """SIGKILL a search in the middle of a trial, run it again: the finished trials are kept as they
+    were, the killed one is marked stale and trained again, and every point has exactly one row."""
+    storage = f"sqlite:///{tmp_path / 'tiny' / 'study.db'}"
+    slow = ["data.train_size=512", "trainer.max_epochs=2"]  # long enough to be caught mid-trial
+    command = [sys.executable, "-m", "effscale.cli", "search", *overrides(*slow, f"out={tmp_path}", "name=tiny")]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        before = _wait_for_running_after_a_complete(storage, proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    complete_before = {t.number: t.user_attrs["point"] for t in before if t.state.name == "COMPLETE"}
+    killed = [t.number for t in before if t.state.name == "RUNNING"]
+
+    table = tiny_search(tmp_path, *slow)
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert all(trials[n].user_attrs.get("stale") and trials[n].state.name == "FAIL" for n in killed)
+    for number, point in complete_before.items():  # kept, not retrained
+        assert trials[number].state.name == "COMPLETE" and trials[number].user_attrs["point"] == point
+    completes = [t.user_attrs["point"] for t in trials if t.state.name == "COMPLETE"]
+    assert len(completes) == len(set(completes))  # nothing finished ran twice
+    feasible = table[table["feasible"]]
+    assert (feasible["state"] == "COMPLETE").all() and set(feasible["point"]) == set(completes)
+    assert not table.duplicated(["point", "seed", "strategy"]).any()
+
+
+def _wait_for_running_after_a_complete(storage, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            trials = optuna.load_study(study_name="tiny", storage=storage).trials
+        except Exception:  # the study does not exist yet
+            trials = []
+        states = [t.state.name for t in trials]
+        if "COMPLETE" in states and "RUNNING" in states:
+            return trials
+        time.sleep(0.2)
+    pytest.fail("the search never had a finished trial and a running one at the same time")
+
+
+def test_diverging_trial_fails_with_a_reason_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    import effscale.train as train
+
+    real = train.fit_candidate
+
+    def fit(table, datamodule, recipe, **kw):
+        if table["resolution"] == 47:  # two of the grid's points; the rest train normally
+            recipe = {**recipe, "lr": 1e30, "limit_train_batches": 2}
+        return real(table, datamodule, recipe, **kw)
+
+    monkeypatch.setattr(train, "fit_candidate", fit)
+    table = tiny_search(tmp_path, "data.train_size=96")
+    failed = table[table["state"] == "FAIL"]
+    assert len(failed) >= 1 and failed["reason"].str.contains("loss is (nan|inf)").all()
+    assert failed["val_acc"].isna().all()
+    assert (table["state"] == "COMPLETE").sum() >= 1
+
+
+def test_exception_in_a_trial_is_one_reason_and_a_logged_traceback(tmp_path, monkeypatch):
+    import effscale.train as train
+
+    real = train.fit_candidate
+
+    def fit(table, datamodule, recipe, **kw):
+        if table["resolution"] == 54:
+            raise RuntimeError("boom in the trial")
+        return real(table, datamodule, recipe, **kw)
+
+    monkeypatch.setattr(train, "fit_candidate", fit)
+    table = tiny_search(tmp_path)
+    failed = table[table["state"] == "FAIL"]
+    assert list(failed["reason"]) == ["RuntimeError: boom in the trial"]
+    assert (table["state"] == "COMPLETE").sum() >= 2
+    log = (tmp_path / "tiny" / "search.log").read_text()
+    assert "Traceback" in log and "boom in the trial" in log
+
+
+def test_tpe_trains_n_trials_distinct_feasible_points(tmp_path):
+    table = tiny_search(tmp_path, "search=tpe", "search.n_trials=3", name="tpe")
+    trained = table[table["state"] == "COMPLETE"]
+    assert len(trained) == trained["point"].nunique() == 3
+    assert trained["feasible"].all()
+
+
+def test_journal_storage_url(tmp_path):
+    journal = tmp_path / "shared" / "study.log"
+    table = tiny_search(tmp_path, f"search.storage=journal://{journal}")
+    assert journal.exists() and not (tmp_path / "tiny" / "study.db").exists()
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="tiny", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == (table["state"] == "COMPLETE").sum()
+
+
+@pytest.mark.slow
+def test_fashion_mnist_search_learns_well_above_chance(tmp_path, fashion_mnist_dir):
+    table = tiny_search(tmp_path, "data=fashion_mnist", f"data.root={fashion_mnist_dir}", "data.resolution=40",
+                        "data.train_size=6000", "data.val_size=1000", "data.batch_size=64",
+                        "trainer.max_epochs=2", "trainer.threads=null",
+                        "search.grid={alpha:[1.0,1.0],beta:[1.4,1.4],step:0.1}", name="fmnist")
+    trained = table[table["state"] == "COMPLETE"]
+    assert len(trained) == 1 and trained["dataset"].item() == "fashion_mnist"
+    assert trained["val_acc"].item() > 0.6 and trained["test_acc"].item() > 0.6  # chance is 0.1
