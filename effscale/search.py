@@ -147,9 +147,31 @@ def without_password(url: str) -> str:
     return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
+class FeasibleGridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler over the feasible points, for a search that walks the grid itself.
+
+    The search enqueues every (point, seed) in grid order, and again after a crash, so the sampler
+    never picks: it records which grid cell each trial is (`grid_id`, as its own trials carry, so
+    `is_exhausted` and the dashboard read the study as a grid search) and never stops the study
+    (GridSampler calls `Study.stop`, which exists only inside `Study.optimize`, not ask-and-tell).
+    """
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        point = trial.system_attrs.get("fixed_params", {}).get("point")
+        if point is not None and "grid_id" not in trial.system_attrs and (point,) in self._all_grids:
+            study._storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
+            study._storage.set_trial_system_attr(trial._trial_id, "grid_id", self._all_grids.index((point,)))
+            return
+        super().before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: list[float] | None) -> None:
+        pass
+
+
 def make_sampler(kind: str, points: list[str], seed: int) -> optuna.samplers.BaseSampler:
     if kind == "grid":
-        return optuna.samplers.GridSampler({"point": points}, seed=seed)
+        return FeasibleGridSampler({"point": points}, seed=seed)
     if kind == "tpe":
         # Constraints are recorded per trial (user attribute) in Optuna's convention, <= 0 feasible.
         return optuna.samplers.TPESampler(seed=seed, constraints_func=lambda t: t.user_attrs.get("constraints", [0.0]))
