@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-slow bench clean
 
 install: $(STAMP)
 
@@ -17,8 +17,21 @@ $(STAMP): pyproject.toml
 run: install
 	$(VENV)/bin/effscale search +sweep=quick
 
+# The default suite leaves out tests marked slow (multi-minute real-data and cluster fault tests);
+# `make test-slow` runs those, and .ci/run runs both.
 test: install
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
+
+# Each benchmark prints its ratio and target as its last line (benchmarks/README.md has the figures).
+# `make bench BENCH_ARGS=--quick` is a smoke run of seconds each; BENCH=... picks some.
+BENCH ?= train_step measure_candidates trial_overhead data_pipeline pruning workers
+BENCH_ARGS ?=
+
+bench: install
+	@for b in $(BENCH); do echo "== benchmarks/$$b.py $(BENCH_ARGS)"; $(PY) benchmarks/$$b.py $(BENCH_ARGS) || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache
