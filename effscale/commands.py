@@ -87,8 +87,14 @@ def search(overrides: list[str]) -> None:
     run.plan()
     print(run.describe_plan())
     run.open()
+    done, total = run.counts()
+    print(f"{done} trials already complete, {total - done} to run")
     workers = int(cfg["search"].get("workers") or 1)
-    if workers > 1:
+    if done == total:
+        from effscale.results import read_trials
+
+        table = read_trials(run.table)
+    elif workers > 1:
         from effscale.workers import run_local
 
         table = run_local(run, overrides, workers)

@@ -398,6 +398,20 @@ class Search:
         best = [point for _, point in sorted(first, key=lambda vp: -vp[0])[:top_k]]
         return [Job(self.by_point[p], self.seed + i) for p in best for i in range(1, extra + 1)]
 
+    def counts(self) -> tuple[int, int]:
+        """(trials settled, trials this sweep will have): the grid points (TPE: `n_trials` of them)
+        with the base seed, then `extra_seeds` more for each of the best `top_k`."""
+        finished = self._finished()
+        if self.opts["sampler"] == "tpe":
+            first = min(int(self.opts.get("n_trials") or max(1, len(self.feasible) // 2)), len(self.feasible))
+        else:
+            first = len(self.feasible)
+        extra = min(int(self.opts.get("top_k", 0)), first) * int(self.opts.get("extra_seeds", 0))
+        feasible = {c.point for c in self.feasible}
+        first_done = sum(1 for p, s in finished if s == self.seed and p in feasible)
+        extra_done = sum(1 for p, s in finished if s != self.seed and p in feasible)
+        return min(first_done, first) + min(extra_done, extra), first + extra
+
     def run(self) -> pd.DataFrame:
         started = time.perf_counter()
         first = self.first_jobs()
@@ -412,9 +426,9 @@ class Search:
     def run_jobs(self, jobs: list[Job], label: str = "grid points") -> None:
         done, running = self._finished(), self._running()
         todo = [j for j in jobs if j.key not in done and j.key not in running]
-        if not jobs:
+        if not todo:
             return
-        self.say(f"{label}: {len(jobs) - len(todo)} trials already complete, {len(todo)} to run")
+        self.say(f"{label}: {len(todo)} to run")
         for i, job in enumerate(todo, 1):
             if job.key in self._finished() or job.key in self._running():
                 continue  # another worker on the same study took it meanwhile
@@ -428,7 +442,6 @@ class Search:
         n_trials = int(self.opts.get("n_trials") or max(1, len(self.feasible) // 2))
         n_trials = min(n_trials, len(self.feasible))
         trained = {p for p, s in self._finished() if s == self.seed}
-        self.say(f"TPE: {len(trained)} trials already complete, {max(0, n_trials - len(trained))} to run")
         for _ in range(20 * n_trials):
             if len(trained) >= n_trials:
                 break

@@ -126,7 +126,7 @@ def test_rerun_resumes_without_training_again(tmp_path, capsys):
     capsys.readouterr()
     again = tiny_search(tmp_path)
     trained = (first["state"] == "COMPLETE").sum()
-    assert f"grid points: {trained} trials already complete, 0 to run" in capsys.readouterr().out
+    assert f"{trained} trials already complete, 0 to run" in capsys.readouterr().out
     pd.testing.assert_frame_equal(first, again)
 
 
@@ -206,6 +206,16 @@ def test_exception_in_a_trial_is_one_reason_and_a_logged_traceback(tmp_path, mon
     assert (table["state"] == "COMPLETE").sum() >= 2
     log = (tmp_path / "tiny" / "search.log").read_text()
     assert "Traceback" in log and "boom in the trial" in log
+
+
+def test_pruned_trials_stop_after_the_reported_epoch_and_are_rows(tmp_path, monkeypatch):
+    # Whether Optuna's median rule fires on tiny data is luck; that our callback stops the trial when
+    # it does, and records it, is not.
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)
+    table = tiny_search(tmp_path, "search.pruner=median", "trainer.max_epochs=3")
+    trained = table[table["feasible"]]
+    assert (trained["state"] == "PRUNED").all() and (trained["epochs"] == 1).all()
+    assert trained["reason"].eq("pruned after epoch 1").all()
 
 
 def test_tpe_trains_n_trials_distinct_feasible_points(tmp_path):
