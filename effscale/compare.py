@@ -202,7 +202,8 @@ class Comparison:
 
         opts = self.cfg["compare"]
         self.sweep_dir = Path(self.cfg["out"]) / str(self.cfg["name"])
-        self.recipe = dict(self.cfg["trainer"])
+        # A comparison trains (strategies x phis x seeds) models: compare.trainer may shorten its recipe.
+        self.recipe = {**self.cfg["trainer"], **(opts.get("trainer") or {})}
         self.phis = [float(p) for p in opts["phis"]]
         self.strategies = list(opts["strategies"])
         self.tolerance = float(opts["macs_tolerance"])

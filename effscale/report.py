@@ -502,9 +502,12 @@ def _describe(df: pd.DataFrame) -> str:
 
 
 def margin_sentences(margin: pd.DataFrame) -> str:
+    """One sentence per φ: how far compound is ahead of (or behind) the best single dimension, and
+    whether that gap is larger than the noise over seeds."""
     lines = []
     for _, m in margin.iterrows():
-        gap = f"{m['margin'] * 100:+.2f} points over {m['best_single']}"
+        points = abs(m["margin"]) * 100
+        gap = f"{points:.2f} points {'ahead of' if m['margin'] >= 0 else 'behind'} {m['best_single']}"
         if m["verdict"] == "within noise":
             lines.append(f"At φ = {m['phi']:g} compound is {gap}, but the 95 % intervals overlap: within noise.")
         elif m["verdict"] == "compound ahead":
