@@ -6,7 +6,7 @@ default loggers (W&B offline and CSV), Lightning's `fit` with validation each ep
 results row in trials.csv. The search's one-off setup (measuring the grid, opening the study) is timed
 and printed apart.
 
-Bare loop: the same network (`build_model`, channels_last), data module and batches, the recipe's
+Bare loop: the same network (`build_model`, the recipe's initialisation, channels_last), data module and batches, the recipe's
 optimizer (AdamW, or SGD with Nesterov momentum) with weight decay on weights only, warmup-cosine
 schedule per step, label smoothing, validation accuracy each epoch, test accuracy at the end. Same
 seed, threads and epochs.
@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from _timing import describe_machine, log, pick_device, timed, verdict
+from effscale import results, train
 from effscale.commands import model_table
 from effscale.config import compose, to_dict
-from effscale import results
 from effscale.models import build_model
 from effscale.search import Job, Search
 from effscale.train import set_threads, warmup_cosine
@@ -45,7 +45,11 @@ def bare_trial(table: dict, data, recipe: dict, seed: int, device: torch.device)
     """What fit_candidate trains, as a plain loop: returns the last validation and the test accuracy."""
     L.seed_everything(seed, workers=True, verbose=False)
     data.resolution, data.seed = int(table["resolution"]), seed
-    model = build_model(table, data.num_classes, data.in_channels).to(device).to(memory_format=torch.channels_last)
+    model = build_model(table, data.num_classes, data.in_channels)
+    # the recipe's initialisation, when this version of train.py has one (residual blocks start as identity)
+    if recipe.get("zero_init_residual", True) and hasattr(train, "zero_init_residuals"):
+        train.zero_init_residuals(model)
+    model = model.to(device).to(memory_format=torch.channels_last)
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": float(recipe["weight_decay"])}, {"params": rest, "weight_decay": 0.0}]
