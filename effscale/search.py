@@ -14,7 +14,6 @@ every start and updated after every trial.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import shutil
@@ -543,7 +542,8 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, logger_kind: str) -> str:
     files = [f"table  {sweep_dir / 'trials.csv'}", f"study  {study}",
              f"logs   {sweep_dir / 'logs'}/trial_*/metrics.csv, {sweep_dir / 'search.log'}"]
     if logger_kind == "wandb":
-        files.append(f"W&B    {sweep_dir / 'wandb'} (offline; `wandb sync {sweep_dir / 'wandb'}/offline-run-*` uploads)")
+        runs = sweep_dir / "wandb"
+        files.append(f"W&B    {runs} (offline; `wandb sync {runs}/offline-run-*` uploads)")
     return "\n".join(lines + files)
 
 
