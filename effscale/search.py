@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from effscale import results
 from effscale.errors import UserError
-from effscale.measure import Measurement, measure_table
+from effscale.measure import Measurement, measure_table, measure_tables
 from effscale.models import build_model
 from effscale.scaling import ScalingError, compound_grid, compound_multipliers, constraint_value, scale_stage_table
 
@@ -295,16 +295,18 @@ class Search:
         self.data.setup("fit")
         classes, channels = self.data.num_classes, self.data.in_channels
 
-        def measure(table: dict[str, Any]) -> Measurement:
-            return measure_table(table, lambda t: build_model(t, classes, channels), in_channels=channels,
-                                 batch_size=int(data_cfg["batch_size"]), device=self.device,
-                                 latency=self.budget.get("max_latency_ms") is not None,
-                                 optimizer=self.recipe.get("optimizer", "sgd"))
+        def build(table: dict[str, Any]) -> Any:
+            return build_model(table, classes, channels)
 
-        base = measure(self.baseline)
+        options = dict(in_channels=channels, batch_size=int(data_cfg["batch_size"]), device=self.device,
+                       latency=self.budget.get("max_latency_ms") is not None,
+                       optimizer=self.recipe.get("optimizer", "sgd"))
+        base = measure_table(self.baseline, build, **options)
         check_baseline_budget(base, self.budget)
-        for candidate in self.candidates:
-            judge(candidate, measure(candidate.table), base, self.budget)
+        # One model per architecture, one count per (architecture, input size): grid points often share them.
+        costs = measure_tables([c.table for c in self.candidates], build, **options)
+        for candidate, cost in zip(self.candidates, costs):
+            judge(candidate, cost, base, self.budget)
         self.feasible = [c for c in self.candidates if c.feasible]
         if not self.feasible:
             nearest = min(self.candidates, key=lambda c: abs(c.macs_ratio / 2**phi - 1))
@@ -431,7 +433,10 @@ class Search:
         for i, job in enumerate(todo, 1):
             if job.key in self._finished() or job.key in self._running():
                 continue  # another worker on the same study took it meanwhile
-            self.study.enqueue_trial({"point": job.candidate.point}, user_attrs={"seed": job.seed})
+            # Who runs the trial is recorded with it, so a crash at any moment leaves it recognisably stale.
+            self.study.enqueue_trial({"point": job.candidate.point}, user_attrs={
+                "point": job.candidate.point, "seed": job.seed, "host": socket.gethostname(), "pid": os.getpid(),
+                "heartbeat": time.time()})
             trial = self.study.ask({"point": optuna.distributions.CategoricalDistribution(self._points())})
             self.train(trial, job, f"[{i}/{len(todo)}]")
 
@@ -445,7 +450,9 @@ class Search:
             if len(trained) >= n_trials:
                 break
             trial = self.study.ask()
-            trial.set_user_attr("seed", self.seed)
+            for key, value in {"seed": self.seed, "host": socket.gethostname(), "pid": os.getpid(),
+                               "heartbeat": time.time()}.items():
+                trial.set_user_attr(key, value)
             point = trial.suggest_categorical("point", self._points())
             earlier = self._finished().get((point, self.seed))
             if earlier is not None:

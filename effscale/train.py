@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import time
 import warnings
@@ -200,6 +201,19 @@ def zero_init_residuals(network: nn.Module) -> int:
     return changed
 
 
+def _interruptible(trainer: L.Trainer, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run `trainer.fit` or `trainer.test`, keeping Ctrl-C a KeyboardInterrupt. Lightning answers it
+    by ignoring SIGINT from then on and calling sys.exit(1), which would end a whole sweep with status 1
+    and leave a second Ctrl-C unheard; the caller decides what an interrupt means."""
+    try:
+        return step(*args, **kwargs)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt from None
+
+
 def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, recipe: dict[str, Any], *,
                   seed: int = 0, device: str = "cpu", loggers: Sequence[Any] = (),
                   report: Report | None = None) -> dict[str, Any]:
@@ -223,7 +237,7 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
     module = Classifier(network, recipe, report)
     trainer = make_trainer(recipe, device=device, loggers=loggers)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    _interruptible(trainer, trainer.fit, module, datamodule=datamodule)
     seconds = time.perf_counter() - start
     state, reason = "COMPLETE", None
     if module.failure:
@@ -231,7 +245,7 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
     elif module.pruned:
         state, reason = "PRUNED", f"pruned after epoch {len(module.val_history)}"
     if state == "COMPLETE":
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        _interruptible(trainer, trainer.test, module, datamodule=datamodule, verbose=False)
     return {
         "state": state,
         "val_acc": module.val_history[-1] if module.val_history and state != "FAIL" else None,
