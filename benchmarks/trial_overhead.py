@@ -59,10 +59,10 @@ def bare_trial(table: dict, data, recipe: dict, seed: int, device: torch.device)
     else:
         opt = torch.optim.AdamW(groups, lr=float(recipe["lr"]))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(recipe["label_smoothing"]))
-    train, val, test = data.train_dataloader(), data.val_dataloader(), data.test_dataloader()
+    train_loader, val, test = data.train_dataloader(), data.val_dataloader(), data.test_dataloader()
     epochs = int(recipe["max_epochs"])
     limit = recipe.get("limit_train_batches")
-    per_epoch = min(len(train), int(limit)) if limit else len(train)
+    per_epoch = min(len(train_loader), int(limit)) if limit else len(train_loader)
     total = max(1, per_epoch * epochs)
     warmup = min(total - 1, int(float(recipe["warmup_epochs"]) * total / epochs))
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total))
@@ -82,7 +82,7 @@ def bare_trial(table: dict, data, recipe: dict, seed: int, device: torch.device)
     val_acc = math.nan
     for _ in range(epochs):
         model.train()
-        for i, (x, y) in enumerate(train):
+        for i, (x, y) in enumerate(train_loader):
             if i >= per_epoch:
                 break
             x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
