@@ -496,7 +496,8 @@ def _describe(df: pd.DataFrame) -> str:
     parts = [f"{len(df)} rows ({states})."]
     for column, label in (("dataset", "data"), ("baseline", "baseline"), ("epochs", "epochs")):
         if column in df and df[column].notna().any():
-            values = ", ".join(str(v) for v in sorted(df[column].dropna().unique(), key=str))
+            values = ", ".join(f"{v:g}" if isinstance(v, float) else str(v)
+                               for v in sorted(df[column].dropna().unique(), key=str))
             parts.append(f"{label}: {values}.")
     return " ".join(parts)
 
