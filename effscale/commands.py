@@ -87,6 +87,9 @@ def search(overrides: list[str]) -> None:
     run.plan()
     print(run.describe_plan())
     run.open()
+    from effscale.workers import record_storage
+
+    record_storage(run)  # a non-default search.storage: where `effscale dashboard results/<sweep>` finds it
     done, total = run.counts()
     print(f"{done} trials already complete, {total - done} to run")
     workers = int(cfg["search"].get("workers") or 1)
