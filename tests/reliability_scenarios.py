@@ -19,11 +19,13 @@ import gzip
 import os
 import re
 import signal
+import sqlite3
 import struct
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -273,8 +275,8 @@ def trials(sweep: Path) -> pd.DataFrame:
 
 def search_until(out: Path, name: str, complete: int, sig: int, extra: tuple[str, ...] = (),
                  timeout: float = 240) -> tuple[int, str, pd.DataFrame]:
-    """Start the tiny search, wait until `complete` trials are COMPLETE in trials.csv, give the next trial
-    a moment to start, then send `sig`. Returns the exit status, stderr and the table as the run left it."""
+    """Start the tiny search, wait until `complete` trials are COMPLETE and the next one is RUNNING in the
+    sweep's study, then send `sig`. Returns the exit status, stderr and the table as the run left it."""
     sweep = out / name
     process = subprocess.Popen([sys.executable, "-m", "effscale.cli", "search", *TINY_SEARCH, f"out={out}",
                                 f"name={name}", *extra], cwd=REPO, stdout=subprocess.DEVNULL,
@@ -282,8 +284,9 @@ def search_until(out: Path, name: str, complete: int, sig: int, extra: tuple[str
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            if (trials(sweep)["state"] == "COMPLETE").sum() >= complete:
-                time.sleep(1.0)  # into the next trial's training
+            states = trial_states(sweep / "study.db")
+            if states.count("COMPLETE") >= complete and "RUNNING" in states:
+                time.sleep(0.2)  # into the running trial's training
                 process.send_signal(sig)
                 break
             time.sleep(0.1)
@@ -292,6 +295,17 @@ def search_until(out: Path, name: str, complete: int, sig: int, extra: tuple[str
         if process.poll() is None:
             process.kill()
     return process.returncode, stderr, trials(sweep)
+
+
+def trial_states(db: Path) -> list[str]:
+    """The state of every trial in a study file, read with plain SQL so that polling stays cheap."""
+    if not db.exists():
+        return []
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as connection:
+            return [state for (state,) in connection.execute("SELECT state FROM trials")]
+    except sqlite3.Error:  # the schema is still being created
+        return []
 
 
 def study_trials(sweep: Path) -> list:
@@ -389,9 +403,13 @@ class Resumed:
         return len(points) - len(set(points))
 
 
+# Trials long enough (about a second here) to be caught in the middle by a signal.
+CATCHABLE = ("data.train_size=512", "trainer.max_epochs=2")
+
+
 def interrupt_kill_resume(out: Path) -> Resumed:
-    rc1, err1, t1 = search_until(out, "sweep", complete=1, sig=INTERRUPT)
+    rc1, err1, t1 = search_until(out, "sweep", complete=1, sig=INTERRUPT, extra=CATCHABLE)
     done = int((t1["state"] == "COMPLETE").sum())
-    rc2, _, t2 = search_until(out, "sweep", complete=done + 1, sig=KILL)
-    rerun = cli("search", *TINY_SEARCH, f"out={out}", "name=sweep")
+    rc2, _, t2 = search_until(out, "sweep", complete=done + 1, sig=KILL, extra=CATCHABLE)
+    rerun = cli("search", *TINY_SEARCH, *CATCHABLE, f"out={out}", "name=sweep")
     return Resumed(rc1, err1, t1, rc2, t2, rerun, trials(out / "sweep"), study_trials(out / "sweep"))
