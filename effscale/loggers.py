@@ -6,19 +6,45 @@ and `wandb sync <sweep>/wandb/offline-run-*` uploads them later if the user want
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from effscale.errors import UserError
+
+
+class _ContinuedWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that it continues a metrics.csv it finds instead of deleting it.
+    A trial on several devices fits and tests in separately spawned ranks, each with a fresh writer;
+    every trial has a folder of its own, so what is there is the same trial's."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
+
+class TrialCSVLogger(CSVLogger):
+    """`logs/<trial>/metrics.csv`, one file per trial across the processes that trained and tested it."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuedWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def trial_loggers(kind: str, sweep_dir: Path, run_name: str, *, group: str, job_type: str,
                   config: dict[str, Any], project: str = "effscale") -> list[Logger]:
     """Loggers for one trial: `logs/<run_name>/metrics.csv`, plus a W&B run when `kind` is wandb."""
-    loggers: list[Logger] = [CSVLogger(sweep_dir, name="logs", version=run_name)]
+    loggers: list[Logger] = [TrialCSVLogger(sweep_dir, name="logs", version=run_name)]
     if kind == "wandb":
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")

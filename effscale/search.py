@@ -276,6 +276,11 @@ class Search:
             raise UserError(f"logger={self.logger_kind}: expected wandb or csv")
         make_pruner(self.opts.get("pruner"), int(self.recipe["max_epochs"]))
         make_sampler(self.opts["sampler"], [], self.seed)
+        from effscale.train import trial_devices
+
+        if trial_devices(self.recipe, device) > 1 and self.opts.get("pruner") not in (None, "none"):
+            raise UserError(f"search.pruner={self.opts['pruner']} needs trainer.devices=1: a trial on several "
+                            "devices runs in spawned DDP ranks and reports its epochs only when it ends")
 
     # Candidates: everything here runs before anything is written.
     def plan(self) -> list[Candidate]:

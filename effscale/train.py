@@ -9,24 +9,28 @@ test accuracy is recorded beside it and never used to choose.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import signal
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
+from effscale.errors import UserError
 from effscale.models import build_model
 
 # Lightning announces devices and hints about workers on every fit; one line per trial is enough.
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-              "lightning.fabric.utilities.seed"):
+              "lightning.fabric.utilities.seed", "lightning.fabric.utilities.distributed"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 for _message in (r".*does not have many workers.*", r".*`srun` command is available.*",
                  r".*smaller than the logging interval.*", r".*LeafSpec.*"):
@@ -51,6 +55,9 @@ class Classifier(L.LightningModule):
         self.failure: str | None = None
         self.pruned = False
         self._correct = self._seen = 0
+        # Under DDP the ranks are spawned processes: rank 0 writes what the trial measured here, and
+        # the process that launched them reads it back (see `fit_candidate`).
+        self.outcome_path: str | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last:
@@ -60,7 +67,10 @@ class Classifier(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         x, y = batch
         loss = self.loss(self(x), y)
-        if not torch.isfinite(loss):
+        finite = torch.isfinite(loss)
+        if self.trainer.world_size > 1:  # every rank must stop at the same step, or DDP waits forever
+            finite = self.trainer.strategy.reduce(finite.float(), reduce_op="min") > 0
+        if not finite:
             # A diverged run cannot recover; stop now rather than spend the rest of its epochs.
             self.failure = f"loss is {loss.item()} at epoch {self.current_epoch} step {batch_idx}"
             self.trainer.should_stop = True
@@ -74,9 +84,34 @@ class Classifier(L.LightningModule):
         self._seen += len(y)
 
     def _accuracy(self) -> float:
-        acc = self._correct / max(self._seen, 1)
+        """Accuracy over the whole split: each DDP rank counted its own shard."""
+        counts = torch.tensor([self._correct, self._seen], dtype=torch.float64, device=self.device)
+        if self.trainer.world_size > 1:
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         self._correct = self._seen = 0
-        return acc
+        return float(counts[0] / counts[1].clamp(min=1))
+
+    def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1 and self.device.type == "cpu":  # spawned ranks share the cores
+            set_threads(self.recipe.get("threads") or max(1, set_threads(None) // self.trainer.world_size))
+
+    def on_fit_end(self) -> None:
+        self._write_outcome()
+
+    def on_test_end(self) -> None:
+        self._write_outcome()
+
+    def _write_outcome(self) -> None:
+        if self.outcome_path and self.trainer.is_global_zero:
+            outcome = {"val_history": self.val_history, "failure": self.failure, "test_acc": self.test_acc}
+            Path(self.outcome_path).write_text(json.dumps(outcome))
+
+    def read_outcome(self) -> None:
+        """Take over what rank 0 measured, after a fit or test on spawned DDP ranks."""
+        if self.outcome_path and Path(self.outcome_path).exists():
+            outcome = json.loads(Path(self.outcome_path).read_text())
+            self.val_history, self.failure, self.test_acc = (outcome["val_history"], outcome["failure"],
+                                                             outcome["test_acc"])
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._count(batch)
@@ -148,11 +183,32 @@ def _precision(device: str, requested: str) -> str:
     return "32-true"
 
 
-def _accelerator(device: str) -> tuple[str, Any]:
+def trial_devices(recipe: dict[str, Any], device: str) -> int:
+    """How many devices one trial trains on (`trainer.devices`): a number, or auto for every GPU
+    this process sees (a SLURM job's GPUs), one on CPU."""
+    requested = recipe.get("devices", 1)
+    if requested in (None, "auto"):
+        return max(1, torch.cuda.device_count()) if device.startswith("cuda") else 1
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise UserError(f"trainer.devices: expected a positive integer or auto, got {requested!r}")
+    return requested
+
+
+def _accelerator(device: str, count: int = 1) -> tuple[str, Any]:
     if device.startswith("cuda"):
-        index = int(device.split(":")[1]) if ":" in device else 0
-        return "gpu", [index]
-    return "cpu", 1
+        first = int(device.split(":")[1]) if ":" in device else 0
+        return "gpu", list(range(first, first + count))
+    return "cpu", count
+
+
+def _strategy(device: str, count: int) -> Any:
+    """One process per device for a trial on several: DDP with spawned ranks, so that the caller (a
+    search worker, a submitit job) is not re-executed per rank as Lightning's default launcher would."""
+    if count == 1:
+        return "auto"
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(start_method="spawn", process_group_backend="nccl" if device.startswith("cuda") else "gloo")
 
 
 def _cluster_environment() -> list[Any]:
@@ -166,12 +222,14 @@ def _cluster_environment() -> list[Any]:
 
 def make_trainer(recipe: dict[str, Any], *, device: str = "cpu", loggers: Sequence[Any] = (),
                  callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
-    """The Lightning Trainer a `trainer` recipe describes (epochs, precision, batch limits, progress bar)."""
-    accelerator, devices = _accelerator(device)
+    """The Lightning Trainer a `trainer` recipe describes (epochs, precision, batch limits, progress
+    bar, devices: DDP across several)."""
+    count = trial_devices(recipe, device)
+    accelerator, devices = _accelerator(device, count)
     progress = recipe.get("progress", "auto")
     progress = sys.stderr.isatty() if progress in (None, "auto") else bool(progress)
     return L.Trainer(
-        accelerator=accelerator, devices=devices, precision=_precision(device, recipe.get("precision", "auto")),
+        accelerator=accelerator, devices=devices, strategy=_strategy(device, count), precision=_precision(device, recipe.get("precision", "auto")),
         max_epochs=int(recipe["max_epochs"]), logger=list(loggers) or False,
         limit_train_batches=recipe.get("limit_train_batches") or 1.0,
         limit_val_batches=recipe.get("limit_val_batches") or 1.0,
@@ -234,11 +292,25 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
     if recipe.get("channels_last", True):
         # NHWC is what oneDNN and cuDNN run depthwise convolutions fastest in (measured in the README).
         network = network.to(memory_format=torch.channels_last)
-    module = Classifier(network, recipe, report)
     trainer = make_trainer(recipe, device=device, loggers=loggers)
-    start = time.perf_counter()
-    _interruptible(trainer, trainer.fit, module, datamodule=datamodule)
-    seconds = time.perf_counter() - start
+    spawned = trainer.world_size > 1
+    # Spawned DDP ranks cannot call back into this process after each epoch, so a trial on several
+    # devices is reported to `report` once it has ended and is never pruned (the search refuses both).
+    module = Classifier(network, recipe, None if spawned else report)
+    with tempfile.TemporaryDirectory(prefix="effscale-ranks-") as folder:
+        module.outcome_path = str(Path(folder) / "outcome.json") if spawned else None
+        start = time.perf_counter()
+        _interruptible(trainer, trainer.fit, module, datamodule=datamodule)
+        seconds = time.perf_counter() - start
+        module.read_outcome()
+        if spawned and report is not None:
+            for epoch, acc in enumerate(module.val_history):
+                report(epoch, acc)
+        return _outcome(trainer, module, datamodule, seconds)
+
+
+def _outcome(trainer: L.Trainer, module: Classifier, datamodule: L.LightningDataModule,
+             seconds: float) -> dict[str, Any]:
     state, reason = "COMPLETE", None
     if module.failure:
         state, reason = "FAIL", module.failure
@@ -246,6 +318,7 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
         state, reason = "PRUNED", f"pruned after epoch {len(module.val_history)}"
     if state == "COMPLETE":
         _interruptible(trainer, trainer.test, module, datamodule=datamodule, verbose=False)
+        module.read_outcome()
     return {
         "state": state,
         "val_acc": module.val_history[-1] if module.val_history and state != "FAIL" else None,

@@ -1,0 +1,85 @@
+"""One trial on several devices (`trainer.devices=N`): DDP with spawned ranks. On GPUs the ranks talk
+over NCCL; here they are CPU processes talking over gloo, which runs the same code path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from effscale.data import build_datamodule
+from effscale.models import build_model
+from effscale.scaling import scaled_baseline
+from effscale.train import Classifier, make_trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+import reliability_scenarios as rs  # noqa: E402
+
+DATA = {"name": "procedural", "root": None, "train_size": 128, "val_size": 64, "test_size": 64, "num_classes": 4,
+        "in_channels": 3, "native_resolution": 32, "mean": [0.5] * 3, "std": [0.18] * 3}
+RECIPE = {"max_epochs": 2, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0, "warmup_epochs": 0,
+          "threads": 1, "devices": 2, "progress": False, "channels_last": True}
+# Two grid points (alpha 1.95 and 2.0), one epoch each, on two ranks.
+TWO_RANKS = ["search.grid.alpha=[1.95,2.0]", "trainer.devices=2"]
+
+
+def _tiny_network() -> torch.nn.Module:
+    from effscale.config import compose, to_dict
+
+    cfg = to_dict(compose("measure", rs.TINY_NETWORK))
+    return build_model({**scaled_baseline(cfg["baseline"]), "resolution": 16}, DATA["num_classes"], 3)
+
+
+def test_two_ranks_measure_the_whole_validation_split_and_hand_the_weights_back(tmp_path):
+    data = build_datamodule(DATA, resolution=16, batch_size=16)
+    module = Classifier(_tiny_network(), RECIPE)
+    module.outcome_path = str(tmp_path / "outcome.json")
+    trainer = make_trainer(RECIPE)
+    assert trainer.world_size == 2
+    before = {k: v.clone() for k, v in module.network.state_dict().items()}
+    trainer.fit(module, datamodule=data)
+    module.read_outcome()
+    assert len(module.val_history) == 2 and module.failure is None
+    # The weights trained in the ranks came back to this process ...
+    after = module.network.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
+    # ... and the accuracy the ranks reported is theirs on the whole split, not one rank's half of it.
+    module.network.eval()
+    correct = seen = 0
+    with torch.no_grad():
+        for x, y in data.val_dataloader():
+            correct += int((module(x).argmax(1) == y).sum())
+            seen += len(y)
+    assert seen == DATA["val_size"]
+    assert module.val_history[-1] == correct / seen
+
+
+def test_search_on_two_ranks_trains_each_point_once_with_one_logger_run_per_trial(tmp_path):
+    run = rs.cli("search", *rs.TINY_SEARCH, *TWO_RANKS, "logger=wandb", f"out={tmp_path}", "name=ddp")
+    assert run.returncode == 0, run.stderr
+    assert "Initializing distributed" not in run.stderr
+    table = pd.read_csv(tmp_path / "ddp" / "trials.csv")
+    assert list(table["state"]) == ["COMPLETE", "COMPLETE"] and table["point"].is_unique
+    assert table["val_acc"].between(0, 1).all() and table["test_acc"].between(0, 1).all()
+    # One W&B run and one CSV log per trial, written by rank 0 only.
+    assert len(list((tmp_path / "ddp" / "wandb").glob("offline-run-*"))) == 2
+    assert sorted(p.name for p in (tmp_path / "ddp" / "logs").iterdir() if p.name.startswith("trial_")) == \
+        ["trial_0", "trial_1"]
+    metrics = pd.read_csv(tmp_path / "ddp" / "logs" / "trial_0" / "metrics.csv")
+    assert metrics["val_acc"].dropna().iloc[-1] == table.loc[0, "val_acc"]
+
+
+def test_pruning_a_trial_on_several_devices_is_refused_before_anything_runs(tmp_path):
+    run = rs.cli("search", *rs.TINY_SEARCH, *TWO_RANKS, "search.pruner=median", f"out={tmp_path}", "name=ddp")
+    assert run.returncode == 2
+    assert run.stderr.strip() == ("effscale search: search.pruner=median needs trainer.devices=1: a trial on "
+                                  "several devices runs in spawned DDP ranks and reports its epochs only when it ends")
+    assert not (tmp_path / "ddp").exists()
+
+
+def test_a_device_count_that_is_not_a_positive_integer_is_one_line(tmp_path):
+    run = rs.cli("search", *rs.TINY_SEARCH, "trainer.devices=0", f"out={tmp_path}", "name=ddp")
+    assert run.returncode == 2
+    assert run.stderr.strip() == "effscale search: trainer.devices: expected a positive integer or auto, got 0"
