@@ -177,14 +177,23 @@ def make_sampler(kind: str, points: list[str], seed: int) -> optuna.samplers.Bas
     raise UserError(f"search.sampler={kind}: expected grid or tpe")
 
 
-def make_pruner(kind: str, max_epochs: int) -> optuna.pruners.BasePruner:
+def make_pruner(kind: str, max_epochs: int, reduction_factor: int = 3) -> optuna.pruners.BasePruner:
+    """Optuna's pruner for `search.pruner`; the resource is the epoch. `asha` is asynchronous successive
+    halving (Li et al., "A System for Massively Parallel Hyperparameter Tuning", 2020): a trial goes on
+    past epoch 1, η, η², … only while it is in the best 1/η of the trials that reached that epoch.
+    `hyperband` runs several such brackets with different first epochs, one of them never pruning."""
     if kind in (None, "none"):
         return optuna.pruners.NopPruner()
+    if isinstance(reduction_factor, bool) or not isinstance(reduction_factor, int) or reduction_factor < 2:
+        raise UserError(f"search.reduction_factor: expected an integer of at least 2, got {reduction_factor!r}")
     if kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if kind == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=reduction_factor)
     if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, max_epochs))
-    raise UserError(f"search.pruner={kind}: expected none, median or hyperband")
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, max_epochs),
+                                              reduction_factor=reduction_factor)
+    raise UserError(f"search.pruner={kind}: expected none, median, asha or hyperband")
 
 
 def _alive(pid: int) -> bool:
@@ -274,13 +283,17 @@ class Search:
         self.logger_kind = cfg["logger"]["name"]
         if self.logger_kind not in ("wandb", "csv"):
             raise UserError(f"logger={self.logger_kind}: expected wandb or csv")
-        make_pruner(self.opts.get("pruner"), int(self.recipe["max_epochs"]))
+        self.pruner()  # a wrong pruner setting fails here, before anything runs
         make_sampler(self.opts["sampler"], [], self.seed)
         from effscale.train import trial_devices
 
         if trial_devices(self.recipe, device) > 1 and self.opts.get("pruner") not in (None, "none"):
             raise UserError(f"search.pruner={self.opts['pruner']} needs trainer.devices=1: a trial on several "
                             "devices runs in spawned DDP ranks and reports its epochs only when it ends")
+
+    def pruner(self) -> optuna.pruners.BasePruner:
+        return make_pruner(self.opts.get("pruner"), int(self.recipe["max_epochs"]),
+                           self.opts.get("reduction_factor", 3))
 
     # Candidates: everything here runs before anything is written.
     def plan(self) -> list[Candidate]:
@@ -347,7 +360,7 @@ class Search:
             self.study = optuna.create_study(
                 study_name=str(self.cfg["name"]), storage=open_storage(url, self.sweep_dir), direction="maximize",
                 load_if_exists=True, sampler=make_sampler(self.opts["sampler"], points, self.seed),
-                pruner=make_pruner(self.opts.get("pruner"), int(self.recipe["max_epochs"])))
+                pruner=self.pruner())
         except (ImportError, ValueError, OSError, SQLAlchemyError) as exc:
             if new is not None:
                 shutil.rmtree(new, ignore_errors=True)

@@ -36,7 +36,7 @@ for _message in (r".*does not have many workers.*", r".*`srun` command is availa
                  r".*smaller than the logging interval.*", r".*LeafSpec.*"):
     warnings.filterwarnings("ignore", message=_message)
 
-# Called after each validation epoch with (epoch, val_acc); returning True stops the trial as PRUNED.
+# Called after each validation epoch with (epochs trained, val_acc); returning True stops the trial as PRUNED.
 Report = Callable[[int, float], bool]
 
 
@@ -120,7 +120,7 @@ class Classifier(L.LightningModule):
         acc = self._accuracy()
         self.val_history.append(acc)
         self.log("val_acc", acc)
-        if self.report is not None and self.failure is None and self.report(self.current_epoch, acc):
+        if self.report is not None and self.failure is None and self.report(self.current_epoch + 1, acc):
             self.pruned = True
             self.trainer.should_stop = True
 
@@ -229,7 +229,8 @@ def make_trainer(recipe: dict[str, Any], *, device: str = "cpu", loggers: Sequen
     progress = recipe.get("progress", "auto")
     progress = sys.stderr.isatty() if progress in (None, "auto") else bool(progress)
     return L.Trainer(
-        accelerator=accelerator, devices=devices, strategy=_strategy(device, count), precision=_precision(device, recipe.get("precision", "auto")),
+        accelerator=accelerator, devices=devices, strategy=_strategy(device, count),
+        precision=_precision(device, recipe.get("precision", "auto")),
         max_epochs=int(recipe["max_epochs"]), logger=list(loggers) or False,
         limit_train_batches=recipe.get("limit_train_batches") or 1.0,
         limit_val_batches=recipe.get("limit_val_batches") or 1.0,
@@ -304,7 +305,7 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
         seconds = time.perf_counter() - start
         module.read_outcome()
         if spawned and report is not None:
-            for epoch, acc in enumerate(module.val_history):
+            for epoch, acc in enumerate(module.val_history, start=1):
                 report(epoch, acc)
         return _outcome(trainer, module, datamodule, seconds)
 

@@ -111,7 +111,9 @@ def test_unknown_baseline_is_one_line_and_exit_2(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["search=nope"], "search=nope: no such option"),
     (["search.sampler=random"], "search.sampler=random: expected grid or tpe"),
-    (["search.pruner=early"], "search.pruner=early: expected none, median or hyperband"),
+    (["search.pruner=early"], "search.pruner=early: expected none, median, asha or hyperband"),
+    (["search.pruner=asha", "search.reduction_factor=1"],
+     "search.reduction_factor: expected an integer of at least 2, got 1"),
     (["logger=nope"], "logger=nope: no such option"),
     (["search.grid.step=0.5", "search.grid.tolerance=0"], "search.grid: no (alpha, beta, gamma) in the grid"),
 ])
@@ -216,6 +218,29 @@ def test_pruned_trials_stop_after_the_reported_epoch_and_are_rows(tmp_path, monk
     trained = table[table["feasible"]]
     assert (trained["state"] == "PRUNED").all() and (trained["epochs"] == 1).all()
     assert trained["reason"].eq("pruned after epoch 1").all()
+
+
+def test_asha_stops_a_trial_at_epochs_1_3_9_unless_it_is_in_the_best_third_so_far():
+    from effscale.search import make_pruner
+
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("asha", max_epochs=9))
+
+    def epochs_run(accuracy_after):  # a trial reports after every epoch (1-based) until it is pruned
+        trial = study.ask()
+        for epoch in range(1, 10):
+            trial.report(accuracy_after(epoch), epoch)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return epoch
+        study.tell(trial, accuracy_after(9))
+        return 9
+
+    assert epochs_run(lambda e: 0.50 + 0.01 * e) == 9  # the first trial has no one to lose to
+    assert epochs_run(lambda e: 0.40) == 1  # behind after one epoch: stopped there
+    assert epochs_run(lambda e: 0.55 + 0.01 * e) == 9  # ahead at epochs 1 and 3
+    assert epochs_run(lambda e: 0.60 if e < 3 else 0.45) == 3  # ahead at epoch 1, behind at 3
+    # Five trials have reached epoch 1 now; only the best third of them (one) goes on: second place stops.
+    assert epochs_run(lambda e: 0.58) == 1
 
 
 def test_tpe_trains_n_trials_distinct_feasible_points(tmp_path):
