@@ -6,8 +6,8 @@ study's training span, from the first trial's start to the last trial's end: pla
 (measuring every candidate, the same on both sides, done again by each worker process) is left out
 and printed beside it.
 
-    .venv/bin/python benchmarks/workers.py              # ~5 minutes on 2 CPU cores
-    .venv/bin/python benchmarks/workers.py --repeats 2
+    .venv/bin/python benchmarks/workers.py              # ~1.5 minutes on 2 idle CPU cores
+    .venv/bin/python benchmarks/workers.py --repeats 3  # the median of three pairs, ~4 minutes
     .venv/bin/python benchmarks/workers.py --quick      # smoke run: a quarter of the images
 
 Last line: the median 2-worker / 1-worker ratio of training wall time (ideal 0.5, target <= 0.55).

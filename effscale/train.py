@@ -92,8 +92,9 @@ class Classifier(L.LightningModule):
         return float(counts[0] / counts[1].clamp(min=1))
 
     def setup(self, stage: str) -> None:
-        if self.trainer.world_size > 1 and self.device.type == "cpu":  # spawned ranks share the cores
-            set_threads(self.recipe.get("threads") or max(1, set_threads(None) // self.trainer.world_size))
+        if self.trainer.world_size > 1 and self.device.type == "cpu":
+            # Spawned ranks on one CPU share its cores, unless trainer.threads says what each one gets.
+            set_threads(self.recipe.get("threads") or max(1, available_cores() // self.trainer.world_size))
 
     def on_fit_end(self) -> None:
         self._write_outcome()
@@ -166,12 +167,15 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def set_threads(threads: int | None) -> int:
     """Intra-op threads for CPU training: `threads`, or every core this process may use."""
-    if not threads:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(int(threads))
-    return int(threads)
+    threads = int(threads or available_cores())
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _precision(device: str, requested: str) -> str:
@@ -296,7 +300,8 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
     trainer = make_trainer(recipe, device=device, loggers=loggers)
     spawned = trainer.world_size > 1
     # Spawned DDP ranks cannot call back into this process after each epoch, so a trial on several
-    # devices is reported to `report` once it has ended and is never pruned (the search refuses both).
+    # devices is reported to `report` once it has ended and is never pruned (the search refuses a
+    # pruner with several devices).
     module = Classifier(network, recipe, None if spawned else report)
     with tempfile.TemporaryDirectory(prefix="effscale-ranks-") as folder:
         module.outcome_path = str(Path(folder) / "outcome.json") if spawned else None
@@ -312,6 +317,7 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
 
 def _outcome(trainer: L.Trainer, module: Classifier, datamodule: L.LightningDataModule,
              seconds: float) -> dict[str, Any]:
+    """The metrics of a fitted trial, tested on the test split if it completed."""
     state, reason = "COMPLETE", None
     if module.failure:
         state, reason = "FAIL", module.failure
