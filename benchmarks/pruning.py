@@ -2,18 +2,23 @@
 
 Both sides run `effscale search` (in this process, through `search.Search`) on the same grid, data
 and seed, with the grid sampler in grid order; one trains every point for every epoch
-(`search.pruner=none`), the other lets Optuna stop a point after a poor epoch (`search.pruner=hyperband`
-by default: successive halving over epochs, Li et al. 2018). Compute is the sum over trials of the
+(`search.pruner=none`), the other lets Optuna stop a point after a poor epoch (`search.pruner=asha`
+by default: asynchronous successive halving, a trial goes on past epochs 1 and 3 only while it is in
+the best third of the trials that got there; Li et al. 2020). Compute is the sum over trials of the
 epochs trained (and, printed beside it, of `train_seconds`). The winner is the point with the best
-validation accuracy among completed trials; extra seeds are off so that both sides rank one seed.
+validation accuracy among completed trials; extra seeds are off so that both sides rank one seed, and
+a point trains identically on both sides (same seed, same data order), so the pruned search finds the
+full grid's winner exactly when it does not stop it.
 
-Default: the quick sweep's grid, data and baseline (`+sweep=quick`: α ∈ {1.0 … 1.6}, β ∈ {1.0 … 1.4}
-at step 0.1) with every point trained (no MACs budget: 21 points), 6 epochs on 500 training images,
-so that there are epochs to save.
+Default: real Fashion-MNIST (the files in ../shared/data, or --data-root), EfficientNet-B0 at half
+width and depth on 16 px images, the φ = 1 grid α ∈ [1, 2], β ∈ [1, 1.4] at step 0.1 with every
+point within the MACs check trained (21 points), 9 epochs on 2,000 images, 1,000 for validation.
+`--data procedural` runs the same grid on the embedded data. It also prints how early the full
+grid's winner leads, which is what decides whether any pruner can keep it (benchmarks/README.md).
 
-    .venv/bin/python benchmarks/pruning.py                      # ~15 minutes on 2 CPU cores
-    .venv/bin/python benchmarks/pruning.py --pruner median
-    .venv/bin/python benchmarks/pruning.py --quick              # a minute: 2 epochs on 256 images
+    .venv/bin/python benchmarks/pruning.py                      # ~27 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/pruning.py --pruner hyperband
+    .venv/bin/python benchmarks/pruning.py --quick              # half a minute: 3 points, 3 epochs on 256 images
 """
 
 from __future__ import annotations
@@ -23,16 +28,19 @@ import tempfile
 
 import _timing  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 
-from _timing import log, pick_device, verdict
+from _timing import FASHION_MNIST, log, pick_device, verdict
 from effscale.commands import model_table
 from effscale.config import compose, to_dict
 from effscale.search import Search
 
-# Every point of the quick sweep's grid is trained (no MACs budget), so a pruner has points to drop.
-SETTINGS = ["+sweep=quick", "logger=csv", "trainer.progress=false", "search.top_k=0", "search.extra_seeds=0",
-            "budget.macs_tolerance=1.0", "trainer.max_epochs=6", "data.train_size=500", "data.val_size=500"]
-QUICK = ["trainer.max_epochs=2", "data.train_size=256", "data.val_size=128", "data.test_size=128",
-         "search.grid.alpha=[1.0,1.2]", "search.grid.beta=[1.0,1.2]", "search.grid.step=0.2"]
+# A wide MACs check (2x ± 100 %) keeps 21 of the 25 grid points, so a pruner has points to drop.
+SETTINGS = ["logger=csv", "trainer.progress=false", "search.top_k=0", "search.extra_seeds=0",
+            "budget.macs_tolerance=1.0", "scale.width=0.5", "scale.depth=0.5", "data.resolution=16",
+            "search.grid={alpha:[1.0,2.0],beta:[1.0,1.4],step:0.1}", "trainer.max_epochs=9",
+            "data.train_size=2000", "data.val_size=1000", "trainer.limit_val_batches=16", "data.batch_size=64",
+            "baseline.dropout=0.0", "baseline.stochastic_depth=0.0", "trainer.warmup_epochs=0.5"]
+QUICK = ["trainer.max_epochs=3", "data.train_size=256", "data.val_size=128",
+         "search.grid={alpha:[1.0,1.2],beta:[1.0,1.2],step:0.2}"]
 
 
 def search(pruner: str, out: str, device: str, overrides: list[str]):
@@ -74,13 +82,16 @@ def what_early_epochs_predict(full: dict[str, list[float]], winner: str) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pruner", default="hyperband", choices=["hyperband", "median"])
+    parser.add_argument("--pruner", default="asha", choices=["asha", "hyperband", "median"])
+    parser.add_argument("--data", default="fashion_mnist", choices=["fashion_mnist", "procedural"])
+    parser.add_argument("--data-root", default=str(FASHION_MNIST), help="the Fashion-MNIST IDX files")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 4 points, 2 epochs on 256 images")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 points, 3 epochs on 256 images")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides for both searches")
     args = parser.parse_args()
     device = str(pick_device(args.device))
-    overrides = [*(QUICK if args.quick else []), *args.overrides]
+    data = [f"data={args.data}"] + ([f"data.root={args.data_root}"] if args.data == "fashion_mnist" else [])
+    overrides = [*data, *(QUICK if args.quick else []), *args.overrides]
     out = tempfile.mkdtemp(prefix="effscale-pruning-")
     full, full_best, full_study = search("none", out, device, overrides)
     pruned, pruned_best, _ = search(args.pruner, out, device, overrides)
