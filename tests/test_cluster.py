@@ -7,6 +7,7 @@ so that the tests prove who trained what, not how well.
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import subprocess
@@ -69,6 +70,14 @@ def running_after_a_complete(storage: str, name: str) -> list[optuna.trial.Froze
         return None
     states = Counter(t.state for t in trials if "point" in t.user_attrs and t.user_attrs.get("repeat_of") is None)
     return trials if states[TrialState.COMPLETE] >= 1 and states[TrialState.RUNNING] >= 1 else None
+
+
+def _just_started(trials: list[optuna.trial.FrozenTrial] | None, within_s: float = 2.0):
+    """The RUNNING trials of SLURM jobs that started less than `within_s` ago, newest first."""
+    now = datetime.datetime.now()
+    fresh = [t for t in trials or [] if t.state == TrialState.RUNNING and t.user_attrs.get("slurm_job")
+             and (now - t.datetime_start).total_seconds() < within_s]
+    return sorted(fresh, key=lambda t: t.datetime_start, reverse=True)
 
 
 def background_cli(*args: str) -> subprocess.Popen:
@@ -184,10 +193,14 @@ def test_two_slurm_jobs_on_postgres_train_each_point_once_with_logs_and_wandb_ru
         tmp_path, slurm_cluster, postgres_url):
     name = f"slurm-{uuid.uuid4().hex[:8]}"
     overrides = [*TINY, "logger=wandb"]
-    done = run_cli("search", *SLURM, "search.workers=2", f"search.storage={postgres_url}", *overrides,
-                   f"out={tmp_path}", f"name={name}", env={"WANDB_MODE": "offline"})
+    # The URL comes from the environment, so the password is in no override that Hydra prints or saves.
+    done = run_cli("search", *SLURM, "search.workers=2", "search.storage=${oc.env:EFFSCALE_STORAGE}", *overrides,
+                   f"out={tmp_path}", f"name={name}", env={"WANDB_MODE": "offline", "EFFSCALE_STORAGE": postgres_url})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     sweep = tmp_path / name
+    password = postgres_url.split(":")[2].split("@")[0]
+    assert f":{password}@" not in done.stdout + done.stderr
+    assert not [p for p in sweep.rglob("*") if p.is_file() and f":{password}@".encode() in p.read_bytes()]
     trials = study_trials(postgres_url, name)
     assert_each_point_once(sweep, trials)
     jobs = {t.user_attrs["slurm_job"] for t in trials if t.state == TrialState.COMPLETE}
@@ -208,8 +221,14 @@ def test_scancel_mid_trial_then_relaunch_finishes_the_grid_without_losing_or_rep
             f"name={name}"]
     search = background_cli("search", *args)
     try:
-        before = wait_for(lambda: running_after_a_complete(postgres_url, name), 240, "a trial to cancel", search)
-        victim = next(t for t in before if t.state == TrialState.RUNNING and t.user_attrs.get("slurm_job"))
+        # scancel sends SIGTERM, which submitit lets pass, and SIGKILL KillWait (5 s) later: cancel a trial
+        # that has just started (a LONGER trial takes over 10 s), so that it cannot finish in between.
+        def trial_to_cancel():
+            trials = running_after_a_complete(postgres_url, name)
+            return trials if _just_started(trials) else None
+
+        before = wait_for(trial_to_cancel, 240, "a trial to cancel", search)
+        victim = _just_started(before)[0]
         subprocess.run(["scancel", victim.user_attrs["slurm_job"].split(".")[0]], check=True)
         search.wait(timeout=240)
     finally:
