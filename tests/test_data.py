@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import FASHION_MNIST
 from effscale import data
 from effscale.data import (IDX_IMAGES, IDX_LABELS, TEXTURES, TensorBatchLoader, build_datamodule,
                            generate_procedural, read_idx, resize_uint8)
 from effscale.errors import UserError
 
-FASHION_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
 SMALL_PROCEDURAL = {"name": "procedural", "root": None, "train_size": 200, "val_size": 60, "test_size": 60,
                     "num_classes": 10, "in_channels": 3, "native_resolution": 64, "mean": [0.5] * 3,
                     "std": [0.18] * 3}
