@@ -79,17 +79,14 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from effscale.errors import UserError
+from effscale.train import available_cores
 
 # --- shared helpers -------------------------------------------------------------------------------
 
 
 def fitted_workers() -> int:
     """Loader processes for this machine: one per core this process may use, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
+    return max(1, min(8, available_cores()))
 
 
 def resize_uint8(images: torch.Tensor, resolution: int, chunk: int = 2048) -> torch.Tensor:

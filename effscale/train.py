@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -168,6 +169,7 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 
 
 def available_cores() -> int:
+    """The cores this process may use (its CPU affinity where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -303,7 +305,7 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
     # devices is reported to `report` once it has ended and is never pruned (the search refuses a
     # pruner with several devices).
     module = Classifier(network, recipe, None if spawned else report)
-    with tempfile.TemporaryDirectory(prefix="effscale-ranks-") as folder:
+    with tempfile.TemporaryDirectory(prefix="effscale-ranks-") if spawned else nullcontext() as folder:
         module.outcome_path = str(Path(folder) / "outcome.json") if spawned else None
         start = time.perf_counter()
         _interruptible(trainer, trainer.fit, module, datamodule=datamodule)

@@ -38,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from effscale import slurm
 from effscale.errors import UserError
 from effscale.search import Job, Search, fail_stale_trials
+from effscale.train import available_cores
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,8 +50,7 @@ SLURM_CHECK_S = 60.0  # how often a worker asks SLURM whether the jobs of RUNNIN
 
 def local_threads(workers: int) -> int:
     """Each of `workers` processes on this machine gets an equal share of its cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // workers)
+    return max(1, available_cores() // workers)
 
 
 # --- claims ---------------------------------------------------------------------------------------
