@@ -22,7 +22,8 @@ from typing import Callable  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-FASHION_MNIST = REPO.parent / "shared" / "data" / "fashion-mnist"
+# The real Fashion-MNIST files: $EFFSCALE_FASHION_MNIST (as for the tests), else ../shared/data beside the repository.
+FASHION_MNIST = Path(os.environ.get("EFFSCALE_FASHION_MNIST", REPO.parent / "shared" / "data" / "fashion-mnist"))
 
 
 def pick_device(name: str = "auto") -> torch.device:

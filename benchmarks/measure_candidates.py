@@ -4,7 +4,8 @@ The search measures every grid point before it trains any (the budget filter), s
 cost little next to training. Candidates: 100 points spread evenly over the compound grid at
 step 0.02 of the search's default ranges (α, β in [1, 2], α·β²·γ² = 2 ± 5 %), scaled from the quick
 sweep's baseline (EfficientNet-B0 at the data's 32 px), measured as `effscale search` does with
-`measure.measure_tables` (meta device; the memory estimate for the sweep's batch). Trial: one
+`measure.measure_tables` and the search's `measure_options` (meta device; the memory estimate for the
+sweep's batch, on CUDA too, since the quick sweep sets no memory budget). Trial: one
 `train.fit_candidate` of the paper's point (α 1.2, β 1.1, γ 1.15) with the quick sweep's recipe and
 data (`+sweep=quick`: 3 epochs of 3 000 procedural images, validation and test included).
 The 100 candidates are measured before and after the trial; the ratio uses the mean of the two.
@@ -28,6 +29,7 @@ from effscale.data import build_datamodule
 from effscale.measure import measure_table, measure_tables
 from effscale.models import build_model
 from effscale.scaling import compound_grid, compound_multipliers, scale_stage_table
+from effscale.search import measure_options
 from effscale.train import fit_candidate, set_threads
 
 
@@ -59,8 +61,7 @@ def main() -> None:
     data.setup()
     classes, channels = data.num_classes, data.in_channels
     tables = grid_tables(base, args.candidates)
-    options = dict(in_channels=channels, batch_size=int(data_cfg["batch_size"]), device=str(device),
-                   optimizer=recipe.get("optimizer", "sgd"))
+    options = measure_options(cfg, str(device), channels)
     build = lambda t: build_model(t, classes, channels)  # noqa: E731
     architectures = len({json.dumps({k: v for k, v in t.items() if k != "resolution" and not k.endswith("_mult")},
                                     sort_keys=True) for t in tables})

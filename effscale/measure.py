@@ -2,7 +2,8 @@
 
 Counting runs on PyTorch's meta device: modules and tensors carry shapes but no storage, so a
 B7 at 600 px is "run" in well under a second with no memory, and a search can afford to measure
-hundreds of candidates. Only latency (and peak memory on CUDA) need the real device.
+hundreds of candidates. Only latency, and peak memory measured on a CUDA device (`peak_on_device`),
+need the real device; peak memory is otherwise estimated from the same shapes.
 
 Units follow the paper: "FLOPs" there are multiply-adds; we report `macs` and `flops` = 2·MACs.
 
@@ -220,12 +221,14 @@ def count_training_forward(model: nn.Module, resolution: int, batch_size: int,
 
 def measure_table(table: dict[str, Any], build: Callable[[dict[str, Any]], nn.Module], *, in_channels: int = 3,
                   batch_size: int = 32, device: str = "cpu", memory: bool = True, latency: bool = False,
-                  optimizer: str = "sgd", name: str | None = None) -> Measurement:
-    """Measure the model a scaled stage table describes. `build(table)` must return the network."""
+                  optimizer: str = "sgd", name: str | None = None, peak_on_device: bool = True) -> Measurement:
+    """Measure the model a scaled stage table describes. `build(table)` must return the network.
+    On CUDA, peak memory is one real training step's (`peak_on_device`, about 0.4 s a model on an
+    H100) or, with peak_on_device=False, the shape estimate used on CPU."""
     with torch.device("meta"):
         meta_model = build(table)
     return _measure_built(meta_model, table, build, in_channels=in_channels, batch_size=batch_size, device=device,
-                          memory=memory, latency=latency, optimizer=optimizer, name=name)
+                          memory=memory, latency=latency, optimizer=optimizer, name=name, peak_on_device=peak_on_device)
 
 
 # Keys `scale_stage_table` records about how a table was scaled; the builder reads none of them, and
@@ -258,13 +261,15 @@ def measure_tables(tables: Sequence[dict[str, Any]], build: Callable[[dict[str, 
 
 def _measure_built(meta_model: nn.Module, table: dict[str, Any], build: Callable[[dict[str, Any]], nn.Module], *,
                    in_channels: int = 3, batch_size: int = 32, device: str = "cpu", memory: bool = True,
-                   latency: bool = False, optimizer: str = "sgd", name: str | None = None) -> Measurement:
+                   latency: bool = False, optimizer: str = "sgd", name: str | None = None,
+                   peak_on_device: bool = True) -> Measurement:
     resolution = int(table["resolution"])
-    count_batch = batch_size if memory and not device.startswith("cuda") else 1
+    on_device = memory and peak_on_device and device.startswith("cuda")
+    count_batch = batch_size if memory and not on_device else 1
     macs, activations, saved_bytes = count_training_forward(meta_model, resolution, count_batch, in_channels)
     peak = None
     if memory:
-        if device.startswith("cuda"):
+        if on_device:
             peak = cuda_peak_train_mb(lambda: build(table), resolution, batch_size, in_channels, device)
         else:
             peak = _peak_train_mb(meta_model, saved_bytes, resolution, batch_size, in_channels, optimizer)

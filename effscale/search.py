@@ -177,6 +177,18 @@ def make_sampler(kind: str, points: list[str], seed: int) -> optuna.samplers.Bas
     raise UserError(f"search.sampler={kind}: expected grid or tpe")
 
 
+def measure_options(cfg: dict[str, Any], device: str, in_channels: int) -> dict[str, Any]:
+    """How a search measures its candidates (`measure.measure_table` keywords): at the sweep's batch
+    size, and on the device only for what a budget bounds. Latency is timed only under
+    `budget.max_latency_ms`; peak memory is a real training step on CUDA only under
+    `budget.max_peak_mem_mb`, and otherwise the shape estimate (milliseconds, not a CUDA step per model)."""
+    budget = cfg.get("budget") or {}
+    return dict(in_channels=in_channels, batch_size=int(cfg["data"]["batch_size"]), device=device,
+                latency=budget.get("max_latency_ms") is not None,
+                peak_on_device=budget.get("max_peak_mem_mb") is not None,
+                optimizer=(cfg.get("trainer") or {}).get("optimizer", "sgd"))
+
+
 def make_pruner(kind: str, max_epochs: int, reduction_factor: int = 3) -> optuna.pruners.BasePruner:
     """Optuna's pruner for `search.pruner`; the resource is the epoch. `asha` is asynchronous successive
     halving (Li et al., "A System for Massively Parallel Hyperparameter Tuning", 2020): a trial goes on
@@ -316,9 +328,7 @@ class Search:
         def build(table: dict[str, Any]) -> Any:
             return build_model(table, classes, channels)
 
-        options = dict(in_channels=channels, batch_size=int(data_cfg["batch_size"]), device=self.device,
-                       latency=self.budget.get("max_latency_ms") is not None,
-                       optimizer=self.recipe.get("optimizer", "sgd"))
+        options = measure_options(self.cfg, self.device, channels)
         base = measure_table(self.baseline, build, **options)
         check_baseline_budget(base, self.budget)
         # One model per architecture, one count per (architecture, input size): grid points often share them.

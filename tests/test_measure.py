@@ -95,3 +95,22 @@ def test_measure_tables_counts_a_repeated_architecture_and_size_once():
     first, second = measure_tables([table, twin], build, batch_size=8)
     assert len(calls) == 1
     assert second.width_mult == 1.104 and {**first.as_dict(), "width_mult": 1.104} == second.as_dict()
+
+
+@pytest.mark.parametrize("budget_mb, on_device", [(None, False), (4096, True)])
+def test_a_search_measures_peak_memory_on_cuda_only_under_a_memory_budget(monkeypatch, budget_mb, on_device):
+    from effscale import measure
+    from effscale.search import measure_options
+
+    steps = []
+    monkeypatch.setattr(measure, "cuda_peak_train_mb", lambda *args, **kw: steps.append(args) or 123.0)
+    cfg = {"data": {"batch_size": 16}, "trainer": {"optimizer": "adamw"},
+           "budget": {"max_peak_mem_mb": budget_mb, "max_latency_ms": None}}
+    options = measure_options(cfg, "cuda", 3)
+    assert options["peak_on_device"] is on_device and options["latency"] is False
+    table = baseline("efficientnet_b0") | {"resolution": 32}
+    cuda = measure_table(table, lambda t: build_model(t, 10), **options)
+    estimate = measure_table(table, lambda t: build_model(t, 10), **(options | {"device": "cpu"}))
+    assert len(steps) == int(on_device)
+    assert cuda.peak_mem_mb == (123.0 if on_device else estimate.peak_mem_mb)
+    assert {**cuda.as_dict(), "peak_mem_mb": 0} == {**estimate.as_dict(), "peak_mem_mb": 0}
