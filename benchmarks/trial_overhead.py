@@ -6,7 +6,8 @@ default loggers (W&B offline and CSV), Lightning's `fit` with validation each ep
 results row in trials.csv. The search's one-off setup (measuring the grid, opening the study) is timed
 and printed apart.
 
-Bare loop: the same network (`build_model`, the recipe's initialisation, channels_last), data module and batches, the recipe's
+Bare loop: the same network (`build_model`, the recipe's initialisation, channels_last, bf16 autocast on a
+CUDA device as the trial's `precision: auto`), data module and batches, the recipe's
 optimizer (AdamW, or SGD with Nesterov momentum) with weight decay on weights only, warmup-cosine
 schedule per step, label smoothing, validation accuracy each epoch, test accuracy at the end. Same
 seed, threads and epochs.
@@ -66,6 +67,13 @@ def bare_trial(table: dict, data, recipe: dict, seed: int, device: torch.device)
     total = max(1, per_epoch * epochs)
     warmup = min(total - 1, int(float(recipe["warmup_epochs"]) * total / epochs))
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total))
+    # the trial's precision: bf16 autocast on a CUDA device that has it, as Lightning's bf16-mixed
+    precision = train._precision(str(device), str(recipe.get("precision", "auto")))
+    if precision not in ("32-true", "bf16-mixed"):
+        raise SystemExit(f"the bare loop runs 32-true or bf16-mixed, not {precision}")
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
     def accuracy(loader, limit_batches=None) -> float:
         model.eval()
@@ -75,7 +83,8 @@ def bare_trial(table: dict, data, recipe: dict, seed: int, device: torch.device)
                 if limit_batches and i >= limit_batches:
                     break
                 x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
-                correct += int((model(x).argmax(1) == y).sum())
+                with autocast():
+                    correct += int((model(x).argmax(1) == y).sum())
                 seen += len(y)
         return correct / max(seen, 1)
 
@@ -86,7 +95,8 @@ def bare_trial(table: dict, data, recipe: dict, seed: int, device: torch.device)
             if i >= per_epoch:
                 break
             x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
-            loss = loss_fn(model(x), y)
+            with autocast():
+                loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -41,6 +41,9 @@ for _message in (r".*does not have many workers.*", r".*`srun` command is availa
 Report = Callable[[int, float], bool]
 
 
+NONFINITE_CHECK_EVERY = 16
+
+
 class Classifier(L.LightningModule):
     """A network from `build_model` trained for classification with the sweep's recipe."""
 
@@ -56,6 +59,8 @@ class Classifier(L.LightningModule):
         self.failure: str | None = None
         self.pruned = False
         self._correct = self._seen = 0
+        self._finite: Tensor | None = None  # no non-finite loss since the last check
+        self.nonfinite_check_every: int | None = None  # steps between checks; None: by device
         # Under DDP the ranks are spawned processes: rank 0 writes what the trial measured here, and
         # the process that launched them reads it back (see `fit_candidate`).
         self.outcome_path: str | None = None
@@ -69,24 +74,41 @@ class Classifier(L.LightningModule):
         x, y = batch
         loss = self.loss(self(x), y)
         finite = torch.isfinite(loss)
-        if self.trainer.world_size > 1:  # every rank must stop at the same step, or DDP waits forever
-            finite = self.trainer.strategy.reduce(finite.float(), reduce_op="min") > 0
-        if not finite:
+        self._finite = finite if self._finite is None else self._finite & finite
+        # Reading a GPU value waits for the GPU to finish, so on CUDA the check is made every
+        # NONFINITE_CHECK_EVERY steps (a diverged run trains a few steps more); on a CPU every step.
+        every = self.nonfinite_check_every or (1 if self.device.type == "cpu" else NONFINITE_CHECK_EVERY)
+        if batch_idx % every == 0 and not self._all_finite():
             # A diverged run cannot recover; stop now rather than spend the rest of its epochs.
-            self.failure = f"loss is {loss.item()} at epoch {self.current_epoch} step {batch_idx}"
+            value = loss.item()
+            self.failure = (f"loss is {value if not math.isfinite(value) else 'not finite'} "
+                            f"at epoch {self.current_epoch} step {batch_idx}")
             self.trainer.should_stop = True
             return None
         self.log("train_loss", loss, on_step=False, on_epoch=True)
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        if self._finite is not None and not self._all_finite():
+            self.failure = f"loss is not finite in the last steps of epoch {self.current_epoch}"
+            self.trainer.should_stop = True
+
+    def _all_finite(self) -> bool:
+        """Whether every loss since the last check was finite, on every DDP rank."""
+        finite, self._finite = self._finite, None
+        if self.trainer.world_size > 1:  # every rank must stop at the same step, or DDP waits forever
+            finite = self.trainer.strategy.reduce(finite.float(), reduce_op="min") > 0
+        return bool(finite)
+
     def _count(self, batch: tuple[Tensor, Tensor]) -> None:
         x, y = batch
-        self._correct += int((self(x).argmax(1) == y).sum())
+        self._correct = self._correct + (self(x).argmax(1) == y).sum()  # a tensor: no wait for the GPU per batch
         self._seen += len(y)
 
     def _accuracy(self) -> float:
         """Accuracy over the whole split: each DDP rank counted its own shard."""
-        counts = torch.tensor([self._correct, self._seen], dtype=torch.float64, device=self.device)
+        counts = torch.stack([torch.as_tensor(n, dtype=torch.float64, device=self.device)
+                              for n in (self._correct, self._seen)])
         if self.trainer.world_size > 1:
             counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         self._correct = self._seen = 0

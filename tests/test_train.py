@@ -1,0 +1,49 @@
+"""The training module's own checks: a diverged loss stops the trial, however often it is read."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from effscale.data import build_datamodule
+from effscale.train import Classifier, make_trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_ddp import DATA, _tiny_network  # noqa: E402
+
+RECIPE = {"max_epochs": 2, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0, "warmup_epochs": 0,
+          "threads": 1, "devices": 1, "progress": False, "channels_last": True}
+
+
+class NaNFrom(nn.Module):
+    """The network, with NaN logits from its `step`-th training forward pass (0-based) on."""
+
+    def __init__(self, network: nn.Module, step: int) -> None:
+        super().__init__()
+        self.network, self.step, self.calls = network, step, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.network(x)
+        if self.training:
+            self.calls += 1
+            if self.calls > self.step:
+                out = out * float("nan")
+        return out
+
+
+@pytest.mark.parametrize("nan_from, every, failure, steps", [
+    (1, None, "loss is nan at epoch 0 step 1", 2),                   # CPU: every step is checked
+    (1, 4, "loss is nan at epoch 0 step 4", 5),                      # as on CUDA: at the next check
+    (5, 4, "loss is not finite in the last steps of epoch 0", 8),    # after the epoch's last check
+])
+def test_a_non_finite_loss_fails_the_trial_at_the_next_check(nan_from, every, failure, steps):
+    data = build_datamodule(DATA, resolution=16, batch_size=16)  # 8 steps an epoch
+    module = Classifier(NaNFrom(_tiny_network(), nan_from), RECIPE)
+    module.nonfinite_check_every = every
+    make_trainer(RECIPE).fit(module, datamodule=data)
+    assert module.failure == failure
+    assert module.network.calls == steps  # the trial stopped there, not at the end of its 2 epochs
