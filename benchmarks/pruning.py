@@ -148,8 +148,9 @@ def main() -> None:
     what_early_epochs_predict(full_curves, full_best["point"])
     orders = 100
     kept = other_orders(full_curves, full_best["point"], args.pruner, args.reduction_factor, orders)
-    runner_up = max((c[-1] for p, c in full_curves.items() if c[-1] < full_curves[full_best["point"]][-1]), default=0.0)
-    log(f"  the full grid's winner leads the next best point by {full_best['val_acc'] - runner_up:.4f}")
+    best_acc = full_curves[full_best["point"]][-1]
+    runner_up = max((c[-1] for c in full_curves.values() if c[-1] < best_acc), default=0.0)
+    log(f"  the full grid's winner leads the next best point by {best_acc - runner_up:.4f}")
     same = pruned_best is not None and pruned_best["point"] == full_best["point"]
     epochs = pruned["epochs"].sum() / full["epochs"].sum()
     seconds = pruned["train_seconds"].sum() / full["train_seconds"].sum()
