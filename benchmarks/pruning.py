@@ -31,6 +31,7 @@ pruner can keep it (benchmarks/README.md).
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import tempfile
@@ -65,7 +66,7 @@ def search(pruner: str, out: str, device: str, overrides: list[str]):
     trained = table[table["state"].isin(["COMPLETE", "PRUNED"])]
     complete = trained[trained["state"] == "COMPLETE"]
     best = complete.loc[complete["val_acc"].idxmax()] if len(complete) else None
-    return trained, best, run.study
+    return trained, best, run.study, cfg
 
 
 def curves(study) -> dict[str, list[float]]:
@@ -103,19 +104,24 @@ def replay(full: dict[str, list[float]], order: list[str], pruner: str, reductio
 
 
 def other_orders(full: dict[str, list[float]], winner: str, pruner: str, reduction_factor: int,
-                 orders: int = 100) -> int:
+                 standard_error: float, orders: int = 100) -> int:
     """An asynchronous pruner's choices depend on the order trials arrive in (the first trials at a rung
     have nobody to lose to), so the grid order is one draw: replay the pruner on `orders` shuffles and
-    return in how many it kept the winner."""
+    return in how many it kept the winner. Also printed: its regret, how far below the winner the point
+    it kept finished, and how often that is within one standard error of a validation accuracy."""
     rng = random.Random(0)
     total = sum(len(c) for c in full.values())
-    kept, compute = 0, []
+    kept, near, compute, regret = 0, 0, [], []
     for _ in range(orders):
         spent, best = replay(full, rng.sample(list(full), len(full)), pruner, reduction_factor)
-        kept += full[best][-1] == full[winner][-1]  # an identical network at the same size ties
+        regret.append(full[winner][-1] - full[best][-1])
+        kept += regret[-1] == 0  # an identical network at the same size ties
+        near += regret[-1] <= standard_error
         compute.append(spent / total)
     log(f"  {pruner} replayed on the full grid's curves in {orders} random trial orders: same winner in {kept}, "
         f"compute {statistics.mean(compute):.2f} on average ({min(compute):.2f}-{max(compute):.2f})")
+    log(f"  regret (the winner's val_acc minus the kept point's): {statistics.mean(regret):.4f} on average, "
+        f"{max(regret):.4f} at most; within one standard error ({standard_error:.4f}) in {near} of {orders}")
     return kept
 
 
@@ -136,8 +142,8 @@ def main() -> None:
     overrides = [*data, *(QUICK if args.quick else []), *args.overrides]
     out = args.out or tempfile.mkdtemp(prefix="effscale-pruning-")
     log(f"  searches in {out}")
-    full, full_best, full_study = search("none", out, device, overrides)
-    pruned, pruned_best, _ = search(args.pruner, out, device, [*overrides, f"search.reduction_factor={args.reduction_factor}"])
+    full, full_best, full_study, cfg = search("none", out, device, overrides)
+    pruned, pruned_best, _, _ = search(args.pruner, out, device, [*overrides, f"search.reduction_factor={args.reduction_factor}"])
     for name, trained, best in (("full grid", full, full_best), (f"{args.pruner}", pruned, pruned_best)):
         states = trained["state"].value_counts().to_dict()
         log(f"  {name:10s} {len(trained)} trials {states}: {int(trained['epochs'].sum())} epochs, "
@@ -147,8 +153,9 @@ def main() -> None:
     full_curves = curves(full_study)
     what_early_epochs_predict(full_curves, full_best["point"])
     orders = 100
-    kept = other_orders(full_curves, full_best["point"], args.pruner, args.reduction_factor, orders)
     best_acc = full_curves[full_best["point"]][-1]
+    standard_error = math.sqrt(best_acc * (1 - best_acc) / int(cfg["data"]["val_size"]))
+    kept = other_orders(full_curves, full_best["point"], args.pruner, args.reduction_factor, standard_error, orders)
     runner_up = max((c[-1] for c in full_curves.values() if c[-1] < best_acc), default=0.0)
     log(f"  the full grid's winner leads the next best point by {best_acc - runner_up:.4f}")
     same = pruned_best is not None and pruned_best["point"] == full_best["point"]
