@@ -17,12 +17,12 @@ and the verdict asks for the same winner in grid order and in at least 90 of the
 
 Default: real Fashion-MNIST (the files in ../shared/data, $EFFSCALE_FASHION_MNIST, or --data-root),
 EfficientNet-B0 at half width and depth on 12 px images, the φ = 1 grid α ∈ [1, 2], β ∈ [1, 1.4] at
-step 0.1 with every point within the MACs check trained (25 points), 9 epochs of 2,000 images in
-batches of 32, 2,000 for validation. `--data procedural` runs the same grid on the embedded data. It
+step 0.1 with every point within the MACs check trained (25 points), 9 epochs of 8,000 images in
+batches of 128, 5,000 for validation. `--data procedural` runs the same grid on the embedded data. It
 also prints how early the full grid's winner leads and by how much it wins, which decide whether any
 pruner can keep it (benchmarks/README.md).
 
-    .venv/bin/python benchmarks/pruning.py                      # ~60-80 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/pruning.py                      # ~100 minutes on 2 CPU cores
     .venv/bin/python benchmarks/pruning.py --out DIR            # resumable: a rerun trains only what is missing
     .venv/bin/python benchmarks/pruning.py --pruner hyperband --reduction-factor 4
     .venv/bin/python benchmarks/pruning.py --quick              # half a minute: 4 points, 3 epochs on 256 images
@@ -44,13 +44,14 @@ from effscale.commands import model_table
 from effscale.config import compose, to_dict
 from effscale.search import Search, make_pruner
 
-# A wide MACs check (2x ± 100 %) keeps every point of the grid, so a pruner has points to drop. Batches
-# of 32 (62 steps an epoch) and a short warm-up leave chance within the first epoch; with 31 steps of 64
-# every point was still at chance after it, and the first rung ranked noise (benchmarks/README.md).
+# A wide MACs check (2x ± 100 %) keeps every point of the grid, so a pruner has points to drop. 62 steps
+# an epoch and a short warm-up leave chance within the first epoch (with 31 steps of 64 every point was
+# still at chance after it, and the first rung ranked noise); batches of 128 cost ~1.7x a batch of 32 at
+# these sizes, so 8,000 images an epoch cost 1.4x 2,000 and smooth the curves (benchmarks/README.md).
 SETTINGS = ["logger=csv", "trainer.progress=false", "search.top_k=0", "search.extra_seeds=0",
             "budget.macs_tolerance=1.0", "scale.width=0.5", "scale.depth=0.5", "data.resolution=12",
             "search.grid={alpha:[1.0,2.0],beta:[1.0,1.4],step:0.1}", "trainer.max_epochs=9",
-            "data.train_size=2000", "data.val_size=2000", "data.batch_size=32",
+            "data.train_size=8000", "data.val_size=5000", "data.batch_size=128",
             "baseline.dropout=0.0", "baseline.stochastic_depth=0.0", "trainer.warmup_epochs=0.2"]
 QUICK = ["trainer.max_epochs=3", "data.train_size=256", "data.val_size=128",
          "search.grid={alpha:[1.0,1.2],beta:[1.0,1.2],step:0.2}"]
