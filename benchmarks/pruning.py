@@ -25,7 +25,7 @@ pruner can keep it (benchmarks/README.md).
     .venv/bin/python benchmarks/pruning.py                      # ~100 minutes on 2 CPU cores
     .venv/bin/python benchmarks/pruning.py --out DIR            # resumable: a rerun trains only what is missing
     .venv/bin/python benchmarks/pruning.py --pruner hyperband --reduction-factor 4
-    .venv/bin/python benchmarks/pruning.py --quick              # half a minute: 4 points, 3 epochs on 256 images
+    .venv/bin/python benchmarks/pruning.py --quick              # about a minute: 4 points, 3 epochs on 256 images
 """
 
 from __future__ import annotations
