@@ -280,7 +280,8 @@ def search_until(out: Path, name: str, complete: int, sig: int, extra: tuple[str
     sweep = out / name
     process = subprocess.Popen([sys.executable, "-m", "effscale.cli", "search", *TINY_SEARCH, f"out={out}",
                                 f"name={name}", *extra], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, **QUIET_ENV})
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, **QUIET_ENV},
+                               preexec_fn=hear_ctrl_c)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and process.poll() is None:
@@ -295,6 +296,13 @@ def search_until(out: Path, name: str, complete: int, sig: int, extra: tuple[str
         if process.poll() is None:
             process.kill()
     return process.returncode, stderr, trials(sweep)
+
+
+def hear_ctrl_c() -> None:
+    """In the child, before it starts: Ctrl-C's default action, as in a terminal. A shell that starts a
+    command in the background (`make test &`, some CI runners) has it ignored, and the child's Python
+    would then never raise KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def trial_states(db: Path) -> list[str]:
