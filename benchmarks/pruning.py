@@ -19,8 +19,10 @@ Default: real Fashion-MNIST (the files in ../shared/data, $EFFSCALE_FASHION_MNIS
 EfficientNet-B0 at half width and depth on 12 px images, the φ = 1 grid α ∈ [1, 2], β ∈ [1, 1.4] at
 step 0.1 with every point within the MACs check trained (25 points), 9 epochs of 8,000 images in
 batches of 128, 5,000 for validation. `--data procedural` runs the same grid on the embedded data. It
-also prints how early the full grid's winner leads and by how much it wins, which decide whether any
-pruner can keep it (benchmarks/README.md).
+also prints how early the full grid's winner leads, by how much it wins, how well each epoch ranks the
+points, and what synchronous successive halving could spend on these curves and still keep the winner,
+down to the cheapest schedule of any rungs: that decides whether any pruner can meet the target
+(benchmarks/README.md).
 
     .venv/bin/python benchmarks/pruning.py                      # ~100 minutes on 2 CPU cores
     .venv/bin/python benchmarks/pruning.py --out DIR            # resumable: a rerun trains only what is missing
@@ -31,6 +33,7 @@ pruner can keep it (benchmarks/README.md).
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import random
 import statistics
@@ -38,6 +41,7 @@ import tempfile
 
 import _timing  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 import optuna
+import pandas as pd
 
 from _timing import FASHION_MNIST, log, pick_device, verdict
 from effscale.commands import model_table
@@ -81,6 +85,50 @@ def what_early_epochs_predict(full: dict[str, list[float]], winner: str) -> None
     epochs = min(len(c) for c in full.values())
     ranks = [sorted(full, key=lambda p: -full[p][e]).index(winner) + 1 for e in range(epochs)]
     log(f"  the full grid's winner ranks {ranks} of {len(full)} after epochs 1..{epochs}")
+
+
+def rank_correlation(full: dict[str, list[float]]) -> None:
+    """How well each epoch's validation accuracy orders the points as the last epoch does (Spearman)."""
+    epochs = min(len(c) for c in full.values())
+    frame = pd.DataFrame({e + 1: [full[p][e] for p in full] for e in range(epochs)}).rank()
+    log("  rank correlation of each epoch's val_acc with the last epoch's: "
+        + ", ".join(f"{e} {frame[e].corr(frame[epochs]):.2f}" for e in frame))
+
+
+def halving(full: dict[str, list[float]], rungs: tuple[int, ...], keep: tuple[int, ...]) -> tuple[float, float]:
+    """Synchronous successive halving on the full grid's curves: every point trains to the first rung,
+    the best keep[i] at rung i go on to the next, the last ones to the end. Independent of trial order.
+    Returns the share of the full grid's epochs it spends and the best final accuracy it keeps."""
+    epochs = max(len(c) for c in full.values())
+    alive, spent, trained = list(full), 0, 0
+    for rung, k in zip(rungs, keep):
+        spent += len(alive) * (rung - trained)
+        alive, trained = sorted(alive, key=lambda p: -full[p][rung - 1])[:k], rung
+    spent += len(alive) * (epochs - trained)
+    return spent / (len(full) * epochs), max(full[p][-1] for p in alive)
+
+
+def schedules(full: dict[str, list[float]], best: float) -> None:
+    """What successive halving could do on these curves at all: the usual geometric rungs (first rung
+    r0, then r0·η, r0·η², …, the best 1/η going on), and the cheapest schedule of one or two rungs,
+    placed anywhere with any number kept, that keeps the winner: a bound no pruner can beat by
+    ranking points on their validation accuracy so far, and one only someone who knows the
+    answer could pick."""
+    epochs, n = max(len(c) for c in full.values()), len(full)
+    results = []
+    for r0, eta in itertools.product((1, 2, 3), (2, 3, 4)):
+        rungs = tuple(r for r in (r0 * eta**i for i in range(epochs)) if r < epochs)
+        share, kept = halving(full, rungs, tuple(max(1, n // eta ** (i + 1)) for i in range(len(rungs))))
+        results.append(f"r0={r0} η={eta} {share:.2f} {'yes' if kept == best else 'no'}")
+    log("  synchronous successive halving (first rung r0, factor η): compute, same winner: " + "; ".join(results))
+    cheapest = min(((halving(full, rungs, keep)[0], rungs, keep)
+                    for count in (1, 2) for rungs in itertools.combinations(range(1, epochs), count)
+                    for keep in itertools.combinations(range(n - 1, 0, -1), count)
+                    if halving(full, rungs, keep)[1] == best), default=None)
+    if cheapest:
+        share, rungs, keep = cheapest
+        log(f"  the cheapest successive halving that keeps the winner, rungs chosen knowing it: compute {share:.2f}, "
+            f"rungs at epochs {', '.join(map(str, rungs))}, keeping {', '.join(map(str, keep))}")
 
 
 def replay(full: dict[str, list[float]], order: list[str], pruner: str, reduction_factor: int) -> tuple[int, str]:
@@ -153,6 +201,8 @@ def main() -> None:
         f"{p} {v:.3f}" for p, v in full.sort_values("val_acc", ascending=False)[["point", "val_acc"]].values))
     full_curves = curves(full_study)
     what_early_epochs_predict(full_curves, full_best["point"])
+    rank_correlation(full_curves)
+    schedules(full_curves, full_curves[full_best["point"]][-1])
     orders = 100
     best_acc = full_curves[full_best["point"]][-1]
     standard_error = math.sqrt(best_acc * (1 - best_acc) / int(cfg["data"]["val_size"]))
