@@ -225,8 +225,9 @@ class Comparison:
     def plan(self) -> list[ScaledModel]:
         """Every model of the comparison with its measured cost; nothing is trained or written."""
         from effscale.data import build_datamodule
-        from effscale.measure import measure_table
+        from effscale.measure import measure_tables
         from effscale.models import build_model
+        from effscale.search import measure_options
         from effscale.train import set_threads
 
         set_threads(self.recipe.get("threads"))
@@ -242,10 +243,11 @@ class Comparison:
         multiple = int((self.cfg.get("scale") or {}).get("resolution_multiple") or 1)
         self.models = [m for phi in self.phis for m in matched_models(
             self.baseline, self.strategies, phi, self.alpha, self.beta, self.gamma, counter, self.tolerance, multiple)]
-        self.costs = {id(m): measure_table(m.table, build, in_channels=channels,
-                                           batch_size=int(data_cfg["batch_size"]), device=self.device,
-                                           optimizer=self.recipe.get("optimizer", "sgd"))
-                      for m in self.models}
+        # Measured as a search measures its grid: one count per architecture and input size, peak memory
+        # a real CUDA step only when the budget bounds it.
+        options = measure_options({**self.cfg, "trainer": self.recipe}, self.device, channels)
+        costs = measure_tables([m.table for m in self.models], build, **options)
+        self.costs = {id(m): cost for m, cost in zip(self.models, costs)}
         return self.models
 
     def describe_plan(self) -> str:
