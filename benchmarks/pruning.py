@@ -80,11 +80,18 @@ def curves(study) -> dict[str, list[float]]:
             for t in study.get_trials() if t.state.name == "COMPLETE" and "point" in t.user_attrs}
 
 
-def what_early_epochs_predict(full: dict[str, list[float]], winner: str) -> None:
-    """How early the full grid's winner leads."""
+def what_early_epochs_predict(full: dict[str, list[float]], winner: str, val_size: int) -> None:
+    """How early the full grid's winner leads, and how far behind the leader it is before that, in
+    standard errors of the leader's accuracy on `val_size` images: a gap of many is a real difference
+    between the networks at that epoch, not the validation sample's noise."""
     epochs = min(len(c) for c in full.values())
     ranks = [sorted(full, key=lambda p: -full[p][e]).index(winner) + 1 for e in range(epochs)]
     log(f"  the full grid's winner ranks {ranks} of {len(full)} after epochs 1..{epochs}")
+    gaps = []
+    for e in range(epochs):
+        leader = max(c[e] for c in full.values())
+        gaps.append((leader - full[winner][e]) / math.sqrt(leader * (1 - leader) / val_size))
+    log("  ... behind the leader by " + ", ".join(f"{g:.1f}" for g in gaps) + " standard errors")
 
 
 def rank_correlation(full: dict[str, list[float]]) -> None:
@@ -200,7 +207,7 @@ def main() -> None:
     log("  full grid, val_acc by point: " + ", ".join(
         f"{p} {v:.3f}" for p, v in full.sort_values("val_acc", ascending=False)[["point", "val_acc"]].values))
     full_curves = curves(full_study)
-    what_early_epochs_predict(full_curves, full_best["point"])
+    what_early_epochs_predict(full_curves, full_best["point"], int(cfg["data"]["val_size"]))
     rank_correlation(full_curves)
     schedules(full_curves, full_curves[full_best["point"]][-1])
     orders = 100
