@@ -53,7 +53,7 @@ class Candidate:
     macs_ratio: float = float("nan")
     reasons: list[str] = field(default_factory=list)
     # Optuna's constraint convention: one value per budget, feasible when every value is <= 0.
-    constraints: list[float] = field(default_factory=list)
+    constraints: dict[str, float] = field(default_factory=dict)
 
     @property
     def point(self) -> str:
@@ -98,11 +98,11 @@ def judge(candidate: Candidate, cost: Measurement, base: Measurement, budget: di
     candidate.macs_ratio = cost.macs / base.macs
     target, tolerance = 2.0 ** candidate.phi, float(budget["macs_tolerance"])
     off = abs(candidate.macs_ratio / target - 1)
-    candidate.constraints = [off - tolerance]
+    candidate.constraints = {"macs_ratio": off - tolerance}
     if off > tolerance:
         candidate.reasons.append(f"MACs ratio {candidate.macs_ratio:.2f} is outside {target:g} ± {tolerance:.0%}")
     for key, value, unit in _budget_terms(cost, budget):
-        candidate.constraints.append(value - budget[key])
+        candidate.constraints[key] = value - budget[key]
         if value > budget[key]:
             candidate.reasons.append(f"{_number(value)} {unit} > budget.{key}={_number(budget[key])}")
 
@@ -172,8 +172,8 @@ def make_sampler(kind: str, points: list[str], seed: int) -> optuna.samplers.Bas
     if kind == "grid":
         return FeasibleGridSampler({"point": points}, seed=seed)
     if kind == "tpe":
-        # Constraints are recorded per trial (user attribute) in Optuna's convention, <= 0 feasible.
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=lambda t: t.user_attrs.get("constraints", [0.0]))
+        # TPE reads each trial's constraints (Trial.set_constraint, <= 0 feasible), which `train` records.
+        return optuna.samplers.TPESampler(seed=seed)
     raise UserError(f"search.sampler={kind}: expected grid or tpe")
 
 
@@ -504,9 +504,10 @@ class Search:
         row = candidate_row(c, self.context) | {"seed": seed, "epochs": None}
         for key, value in row.items():
             trial.set_user_attr(key, value)
-        for key, value in {"constraints": c.constraints, "host": socket.gethostname(), "pid": os.getpid(),
-                           "heartbeat": time.time()}.items():
+        for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}.items():
             trial.set_user_attr(key, value)
+        for key, value in c.constraints.items():
+            trial.set_constraint(key, value)
         pruning = self.opts.get("pruner") not in (None, "none")
 
         def report(epoch: int, val_acc: float) -> bool:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import optuna
 import pandas as pd
@@ -79,7 +80,7 @@ def test_study_records_each_trial_point_seed_and_constraints(tiny_table):
     assert {t.system_attrs["grid_id"] for t in done} == set(range(feasible))  # a grid over the feasible set
     for t in done:
         assert t.params["point"] == t.user_attrs["point"]
-        assert all(c <= 0 for c in t.user_attrs["constraints"])  # Optuna's convention: <= 0 is feasible
+        assert "macs_ratio" in t.constraints and all(c <= 0 for c in t.constraints.values())  # <= 0: feasible
         row = table[(table["point"] == t.user_attrs["point"]) & (table["seed"] == t.user_attrs["seed"])]
         assert row["trial"].item() == t.number and row["val_acc"].item() == pytest.approx(t.value)
 
@@ -244,10 +245,15 @@ def test_asha_stops_a_trial_at_epochs_1_3_9_unless_it_is_in_the_best_third_so_fa
 
 
 def test_tpe_trains_n_trials_distinct_feasible_points(tmp_path):
-    table = tiny_search(tmp_path, "search=tpe", "search.n_trials=3", name="tpe")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "`constraints_func`", FutureWarning)  # deprecated in Optuna 5
+        table = tiny_search(tmp_path, "search=tpe", "search.n_trials=3", name="tpe")
     trained = table[table["state"] == "COMPLETE"]
     assert len(trained) == trained["point"].nunique() == 3
     assert trained["feasible"].all()
+    study = optuna.load_study(study_name="tpe", storage=f"sqlite:///{tmp_path / 'tpe' / 'study.db'}")
+    ran = [t for t in study.trials if t.state.name == "COMPLETE" and t.user_attrs.get("repeat_of") is None]
+    assert len(ran) == 3 and all(0 >= max(t.constraints.values()) for t in ran)  # what TPE reads
 
 
 def test_journal_storage_url(tmp_path):
