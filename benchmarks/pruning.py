@@ -27,6 +27,7 @@ down to the cheapest schedule of any rungs: that decides whether any pruner can 
     .venv/bin/python benchmarks/pruning.py                      # ~100 minutes on 2 CPU cores
     .venv/bin/python benchmarks/pruning.py --out DIR            # resumable: a rerun trains only what is missing
     .venv/bin/python benchmarks/pruning.py --pruner hyperband --reduction-factor 4
+    .venv/bin/python benchmarks/pruning.py --min-epochs 2          # the first rung at epoch 2, not 1
     .venv/bin/python benchmarks/pruning.py --quick              # about a minute: 4 points, 3 epochs on 256 images
 """
 
@@ -61,8 +62,8 @@ QUICK = ["trainer.max_epochs=3", "data.train_size=256", "data.val_size=128",
          "search.grid={alpha:[1.0,1.2],beta:[1.0,1.2],step:0.2}"]
 
 
-def search(pruner: str, out: str, device: str, overrides: list[str]):
-    cfg = to_dict(compose("search", [*SETTINGS, *overrides, f"out={out}", f"name={pruner}",
+def search(pruner: str, out: str, device: str, overrides: list[str], name: str | None = None):
+    cfg = to_dict(compose("search", [*SETTINGS, *overrides, f"out={out}", f"name={name or pruner}",
                                      f"search.pruner={pruner}", f"device={device}"]))
     run = Search(cfg, model_table(cfg), device, say=lambda _line: None)
     run.plan()
@@ -138,12 +139,13 @@ def schedules(full: dict[str, list[float]], best: float) -> None:
             f"rungs at epochs {', '.join(map(str, rungs))}, keeping {', '.join(map(str, keep))}")
 
 
-def replay(full: dict[str, list[float]], order: list[str], pruner: str, reduction_factor: int) -> tuple[int, str]:
+def replay(full: dict[str, list[float]], order: list[str], pruner: str, reduction_factor: int,
+           min_epochs: int) -> tuple[int, str]:
     """Optuna's pruner run on the full grid's own curves, trials arriving one after another in `order`:
     the epochs it would have trained and the point it would have kept. Exact, since a point trains the
     same whether or not it is pruned later (the pruned search in grid order checks this)."""
     epochs = max(len(c) for c in full.values())
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(pruner, epochs, reduction_factor))
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(pruner, epochs, reduction_factor, min_epochs))
     spent, finished = 0, {}
     for point in order:
         trial = study.ask()
@@ -159,7 +161,7 @@ def replay(full: dict[str, list[float]], order: list[str], pruner: str, reductio
     return spent, max(finished, key=finished.get)
 
 
-def other_orders(full: dict[str, list[float]], winner: str, pruner: str, reduction_factor: int,
+def other_orders(full: dict[str, list[float]], winner: str, pruner: str, reduction_factor: int, min_epochs: int,
                  standard_error: float, orders: int = 100) -> int:
     """An asynchronous pruner's choices depend on the order trials arrive in (the first trials at a rung
     have nobody to lose to), so the grid order is one draw: replay the pruner on `orders` shuffles and
@@ -169,7 +171,7 @@ def other_orders(full: dict[str, list[float]], winner: str, pruner: str, reducti
     total = sum(len(c) for c in full.values())
     kept, near, compute, regret = 0, 0, [], []
     for _ in range(orders):
-        spent, best = replay(full, rng.sample(list(full), len(full)), pruner, reduction_factor)
+        spent, best = replay(full, rng.sample(list(full), len(full)), pruner, reduction_factor, min_epochs)
         regret.append(full[winner][-1] - full[best][-1])
         kept += regret[-1] == 0  # an identical network at the same size ties
         near += regret[-1] <= standard_error
@@ -185,6 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pruner", default="asha", choices=["asha", "hyperband", "median"])
     parser.add_argument("--reduction-factor", type=int, default=3, help="search.reduction_factor")
+    parser.add_argument("--min-epochs", type=int, default=1, help="search.min_epochs: the first rung")
     parser.add_argument("--data", default="fashion_mnist", choices=["fashion_mnist", "procedural"])
     parser.add_argument("--data-root", default=str(FASHION_MNIST), help="the Fashion-MNIST IDX files")
     parser.add_argument("--device", default="auto")
@@ -199,7 +202,10 @@ def main() -> None:
     out = args.out or tempfile.mkdtemp(prefix="effscale-pruning-")
     log(f"  searches in {out}")
     full, full_best, full_study, cfg = search("none", out, device, overrides)
-    pruned, pruned_best, _, _ = search(args.pruner, out, device, [*overrides, f"search.reduction_factor={args.reduction_factor}"])
+    rungs = [f"search.reduction_factor={args.reduction_factor}", f"search.min_epochs={args.min_epochs}"]
+    name = args.pruner if (args.reduction_factor, args.min_epochs) == (3, 1) else \
+        f"{args.pruner}-factor{args.reduction_factor}-min{args.min_epochs}"  # each setting its own study
+    pruned, pruned_best, _, _ = search(args.pruner, out, device, [*overrides, *rungs], name)
     for name, trained, best in (("full grid", full, full_best), (f"{args.pruner}", pruned, pruned_best)):
         states = trained["state"].value_counts().to_dict()
         log(f"  {name:10s} {len(trained)} trials {states}: {int(trained['epochs'].sum())} epochs, "
@@ -213,7 +219,8 @@ def main() -> None:
     orders = 100
     best_acc = full_curves[full_best["point"]][-1]
     standard_error = math.sqrt(best_acc * (1 - best_acc) / int(cfg["data"]["val_size"]))
-    kept = other_orders(full_curves, full_best["point"], args.pruner, args.reduction_factor, standard_error, orders)
+    kept = other_orders(full_curves, full_best["point"], args.pruner, args.reduction_factor, args.min_epochs,
+                        standard_error, orders)
     runner_up = max((c[-1] for c in full_curves.values() if c[-1] < best_acc), default=0.0)
     log(f"  the full grid's winner leads the next best point by {best_acc - runner_up:.4f}")
     same = pruned_best is not None and pruned_best["point"] == full_best["point"]

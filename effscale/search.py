@@ -189,21 +189,28 @@ def measure_options(cfg: dict[str, Any], device: str, in_channels: int) -> dict[
                 optimizer=(cfg.get("trainer") or {}).get("optimizer", "sgd"))
 
 
-def make_pruner(kind: str, max_epochs: int, reduction_factor: int = 3) -> optuna.pruners.BasePruner:
+def make_pruner(kind: str, max_epochs: int, reduction_factor: int = 3,
+                min_epochs: int = 1) -> optuna.pruners.BasePruner:
     """Optuna's pruner for `search.pruner`; the resource is the epoch. `asha` is asynchronous successive
     halving (Li et al., "A System for Massively Parallel Hyperparameter Tuning", 2020): a trial goes on
-    past epoch 1, η, η², … only while it is in the best 1/η of the trials that reached that epoch.
-    `hyperband` runs several such brackets with different first epochs, one of them never pruning."""
+    past epoch r, rη, rη², … (r = `min_epochs`) only while it is in the best 1/η of the trials that
+    reached that epoch. `hyperband` runs several such brackets with different first epochs, one of them
+    never pruning; `median` stops a trial below the median of earlier ones at the same epoch, from epoch r
+    on. A later first rung keeps slow starters where a grid's first epochs do not rank its points yet."""
     if kind in (None, "none"):
         return optuna.pruners.NopPruner()
     if isinstance(reduction_factor, bool) or not isinstance(reduction_factor, int) or reduction_factor < 2:
         raise UserError(f"search.reduction_factor: expected an integer of at least 2, got {reduction_factor!r}")
+    if isinstance(min_epochs, bool) or not isinstance(min_epochs, int) or min_epochs < 1 \
+            or (min_epochs >= max_epochs and min_epochs != 1):
+        raise UserError(f"search.min_epochs: expected an integer of at least 1 and below trainer.max_epochs="
+                        f"{max_epochs}, got {min_epochs!r}")
     if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=min_epochs)
     if kind == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=reduction_factor)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=reduction_factor)
     if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, max_epochs),
+        return optuna.pruners.HyperbandPruner(min_resource=min_epochs, max_resource=max(1, max_epochs),
                                               reduction_factor=reduction_factor)
     raise UserError(f"search.pruner={kind}: expected none, median, asha or hyperband")
 
@@ -305,7 +312,7 @@ class Search:
 
     def pruner(self) -> optuna.pruners.BasePruner:
         return make_pruner(self.opts.get("pruner"), int(self.recipe["max_epochs"]),
-                           self.opts.get("reduction_factor", 3))
+                           self.opts.get("reduction_factor", 3), self.opts.get("min_epochs", 1))
 
     # Candidates: everything here runs before anything is written.
     def plan(self) -> list[Candidate]:

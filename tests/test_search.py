@@ -103,6 +103,22 @@ def test_budget_below_the_baseline_is_one_line_and_exit_2(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing half-written
 
 
+@pytest.mark.parametrize("kind", ["asha", "median"])
+def test_min_epochs_is_the_first_epoch_a_pruner_may_stop_a_trial_after(kind):
+    from effscale.search import make_pruner
+
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(kind, max_epochs=9, min_epochs=3))
+    for accuracy in (0.6, 0.7, 0.8, 0.9):  # each better than the ones before, then one far behind them all
+        trial = study.ask()
+        for epoch in range(1, 10):
+            trial.report(accuracy, epoch)
+            assert not trial.should_prune()  # ASHA records a trial at a rung when it asks
+        study.tell(trial, accuracy)
+    trial = study.ask()
+    stopped = [epoch for epoch in range(1, 10) if (trial.report(0.1, epoch), trial.should_prune())[1]]
+    assert stopped and stopped[0] == 3  # not after epochs 1 or 2, though behind there too
+
+
 def test_unknown_baseline_is_one_line_and_exit_2(tmp_path):
     out = run_cli("search", "baseline=nope", f"out={tmp_path}")
     assert out.returncode == 2 and out.stdout == "" and "Traceback" not in out.stderr
@@ -115,6 +131,8 @@ def test_unknown_baseline_is_one_line_and_exit_2(tmp_path):
     (["search.pruner=early"], "search.pruner=early: expected none, median, asha or hyperband"),
     (["search.pruner=asha", "search.reduction_factor=1"],
      "search.reduction_factor: expected an integer of at least 2, got 1"),
+    (["search.pruner=asha", "search.min_epochs=3"],
+     "search.min_epochs: expected an integer of at least 1 and below trainer.max_epochs=1, got 3"),
     (["logger=nope"], "logger=nope: no such option"),
     (["search.grid.step=0.5", "search.grid.tolerance=0"], "search.grid: no (alpha, beta, gamma) in the grid"),
 ])
