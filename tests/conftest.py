@@ -1,5 +1,7 @@
 import os
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,39 @@ def postgres_url() -> str:
     """The PostgreSQL server of tests/services/postgres.sh, as an Optuna storage URL."""
     _require_service("postgres")
     return POSTGRES_URL
+
+
+# --- waiting on a search running in another process -----------------------------------------------
+
+
+def study_trials(storage: str, name: str) -> list:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def wait_for(condition, timeout: float, what: str, proc=None):
+    """`condition()` once it is truthy; fails if `proc` (a Popen) ends first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            output = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"the search ended (exit {proc.returncode}) before {what}:\n{output}")
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_after_a_complete(storage: str, name: str):
+    """The study's trials once one trial is COMPLETE and another is training, else None."""
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).with_name("trials.csv").exists():
+        return None  # the worker has not finished creating the study: connecting now would race it
+    try:
+        trials = study_trials(storage, name)
+    except KeyError:  # the study does not exist yet
+        return None
+    claims = [t for t in trials if "point" in t.user_attrs and t.user_attrs.get("repeat_of") is None]
+    states = Counter(t.state.name for t in claims)
+    return trials if states["COMPLETE"] >= 1 and states["RUNNING"] >= 1 else None

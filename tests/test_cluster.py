@@ -22,7 +22,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, running_after_a_complete, study_trials, wait_for
 from effscale import results
 from effscale.workers import claim, fail_abandoned, holders, owner
 
@@ -34,10 +34,6 @@ POINTS = 3  # the feasible points of that grid
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def study_trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=storage).get_trials()
-
-
 def assert_each_point_once(sweep_dir: Path, trials: list[optuna.trial.FrozenTrial]) -> None:
     """trials.csv has one COMPLETE row per grid point, and the study one COMPLETE trial per point."""
     table = results.read_trials(sweep_dir)
@@ -46,30 +42,6 @@ def assert_each_point_once(sweep_dir: Path, trials: list[optuna.trial.FrozenTria
     complete = Counter(t.user_attrs["point"] for t in trials if t.state == TrialState.COMPLETE)
     assert complete == Counter(set(done["point"])), complete
     assert set(done["trial"]) == {t.number for t in trials if t.state == TrialState.COMPLETE}
-
-
-def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the search ended (exit {proc.returncode}) before {what}:\n{proc.stdout.read()}")
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def running_after_a_complete(storage: str, name: str) -> list[optuna.trial.FrozenTrial] | None:
-    """The study's trials once one trial is COMPLETE and another is training, else None."""
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).with_name("trials.csv").exists():
-        return None  # the worker has not finished creating the study: connecting now would race it
-    try:
-        trials = study_trials(storage, name)
-    except KeyError:  # the study does not exist yet
-        return None
-    states = Counter(t.state for t in trials if "point" in t.user_attrs and t.user_attrs.get("repeat_of") is None)
-    return trials if states[TrialState.COMPLETE] >= 1 and states[TrialState.RUNNING] >= 1 else None
 
 
 def _just_started(trials: list[optuna.trial.FrozenTrial] | None, within_s: float = 2.0):

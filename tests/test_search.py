@@ -5,14 +5,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import warnings
 
 import optuna
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, running_after_a_complete, wait_for
 from effscale import results
 from effscale.commands import search
 from effscale.errors import UserError
@@ -159,7 +158,7 @@ def test_killed_search_resumes_only_the_unfinished_points(tmp_path):
     command = [sys.executable, "-m", "effscale.cli", "search", *overrides(*slow, f"out={tmp_path}", "name=tiny")]
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        before = _wait_for_running_after_a_complete(storage, proc)
+        before = wait_for(lambda: running_after_a_complete(storage, "tiny"), 300, "a second trial", proc)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -176,20 +175,6 @@ def test_killed_search_resumes_only_the_unfinished_points(tmp_path):
     feasible = table[table["feasible"]]
     assert (feasible["state"] == "COMPLETE").all() and set(feasible["point"]) == set(completes)
     assert not table.duplicated(["point", "seed", "strategy"]).any()
-
-
-def _wait_for_running_after_a_complete(storage, proc, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            trials = optuna.load_study(study_name="tiny", storage=storage).trials
-        except Exception:  # the study does not exist yet
-            trials = []
-        states = [t.state.name for t in trials]
-        if "COMPLETE" in states and "RUNNING" in states:
-            return trials
-        time.sleep(0.2)
-    pytest.fail("the search never had a finished trial and a running one at the same time")
 
 
 def test_diverging_trial_fails_with_a_reason_and_the_sweep_goes_on(tmp_path, monkeypatch):
