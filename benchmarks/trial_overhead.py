@@ -8,7 +8,7 @@ and printed apart.
 
 Bare loop: the same network (`build_model`, the recipe's initialisation, channels_last, bf16 autocast on a
 CUDA device as the trial's `precision: auto`), data module and batches, the recipe's
-optimizer (AdamW, or SGD with Nesterov momentum) with weight decay on weights only, warmup-cosine
+optimizer (AdamW, or SGD with Nesterov momentum; fused kernels) with weight decay on weights only, warmup-cosine
 schedule per step, label smoothing, validation accuracy each epoch, test accuracy at the end. Same
 seed, threads and epochs.
 
@@ -56,9 +56,9 @@ def bare_trial(table: dict, data, recipe: dict, seed: int, device: torch.device)
     groups = [{"params": decay, "weight_decay": float(recipe["weight_decay"])}, {"params": rest, "weight_decay": 0.0}]
     if recipe.get("optimizer", "sgd") == "sgd":
         opt = torch.optim.SGD(groups, lr=float(recipe["lr"]), momentum=float(recipe["momentum"]),
-                              nesterov=bool(recipe["nesterov"]))
+                              nesterov=bool(recipe["nesterov"]), fused=True)
     else:
-        opt = torch.optim.AdamW(groups, lr=float(recipe["lr"]))
+        opt = torch.optim.AdamW(groups, lr=float(recipe["lr"]), fused=True)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(recipe["label_smoothing"]))
     train_loader, val, test = data.train_dataloader(), data.val_dataloader(), data.test_dataloader()
     epochs = int(recipe["max_epochs"])

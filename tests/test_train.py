@@ -47,3 +47,16 @@ def test_a_non_finite_loss_fails_the_trial_at_the_next_check(nan_from, every, fa
     make_trainer(RECIPE).fit(module, datamodule=data)
     assert module.failure == failure
     assert module.network.calls == steps  # the trial stopped there, not at the end of its 2 epochs
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_optimizer_updates_every_tensor_with_fused_kernels(optimizer):
+    recipe = {**RECIPE, "max_epochs": 1, "optimizer": optimizer, "weight_decay": 0.01}
+    module = Classifier(_tiny_network(), recipe)
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = make_trainer(recipe)
+    trainer.fit(module, datamodule=build_datamodule(DATA, resolution=16, batch_size=16))
+    (opt,) = trainer.optimizers
+    assert opt.defaults["fused"] is True
+    assert [group["weight_decay"] for group in opt.param_groups] == [0.01, 0.0]  # weights; norms and biases
+    assert all(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
