@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-import _timing  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+import _timing  # noqa: F401  (sets how OpenMP threads wait, before torch loads)
 import torch
 from torch import nn
 

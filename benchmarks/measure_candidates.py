@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 
-import _timing  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+import _timing  # noqa: F401  (sets how OpenMP threads wait, before torch loads)
 import torch
 
 from _timing import describe_machine, log, pick_device, timed, verdict

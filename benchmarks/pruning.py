@@ -40,7 +40,7 @@ import random
 import statistics
 import tempfile
 
-import _timing  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+import _timing  # noqa: F401  (sets how OpenMP threads wait, before torch loads)
 import optuna
 import pandas as pd
 

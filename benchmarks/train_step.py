@@ -18,7 +18,7 @@ import argparse
 import statistics
 import time
 
-import _timing  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+import _timing  # noqa: F401  (sets how OpenMP threads wait, before torch loads)
 import torch
 import torchvision
 import yaml

@@ -28,7 +28,7 @@ import argparse
 import math
 import tempfile
 
-import _timing  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+import _timing  # noqa: F401  (sets how OpenMP threads wait, before torch loads)
 import lightning as L
 import torch
 from torch import nn

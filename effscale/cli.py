@@ -14,10 +14,13 @@ from typing import Callable
 
 from effscale.errors import UserError
 
-# On a CPU shared with other jobs, OpenMP threads that spin while they wait starve each other: a
-# training step on 2 busy cores took 16-23 s spinning against 2.2 s waiting passively. Set before
-# torch loads its OpenMP runtime; a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How PyTorch's OpenMP threads wait between operations: spin a few microseconds, then sleep. OpenMP's
+# long default spin is fastest alone but starves the working threads of other processes on the same
+# cores (three trainings on 2 cores: steps up to 60x slower); sleeping at once (OMP_WAIT_POLICY=PASSIVE)
+# makes a small network's step up to 2x slower alone. benchmarks/wait_policy.py measures all three.
+# Set before torch loads its OpenMP runtime; a user's own setting wins.
+if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
+    os.environ["GOMP_SPINCOUNT"] = "3000"
 
 USAGE = """usage: effscale <command> [overrides...] [--debug]
 

@@ -1,6 +1,9 @@
 """`effscale measure` as a user runs it, and the one-line errors of bad overrides."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -50,3 +53,15 @@ def test_bad_override_one_line_exit_2(args, needle):
 def test_help_lists_groups():
     out = run_cli("measure", "--help")
     assert out.returncode == 0 and "baseline" in out.stdout and "efficientnet_lite0" in out.stdout
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({}, ("3000", None)),  # spin briefly, then sleep (benchmarks/wait_policy.py)
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, (None, "PASSIVE")),  # a user's own setting wins
+    ({"GOMP_SPINCOUNT": "0"}, ("0", None)),
+])
+def test_the_command_sets_how_openmp_threads_wait_unless_the_user_did(given, expected):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | given
+    code = "import os, effscale.cli; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(v) for v in expected]
