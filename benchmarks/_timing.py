@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 
-# OpenMP threads wait as under the `effscale` command (effscale/cli.py): spin briefly, then sleep, so that
-# a benchmark measures what a user's run gets, and a machine shared with other jobs does not make a step
-# many times slower at random. Set before torch loads its OpenMP runtime; an explicit setting wins.
-if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
-    os.environ["GOMP_SPINCOUNT"] = "3000"
+# OpenMP threads wait as under the `effscale` command, which sets that on import (effscale/cli.py), so that
+# a benchmark measures what a user's run gets. Before torch loads its OpenMP runtime; a user's setting wins.
+import effscale.cli  # noqa: E402, F401
 
 import statistics  # noqa: E402
 import time  # noqa: E402

@@ -129,10 +129,10 @@ def schedules(full: dict[str, list[float]], best: float) -> None:
         share, kept = halving(full, rungs, tuple(max(1, n // eta ** (i + 1)) for i in range(len(rungs))))
         results.append(f"r0={r0} η={eta} {share:.2f} {'yes' if kept == best else 'no'}")
     log("  synchronous successive halving (first rung r0, factor η): compute, same winner: " + "; ".join(results))
-    cheapest = min(((halving(full, rungs, keep)[0], rungs, keep)
-                    for count in (1, 2) for rungs in itertools.combinations(range(1, epochs), count)
-                    for keep in itertools.combinations(range(n - 1, 0, -1), count)
-                    if halving(full, rungs, keep)[1] == best), default=None)
+    candidates = ((rungs, keep) for count in (1, 2) for rungs in itertools.combinations(range(1, epochs), count)
+                  for keep in itertools.combinations(range(n - 1, 0, -1), count))
+    cheapest = min(((share, rungs, keep) for rungs, keep in candidates
+                    for share, kept in [halving(full, rungs, keep)] if kept == best), default=None)
     if cheapest:
         share, rungs, keep = cheapest
         log(f"  the cheapest successive halving that keeps the winner, rungs chosen knowing it: compute {share:.2f}, "
