@@ -469,9 +469,7 @@ class Search:
             if job.key in self._finished() or job.key in self._running():
                 continue  # another worker on the same study took it meanwhile
             # Who runs the trial is recorded with it, so a crash at any moment leaves it recognisably stale.
-            self.study.enqueue_trial({"point": job.candidate.point}, user_attrs={
-                "point": job.candidate.point, "seed": job.seed, "host": socket.gethostname(), "pid": os.getpid(),
-                "heartbeat": time.time()})
+            self.study.enqueue_trial({"point": job.candidate.point}, user_attrs=self.trial_attrs(job))
             trial = self.study.ask({"point": optuna.distributions.CategoricalDistribution(self._points())})
             self.train(trial, job, f"[{i}/{len(todo)}]")
 
@@ -503,16 +501,24 @@ class Search:
     def _points(self) -> list[str]:
         return [c.point for c in self.feasible]
 
+    def trial_attrs(self, job: Job) -> dict[str, Any]:
+        """The user attributes a trial of `job` starts with: its results row so far, and who runs it
+        (so that a crash at any moment leaves it recognisably stale)."""
+        return candidate_row(job.candidate, self.context) | {
+            "seed": job.seed, "epochs": None, "host": socket.gethostname(), "pid": os.getpid(),
+            "heartbeat": time.time()}
+
     def train(self, trial: optuna.Trial, job: Job, progress: str) -> None:
         from effscale.loggers import close_loggers, trial_loggers
         from effscale.train import fit_candidate
 
         c, seed = job.candidate, job.seed
-        row = candidate_row(c, self.context) | {"seed": seed, "epochs": None}
-        for key, value in row.items():
-            trial.set_user_attr(key, value)
-        for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}.items():
-            trial.set_user_attr(key, value)
+        attrs, written = self.trial_attrs(job), trial.user_attrs
+        for key, value in attrs.items():
+            # A trial created with its attributes (grid and workers) has them already: one storage
+            # transaction then, rather than one per attribute here.
+            if key not in written or written[key] != value:
+                trial.set_user_attr(key, value)
         for key, value in c.constraints.items():
             trial.set_constraint(key, value)
         pruning = self.opts.get("pruner") not in (None, "none")
@@ -523,7 +529,7 @@ class Search:
             return pruning and trial.should_prune()
 
         name = f"trial_{trial.number}"
-        config = {k: row[k] for k in ("point", "alpha", "beta", "gamma", "phi", "depth_mult", "width_mult",
+        config = {k: attrs[k] for k in ("point", "alpha", "beta", "gamma", "phi", "depth_mult", "width_mult",
                                       "resolution", "params", "macs", "macs_ratio", "seed", "baseline", "dataset")}
         config["trainer"] = self.recipe
         loggers = trial_loggers(self.logger_kind, self.sweep_dir, name, group=str(self.cfg["name"]),

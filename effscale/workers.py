@@ -25,8 +25,6 @@ with its reason by `Search.train`, and the sweep goes on.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -83,8 +81,7 @@ def claim(search: Search, job: Job, retry_below: int | None = None) -> optuna.Tr
     """A RUNNING trial for `job` if this worker won its point, else None (the losing claim is
     recorded FAIL with `repeat_of`). See the module docstring for why exactly one worker wins."""
     study, point = search.study, job.candidate.point
-    attrs = {"point": point, "seed": job.seed, "host": socket.gethostname(), "pid": os.getpid(),
-             "heartbeat": time.time()}
+    attrs = search.trial_attrs(job)
     if slurm.current_job():
         attrs["slurm_job"] = slurm.current_job()
     template = optuna.trial.create_trial(

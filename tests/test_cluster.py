@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -61,7 +62,11 @@ def background_cli(*args: str) -> subprocess.Popen:
 
 
 def fake_search(study: optuna.Study, points: list[str]) -> SimpleNamespace:
-    return SimpleNamespace(study=study, opts={"storage": None}, _points=lambda: points)
+    """What `claim` uses of a Search: its study, storage setting, feasible points and a trial's first attributes."""
+    return SimpleNamespace(study=study, opts={"storage": None}, _points=lambda: points,
+                           trial_attrs=lambda job: {"point": job.candidate.point, "seed": job.seed,
+                                                    "host": socket.gethostname(), "pid": os.getpid(),
+                                                    "heartbeat": time.time()})
 
 
 def test_second_claim_on_a_point_loses_to_the_lower_trial_and_is_recorded_as_a_repeat():
