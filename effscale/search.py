@@ -468,7 +468,6 @@ class Search:
         for i, job in enumerate(todo, 1):
             if job.key in self._finished() or job.key in self._running():
                 continue  # another worker on the same study took it meanwhile
-            # Who runs the trial is recorded with it, so a crash at any moment leaves it recognisably stale.
             self.study.enqueue_trial({"point": job.candidate.point}, user_attrs=self.trial_attrs(job))
             trial = self.study.ask({"point": optuna.distributions.CategoricalDistribution(self._points())})
             self.train(trial, job, f"[{i}/{len(todo)}]")
@@ -530,7 +529,7 @@ class Search:
 
         name = f"trial_{trial.number}"
         config = {k: attrs[k] for k in ("point", "alpha", "beta", "gamma", "phi", "depth_mult", "width_mult",
-                                      "resolution", "params", "macs", "macs_ratio", "seed", "baseline", "dataset")}
+                                        "resolution", "params", "macs", "macs_ratio", "seed", "baseline", "dataset")}
         config["trainer"] = self.recipe
         loggers = trial_loggers(self.logger_kind, self.sweep_dir, name, group=str(self.cfg["name"]),
                                 job_type=STRATEGY, config=config, project=self.cfg["logger"].get("project", "effscale"))
