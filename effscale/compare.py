@@ -95,12 +95,9 @@ class MacsCounter:
     def __call__(self, table: dict[str, Any]) -> int:
         key = json.dumps({k: v for k, v in table.items() if not k.endswith("_mult")}, sort_keys=True, default=str)
         if key not in self._cache:
-            import torch
+            from effscale.measure import build_on_meta, count_training_forward
 
-            from effscale.measure import count_training_forward
-
-            with torch.device("meta"):
-                model = self.build(table)
+            model = build_on_meta(self.build, table)
             self._cache[key] = count_training_forward(model, int(table["resolution"]), 1, self.in_channels)[0]
         return self._cache[key]
 

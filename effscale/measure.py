@@ -7,26 +7,29 @@ need the real device; peak memory is otherwise estimated from the same shapes.
 
 Units follow the paper: "FLOPs" there are multiply-adds; we report `macs` and `flops` = 2·MACs.
 
-Speed, because a search measures every grid point before training any: PyTorch's meta kernel for
-batch norm is a Python decomposition (~10 ms a call), so counting swaps in a shape-only batch norm that
-saves what the real one saves; `measure_table` counts MACs, activations and saved bytes in one training
-forward pass; `measure_tables` builds one model per architecture and counts it at each resolution.
-`benchmarks/measure_candidates.py` times it against a training trial.
+Speed, because a search measures every grid point before training any (`benchmarks/measure_candidates.py`
+times it against a training trial): one training forward pass counts MACs, activations and the bytes
+autograd saves (`_CountingPass`); batch norm, whose meta kernel is a Python decomposition (~10 ms a
+call), runs shape-only and saves what the real one saves; the other common ops, whose meta kernels are
+Python references too, run once per distinct call and are replayed after, since a grid repeats the same
+blocks at the same shapes many times over; `build_on_meta` skips initialising values that meta tensors
+do not have; and `measure_tables` builds one model per architecture and counts it once per input size.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils.flop_counter import FlopCounterMode
 
 # Optimizer state per parameter, in parameter-sized tensors (SGD momentum: 1; Adam/AdamW: 2).
 OPTIMIZER_STATES = {"sgd": 1, "adamw": 2, "adam": 2}
@@ -68,17 +71,167 @@ class _MetaBatchNorm(torch.autograd.Function):
         raise RuntimeError("shape-only batch norm for counting on the meta device; it has no backward")
 
 
-class _ShapeOnlyBatchNorm(TorchFunctionMode):
-    """Routes F.batch_norm on meta tensors to `_MetaBatchNorm`; everything else runs unchanged."""
+def _meta_batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                     eps=1e-5):
+    """F.batch_norm's signature, for `_MetaBatchNorm`."""
+    return _MetaBatchNorm.apply(input, weight, bias, running_mean, running_var)
+
+
+# Ops whose meta kernels are Python references (0.1–0.7 ms a call) and which a counting pass repeats with
+# the same shapes many times over: in every block of a stage, and in every grid candidate of the same
+# width and input size. `_CountingPass` runs each distinct call once and replays it after.
+_F = nn.functional
+_REPLAYED = frozenset({torch.conv2d, _F.linear, _F.silu, _F.relu, _F.relu6, _F.hardswish, _F.hardsigmoid,
+                       torch.sigmoid, torch.Tensor.sigmoid, torch.Tensor.mul, torch.Tensor.add, torch.Tensor.add_,
+                       _F.adaptive_avg_pool2d, _F.max_pool2d, _F.dropout})
+# signature → (output, saved): output is ("input", i) for an in-place op, else (shape, stride, dtype);
+# each saved tensor is ("input", i), ("output",) or ("new", bytes). None: never replayed.
+_RECORDED: dict[tuple, tuple | None] = {}
+_RECORDED_MAX = 100_000
+
+
+class _ReplayedOutput(torch.autograd.Function):
+    """A recorded op's output: shape only, attached to autograd (a leaf would refuse later in-place ops)."""
+
+    @staticmethod
+    def forward(ctx, shape, stride, dtype, *inputs):
+        return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("a replayed op of a counting pass on the meta device; it has no backward")
+
+
+class _CountingPass(TorchFunctionMode):
+    """A training forward pass on meta tensors that counts as it goes and skips repeated work.
+
+    - batch norm runs as `_MetaBatchNorm`;
+    - every conv2d and linear call adds its output elements to `activations`, and their multiply-adds
+      (each output element is a dot product over in_channels/groups·kh·kw weights) to `macs`;
+    - an op in `_REPLAYED` whose signature (shapes, strides, dtypes, requires_grad, which inputs are
+      the same tensor, the other arguments, grad mode) was recorded before is replayed: an empty output
+      of the recorded shape, and `pack`, the pass's saved-tensor hook, called with the tensors the real
+      op saved — the same inputs, its output, or new tensors of the same size.
+    """
+
+    def __init__(self, pack: Callable[[torch.Tensor], Any]) -> None:
+        super().__init__()
+        self.pack = pack
+        self.macs = self.activations = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is nn.functional.batch_norm and args[0].is_meta:
-            x, running_mean, running_var = args[0], args[1], args[2]
-            weight, bias = kwargs.get("weight", args[3] if len(args) > 3 else None), \
-                kwargs.get("bias", args[4] if len(args) > 4 else None)
-            return _MetaBatchNorm.apply(x, weight, bias, running_mean, running_var)
+        if func is _F.batch_norm and args[0].is_meta:
+            run = _meta_batch_norm
+        elif func in _REPLAYED:
+            run = func
+        else:
+            return func(*args, **kwargs)
+        inputs: dict[int, torch.Tensor] = {}
+        key = _signature(func, args, kwargs, inputs)
+        recorded = _RECORDED.get(key) if key is not None else None
+        out = self._replay(recorded, list(inputs.values())) if recorded else self._record(run, args, kwargs, key, inputs)
+        if func is torch.conv2d or func is _F.linear:
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            self.activations += out.numel()
+            self.macs += out.numel() * math.prod(weight.shape[1:])
+        return out
+
+    def _replay(self, recorded: tuple, inputs: list[torch.Tensor]) -> torch.Tensor:
+        output, saved = recorded
+        out = inputs[output[1]] if output[0] == "input" else _ReplayedOutput.apply(*output, *inputs)
+        for what in saved:
+            self.pack(inputs[what[1]] if what[0] == "input" else out if what[0] == "output"
+                      else torch.empty(what[1], dtype=torch.uint8, device="meta"))
+        return out
+
+    def _record(self, func, args, kwargs, key: tuple | None, inputs: dict[int, torch.Tensor]) -> Any:
+        saved: list[torch.Tensor] = []
+
+        def keep(tensor: torch.Tensor) -> torch.Tensor:
+            saved.append(tensor)
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            out = func(*args, **kwargs)
+        for tensor in saved:
+            self.pack(tensor)
+        if key is None or len(_RECORDED) >= _RECORDED_MAX:
+            return out
+        _RECORDED[key] = _recording(out, saved, list(inputs.values()))
+        return out
+
+
+_PLAIN = frozenset({type(None), bool, int, float, str, torch.dtype})
+
+
+def _signature(func, args, kwargs, inputs: dict[int, torch.Tensor]) -> tuple | None:
+    """What decides a call's output shape and saved tensors; None if an argument is not plain data.
+    `inputs` collects the call's distinct tensors, in order."""
+    index: dict[int, int] = {}
+
+    def part(value: Any) -> Any:
+        kind = type(value)
+        if kind in _PLAIN:
+            return value
+        if kind is tuple or kind is list or kind is torch.Size:
+            return tuple(map(part, value))
+        if isinstance(value, torch.Tensor) and value.is_meta:
+            same = index.setdefault(id(value), len(index))
+            inputs.setdefault(id(value), value)
+            return same, value.shape, value.stride(), value.dtype, value.requires_grad
+        raise TypeError
+
+    try:
+        return func, torch.is_grad_enabled(), part(args), tuple((k, part(v)) for k, v in sorted(kwargs.items()))
+    except TypeError:
+        return None
+
+
+def _recording(out: Any, saved: list[torch.Tensor], inputs: list[torch.Tensor]) -> tuple | None:
+    """How to replay a call that returned `out` and saved `saved`, or None when it cannot be."""
+    if not isinstance(out, torch.Tensor):
+        return None
+    storage_of = {t.untyped_storage()._cdata: i for i, t in reversed(list(enumerate(inputs)))}
+    out_storage = out.untyped_storage()._cdata
+    same = [i for i, t in enumerate(inputs) if t is out]
+    if same:
+        output: tuple = ("input", same[0])
+    elif out_storage in storage_of:
+        return None  # a view of an input
+    else:
+        output = (tuple(out.shape), out.stride(), out.dtype)
+    kept: list[tuple] = []
+    for tensor in saved:
+        storage = tensor.untyped_storage()
+        if storage._cdata in storage_of:
+            kept.append(("input", storage_of[storage._cdata]))
+        elif storage._cdata == out_storage:
+            kept.append(("output",))
+        else:
+            kept.append(("new", storage.nbytes()))
+    return output, tuple(kept)
+
+
+# In-place ops that only set values: PyTorch's modules initialise their parameters and buffers in their
+# constructors, and on the meta device there are no values to set (a third of building a model there).
+_VALUE_ONLY = frozenset({"uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+                         "xavier_uniform_", "xavier_normal_", "zeros_", "ones_", "constant_", "zero_", "fill_"})
+
+
+class _NoValuesOnMeta(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensor = args[0] if args else kwargs.get("tensor")
+        if getattr(func, "__name__", None) in _VALUE_ONLY and isinstance(tensor, torch.Tensor) and tensor.is_meta:
+            return tensor
         return func(*args, **kwargs)
+
+
+def build_on_meta(build: Callable[[dict[str, Any]], nn.Module], table: dict[str, Any]) -> nn.Module:
+    """`build(table)` on the meta device, skipping the initialisation of values it does not have."""
+    with torch.device("meta"), _NoValuesOnMeta():
+        return build(table)
 
 
 def count_params(model: nn.Module) -> int:
@@ -88,44 +241,30 @@ def count_params(model: nn.Module) -> int:
 def count_macs_and_activations(model: nn.Module, resolution: int, in_channels: int = 3) -> tuple[int, int]:
     """MACs of one image's forward pass, and its activations: the elements every conv and linear layer
     outputs (the count of Radosavovic et al., "Designing Network Design Spaces", 2020, and pycls)."""
-    activations = 0
-
-    def count(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-        nonlocal activations
-        activations += output.numel()
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    x = _input_like(model, 1, in_channels, resolution)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter, _ShapeOnlyBatchNorm():
-            model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    return counter.get_total_flops() // 2, activations
+    counting = _CountingPass(pack=lambda tensor: tensor)
+    with _modules_in_mode(model, training=False), torch.no_grad(), counting:
+        model(_input_like(model, 1, in_channels, resolution))
+    return counting.macs, counting.activations
 
 
 def saved_activation_bytes(model: nn.Module, resolution: int, batch_size: int, in_channels: int = 3) -> int:
     """Bytes autograd keeps from a training forward pass for the backward pass (each storage once)."""
-    storages: dict[int, int] = {}
+    return count_training_forward(model, resolution, batch_size, in_channels)[2]
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        storages[storage._cdata] = storage.nbytes()
-        return tensor
 
+@contextmanager
+def _modules_in_mode(model: nn.Module, training: bool) -> Iterator[None]:
+    """Every module in training (or eval) mode for the block, as before after it. A model built to be
+    measured is already in training mode, and model.train() visits every module, so only when needed."""
+    switch = any(m.training != training for m in model.modules())
     was_training = model.training
-    model.train()
+    if switch:
+        model.train(training)
     try:
-        x = _input_like(model, batch_size, in_channels, resolution)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _ShapeOnlyBatchNorm():
-            model(x)
+        yield
     finally:
-        model.train(was_training)
-    return sum(storages.values())
+        if switch:
+            model.train(was_training)
 
 
 def estimate_peak_train_mb(model: nn.Module, resolution: int, batch_size: int, in_channels: int = 3,
@@ -185,38 +324,23 @@ def count_training_forward(model: nn.Module, resolution: int, batch_size: int,
                            in_channels: int = 3) -> tuple[int, int, int]:
     """One training-mode forward pass of a batch on the model's (meta) device, counting three things at
     once: MACs and activations per image (as `count_macs_and_activations`) and the bytes autograd
-    saves for the batch (as `saved_activation_bytes`).
-
-    MACs are summed over the nn.Conv2d and nn.Linear modules, where every multiply-add of the families
-    built here lies; module hooks cost far less than FlopCounterMode's per-op dispatch, and
-    tests/test_measure.py checks the two agree on every baseline.
-    """
-    macs = activations = 0
-    storages: dict[int, int] = {}
-
-    def count(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-        nonlocal macs, activations
-        activations += output.numel()
-        # conv: each output element is a dot product over (in_channels / groups)·kh·kw weights
-        macs += output.numel() * (module.weight[0].numel() if isinstance(module, nn.Conv2d) else module.in_features)
+    saves for the batch (as `saved_activation_bytes`). tests/test_measure.py checks all three against
+    FlopCounterMode, module hooks and PyTorch's own meta kernels on every baseline."""
+    # Each storage once, held until the count is done: autograd keeps what it saves alive, but a replayed
+    # op's saved tensors have no graph to keep them, and a freed storage's address can come back.
+    storages: dict[int, torch.UntypedStorage] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        storages[storage._cdata] = storage.nbytes()
+        storages[storage._cdata] = storage
         return tensor
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.train()
-    try:
+    counting = _CountingPass(pack)
+    with _modules_in_mode(model, training=True):
         x = _input_like(model, batch_size, in_channels, resolution)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _ShapeOnlyBatchNorm():
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), counting:
             model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    return macs // batch_size, activations // batch_size, sum(storages.values())
+    return counting.macs // batch_size, counting.activations // batch_size, sum(s.nbytes() for s in storages.values())
 
 
 def measure_table(table: dict[str, Any], build: Callable[[dict[str, Any]], nn.Module], *, in_channels: int = 3,
@@ -225,8 +349,7 @@ def measure_table(table: dict[str, Any], build: Callable[[dict[str, Any]], nn.Mo
     """Measure the model a scaled stage table describes. `build(table)` must return the network.
     On CUDA, peak memory is one real training step's (`peak_on_device`, about 0.4 s a model on an
     H100) or, with peak_on_device=False, the shape estimate used on CPU."""
-    with torch.device("meta"):
-        meta_model = build(table)
+    meta_model = build_on_meta(build, table)
     return _measure_built(meta_model, table, build, in_channels=in_channels, batch_size=batch_size, device=device,
                           memory=memory, latency=latency, optimizer=optimizer, name=name, peak_on_device=peak_on_device)
 
@@ -245,18 +368,33 @@ def measure_tables(tables: Sequence[dict[str, Any]], build: Callable[[dict[str, 
     built: dict[str, nn.Module] = {}
     counted: dict[tuple[str, int], Measurement] = {}
     out = []
-    for table in tables:
-        key = json.dumps({k: v for k, v in table.items() if k not in _NOT_ARCHITECTURE}, sort_keys=True, default=str)
-        same = counted.get((key, int(table["resolution"])))
-        if same is None:
-            if key not in built:
-                with torch.device("meta"):
-                    built[key] = build(table)
-            same = counted[key, int(table["resolution"])] = _measure_built(built[key], table, build, **options)
-        out.append(replace(same, name=options.get("name") or table.get("name", "model"),
-                           width_mult=float(table.get("width_mult", 1.0)), depth_mult=float(table.get("depth_mult", 1.0)),
-                           resolution_mult=float(table.get("resolution_mult", 1.0))))
+    with _collector_paused():
+        for table in tables:
+            key = json.dumps({k: v for k, v in table.items() if k not in _NOT_ARCHITECTURE}, sort_keys=True, default=str)
+            same = counted.get((key, int(table["resolution"])))
+            if same is None:
+                if key not in built:
+                    built[key] = build_on_meta(build, table)
+                same = counted[key, int(table["resolution"])] = _measure_built(built[key], table, build, **options)
+            out.append(replace(same, name=options.get("name") or table.get("name", "model"),
+                               width_mult=float(table.get("width_mult", 1.0)),
+                               depth_mult=float(table.get("depth_mult", 1.0)),
+                               resolution_mult=float(table.get("resolution_mult", 1.0))))
     return out
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off for the block. Building and counting models allocate hundreds of
+    thousands of short-lived objects (modules, meta tensors, autograd nodes) that reference counting
+    frees; the collector's passes over them were a quarter of the time measuring a grid took."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _measure_built(meta_model: nn.Module, table: dict[str, Any], build: Callable[[dict[str, Any]], nn.Module], *,

@@ -114,3 +114,65 @@ def test_a_search_measures_peak_memory_on_cuda_only_under_a_memory_budget(monkey
     assert len(steps) == int(on_device)
     assert cuda.peak_mem_mb == (123.0 if on_device else estimate.peak_mem_mb)
     assert {**cuda.as_dict(), "peak_mem_mb": 0} == {**estimate.as_dict(), "peak_mem_mb": 0}
+
+
+def test_a_replayed_count_equals_the_recorded_one_and_the_reference():
+    from effscale import measure
+
+    for name in ("efficientnet_b0", "resnet50", "mobilenet_v2"):
+        if name not in BASELINES:
+            continue
+        with torch.device("meta"):
+            model = build_model(baseline(name) | {"resolution": 40}, 10)
+        measure._RECORDED.clear()
+        first = count_training_forward(model, 40, 4)
+        recorded = len(measure._RECORDED)
+        second = count_training_forward(model, 40, 4)  # every replayable call is replayed now
+        assert recorded > 10 and len(measure._RECORDED) == recorded
+        assert first == second == plain_counts(model, 40, 4)
+
+
+class _Odd(nn.Module):
+    """Calls a replay must get right: one tensor twice, in-place ops, an op that saves its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = torch.relu_(self.conv(x))
+        y = y * y + torch.sigmoid(y)
+        y.add_(1.0)
+        pooled = nn.functional.adaptive_avg_pool2d(y, 1).flatten(1)
+        return self.fc(nn.functional.dropout(pooled, 0.2, True, inplace=True))
+
+
+def test_replay_is_exact_for_aliased_and_in_place_calls():
+    from effscale import measure
+
+    with torch.device("meta"):
+        model = _Odd()
+    measure._RECORDED.clear()
+    counts = [count_training_forward(model, 12, 2) for _ in range(3)]
+    assert counts[0] == counts[1] == counts[2] == plain_counts(model, 12, 2)
+
+
+def test_build_on_meta_skips_values_only_on_the_meta_device():
+    from effscale.measure import build_on_meta
+
+    table = baseline("efficientnet_b0") | {"resolution": 32}
+    filled = []
+
+    def build(t):
+        cpu = torch.empty(3, device="cpu")
+        nn.init.ones_(cpu)  # a real tensor built alongside keeps its values
+        filled.append(cpu)
+        return build_model(t, 10)
+
+    fast = build_on_meta(build, table)
+    with torch.device("meta"):
+        plain = build_model(table, 10)
+    assert all(p.is_meta for p in fast.parameters())
+    assert {k: v.shape for k, v in fast.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    assert filled[0].tolist() == [1.0, 1.0, 1.0]
