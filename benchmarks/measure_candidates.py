@@ -10,7 +10,7 @@ sweep's batch, on CUDA too, since the quick sweep sets no memory budget). Trial:
 data (`+sweep=quick`: 3 epochs of 3 000 procedural images, validation and test included).
 The 100 candidates are measured before and after the trial; the ratio uses the mean of the two.
 
-    .venv/bin/python benchmarks/measure_candidates.py           # ~3 minutes on 2 CPU cores (the trial)
+    .venv/bin/python benchmarks/measure_candidates.py           # ~40 s on 2 CPU cores (most of it the trial)
     .venv/bin/python benchmarks/measure_candidates.py --quick   # seconds: 10 candidates, a 2-batch trial
 """
 
