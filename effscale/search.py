@@ -17,11 +17,14 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 import pandas as pd
@@ -223,6 +226,27 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """A Ctrl-C during the block is raised when the block is done. A KeyboardInterrupt in the middle of
+    a storage write can leave SQLite's write lock with a connection nobody closes, and the writes that
+    mark the interrupted trial stale then fail on "database is locked". Main thread only, where Python
+    runs its signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    heard: list[int] = []
+    handler = signal.signal(signal.SIGINT, lambda signum, _frame: heard.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        if heard and callable(handler):
+            handler(signal.SIGINT, None)
+        elif heard and handler == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def is_stale(trial: FrozenTrial, stale_after_s: float) -> bool:
@@ -523,9 +547,10 @@ class Search:
         pruning = self.opts.get("pruner") not in (None, "none")
 
         def report(epoch: int, val_acc: float) -> bool:
-            trial.report(val_acc, epoch)
-            trial.set_user_attr("heartbeat", time.time())
-            return pruning and trial.should_prune()
+            with interrupts_deferred():
+                trial.report(val_acc, epoch)
+                trial.set_user_attr("heartbeat", time.time())
+                return pruning and trial.should_prune()
 
         name = f"trial_{trial.number}"
         config = {k: attrs[k] for k in ("point", "alpha", "beta", "gamma", "phi", "depth_mult", "width_mult",
@@ -540,9 +565,13 @@ class Search:
             # Ctrl-C, or a mistake that would fail every trial alike: stop the sweep. The trial is marked
             # stale, so the next launch runs it again. Lightning answers a Ctrl-C inside trainer.fit with
             # its own shutdown and sys.exit(1); that is the same interrupt, and the CLI's exit 130.
-            trial.set_user_attr("stale", True)
-            trial.set_user_attr("reason", str(exc) if isinstance(exc, UserError) else "interrupted")
-            self.study.tell(trial, state=TrialState.FAIL)
+            try:
+                trial.set_user_attr("stale", True)
+                trial.set_user_attr("reason", str(exc) if isinstance(exc, UserError) else "interrupted")
+                self.study.tell(trial, state=TrialState.FAIL)
+            except optuna.exceptions.StorageInternalError:
+                # Still RUNNING under this process's id, so the next launch finds it stale all the same.
+                log.warning("trial %s: could not mark it stale; the next launch will", trial.number, exc_info=True)
             if isinstance(exc, SystemExit):
                 raise KeyboardInterrupt from None
             raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 import warnings
 from pathlib import Path
 
@@ -232,6 +233,44 @@ def test_ctrl_c_inside_a_trial_marks_it_interrupted_and_the_rerun_trains_it(tmp_
     table = rs.search_in_process(tmp_path, fit=fit)
     assert list(table["state"]) == ["COMPLETE"] * rs.TINY_POINTS
     assert calls == pytest.approx([1.85, 1.9, 1.9, 1.95, 2.0])  # the interrupted point again, none twice
+
+
+def test_ctrl_c_during_a_storage_write_is_raised_once_the_write_is_done():
+    from effscale.search import interrupts_deferred
+
+    done = []
+    heard = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background shell may ignore it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # an undeferred Ctrl-C would have been raised here
+                done.append("written")
+    finally:
+        signal.signal(signal.SIGINT, heard)
+    assert done == ["written"]
+
+
+def test_ctrl_c_still_ends_the_sweep_when_the_storage_cannot_mark_the_trial(tmp_path, monkeypatch):
+    from optuna.exceptions import StorageInternalError
+    from optuna.trial import Trial
+
+    real = Trial.set_user_attr
+
+    def locked(self, key, value):
+        if key == "stale":
+            raise StorageInternalError("An exception is raised during the commit.")
+        return real(self, key, value)
+
+    def fit(table, data, recipe, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trial, "set_user_attr", locked)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C's exit 130, not a storage error
+        rs.search_in_process(tmp_path, fit=fit)
+    # Left RUNNING under this process's id: a later launch on this host marks it stale (search.is_stale).
+    [left] = rs.study_trials(tmp_path / "sweep")
+    assert left.state.name == "RUNNING" and left.user_attrs["pid"] == os.getpid()
 
 
 # --- 4. security ----------------------------------------------------------------------------------------
