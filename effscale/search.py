@@ -580,11 +580,12 @@ class Search:
             metrics = {"state": "FAIL", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
         summary = {k: metrics.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds", "reason")}
         close_loggers(loggers, summary | {"macs": c.cost.macs, "params": c.cost.params, "state": metrics["state"]})
-        for key, value in summary.items():
-            trial.set_user_attr(key, value)
-        state = TrialState[metrics["state"]]
-        frozen = self.study.tell(trial, metrics["val_acc"] if state == TrialState.COMPLETE else None, state=state)
-        results.upsert_trials(self.table, [trial_row(frozen)])
+        with interrupts_deferred():  # a finished trial is recorded whole before a Ctrl-C ends the sweep
+            for key, value in summary.items():
+                trial.set_user_attr(key, value)
+            state = TrialState[metrics["state"]]
+            frozen = self.study.tell(trial, metrics["val_acc"] if state == TrialState.COMPLETE else None, state=state)
+            results.upsert_trials(self.table, [trial_row(frozen)])
         self.say(trial_line(progress, frozen))
 
 
