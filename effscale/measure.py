@@ -127,10 +127,10 @@ class _CountingPass(TorchFunctionMode):
             run = func
         else:
             return func(*args, **kwargs)
-        inputs: dict[int, torch.Tensor] = {}
+        inputs: list[torch.Tensor] = []
         key = _signature(func, args, kwargs, inputs)
         recorded = _RECORDED.get(key) if key is not None else None
-        out = self._replay(recorded, list(inputs.values())) if recorded else self._record(run, args, kwargs, key, inputs)
+        out = self._replay(recorded, inputs) if recorded else self._record(run, args, kwargs, key, inputs)
         if func is torch.conv2d or func is _F.linear:
             weight = args[1] if len(args) > 1 else kwargs["weight"]
             self.activations += out.numel()
@@ -145,7 +145,7 @@ class _CountingPass(TorchFunctionMode):
                       else torch.empty(what[1], dtype=torch.uint8, device="meta"))
         return out
 
-    def _record(self, func, args, kwargs, key: tuple | None, inputs: dict[int, torch.Tensor]) -> Any:
+    def _record(self, func, args, kwargs, key: tuple | None, inputs: list[torch.Tensor]) -> Any:
         saved: list[torch.Tensor] = []
 
         def keep(tensor: torch.Tensor) -> torch.Tensor:
@@ -158,14 +158,14 @@ class _CountingPass(TorchFunctionMode):
             self.pack(tensor)
         if key is None or len(_RECORDED) >= _RECORDED_MAX:
             return out
-        _RECORDED[key] = _recording(out, saved, list(inputs.values()))
+        _RECORDED[key] = _recording(out, saved, inputs)
         return out
 
 
 _PLAIN = frozenset({type(None), bool, int, float, str, torch.dtype})
 
 
-def _signature(func, args, kwargs, inputs: dict[int, torch.Tensor]) -> tuple | None:
+def _signature(func, args, kwargs, inputs: list[torch.Tensor]) -> tuple | None:
     """What decides a call's output shape and saved tensors; None if an argument is not plain data.
     `inputs` collects the call's distinct tensors, in order."""
     index: dict[int, int] = {}
@@ -177,8 +177,9 @@ def _signature(func, args, kwargs, inputs: dict[int, torch.Tensor]) -> tuple | N
         if kind is tuple or kind is list or kind is torch.Size:
             return tuple(map(part, value))
         if isinstance(value, torch.Tensor) and value.is_meta:
-            same = index.setdefault(id(value), len(index))
-            inputs.setdefault(id(value), value)
+            same = index.setdefault(id(value), len(inputs))
+            if same == len(inputs):
+                inputs.append(value)
             return same, value.shape, value.stride(), value.dtype, value.requires_grad
         raise TypeError
 
