@@ -69,16 +69,19 @@ def search(pruner: str, out: str, device: str, overrides: list[str], name: str |
     run.plan()
     run.open()
     table = run.run()
-    trained = table[table["state"].isin(["COMPLETE", "PRUNED"])]
+    # Points that repeat another's network record its result without training (effscale/search.py):
+    # they cost nothing on either side, and the winner is the point that trained it.
+    trained = table[table["state"].isin(["COMPLETE", "PRUNED"]) & table["same_as"].isna()]
     complete = trained[trained["state"] == "COMPLETE"]
     best = complete.loc[complete["val_acc"].idxmax()] if len(complete) else None
     return trained, best, run.study, cfg
 
 
 def curves(study) -> dict[str, list[float]]:
-    """Validation accuracy after each epoch, per point, as the trials reported it to Optuna."""
+    """Validation accuracy after each epoch, per trained point, as the trials reported it to Optuna."""
     return {t.user_attrs["point"]: [t.intermediate_values[k] for k in sorted(t.intermediate_values)]
-            for t in study.get_trials() if t.state.name == "COMPLETE" and "point" in t.user_attrs}
+            for t in study.get_trials() if t.state.name == "COMPLETE" and "point" in t.user_attrs
+            and not t.user_attrs.get("same_as")}
 
 
 def what_early_epochs_predict(full: dict[str, list[float]], winner: str, val_size: int) -> None:
@@ -202,6 +205,9 @@ def main() -> None:
     out = args.out or tempfile.mkdtemp(prefix="effscale-pruning-")
     log(f"  searches in {out}")
     full, full_best, full_study, cfg = search("none", out, device, overrides)
+    points = len(full_study.get_trials(states=[optuna.trial.TrialState.COMPLETE]))
+    log(f"  the grid's {points} points build {len(full)} distinct networks; training each once spends "
+        f"{len(full) / points:.2f} of the epochs of training every point")
     rungs = [f"search.reduction_factor={args.reduction_factor}", f"search.min_epochs={args.min_epochs}"]
     name = args.pruner if (args.reduction_factor, args.min_epochs) == (3, 1) else \
         f"{args.pruner}-factor{args.reduction_factor}-min{args.min_epochs}"  # each setting its own study

@@ -360,6 +360,12 @@ def measure_table(table: dict[str, Any], build: Callable[[dict[str, Any]], nn.Mo
 _NOT_ARCHITECTURE = ("resolution", "resolution_mult", "width_mult", "depth_mult")
 
 
+def architecture_key(table: dict[str, Any]) -> str:
+    """The network a stage table builds, as a string: two tables have the same key exactly when they
+    build the same network, whatever multipliers produced them and whatever their input size."""
+    return json.dumps({k: v for k, v in table.items() if k not in _NOT_ARCHITECTURE}, sort_keys=True, default=str)
+
+
 def measure_tables(tables: Sequence[dict[str, Any]], build: Callable[[dict[str, Any]], nn.Module],
                    **options: Any) -> list[Measurement]:
     """`measure_table` for each table (same keyword options). Tables that differ only in input size
@@ -371,7 +377,7 @@ def measure_tables(tables: Sequence[dict[str, Any]], build: Callable[[dict[str, 
     out = []
     with _collector_paused():
         for table in tables:
-            key = json.dumps({k: v for k, v in table.items() if k not in _NOT_ARCHITECTURE}, sort_keys=True, default=str)
+            key = architecture_key(table)
             same = counted.get((key, int(table["resolution"])))
             if same is None:
                 if key not in built:

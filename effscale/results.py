@@ -25,7 +25,7 @@ CONTRACT = ["trial", "strategy", "phi", "alpha", "beta", "gamma", "depth_mult", 
             "params", "macs", "macs_ratio", "peak_mem_mb", "feasible", "state", "val_acc", "seed", "epochs",
             "train_seconds"]
 COLUMNS = CONTRACT + ["test_acc", "reason", "flops", "activations", "latency_ms", "constraint", "point",
-                      "baseline", "dataset"]
+                      "same_as", "baseline", "dataset"]
 KEY = ["point", "seed", "strategy"]
 STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE")
 INTEGER = ["trial", "resolution", "params", "macs", "flops", "activations", "seed", "epochs"]
@@ -101,8 +101,11 @@ def _upsert(path: str | Path, new: pd.DataFrame) -> pd.DataFrame:
 
 def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per trained point: mean, standard deviation and count of `val_acc` over its seeds,
-    best mean first. PRUNED and FAIL trials do not count towards a point's accuracy."""
+    best mean first. PRUNED and FAIL trials do not count towards a point's accuracy, and a point that
+    repeats another's network (`same_as`) is that point's row, not a second one."""
     done = table[table["state"] == "COMPLETE"]
+    if "same_as" in done:
+        done = done[done["same_as"].isna()]
     if done.empty:
         return pd.DataFrame(columns=["point", "alpha", "beta", "gamma", "resolution", "macs_ratio", "params",
                                      "val_acc", "val_std", "seeds", "test_acc", "train_seconds"])

@@ -9,6 +9,11 @@ ran. Each trial carries its grid point and seed as user attributes, so running t
 resumes: a job whose trial finished is never run twice, and a trial left RUNNING by a process that
 died is marked FAIL (stale) and its job runs again. The results table is rebuilt from the study on
 every start and updated after every trial.
+
+Rounding makes neighbouring grid points build the same network: ⌈repeats·α⌉ gives α = 1.1 and 1.2
+the same depth, channels round to multiples of 8 and the input size to whole pixels. A point whose
+network and input size an earlier feasible point already has is not trained again; its trial records
+that point's result with `same_as` naming it (the same network, seed and data train identically).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from effscale import results
 from effscale.errors import UserError
-from effscale.measure import Measurement, measure_table, measure_tables
+from effscale.measure import Measurement, architecture_key, measure_table, measure_tables
 from effscale.models import build_model
 from effscale.scaling import ScalingError, compound_grid, compound_multipliers, constraint_value, scale_stage_table
 
@@ -57,6 +62,8 @@ class Candidate:
     reasons: list[str] = field(default_factory=list)
     # Optuna's constraint convention: one value per budget, feasible when every value is <= 0.
     constraints: dict[str, float] = field(default_factory=dict)
+    # The earlier feasible point that builds the same network at the same input size: its result is this one's.
+    same_as: str | None = None
 
     @property
     def point(self) -> str:
@@ -367,6 +374,12 @@ class Search:
         for candidate, cost in zip(self.candidates, costs):
             judge(candidate, cost, base, self.budget)
         self.feasible = [c for c in self.candidates if c.feasible]
+        networks: dict[tuple[str, int], list[Candidate]] = {}
+        for c in self.feasible:
+            twins = networks.setdefault((architecture_key(c.table), int(c.table["resolution"])), [])
+            c.same_as = twins[0].point if twins else None
+            twins.append(c)
+        self.twins = {c.point: [t.point for t in twins if t is not c] for twins in networks.values() for c in twins}
         if not self.feasible:
             nearest = min(self.candidates, key=lambda c: abs(c.macs_ratio / 2**phi - 1))
             raise UserError(f"budget: none of the {len(self.candidates)} grid points fits "
@@ -379,9 +392,11 @@ class Search:
         phi, tolerance = float(self.opts["phi"]), float(self.budget["macs_tolerance"])
         bounds = [f"MACs ratio {2 ** phi:g} ± {tolerance:.0%}"]
         bounds += [f"{k}={v:,g}" for k, v in self.budget.items() if k.startswith("max_") and v is not None]
+        copies = sum(1 for c in self.feasible if c.same_as)
+        repeat = f", {copies} of them the same network as another (trained once)" if copies else ""
         return (f"{self.context['baseline']} on {self.context['dataset']} at {self.baseline['resolution']} px: "
                 f"{len(self.candidates)} grid points at phi={phi:g}, {len(self.feasible)} within budget "
-                f"({', '.join(bounds)})")
+                f"({', '.join(bounds)}){repeat}")
 
     def open(self) -> optuna.Study:
         from sqlalchemy.exc import SQLAlchemyError
@@ -444,8 +459,10 @@ class Search:
 
     # Jobs: which (point, seed) pairs this sweep trains.
     def first_jobs(self) -> list[Job]:
+        """Every feasible point with the base seed, points that repeat another's network last (their
+        trials only record that one's result)."""
         if self.opts["sampler"] == "grid":
-            return [Job(c, self.seed) for c in self.feasible]
+            return [Job(c, self.seed) for c in sorted(self.feasible, key=lambda c: c.same_as is not None)]
         return []  # TPE chooses its points one trial at a time, in `run_tpe`
 
     def seed_jobs(self) -> list[Job]:
@@ -454,7 +471,8 @@ class Search:
         if not extra or not top_k:
             return []
         first = [(t.value, point) for (point, seed), t in self._finished().items()
-                 if seed == self.seed and t.state == TrialState.COMPLETE and point in self.by_point]
+                 if seed == self.seed and t.state == TrialState.COMPLETE and point in self.by_point
+                 and not t.user_attrs.get("same_as")]  # the best networks, each once
         best = [point for _, point in sorted(first, key=lambda vp: -vp[0])[:top_k]]
         return [Job(self.by_point[p], self.seed + i) for p in best for i in range(1, extra + 1)]
 
@@ -463,10 +481,11 @@ class Search:
         with the base seed, then `extra_seeds` more for each of the best `top_k`."""
         finished = self._finished()
         if self.opts["sampler"] == "tpe":
-            first = min(int(self.opts.get("n_trials") or max(1, len(self.feasible) // 2)), len(self.feasible))
+            first = distinct = min(int(self.opts.get("n_trials") or max(1, len(self.feasible) // 2)), len(self.feasible))
         else:
             first = len(self.feasible)
-        extra = min(int(self.opts.get("top_k", 0)), first) * int(self.opts.get("extra_seeds", 0))
+            distinct = first - sum(1 for c in self.feasible if c.same_as)
+        extra = min(int(self.opts.get("top_k", 0)), distinct) * int(self.opts.get("extra_seeds", 0))
         feasible = {c.point for c in self.feasible}
         first_done = sum(1 for p, s in finished if s == self.seed and p in feasible)
         extra_done = sum(1 for p, s in finished if s != self.seed and p in feasible)
@@ -518,8 +537,11 @@ class Search:
                 else:
                     self.study.tell(trial, state=earlier.state)
                 continue
-            self.train(trial, Job(self.by_point[point], self.seed), f"[{len(trained) + 1}/{n_trials}]")
-            trained.add(point)
+            job = Job(self.by_point[point], self.seed)
+            copy = self.original(job) is not None
+            self.train(trial, job, f"[{len(trained) + 1}/{n_trials}]")
+            if not copy:  # a point that repeats a trained network costs nothing and is not counted
+                trained.add(point)
 
     def _points(self) -> list[str]:
         return [c.point for c in self.feasible]
@@ -531,11 +553,19 @@ class Search:
             "seed": job.seed, "epochs": None, "host": socket.gethostname(), "pid": os.getpid(),
             "heartbeat": time.time()}
 
-    def train(self, trial: optuna.Trial, job: Job, progress: str) -> None:
-        from effscale.loggers import close_loggers, trial_loggers
-        from effscale.train import fit_candidate
+    def original(self, job: Job) -> FrozenTrial | None:
+        """A finished trial that trained `job`'s network with `job`'s seed, under another point."""
+        finished = self._finished()
+        for point in self.twins.get(job.candidate.point, ()):
+            trial = finished.get((point, job.seed))
+            if trial is not None and not trial.user_attrs.get("same_as"):
+                return trial
+        return None
 
-        c, seed = job.candidate, job.seed
+    def train(self, trial: optuna.Trial, job: Job, progress: str) -> None:
+        """Train `job` as `trial` and record the result; a point that repeats a network already
+        trained with this seed records that trial's result instead."""
+        c = job.candidate
         attrs, written = self.trial_attrs(job), trial.user_attrs
         for key, value in attrs.items():
             # A trial created with its attributes (grid and workers) has them already: one storage
@@ -544,6 +574,20 @@ class Search:
                 trial.set_user_attr(key, value)
         for key, value in c.constraints.items():
             trial.set_constraint(key, value)
+        original = self.original(job)
+        if original is not None:
+            # Nothing trains, so nothing to time: train_seconds 0, and epochs those of the result.
+            summary = {k: original.user_attrs.get(k) for k in ("val_acc", "test_acc", "epochs", "reason")}
+            summary.update(train_seconds=0.0, same_as=original.user_attrs["point"])
+            self.record(trial, summary, original.state.name, progress)
+            return
+        self.fit(trial, job, attrs, progress)
+
+    def fit(self, trial: optuna.Trial, job: Job, attrs: dict[str, Any], progress: str) -> None:
+        from effscale.loggers import close_loggers, trial_loggers
+        from effscale.train import fit_candidate
+
+        c, seed = job.candidate, job.seed
         pruning = self.opts.get("pruner") not in (None, "none")
 
         def report(epoch: int, val_acc: float) -> bool:
@@ -580,11 +624,15 @@ class Search:
             metrics = {"state": "FAIL", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
         summary = {k: metrics.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds", "reason")}
         close_loggers(loggers, summary | {"macs": c.cost.macs, "params": c.cost.params, "state": metrics["state"]})
+        self.record(trial, summary, metrics["state"], progress)
+
+    def record(self, trial: optuna.Trial, summary: dict[str, Any], state_name: str, progress: str) -> None:
+        """Tell the study how `trial` ended and write its results row."""
         with interrupts_deferred():  # a finished trial is recorded whole before a Ctrl-C ends the sweep
             for key, value in summary.items():
                 trial.set_user_attr(key, value)
-            state = TrialState[metrics["state"]]
-            frozen = self.study.tell(trial, metrics["val_acc"] if state == TrialState.COMPLETE else None, state=state)
+            state = TrialState[state_name]
+            frozen = self.study.tell(trial, summary["val_acc"] if state == TrialState.COMPLETE else None, state=state)
             results.upsert_trials(self.table, [trial_row(frozen)])
         self.say(trial_line(progress, frozen))
 
@@ -596,6 +644,8 @@ def trial_line(progress: str, t: FrozenTrial) -> str:
     text = (f"{progress} α={a['alpha']:.2f} β={a['beta']:.2f} γ={a['gamma']:.3f} seed {a['seed']}  "
             f"{a['resolution']}px  MACs ×{a['macs_ratio']:.2f}  {acc}  {a.get('train_seconds') or 0:.0f} s  "
             f"{t.state.name}")
+    if a.get("same_as"):
+        return text + f" (same network as {a['same_as']}: its result, not trained again)"
     return text + (f" ({a['reason']})" if a.get("reason") and t.state != TrialState.COMPLETE else "")
 
 
@@ -613,6 +663,9 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, logger_kind: str) -> str:
     lines.append(f"best: alpha={best['alpha']:g} beta={best['beta']:g} gamma={best['gamma']:g} "
                  f"({int(best['resolution'])} px, MACs ×{best['macs_ratio']:.2f}): "
                  f"val acc {best['val_acc']:.3f}{spread} over {int(best['seeds'])} seed(s)")
+    repeats = sorted(set(table.loc[table["same_as"] == best["point"], "point"])) if "same_as" in table else []
+    if repeats:
+        lines.append(f"      the same network as {', '.join(repeats)} (rounding gives them the same depth, width and size)")
     lines.append(noise_verdict(summary))
     lines += ["", results.format_summary(summary), ""]
     storage = sweep_dir / "storage.txt"  # written when search.storage names another study than study.db

@@ -148,7 +148,7 @@ class Worker:
             held = holders(self.search.study.get_trials(deepcopy=False))
             owners = {job.key: owner(held.get(job.key, []), self.retry_below) for job in jobs}
             unsettled = [j for j in jobs if owners[j.key] is None or not owners[j.key].state.is_finished()]
-            free = [j for j in unsettled if owners[j.key] is None]
+            free = [j for j in unsettled if owners[j.key] is None and not self.waits(j, held)]
             if not unsettled:
                 return
             if not free:
@@ -160,6 +160,14 @@ class Worker:
             if trial is not None:
                 done = len(jobs) - len(unsettled) + 1
                 self.search.train(trial, job, f"[worker {self.index}, {label} {done}/{len(jobs)}]")
+
+    def waits(self, job: Job, held: dict[tuple[str, int], list[FrozenTrial]]) -> bool:
+        """Whether `job`'s point repeats the network of a point not settled yet: it records that
+        point's result once there is one (`Search.train`), rather than training the network twice."""
+        if not job.candidate.same_as:
+            return False
+        first = owner(held.get((job.candidate.same_as, job.seed), []), self.retry_below)
+        return first is None or not first.state.is_finished()
 
     def take_over_abandoned(self) -> None:
         # scontrol once a minute per worker at most: hundreds of workers must not flood slurmctld.

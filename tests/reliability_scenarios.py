@@ -35,8 +35,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 # A search that trains in seconds: a one-stage network on 16 px procedural images, one epoch,
 # grid points that differ in depth only (gamma fixed at 1, so alpha alone meets alpha·beta²·gamma² ≈ 2).
+# Twenty repeats give each alpha its own depth, ⌈20·α⌉ = 37 … 40 blocks (with one, every alpha > 1
+# rounds to two blocks: one network, which a search trains once).
 TINY_NETWORK = [
-    "baseline.stages=[{block:mbconv,expand:1,kernel:3,stride:2,channels:8,repeats:1,se:0.25}]",
+    "baseline.stages=[{block:mbconv,expand:1,kernel:3,stride:2,channels:8,repeats:20,se:0.25}]",
     "baseline.stem.channels=8", "baseline.head.channels=32",
 ]
 TINY_RUN = TINY_NETWORK + [

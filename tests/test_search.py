@@ -150,6 +150,38 @@ def test_rerun_resumes_without_training_again(tmp_path, capsys):
     pd.testing.assert_frame_equal(first, again)
 
 
+# Five grid points on 12 px inputs that build two networks: α = 1.6, 1.7 and 1.8 round to the same
+# depth and to 13 px, α = 1.9 and 2.0 to the same depth and 12 px.
+REPEATS = ["scale.depth=0.5", "data.resolution=12", "search.grid={alpha:[1.6,2.0],beta:[1.0,1.0],step:0.1}",
+           "budget.macs_tolerance=1.0", "search.top_k=2", "search.extra_seeds=1"]
+SAME_AS = {"a1.7_b1_g1.0847": "a1.6_b1_g1.118", "a1.8_b1_g1.0541": "a1.6_b1_g1.118", "a2_b1_g1": "a1.9_b1_g1.026"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_points_that_build_the_same_network_train_it_once(tmp_path, capsys, workers):
+    table = tiny_search(tmp_path, *REPEATS, f"search.workers={workers}")
+    out = capsys.readouterr().out
+    assert "5 within budget" in out and "3 of them the same network as another (trained once)" in out
+    seed = table["seed"].min()
+    first = table[table["seed"] == seed].set_index("point")
+    assert len(first) == 5 and (first["state"] == "COMPLETE").all()
+    assert first["same_as"].dropna().to_dict() == SAME_AS
+    for point, same in SAME_AS.items():
+        assert first.loc[point, "val_acc"] == first.loc[same, "val_acc"] and first.loc[point, "train_seconds"] == 0
+    # Extra seeds go to the two best networks, not to a network and its repeat; four trainings in all.
+    assert set(table.loc[table["seed"] != seed, "point"]) == set(SAME_AS.values())
+    assert len(list((tmp_path / "tiny" / "logs").iterdir())) == 4
+    assert sorted(results.seed_summary(table)["point"]) == sorted(set(SAME_AS.values()))
+
+
+def test_tpe_trains_each_network_once_whichever_of_its_points_it_proposes(tmp_path):
+    table = tiny_search(tmp_path, *REPEATS, "search=tpe", "search.n_trials=2", "search.extra_seeds=0", name="tpe")
+    trained = table[table["same_as"].isna()]
+    assert sorted(trained["resolution"]) == [12, 13] and (trained["state"] == "COMPLETE").all()
+    assert len(list((tmp_path / "tpe" / "logs").iterdir())) == 2
+    assert set(table["same_as"].dropna()) <= set(trained["point"])
+
+
 def test_killed_search_resumes_only_the_unfinished_points(tmp_path):
     """SIGKILL a search in the middle of a trial, run it again: the finished trials are kept as they
     were, the killed one is marked stale and trained again, and every point has exactly one row."""
