@@ -221,8 +221,12 @@ def search_table(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
         done = completed(group, metric)
         mean, half, n = mean_ci(done[metric])
         states = group["state"].value_counts()
+        state = "COMPLETE" if n else states.index[0]
+        same = group["same_as"].dropna() if "same_as" in group else ()
+        if len(same):  # trained once under another point: rounding gave both the same network
+            state += f", same network as {same.iloc[0]}"
         row = {"alpha": alpha, "beta": beta, "gamma": gamma, "constraint": alpha * beta**2 * gamma**2,
-               "state": "COMPLETE" if n else states.index[0], "n": n, "mean": mean, "ci95": half}
+               "state": state, "n": n, "mean": mean, "ci95": half}
         for column in ("macs_ratio", "params", "peak_mem_mb"):
             if column in group:
                 row[column] = group[column].mean()

@@ -173,3 +173,11 @@ def test_compare_rows_and_search_rows_are_told_apart_by_point(tmp_path):
     assert grid.loc[(1.2, 1.0), "n"] == 1 and grid.loc[(1.2, 1.0), "mean"] == pytest.approx(0.72)
     summary = strategy_summary(df).set_index(["strategy", "phi"])
     assert summary.loc[("compound", 1), "n"] == 3 and summary.loc[("compound", 1), "mean"] == pytest.approx(0.82)
+
+
+def test_a_point_that_repeats_another_network_says_so_in_the_grid_table():
+    df = search_table_rows().assign(same_as=None)
+    df.loc[1, ["val_acc", "same_as"]] = [df.loc[0, "val_acc"], "a1_b1_g1.4142"]
+    states = search_table(df).set_index(["alpha", "beta"])["state"]
+    assert states[(1.0, 1.1)] == "COMPLETE, same network as a1_b1_g1.4142"
+    assert states[(1.0, 1.0)] == "COMPLETE" and states[(1.4, 1.1)] == "INFEASIBLE"
