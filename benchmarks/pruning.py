@@ -17,14 +17,14 @@ and the verdict asks for the same winner in grid order and in at least 90 of the
 
 Default: real Fashion-MNIST (the files in ../shared/data, $EFFSCALE_FASHION_MNIST, or --data-root),
 EfficientNet-B0 at half width and depth on 12 px images, the φ = 1 grid α ∈ [1, 2], β ∈ [1, 1.4] at
-step 0.1 with every point within the MACs check trained (25 points), 9 epochs of 8,000 images in
-batches of 128, 5,000 for validation. `--data procedural` runs the same grid on the embedded data. It
+step 0.1 with every point within the MACs check (25 points that build 17 networks, each trained
+once), 9 epochs of 8,000 images in batches of 128, 5,000 for validation. `--data procedural` runs the same grid on the embedded data. It
 also prints how early the full grid's winner leads, by how much it wins, how well each epoch ranks the
 points, and what synchronous successive halving could spend on these curves and still keep the winner,
 down to the cheapest schedule of any rungs: that decides whether any pruner can meet the target
 (benchmarks/README.md).
 
-    .venv/bin/python benchmarks/pruning.py                      # ~100 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/pruning.py                      # ~45 minutes on 2 CPU cores
     .venv/bin/python benchmarks/pruning.py --out DIR            # resumable: a rerun trains only what is missing
     .venv/bin/python benchmarks/pruning.py --pruner hyperband --reduction-factor 4
     .venv/bin/python benchmarks/pruning.py --min-epochs 2          # the first rung at epoch 2, not 1
