@@ -132,8 +132,11 @@ def matched_models(base: dict[str, Any], strategies: list[str], phi: float, alph
 
 def best_point(trials: pd.DataFrame, metric: str = "val_acc") -> tuple[float, float, float]:
     """The (α, β, γ) of a search's best grid point: compound at φ = 1, highest mean `metric` over its
-    completed seeds (ties: the smaller α·β²·γ², then the earlier point)."""
+    completed seeds (ties: the smaller α·β²·γ², then the earlier point). A point that only repeats
+    another's network at φ = 1 (`same_as`) has that point's first seed alone, so it is left out."""
     rows = trials[(trials["strategy"] == "compound") & (trials["phi"] == 1) & (trials["state"] == "COMPLETE")]
+    if "same_as" in rows:
+        rows = rows[rows["same_as"].isna()]
     rows = rows.dropna(subset=[metric])
     if rows.empty:
         raise ValueError("no completed compound trial at phi = 1")

@@ -481,7 +481,8 @@ class Search:
         with the base seed, then `extra_seeds` more for each of the best `top_k`."""
         finished = self._finished()
         if self.opts["sampler"] == "tpe":
-            first = distinct = min(int(self.opts.get("n_trials") or max(1, len(self.feasible) // 2)), len(self.feasible))
+            n_trials = int(self.opts.get("n_trials") or max(1, len(self.feasible) // 2))
+            first = distinct = min(n_trials, len(self.feasible))  # TPE's n_trials counts trainings
         else:
             first = len(self.feasible)
             distinct = first - sum(1 for c in self.feasible if c.same_as)
@@ -665,7 +666,7 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, logger_kind: str) -> str:
                  f"val acc {best['val_acc']:.3f}{spread} over {int(best['seeds'])} seed(s)")
     repeats = sorted(set(table.loc[table["same_as"] == best["point"], "point"])) if "same_as" in table else []
     if repeats:
-        lines.append(f"      the same network as {', '.join(repeats)} (rounding gives them the same depth, width and size)")
+        lines.append(f"      the same network as {', '.join(repeats)} (rounding gives them its depth, width and size)")
     lines.append(noise_verdict(summary))
     lines += ["", results.format_summary(summary), ""]
     storage = sweep_dir / "storage.txt"  # written when search.storage names another study than study.db

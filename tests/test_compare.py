@@ -146,6 +146,10 @@ def test_compare_takes_the_best_point_of_a_search(tmp_path):
     # (1.4, 1.1) averages 0.67 over its two seeds: ahead of (1.2, 1.0) at 0.66.
     alpha, beta, gamma, origin = coefficients({"compare": {"from_search": str(tmp_path)}})
     assert (alpha, beta, gamma) == (1.4, 1.1, 1.1) and str(tmp_path) in origin
+    # A point that repeats (1.4, 1.1)'s network carries its first seed, 0.70, alone: not a better point.
+    rows.append({**rows[1], "alpha": 1.5, "gamma": 1.05, "point": "a1.5_b1.1_g1.05", "same_as": rows[1]["point"]})
+    pd.DataFrame(rows).to_csv(tmp_path / "trials.csv", index=False)
+    assert coefficients({"compare": {"from_search": str(tmp_path)}})[:3] == (1.4, 1.1, 1.1)
 
 
 def test_runs_are_grouped_by_sweep_with_one_job_type_per_strategy(tmp_path, monkeypatch):
