@@ -214,15 +214,17 @@ def _overlap(m1: float, h1: float, m2: float, h2: float) -> bool | None:
 
 
 def search_table(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
-    """The grid points of the search, best first: one row per (α, β, γ) with its state and mean ± CI."""
+    """The grid points of the search, best first: one row per (α, β, γ) with its state and mean ± CI.
+    A point that repeats another's network (`same_as`) shows that point's seeds: it is the same network."""
     rows = search_rows(df)
     out = []
     for (alpha, beta, gamma), group in rows.groupby(COEFFICIENTS):
-        done = completed(group, metric)
+        same = group["same_as"].dropna() if "same_as" in group else ()
+        trained = rows[rows["point"] == same.iloc[0]] if len(same) else group
+        done = completed(trained, metric)
         mean, half, n = mean_ci(done[metric])
         states = group["state"].value_counts()
         state = "COMPLETE" if n else states.index[0]
-        same = group["same_as"].dropna() if "same_as" in group else ()
         if len(same):  # trained once under another point: rounding gave both the same network
             state += f", same network as {same.iloc[0]}"
         row = {"alpha": alpha, "beta": beta, "gamma": gamma, "constraint": alpha * beta**2 * gamma**2,
@@ -234,7 +236,7 @@ def search_table(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     table = pd.DataFrame(out)
     if table.empty:
         return table
-    return table.sort_values("mean", ascending=False, na_position="last").reset_index(drop=True)
+    return table.sort_values("mean", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
 
 
 def paper_comparison(summary: pd.DataFrame) -> pd.DataFrame:

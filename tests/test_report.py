@@ -175,9 +175,11 @@ def test_compare_rows_and_search_rows_are_told_apart_by_point(tmp_path):
     assert summary.loc[("compound", 1), "n"] == 3 and summary.loc[("compound", 1), "mean"] == pytest.approx(0.82)
 
 
-def test_a_point_that_repeats_another_network_says_so_in_the_grid_table():
-    df = search_table_rows().assign(same_as=None)
-    df.loc[1, ["val_acc", "same_as"]] = [df.loc[0, "val_acc"], "a1_b1_g1.4142"]
-    states = search_table(df).set_index(["alpha", "beta"])["state"]
-    assert states[(1.0, 1.1)] == "COMPLETE, same network as a1_b1_g1.4142"
-    assert states[(1.0, 1.0)] == "COMPLETE" and states[(1.4, 1.1)] == "INFEASIBLE"
+def test_a_point_that_repeats_another_network_shows_that_networks_seeds():
+    df = search_table_rows().assign(same_as=None, point=lambda d: [f"p{i}" for i in range(len(d))])
+    df.loc[1, ["val_acc", "same_as"]] = [0.70, "p0"]  # p0's first seed; p0 has a second one below
+    df = pd.concat([df, df.iloc[[0]].assign(seed=1, val_acc=0.60)], ignore_index=True)
+    grid = search_table(df).set_index(["alpha", "beta"])
+    assert grid.loc[(1.0, 1.1), "state"] == "COMPLETE, same network as p0"
+    assert grid.loc[(1.0, 1.1), ["n", "mean"]].tolist() == grid.loc[(1.0, 1.0), ["n", "mean"]].tolist() == [2, pytest.approx(0.65)]
+    assert grid.loc[(1.0, 1.0), "state"] == "COMPLETE" and grid.loc[(1.4, 1.1), "state"] == "INFEASIBLE"
