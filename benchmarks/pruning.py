@@ -233,7 +233,8 @@ def main() -> None:
     epochs = pruned["epochs"].sum() / full["epochs"].sum()
     seconds = pruned["train_seconds"].sum() / full["train_seconds"].sum()
     log(f"  compute pruned/full: {epochs:.2f} in epochs, {seconds:.2f} in training seconds; "
-        f"same winner: {'yes' if same else 'no'}")
+        f"same winner: {'yes' if same else 'no'}; pruned/training every point: "
+        f"{pruned['epochs'].sum() / (points * int(cfg['trainer']['max_epochs'])):.2f} in epochs")
     # The same winner must not be luck of the order: kept in grid order and in 90 % of shuffled orders.
     robust = kept >= 0.9 * orders
     verdict(f"{args.pruner}/full grid compute (epochs)", epochs, "<=", 0.35,
