@@ -174,6 +174,28 @@ def test_points_that_build_the_same_network_train_it_once(tmp_path, capsys, work
     assert sorted(results.seed_summary(table)["point"]) == sorted(set(SAME_AS.values()))
 
 
+def test_repeats_of_a_failed_network_fail_with_it_and_run_again_with_it(tmp_path, monkeypatch):
+    import effscale.train as train
+
+    real, calls = train.fit_candidate, []
+
+    def fit(table, datamodule, recipe, **kw):
+        calls.append(table["resolution"])
+        if table["resolution"] == 13 and len(calls) < 3:
+            raise RuntimeError("boom at 13 px")
+        return real(table, datamodule, recipe, **kw)
+
+    monkeypatch.setattr(train, "fit_candidate", fit)
+    table = tiny_search(tmp_path, *REPEATS, "search.extra_seeds=0").set_index("point")
+    assert calls == [13, 12]  # each network once
+    thirteen = ["a1.6_b1_g1.118", "a1.7_b1_g1.0847", "a1.8_b1_g1.0541"]  # one network at 13 px
+    assert (table.loc[thirteen, "state"] == "FAIL").all()
+    assert (table.loc[thirteen, "reason"] == "RuntimeError: boom at 13 px").all()
+    table = tiny_search(tmp_path, *REPEATS, "search.extra_seeds=0", "search.retry_failed=true").set_index("point")
+    assert calls == [13, 12, 13]  # the failed network again, once, and its repeats record it
+    assert (table["state"] == "COMPLETE").all() and table["same_as"].dropna().to_dict() == SAME_AS
+
+
 def test_tpe_trains_each_network_once_whichever_of_its_points_it_proposes(tmp_path):
     table = tiny_search(tmp_path, *REPEATS, "search=tpe", "search.n_trials=2", "search.extra_seeds=0", name="tpe")
     trained = table[table["same_as"].isna()]
