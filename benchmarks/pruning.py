@@ -24,7 +24,7 @@ points, and what synchronous successive halving could spend on these curves and 
 down to the cheapest schedule of any rungs: that decides whether any pruner can meet the target
 (benchmarks/README.md).
 
-    .venv/bin/python benchmarks/pruning.py                      # ~45 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/pruning.py                      # ~30 minutes on 2 CPU cores
     .venv/bin/python benchmarks/pruning.py --out DIR            # resumable: a rerun trains only what is missing
     .venv/bin/python benchmarks/pruning.py --pruner hyperband --reduction-factor 4
     .venv/bin/python benchmarks/pruning.py --min-epochs 2          # the first rung at epoch 2, not 1
