@@ -45,6 +45,7 @@ import optuna
 import pandas as pd
 
 from _timing import FASHION_MNIST, log, pick_device, verdict
+from effscale import results
 from effscale.commands import model_table
 from effscale.config import compose, to_dict
 from effscale.search import Search, make_pruner
@@ -71,7 +72,7 @@ def search(pruner: str, out: str, device: str, overrides: list[str], name: str |
     table = run.run()
     # Points that repeat another's network record its result without training (effscale/search.py):
     # they cost nothing on either side, and the winner is the point that trained it.
-    trained = table[table["state"].isin(["COMPLETE", "PRUNED"]) & table["same_as"].isna()]
+    trained = results.trained(table[table["state"].isin(["COMPLETE", "PRUNED"])])
     complete = trained[trained["state"] == "COMPLETE"]
     best = complete.loc[complete["val_acc"].idxmax()] if len(complete) else None
     return trained, best, run.study, cfg

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from effscale import results
 from effscale.scaling import Multipliers, compound_multipliers, scale_stage_table, strategy_multipliers
 
 SINGLE_DIMENSIONS = ("width", "depth", "resolution")
@@ -135,9 +136,7 @@ def best_point(trials: pd.DataFrame, metric: str = "val_acc") -> tuple[float, fl
     completed seeds (ties: the smaller α·β²·γ², then the earlier point). A point that only repeats
     another's network at φ = 1 (`same_as`) has that point's first seed alone, so it is left out."""
     rows = trials[(trials["strategy"] == "compound") & (trials["phi"] == 1) & (trials["state"] == "COMPLETE")]
-    if "same_as" in rows:
-        rows = rows[rows["same_as"].isna()]
-    rows = rows.dropna(subset=[metric])
+    rows = results.trained(rows).dropna(subset=[metric])
     if rows.empty:
         raise ValueError("no completed compound trial at phi = 1")
     means = rows.groupby(["alpha", "beta", "gamma"], sort=False)[metric].mean().reset_index()
@@ -161,7 +160,6 @@ def compare_point(phi: float, alpha: float, beta: float, gamma: float) -> str:
 def coefficients(cfg: dict[str, Any]) -> tuple[float, float, float, str]:
     """α, β, γ for the comparison and where they came from: the best point of the search in
     `compare.from_search`, or `scale.alpha/beta/gamma`."""
-    from effscale import results
     from effscale.errors import UserError
     from effscale.scaling import ScalingError, check_coefficients
 
@@ -278,8 +276,6 @@ class Comparison:
 
     def run(self) -> pd.DataFrame:
         """Train every (model, seed) whose row is not already COMPLETE, updating the table after each."""
-        from effscale import results
-
         self.table = self.sweep_dir / "trials.csv"
         existing = results.read_trials(self.table)
         done = set()

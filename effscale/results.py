@@ -99,13 +99,17 @@ def _upsert(path: str | Path, new: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def trained(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose trial trained its network, leaving out those that record the result of another
+    point with the same network (`same_as`, effscale/search.py)."""
+    return table[table["same_as"].isna()] if "same_as" in table else table
+
+
 def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per trained point: mean, standard deviation and count of `val_acc` over its seeds,
     best mean first. PRUNED and FAIL trials do not count towards a point's accuracy, and a point that
     repeats another's network (`same_as`) is that point's row, not a second one."""
-    done = table[table["state"] == "COMPLETE"]
-    if "same_as" in done:
-        done = done[done["same_as"].isna()]
+    done = trained(table[table["state"] == "COMPLETE"])
     if done.empty:
         return pd.DataFrame(columns=["point", "alpha", "beta", "gamma", "resolution", "macs_ratio", "params",
                                      "val_acc", "val_std", "seeds", "test_acc", "train_seconds"])
