@@ -78,8 +78,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from effscale.cores import available_cores
 from effscale.errors import UserError
-from effscale.train import available_cores
 
 # --- shared helpers -------------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from effscale.cores import available_cores
 from effscale.errors import UserError
 from effscale.models import build_model
 
@@ -192,11 +192,6 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def available_cores() -> int:
-    """The cores this process may use (its CPU affinity where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def set_threads(threads: int | None) -> int:

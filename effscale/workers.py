@@ -34,9 +34,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from effscale import slurm
+from effscale.cores import available_cores
 from effscale.errors import UserError
 from effscale.search import Job, Search, fail_stale_trials
-from effscale.train import available_cores
 
 if TYPE_CHECKING:
     import pandas as pd
