@@ -538,10 +538,8 @@ class Search:
                 else:
                     self.study.tell(trial, state=earlier.state)
                 continue
-            job = Job(self.by_point[point], self.seed)
-            copy = self.original(job) is not None
-            self.train(trial, job, f"[{len(trained) + 1}/{n_trials}]")
-            if not copy:  # a point that repeats a trained network costs nothing and is not counted
+            # A point that repeats a trained network costs nothing and is not counted.
+            if self.train(trial, Job(self.by_point[point], self.seed), f"[{len(trained) + 1}/{n_trials}]"):
                 trained.add(point)
 
     def _points(self) -> list[str]:
@@ -563,9 +561,9 @@ class Search:
                 return trial
         return None
 
-    def train(self, trial: optuna.Trial, job: Job, progress: str) -> None:
+    def train(self, trial: optuna.Trial, job: Job, progress: str) -> bool:
         """Train `job` as `trial` and record the result; a point that repeats a network already
-        trained with this seed records that trial's result instead."""
+        trained with this seed records that trial's result instead. Whether it trained."""
         c = job.candidate
         attrs, written = self.trial_attrs(job), trial.user_attrs
         for key, value in attrs.items():
@@ -581,8 +579,9 @@ class Search:
             summary = {k: original.user_attrs.get(k) for k in ("val_acc", "test_acc", "epochs", "reason")}
             summary.update(train_seconds=0.0, same_as=original.user_attrs["point"])
             self.record(trial, summary, original.state.name, progress)
-            return
+            return False
         self.fit(trial, job, attrs, progress)
+        return True
 
     def fit(self, trial: optuna.Trial, job: Job, attrs: dict[str, Any], progress: str) -> None:
         from effscale.loggers import close_loggers, trial_loggers
