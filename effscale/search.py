@@ -71,6 +71,11 @@ class Candidate:
         return point_id(self.alpha, self.beta, self.gamma)
 
     @property
+    def network(self) -> str:
+        """The first feasible point that builds this candidate's network: the same for all its repeats."""
+        return self.same_as or self.point
+
+    @property
     def feasible(self) -> bool:
         return not self.reasons
 
@@ -374,12 +379,10 @@ class Search:
         for candidate, cost in zip(self.candidates, costs):
             judge(candidate, cost, base, self.budget)
         self.feasible = [c for c in self.candidates if c.feasible]
-        networks: dict[tuple[str, int], list[Candidate]] = {}
+        first: dict[tuple[str, int], str] = {}
         for c in self.feasible:
-            twins = networks.setdefault((architecture_key(c.table), int(c.table["resolution"])), [])
-            c.same_as = twins[0].point if twins else None
-            twins.append(c)
-        self.twins = {c.point: [t.point for t in twins if t is not c] for twins in networks.values() for c in twins}
+            same = first.setdefault((architecture_key(c.table), int(c.table["resolution"])), c.point)
+            c.same_as = same if same != c.point else None
         if not self.feasible:
             nearest = min(self.candidates, key=lambda c: abs(c.macs_ratio / 2**phi - 1))
             raise UserError(f"budget: none of the {len(self.candidates)} grid points fits "
@@ -554,9 +557,11 @@ class Search:
 
     def original(self, job: Job) -> FrozenTrial | None:
         """A finished trial that trained `job`'s network with `job`'s seed, under another point."""
-        finished = self._finished()
-        for point in self.twins.get(job.candidate.point, ()):
-            trial = finished.get((point, job.seed))
+        finished, c = self._finished(), job.candidate
+        for other in self.feasible:
+            if other is c or other.network != c.network:
+                continue
+            trial = finished.get((other.point, job.seed))
             if trial is not None and not trial.user_attrs.get("same_as"):
                 return trial
         return None
