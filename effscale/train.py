@@ -218,6 +218,12 @@ def trial_devices(recipe: dict[str, Any], device: str) -> int:
         return max(1, torch.cuda.device_count()) if device.startswith("cuda") else 1
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
         raise UserError(f"trainer.devices: expected a positive integer or auto, got {requested!r}")
+    if device.startswith("cuda"):
+        first = int(device.split(":")[1]) if ":" in device else 0
+        seen = torch.cuda.device_count() - first
+        if requested > seen:
+            raise UserError(f"trainer.devices={requested}: this process sees {max(0, seen)} GPU"
+                            f"{'' if seen == 1 else 's'} from {device} on")
     return requested
 
 

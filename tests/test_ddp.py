@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from effscale.data import build_datamodule
@@ -21,8 +22,8 @@ DATA = {"name": "procedural", "root": None, "train_size": 128, "val_size": 64, "
         "in_channels": 3, "native_resolution": 32, "mean": [0.5] * 3, "std": [0.18] * 3}
 RECIPE = {"max_epochs": 2, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0, "warmup_epochs": 0,
           "threads": 1, "devices": 2, "progress": False, "channels_last": True}
-# Two grid points (alpha 1.95 and 2.0), one epoch each, on two ranks.
-TWO_RANKS = ["search.grid.alpha=[1.95,2.0]", "trainer.devices=2"]
+# Two grid points (alpha 1.95 and 2.0), one epoch each, on two CPU ranks (gloo), on any machine.
+TWO_RANKS = ["search.grid.alpha=[1.95,2.0]", "trainer.devices=2", "device=cpu"]
 
 
 def _tiny_network() -> torch.nn.Module:
@@ -83,3 +84,16 @@ def test_a_device_count_that_is_not_a_positive_integer_is_one_line(tmp_path):
     run = rs.cli("search", *rs.TINY_SEARCH, "trainer.devices=0", f"out={tmp_path}", "name=ddp")
     assert run.returncode == 2
     assert run.stderr.strip() == "effscale search: trainer.devices: expected a positive integer or auto, got 0"
+
+
+def test_more_devices_than_the_gpus_a_process_sees_is_one_line(monkeypatch):
+    from effscale.errors import UserError
+    from effscale.train import trial_devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert trial_devices({"devices": 2}, "cuda") == 2
+    assert trial_devices({"devices": "auto"}, "cuda") == 2
+    with pytest.raises(UserError, match=r"^trainer.devices=2: this process sees 1 GPU from cuda:1 on$"):
+        trial_devices({"devices": 2}, "cuda:1")
+    with pytest.raises(UserError, match=r"^trainer.devices=3: this process sees 2 GPUs from cuda on$"):
+        trial_devices({"devices": 3}, "cuda")
