@@ -213,6 +213,9 @@ class Comparison:
             raise UserError(f"compare.phis={opts['phis']}: expected a list of φ >= 0")
         if not self.seeds:
             raise UserError(f"compare.seeds={opts['seeds']}: expected at least 1")
+        from effscale.train import check_recipe
+
+        check_recipe(self.recipe)
         for strategy in self.strategies:
             try:
                 strategy_multipliers(strategy, 2.0)
