@@ -56,7 +56,7 @@ def out_of_memory(root: Path) -> tuple[bool, int, str]:
 
 def diverging_loss(root: Path) -> tuple[bool, int, str]:
     table = quietly(rs.diverging_loss_in_one_trial, root)
-    ok = list(table["state"]) == ["COMPLETE", "FAIL"] and bool(re.search(r"loss is (nan|inf|not finite)", str(table.loc[1, "reason"])))
+    ok = list(table["state"]) == ["COMPLETE", "FAIL"] and bool(re.search(r"loss is (?:nan|inf|not finite)", str(table.loc[1, "reason"])))
     return ok, 0, f"states {'/'.join(table['state'])}, reason {table.loc[1, 'reason']!r}"
 
 

@@ -52,6 +52,12 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
+    return int(text)
+
+
 def _report(args: list[str]) -> None:
     from effscale.report import write_report
 
@@ -71,7 +77,7 @@ def _dashboard(args: list[str]) -> None:
     parser.add_argument("sweep", nargs="?", help="the sweep folder, e.g. results/quick (its study.db, journal or "
                                                  "storage.txt)")
     parser.add_argument("--storage", help="an Optuna storage URL instead of a sweep folder")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=_port, default=8080, help="0 picks a free one")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it to the network")
     opts = parser.parse_args(args)
     run(opts.sweep, opts.host, opts.port, opts.storage)

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from effscale.config import available_options, compose, to_dict
+from effscale.config import available_options, compose, load
 from effscale.errors import UserError
 from effscale.scaling import OFFICIAL_VARIANTS, ScalingError, scaled_baseline
 
@@ -42,7 +42,7 @@ def measure(overrides: list[str]) -> None:
     from effscale.measure import human, measure_table
     from effscale.models import build_model
 
-    cfg = to_dict(compose("measure", overrides))
+    cfg = load("measure", overrides)
     opts = cfg["measure"]
     variants = opts.get("variants")
     if variants == "all":
@@ -82,7 +82,7 @@ def search(overrides: list[str]) -> None:
     from effscale.search import Search, outcome
 
     started = time.perf_counter()
-    cfg = to_dict(compose("search", overrides))
+    cfg = load("search", overrides)
     run = Search(cfg, model_table(cfg), resolve_device(cfg["device"]))
     run.plan()
     print(run.describe_plan())
@@ -116,7 +116,7 @@ def compare(overrides: list[str]) -> None:
     from effscale.report import write_report
 
     started = time.perf_counter()
-    cfg = to_dict(compose("compare", overrides))
+    cfg = load("compare", overrides)
     run = Comparison(cfg, model_table(cfg), resolve_device(cfg["device"]))
     run.plan()
     print(run.describe_plan())
@@ -164,7 +164,7 @@ def print_help(command: str, overrides: list[str]) -> None:
 def finetune(overrides: list[str]) -> None:
     from effscale.finetune import finetune as fit
 
-    cfg = to_dict(compose("finetune", overrides))
+    cfg = load("finetune", overrides)
     result = fit(cfg)
     print(f"val accuracy, new classifier on the frozen network: {result['val_acc_head']:.4f}")
     if "val_acc_all" in result:

@@ -209,13 +209,6 @@ class Comparison:
         self.seeds = list(range(first, first + int(opts["seeds"])))
         self.context = {"baseline": self.baseline["name"], "dataset": self.cfg["data"]["name"]}
         self.logger_kind = self.cfg["logger"]["name"]
-        if not self.phis or any(p < 0 for p in self.phis):
-            raise UserError(f"compare.phis={opts['phis']}: expected a list of φ >= 0")
-        if not self.seeds:
-            raise UserError(f"compare.seeds={opts['seeds']}: expected at least 1")
-        from effscale.train import check_recipe
-
-        check_recipe(self.recipe)
         for strategy in self.strategies:
             try:
                 strategy_multipliers(strategy, 2.0)

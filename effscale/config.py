@@ -52,6 +52,15 @@ def available_options(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+def load(command: str, overrides: list[str]) -> dict[str, Any]:
+    """The resolved config of `command` with `overrides`, every value checked (effscale/checks.py)."""
+    from effscale.checks import check_config
+
+    cfg = to_dict(compose(command, overrides))
+    check_config(cfg)
+    return cfg
+
+
 def to_dict(cfg: Any) -> Any:
     """A resolved plain-Python copy of a config node (dicts and lists)."""
     if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):

@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from effscale.checks import check_config
 from effscale.config import CONF_DIR, compose, to_dict
 from effscale.errors import UserError
 
@@ -72,9 +73,8 @@ def multirun(overrides: list[str]) -> None:
     with open_dict(composed):
         del composed["hydra"]
     cfg = to_dict(composed)
+    check_config(cfg)
     workers = int(cfg["search"]["workers"])
-    if workers < 1:
-        raise UserError(f"search.workers={workers}: expected 1 or more")
     check_storage(cfg["search"].get("storage"), launcher, workers)
 
     # Plan and open the study here (on CPU: a login node has no GPU; each worker measures again on its own).

@@ -640,6 +640,10 @@ def write_report(folder: str | Path, out: str | Path | None = None, metric: str 
     df = load_trials(folder)
     out = Path(out) if out is not None else (folder if folder.suffix != ".csv" else folder.parent)
     name = (folder if folder.suffix != ".csv" else folder.parent).resolve().name
+    try:
+        (out / "plots").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # --out names a file, or a folder this user cannot write
+        raise UserError(f"{out}: cannot write the report there ({exc.strerror})") from None
     report = build_report(df, out / "plots", f"effscale report — {name}", metric)
     markdown, page = to_markdown(report), to_html(report, out)
     for path, text in ((out / "report.md", markdown), (out / "report.html", page)):

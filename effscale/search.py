@@ -340,9 +340,8 @@ class Search:
             raise UserError(f"logger={self.logger_kind}: expected wandb or csv")
         self.pruner()  # a wrong pruner setting fails here, before anything runs
         make_sampler(self.opts["sampler"], [], self.seed)
-        from effscale.train import check_recipe, trial_devices
+        from effscale.train import trial_devices
 
-        check_recipe(self.recipe)
         if trial_devices(self.recipe, device) > 1 and self.opts.get("pruner") not in (None, "none"):
             raise UserError(f"search.pruner={self.opts['pruner']} needs trainer.devices=1: a trial on several "
                             "devices runs in spawned DDP ranks and reports its epochs only when it ends")

@@ -210,53 +210,6 @@ def _precision(device: str, requested: str) -> str:
     return "32-true"
 
 
-# Lightning's precision settings (its short forms 32, 16, 64 and bf16 included).
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "16", "64", "bf16")
-
-
-def _integer(low: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
-def _number(ok: Callable[[float], bool]) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and ok(v)
-
-
-def _batches(v: Any) -> bool:
-    """`limit_*_batches`: none, a count of at least 1, or a fraction in (0, 1]."""
-    return v is None or _integer(1)(v) or (isinstance(v, float) and 0 < v <= 1)
-
-
-# What each recipe key accepts; a key a recipe leaves out keeps its default.
-RECIPE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "max_epochs": (_integer(1), "an integer of at least 1"),
-    "optimizer": (lambda v: v in ("adamw", "sgd"), "adamw or sgd"),
-    "lr": (_number(lambda v: v > 0), "a number above 0"),
-    "momentum": (_number(lambda v: 0 <= v < 1), "a number in [0, 1)"),
-    "weight_decay": (_number(lambda v: v >= 0), "a number of at least 0"),
-    "warmup_epochs": (_number(lambda v: v >= 0), "a number of at least 0"),
-    "label_smoothing": (_number(lambda v: 0 <= v < 1), "a number in [0, 1)"),
-    "gradient_clip_val": (lambda v: v is None or _number(lambda x: x > 0)(v), "null or a number above 0"),
-    "precision": (lambda v: str(v) in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
-    "threads": (lambda v: v is None or _integer(1)(v), "null or an integer of at least 1"),
-    "num_workers": (lambda v: v is None or _integer(0)(v), "null or an integer of at least 0"),
-    "limit_train_batches": (_batches, "null, a count of at least 1 or a fraction in (0, 1]"),
-    "limit_val_batches": (_batches, "null, a count of at least 1 or a fraction in (0, 1]"),
-    "log_every_n_steps": (_integer(1), "an integer of at least 1"),
-    "progress": (lambda v: v in ("auto", None) or isinstance(v, bool), "auto, true or false"),
-    **{key: (lambda v: isinstance(v, bool), "true or false")
-       for key in ("nesterov", "zero_init_residual", "channels_last", "deterministic")},
-}
-
-
-def check_recipe(recipe: dict[str, Any], section: str = "trainer") -> None:
-    """Refuse a recipe value that training would trip over later (`trainer.lr=abc`): one line naming
-    `section.key`, before a sweep writes anything. The device count is checked by `trial_devices`."""
-    for key, (ok, expected) in RECIPE_CHECKS.items():
-        if key in recipe and not ok(recipe[key]):
-            raise UserError(f"{section}.{key}: expected {expected}, got {recipe[key]!r}")
-
-
 def trial_devices(recipe: dict[str, Any], device: str) -> int:
     """How many devices one trial trains on (`trainer.devices`): a number, or auto for every GPU
     this process sees (a SLURM job's GPUs), one on CPU."""

@@ -233,11 +233,11 @@ def run_local(search: Search, overrides: list[str], workers: int) -> "pd.DataFra
 
 
 def main(argv: list[str]) -> int:
-    from effscale.config import compose, to_dict
+    from effscale.config import load
 
     index, overrides = int(argv[0]), argv[1:]
     try:
-        work(to_dict(compose("search", overrides)), index)
+        work(load("search", overrides), index)
     except UserError as exc:
         print(f"effscale search: worker {index}: {exc}", file=sys.stderr)
         return 2

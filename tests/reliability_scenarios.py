@@ -183,6 +183,7 @@ BAD_INPUTS = [
     BadInput("unknown data source", _search("data=nope"), "data=nope"),
     BadInput("unknown key", _search("trainer.max_epoch=1"), "trainer.max_epoch"),
     BadInput("learning rate not a number", _search("trainer.lr=abc"), "trainer.lr"),
+    BadInput("budget not a number", _search("budget.max_params=abc"), "budget.max_params"),
     BadInput("unknown optimizer", ("compare", *TINY_SEARCH, "out={out}", "name=sweep", "trainer.optimizer=adam"),
              "trainer.optimizer"),
     BadInput("fine-tuning momentum above 1", ("finetune", "out={out}", "finetune.recipe.momentum=1.5"),
@@ -219,6 +220,9 @@ BAD_INPUTS = [
     BadInput("predict: no such image", ("predict", "{out}/missing.jpg", "--weights", "{mismatch}"), "missing.jpg"),
     BadInput("predict: not an image", ("predict", "{not_image}"), "notes.jpg"),
     BadInput("report: no results table", ("report", "{empty}"), "empty"),
+    BadInput("report: --out is a file", ("report", str(REPO / "results" / "quick"), "--out", "{a_file}"), "a_file"),
+    BadInput("dashboard: port out of range", ("dashboard", str(REPO / "results" / "quick"), "--port", "70000"),
+             "--port"),
 ]
 
 

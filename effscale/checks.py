@@ -1,0 +1,121 @@
+"""What each setting a user types accepts, checked before a command runs anything.
+
+Hydra composes the config and refuses unknown keys; it does not know that `trainer.lr` is a number
+above 0 or `search.top_k` a count. `check_config` does, for every section a command reads: a wrong
+value is one line naming its key (`trainer.lr: expected a number above 0, got 'abc'`), exit status 2,
+before a sweep folder exists. Values that depend on each other or on files (the grid, the data set's
+sizes, a budget no point meets, the device count) are checked where they are used.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from effscale.errors import UserError
+
+# A predicate on the value and the words that say what it accepts.
+Check = tuple[Callable[[Any], bool], str]
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def count(low: int = 1) -> Check:
+    return (lambda v: _integer(v) and v >= low), f"an integer of at least {low}"
+
+
+def above(low: float) -> Check:
+    return (lambda v: _real(v) and v > low), f"a number above {low:g}"
+
+
+def at_least(low: float) -> Check:
+    return (lambda v: _real(v) and v >= low), f"a number of at least {low:g}"
+
+
+def below_one() -> Check:
+    return (lambda v: _real(v) and 0 <= v < 1), "a number in [0, 1)"
+
+
+def one_of(*options: str) -> Check:
+    """One of `options`, compared as text (Hydra reads `trainer.precision=32` as the integer 32)."""
+    return (lambda v: not isinstance(v, bool) and str(v) in options), \
+        (" or ".join(options) if len(options) == 2 else "one of " + ", ".join(options))
+
+
+def optional(check: Check) -> Check:
+    ok, expected = check
+    return (lambda v: v is None or ok(v)), f"null or {expected}"
+
+
+FLAG: Check = (lambda v: isinstance(v, bool)), "true or false"
+BATCHES: Check = ((lambda v: v is None or (_integer(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1)),
+                  "null, a count of at least 1 or a fraction in (0, 1]")
+PHIS: Check = ((lambda v: isinstance(v, list) and len(v) > 0 and all(_real(p) and p >= 0 for p in v)),
+               "a list of one or more numbers of at least 0")
+FOLDER_NAME: Check = ((lambda v: isinstance(v, (str, int)) and not isinstance(v, bool)
+                       and str(v).strip() not in ("", ".", "..")), "a folder name")
+
+# Lightning's precision settings, its short forms included.
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "16", "64", "bf16")
+
+# The training recipe: the `trainer` group, `compare.trainer` and `finetune.recipe`.
+TRAINER: dict[str, Check] = {
+    "max_epochs": count(1),
+    "optimizer": one_of("adamw", "sgd"),
+    "lr": above(0),
+    "momentum": below_one(),
+    "weight_decay": at_least(0),
+    "warmup_epochs": at_least(0),
+    "label_smoothing": below_one(),
+    "gradient_clip_val": optional(above(0)),
+    "precision": one_of(*PRECISIONS),
+    "threads": optional(count(1)),
+    "num_workers": optional(count(0)),
+    "limit_train_batches": BATCHES,
+    "limit_val_batches": BATCHES,
+    "log_every_n_steps": count(1),
+    "progress": ((lambda v: v in ("auto", None) or isinstance(v, bool)), "auto, true or false"),
+    "nesterov": FLAG, "zero_init_residual": FLAG, "channels_last": FLAG, "deterministic": FLAG,
+}
+
+# Each section a command may read, by its path in the config. A key a config leaves out keeps its default.
+SECTIONS: dict[str, dict[str, Check]] = {
+    "": {"seed": count(0), "name": FOLDER_NAME},
+    "data": {"resolution": optional(count(1))},
+    "trainer": TRAINER,
+    "search": {"phi": at_least(0), "n_trials": optional(count(1)), "top_k": count(0), "extra_seeds": count(0),
+               "workers": count(1), "retry_failed": FLAG, "stale_after_s": above(0)},
+    "search.grid": {"gamma_multiple": optional(at_least(0))},
+    "scale": {"resolution_multiple": optional(count(0))},
+    "budget": {"macs_tolerance": at_least(0), "max_params": optional(count(1)),
+               "max_peak_mem_mb": optional(above(0)), "max_latency_ms": optional(above(0))},
+    "measure": {"batch_size": count(1), "memory": FLAG, "latency": FLAG, "optimizer": one_of("sgd", "adamw")},
+    "compare": {"phis": PHIS, "seeds": count(1), "macs_tolerance": at_least(0)},
+    "compare.trainer": TRAINER,
+    "finetune": {"head_epochs": count(1), "unfreeze_epochs": count(0), "backbone_lr_mult": above(0),
+                 "unfreeze_grad_clip": optional(above(0)), "train_bn": FLAG, "batch_size": count(1)},
+    "finetune.recipe": TRAINER,
+}
+
+
+def check_values(values: dict[str, Any], section: str, checks: dict[str, Check]) -> None:
+    """Raise a UserError naming `section.key` for the first value of `values` its check refuses."""
+    for key, (ok, expected) in checks.items():
+        if key in values and not ok(values[key]):
+            raise UserError(f"{section + '.' if section else ''}{key}: expected {expected}, got {values[key]!r}")
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """Check every section of a resolved config (`config.to_dict`) that `SECTIONS` describes."""
+    for path, checks in SECTIONS.items():
+        values: Any = cfg
+        for part in filter(None, path.split(".")):
+            values = values.get(part) if isinstance(values, dict) else None
+        if isinstance(values, dict):
+            check_values(values, path, checks)

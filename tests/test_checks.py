@@ -1,0 +1,68 @@
+"""Every setting a user types is checked before a command runs (effscale/checks.py): a wrong value is
+one line naming its key. The command-line side (exit status 2, nothing written) is in
+tests/test_reliability.py's bad inputs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from effscale.checks import check_config
+from effscale.config import available_options, compose, load, to_dict
+from effscale.errors import UserError
+
+
+@pytest.mark.parametrize("command, override, message", [
+    ("search", "trainer.lr=abc", "trainer.lr: expected a number above 0, got 'abc'"),
+    ("search", "trainer.lr=0", "trainer.lr: expected a number above 0, got 0"),
+    ("search", "trainer.max_epochs=2.5", "trainer.max_epochs: expected an integer of at least 1, got 2.5"),
+    ("search", "trainer.max_epochs=true", "trainer.max_epochs: expected an integer of at least 1, got True"),
+    ("search", "trainer.optimizer=adam", "trainer.optimizer: expected adamw or sgd, got 'adam'"),
+    ("search", "trainer.momentum=1.0", "trainer.momentum: expected a number in [0, 1), got 1.0"),
+    ("search", "trainer.precision=fp8", "trainer.precision: expected one of auto, 32-true, bf16-mixed, 16-mixed, "
+                                        "bf16-true, 16-true, 64-true, 32, 16, 64, bf16, got 'fp8'"),
+    ("search", "trainer.limit_train_batches=1.5",
+     "trainer.limit_train_batches: expected null, a count of at least 1 or a fraction in (0, 1], got 1.5"),
+    ("search", "trainer.channels_last=yes", "trainer.channels_last: expected true or false, got 'yes'"),
+    ("search", "trainer.progress=sometimes", "trainer.progress: expected auto, true or false, got 'sometimes'"),
+    ("search", "seed=abc", "seed: expected an integer of at least 0, got 'abc'"),
+    ("search", "name=", "name: expected a folder name, got ''"),
+    ("search", "data.resolution=0", "data.resolution: expected null or an integer of at least 1, got 0"),
+    ("search", "search.top_k=-1", "search.top_k: expected an integer of at least 0, got -1"),
+    ("search", "search.workers=0", "search.workers: expected an integer of at least 1, got 0"),
+    ("search", "search.n_trials=0", "search.n_trials: expected null or an integer of at least 1, got 0"),
+    ("search", "search.stale_after_s=abc", "search.stale_after_s: expected a number above 0, got 'abc'"),
+    ("search", "budget.max_params=abc", "budget.max_params: expected null or an integer of at least 1, got 'abc'"),
+    ("search", "budget.macs_tolerance=-1", "budget.macs_tolerance: expected a number of at least 0, got -1"),
+    ("search", "budget.max_latency_ms=nan", "budget.max_latency_ms: expected null or a number above 0, got nan"),
+    ("measure", "measure.batch_size=0", "measure.batch_size: expected an integer of at least 1, got 0"),
+    ("measure", "measure.optimizer=adam", "measure.optimizer: expected sgd or adamw, got 'adam'"),
+    ("compare", "compare.phis=[abc]", "compare.phis: expected a list of one or more numbers of at least 0, "
+                                      "got ['abc']"),
+    ("compare", "compare.phis=[]", "compare.phis: expected a list of one or more numbers of at least 0, got []"),
+    ("compare", "compare.seeds=0", "compare.seeds: expected an integer of at least 1, got 0"),
+    ("compare", "+compare.trainer.lr=-1", "compare.trainer.lr: expected a number above 0, got -1"),
+    ("finetune", "finetune.head_epochs=0", "finetune.head_epochs: expected an integer of at least 1, got 0"),
+    ("finetune", "finetune.recipe.lr=abc", "finetune.recipe.lr: expected a number above 0, got 'abc'"),
+])
+def test_a_wrong_value_is_refused_by_its_key_and_what_it_accepts(command, override, message):
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+        load(command, [override])
+
+
+@pytest.mark.parametrize("command", ["measure", "search", "compare", "finetune"])
+def test_every_shipped_config_passes(command):
+    load(command, [])
+    if command == "search":
+        for sweep in available_options("sweep"):
+            load(command, [f"+sweep={sweep}"])
+
+
+def test_values_a_user_may_write_in_other_forms_pass():
+    cfg = to_dict(compose("search", []))
+    cfg["trainer"] |= {"precision": 32, "limit_train_batches": 0.25, "limit_val_batches": 3, "gradient_clip_val": 1,
+                       "threads": 2, "progress": True, "lr": 1}
+    cfg["search"] |= {"n_trials": None, "top_k": 0, "extra_seeds": 0}
+    cfg |= {"name": 7, "seed": 0}
+    check_config(cfg)
