@@ -58,6 +58,12 @@ BATCHES: Check = ((lambda v: v is None or (_integer(v) and v >= 1) or (isinstanc
                   "null, a count of at least 1 or a fraction in (0, 1]")
 PHIS: Check = ((lambda v: isinstance(v, list) and len(v) > 0 and all(_real(p) and p >= 0 for p in v)),
                "a list of one or more numbers of at least 0")
+RANGE: Check = ((lambda v: isinstance(v, list) and len(v) == 2 and all(map(_real, v)) and v[0] <= v[1]),
+                 "[low, high], two numbers with low <= high")
+GAMMAS: Check = ((lambda v: v is None or (isinstance(v, list) and len(v) > 0 and all(_real(g) and g > 0 for g in v))),
+                 "null or a list of one or more numbers above 0")
+STAGES: Check = ((lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(s, dict) for s in v)),
+                 "a list of one or more stages")
 FOLDER_NAME: Check = ((lambda v: isinstance(v, (str, int)) and not isinstance(v, bool)
                        and str(v).strip() not in ("", ".", "..")), "a folder name")
 
@@ -91,7 +97,12 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "trainer": TRAINER,
     "search": {"phi": at_least(0), "n_trials": optional(count(1)), "top_k": count(0), "extra_seeds": count(0),
                "workers": count(1), "retry_failed": FLAG, "stale_after_s": above(0)},
-    "search.grid": {"gamma_multiple": optional(at_least(0))},
+    "search.grid": {"alpha": RANGE, "beta": RANGE, "step": above(0), "tolerance": at_least(0), "gamma_values": GAMMAS,
+                    "gamma_multiple": optional(at_least(0))},
+    "baseline": {"stages": STAGES, "resolution": count(1), "divisor": count(1), "dropout": below_one(),
+                 "stochastic_depth": below_one()},
+    "baseline.stem": {"channels": count(1), "kernel": count(1), "stride": count(1)},
+    "baseline.head": {"channels": count(1)},
     "scale": {"resolution_multiple": optional(count(0))},
     "budget": {"macs_tolerance": at_least(0), "max_params": optional(count(1)),
                "max_peak_mem_mb": optional(above(0)), "max_latency_ms": optional(above(0))},
@@ -102,6 +113,11 @@ SECTIONS: dict[str, dict[str, Check]] = {
                  "unfreeze_grad_clip": optional(above(0)), "train_bn": FLAG, "batch_size": count(1)},
     "finetune.recipe": TRAINER,
 }
+
+
+# One stage of `baseline.stages`, checked as baseline.stages[i].
+STAGE: dict[str, Check] = {"channels": count(1), "repeats": count(1), "stride": count(1), "kernel": count(1),
+                           "expand": above(0), "se": below_one()}
 
 
 def check_values(values: dict[str, Any], section: str, checks: dict[str, Check]) -> None:
@@ -119,3 +135,5 @@ def check_config(cfg: dict[str, Any]) -> None:
             values = values.get(part) if isinstance(values, dict) else None
         if isinstance(values, dict):
             check_values(values, path, checks)
+    for i, stage in enumerate((cfg.get("baseline") or {}).get("stages") or []):
+        check_values(stage, f"baseline.stages[{i}]", STAGE)

@@ -36,6 +36,16 @@ from effscale.errors import UserError
     ("search", "budget.max_params=abc", "budget.max_params: expected null or an integer of at least 1, got 'abc'"),
     ("search", "budget.macs_tolerance=-1", "budget.macs_tolerance: expected a number of at least 0, got -1"),
     ("search", "budget.max_latency_ms=nan", "budget.max_latency_ms: expected null or a number above 0, got nan"),
+    ("search", "search.grid.alpha=[2.0,1.0]", "search.grid.alpha: expected [low, high], two numbers with low <= high, "
+                                              "got [2.0, 1.0]"),
+    ("search", "search.grid.gamma_values=[abc]", "search.grid.gamma_values: expected null or a list of one or more "
+                                                 "numbers above 0, got ['abc']"),
+    ("measure", "baseline.stages=[]", "baseline.stages: expected a list of one or more stages, got []"),
+    ("measure", "baseline.stages.1.channels=0",
+     "baseline.stages[1].channels: expected an integer of at least 1, got 0"),
+    ("measure", "baseline.dropout=2", "baseline.dropout: expected a number in [0, 1), got 2"),
+    ("measure", "baseline=resnet50 baseline.stem.stride=0", "baseline.stem.stride: expected an integer of at least 1, "
+                                                            "got 0"),
     ("measure", "measure.batch_size=0", "measure.batch_size: expected an integer of at least 1, got 0"),
     ("measure", "measure.optimizer=adam", "measure.optimizer: expected sgd or adamw, got 'adam'"),
     ("compare", "compare.phis=[abc]", "compare.phis: expected a list of one or more numbers of at least 0, "
@@ -48,7 +58,7 @@ from effscale.errors import UserError
 ])
 def test_a_wrong_value_is_refused_by_its_key_and_what_it_accepts(command, override, message):
     with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
-        load(command, [override])
+        load(command, override.split())
 
 
 @pytest.mark.parametrize("command", ["measure", "search", "compare", "finetune"])
@@ -57,6 +67,11 @@ def test_every_shipped_config_passes(command):
     if command == "search":
         for sweep in available_options("sweep"):
             load(command, [f"+sweep={sweep}"])
+    if command == "measure":
+        for baseline in available_options("baseline"):
+            load(command, [f"baseline={baseline}"])
+        for data in available_options("data"):
+            load(command, [f"data={data}"])
 
 
 def test_values_a_user_may_write_in_other_forms_pass():
