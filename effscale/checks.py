@@ -90,6 +90,11 @@ TRAINER: dict[str, Check] = {
     "nesterov": FLAG, "zero_init_residual": FLAG, "channels_last": FLAG, "deterministic": FLAG,
 }
 
+# One stage of `baseline.stages`, checked as baseline.stages[i].
+STAGE: dict[str, Check] = {"channels": count(1), "repeats": count(1), "stride": count(1), "kernel": count(1),
+                           "expand": above(0), "se": below_one()}
+
+
 # Each section a command may read, by its path in the config. A key a config leaves out keeps its default.
 SECTIONS: dict[str, dict[str, Check]] = {
     "": {"seed": count(0), "name": FOLDER_NAME},
@@ -113,11 +118,6 @@ SECTIONS: dict[str, dict[str, Check]] = {
                  "unfreeze_grad_clip": optional(above(0)), "train_bn": FLAG, "batch_size": count(1)},
     "finetune.recipe": TRAINER,
 }
-
-
-# One stage of `baseline.stages`, checked as baseline.stages[i].
-STAGE: dict[str, Check] = {"channels": count(1), "repeats": count(1), "stride": count(1), "kernel": count(1),
-                           "expand": above(0), "se": below_one()}
 
 
 def check_values(values: dict[str, Any], section: str, checks: dict[str, Check]) -> None:
