@@ -10,6 +10,7 @@ sizes, a budget no point meets, the device count) are checked where they are use
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable
 
 from effscale.errors import UserError
@@ -19,11 +20,11 @@ Check = tuple[Callable[[Any], bool], str]
 
 
 def _integer(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def count(low: int = 1) -> Check:

@@ -78,6 +78,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from effscale.checks import check_values, count
 from effscale.cores import available_cores
 from effscale.errors import UserError
 
@@ -164,8 +165,7 @@ class TensorBatchLoader:
 
 
 def _count(value: Any, key: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise UserError(f"data.{key}: expected an integer of at least {minimum}, got {value!r}")
+    check_values({key: value}, "data", {key: count(minimum)})
     return int(value)
 
 
