@@ -65,8 +65,10 @@ GAMMAS: Check = ((lambda v: v is None or (isinstance(v, list) and len(v) > 0 and
                  "null or a list of one or more numbers above 0")
 STAGES: Check = ((lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(s, dict) for s in v)),
                  "a list of one or more stages")
+# `name` is one folder inside `out` (results/<name>): not a path that leaves it.
 FOLDER_NAME: Check = ((lambda v: isinstance(v, (str, int)) and not isinstance(v, bool)
-                       and str(v).strip() not in ("", ".", "..")), "a folder name")
+                       and str(v).strip() not in ("", ".", "..") and "/" not in str(v) and "\\" not in str(v)),
+                      "a folder name without / (the sweep folder is out/name)")
 
 # Lightning's precision settings, its short forms included.
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "16", "64", "bf16")

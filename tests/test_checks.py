@@ -27,7 +27,9 @@ from effscale.errors import UserError
     ("search", "trainer.channels_last=yes", "trainer.channels_last: expected true or false, got 'yes'"),
     ("search", "trainer.progress=sometimes", "trainer.progress: expected auto, true or false, got 'sometimes'"),
     ("search", "seed=abc", "seed: expected an integer of at least 0, got 'abc'"),
-    ("search", "name=", "name: expected a folder name, got ''"),
+    ("search", "name=", "name: expected a folder name without / (the sweep folder is out/name), got ''"),
+    ("search", "name=../elsewhere", "name: expected a folder name without / (the sweep folder is out/name), "
+                                    "got '../elsewhere'"),
     ("search", "data.resolution=0", "data.resolution: expected null or an integer of at least 1, got 0"),
     ("search", "search.top_k=-1", "search.top_k: expected an integer of at least 0, got -1"),
     ("search", "search.workers=0", "search.workers: expected an integer of at least 1, got 0"),
