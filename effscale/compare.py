@@ -273,6 +273,8 @@ class Comparison:
     def run(self) -> pd.DataFrame:
         """Train every (model, seed) whose row is not already COMPLETE, updating the table after each."""
         self.table = self.sweep_dir / "trials.csv"
+        settings = results.trained_with(self.baseline, self.cfg["data"], self.recipe)
+        results.check_settings(self.sweep_dir, "compare", settings)
         existing = results.read_trials(self.table)
         done = set()
         if not existing.empty:

@@ -5,18 +5,22 @@ duplicates them. Every write goes to a temporary file in the same folder and is 
 table (`os.replace` is atomic on POSIX), so a reader (the report, a dashboard, a second shell) sees
 the old table or the new one, never half of one. Workers of one sweep take turns at the table through
 an exclusive lock on `.trials.csv.lock` beside it, so that none loses another's rows.
+
+Beside the table, `settings.json` records what the trials of each command (search, compare) were
+trained with, so that a sweep is resumed only with the same baseline, data and recipe.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import math
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import pandas as pd
 
@@ -45,16 +49,68 @@ def write_trials(table: pd.DataFrame, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = [c for c in table.columns if c not in COLUMNS]
     table = table.reindex(columns=COLUMNS + extra)
-    handle, tmp = tempfile.mkstemp(prefix=".trials-", suffix=".csv", dir=path.parent)
+    _replace(path, lambda f: table.to_csv(f, index=False))
+    return path
+
+
+def _replace(path: Path, write: Callable[[IO[str]], None]) -> None:
+    """Write `path` through a temporary file beside it, then one rename."""
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
     try:
         os.chmod(tmp, _file_mode())
         with os.fdopen(handle, "w", newline="") as f:
-            table.to_csv(f, index=False)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+# Settings that change how fast a trial runs, what it prints or where its files are read from, not what
+# it learns (the same Fashion-MNIST files may sit in another folder on a cluster's nodes).
+RUNTIME_SETTINGS = ("threads", "progress", "num_workers", "log_every_n_steps", "root", "download")
+
+
+def trained_with(baseline: dict[str, Any], data: dict[str, Any], recipe: dict[str, Any],
+                 **extra: Any) -> dict[str, Any]:
+    """What a trial's result depends on: the (scaled) baseline, the data and the training recipe."""
+    return json.loads(json.dumps({
+        "baseline": baseline, "data": {k: v for k, v in data.items() if k not in RUNTIME_SETTINGS},
+        "trainer": {k: v for k, v in recipe.items() if k not in RUNTIME_SETTINGS}, **extra}, default=str))
+
+
+def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any]) -> None:
+    """Record `settings` (from `trained_with`) as what `command`'s trials in `sweep_dir` are trained
+    with, in settings.json; if the sweep recorded others, refuse to go on: its finished trials would be
+    kept and ranked beside trials trained differently. The error names the first settings that differ."""
+    from effscale.errors import UserError
+
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / "settings.json"
+    with locked(sweep_dir):
+        try:
+            recorded = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: cannot read it ({exc}); it records what the sweep was trained with") from None
+        before = recorded.get(command)
+        if before is None:
+            _replace(path, lambda f: json.dump({**recorded, command: settings}, f, indent=1, sort_keys=True))
+            return
+    was, now = dict(_flat(before)), dict(_flat(settings))
+    changed = [key for key in sorted(was.keys() | now.keys()) if was.get(key, "unset") != now.get(key, "unset")]
+    if changed:
+        shown = "; ".join(f"{key} {was.get(key, 'unset')!r}, now {now.get(key, 'unset')!r}" for key in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise UserError(f"{sweep_dir}: its {command} trials were trained with other settings ({shown}{more}); "
+                        f"run it with those, or start another sweep with name=…")
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 @contextlib.contextmanager

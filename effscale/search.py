@@ -426,6 +426,9 @@ class Search:
             what = f"search.storage={without_password(url)}" if url else f"{self.sweep_dir / 'study.db'}"
             reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
             raise UserError(f"{what}: cannot open the study ({reason[:200]})") from None
+        self.check_same_points()
+        results.check_settings(self.sweep_dir, "search", results.trained_with(
+            self.baseline, self.cfg["data"], self.recipe, phi=float(self.opts["phi"])))
         handler = logging.FileHandler(self.sweep_dir / "search.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
@@ -441,6 +444,21 @@ class Search:
         rows += [trial_row(t) for t in self._finished().values()]
         results.upsert_trials(self.table, rows)
         return self.study
+
+    def check_same_points(self) -> None:
+        """A study's trials share one `point` parameter over the feasible set (Optuna refuses to change
+        a categorical parameter's choices), so a sweep resumes only with the points it was planned with."""
+        points = self._points()
+        for trial in self.study.get_trials(deepcopy=False):
+            if "point" in trial.distributions:
+                before = list(trial.distributions["point"].choices)
+                if before != points:
+                    new, gone = len(set(points) - set(before)), len(set(before) - set(points))
+                    raise UserError(
+                        f"{self.sweep_dir}: its study has {len(before)} points within the budget, this run "
+                        f"{len(points)} ({new} new, {gone} gone, from search.grid, budget or the data's resolution); "
+                        "run it with those settings, or start another sweep with name=…")
+                return
 
     def _finished(self) -> dict[tuple[str, int], FrozenTrial]:
         """The trial that settled each (point, seed): the latest finished one, leaving out stale and

@@ -7,6 +7,7 @@ import yaml
 
 from conftest import REPO
 from effscale.compare import MacsCounter, matched_models, solve_multiplier
+from effscale.errors import UserError
 from effscale.models import build_model
 from effscale.scaling import Multipliers, scale_stage_table, strategy_multipliers
 
@@ -128,6 +129,11 @@ def test_tiny_compare_trains_every_model_and_seed_resumes_and_reports(tmp_path, 
     capsys.readouterr()
     compare([f"out={tmp_path}", "name=tiny", *TINY])  # everything is COMPLETE: nothing trains again
     assert "8 trainings already complete, 0 to run" in capsys.readouterr().out
+    assert read_trials(sweep)["train_seconds"].tolist() == table["train_seconds"].tolist()
+    # A comparison trained with another recipe would be ranked beside these: refused, nothing trained.
+    with pytest.raises(UserError, match=r"its compare trials were trained with other settings "
+                                        r"\(trainer.label_smoothing 0.1, now 0.0\)"):
+        compare([f"out={tmp_path}", "name=tiny", *TINY, "trainer.label_smoothing=0.0"])
     assert read_trials(sweep)["train_seconds"].tolist() == table["train_seconds"].tolist()
 
 

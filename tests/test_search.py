@@ -150,6 +150,27 @@ def test_rerun_resumes_without_training_again(tmp_path, capsys):
     pd.testing.assert_frame_equal(first, again)
 
 
+def test_resuming_with_other_training_settings_is_refused_and_runtime_settings_are_not(tmp_path, capsys):
+    first = tiny_search(tmp_path)
+    recorded = (tmp_path / "tiny" / "settings.json").read_text()
+    assert '"max_epochs": 1' in recorded and '"threads"' not in recorded
+    # Threads, the progress bar and more seeds change no finished trial ...
+    capsys.readouterr()
+    tiny_search(tmp_path, "trainer.threads=2", "trainer.progress=true", "search.extra_seeds=1")
+    assert "trials already complete" in capsys.readouterr().out
+    first = results.read_trials(tmp_path / "tiny")
+    # ... a longer recipe or other data would: the finished trials are not kept beside them.
+    with pytest.raises(UserError, match=re.escape(
+            f"{tmp_path / 'tiny'}: its search trials were trained with other settings (data.val_size 32, now 16; "
+            "trainer.max_epochs 1, now 2); run it with those, or start another sweep with name=…")):
+        tiny_search(tmp_path, "trainer.max_epochs=2", "data.val_size=16")
+    # ... and the study's points are its grid: a wider budget would change Optuna's `point` parameter.
+    with pytest.raises(UserError, match=r"its study has 4 points within the budget, this run 8 \(4 new, 0 gone, "):
+        tiny_search(tmp_path, "budget.macs_tolerance=0.3")
+    pd.testing.assert_frame_equal(first, results.read_trials(tmp_path / "tiny"))
+    assert (tmp_path / "tiny" / "settings.json").read_text() == recorded
+
+
 # Five grid points on 12 px inputs that build two networks: α = 1.6, 1.7 and 1.8 round to the same
 # depth and to 13 px, α = 1.9 and 2.0 to the same depth and 12 px.
 REPEATS = ["scale.depth=0.5", "data.resolution=12", "search.grid={alpha:[1.6,2.0],beta:[1.0,1.0],step:0.1}",
