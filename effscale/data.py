@@ -715,6 +715,8 @@ class ImageFolderDataModule(DataModule):
         classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
         if not classes:
             raise UserError(f"{folder}: no class folders (expected {folder}/<class>/<image files>)")
+        if len(classes) == 1:
+            raise UserError(f"{folder}: one class folder ({classes[0]}); a classifier needs two or more")
         return classes
 
     def _images(self, folder: Path) -> list[Sample]:

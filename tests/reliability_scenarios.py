@@ -140,6 +140,7 @@ def make_inputs(root: Path) -> dict[str, Path]:
     paths["photo"] = root / "photo.png"
     paths["empty"].mkdir()
     (paths["no_images"] / "cats").mkdir(parents=True)
+    (paths["no_images"] / "dogs").mkdir()
     (paths["no_images"] / "cats" / "readme.txt").write_text("no pictures here\n")
     paths["not_image"].write_text("this is not a JPEG\n")
     paths["a_file"].write_text("a file where the output folder should be\n")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import re
+import shutil
 import struct
 from contextlib import contextmanager
 from pathlib import Path
@@ -315,10 +317,21 @@ def test_imagefolder_missing_or_empty_root_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=f"^data.root: {tmp_path / 'nowhere'} is not a directory$"):
         build_datamodule(_folder_cfg(tmp_path / "nowhere"), 16, 4).setup()
     (tmp_path / "empty" / "cat").mkdir(parents=True)
+    (tmp_path / "empty" / "dog").mkdir()
     with pytest.raises(UserError, match=f"^{tmp_path / 'empty'}: no images"):
         build_datamodule(_folder_cfg(tmp_path / "empty"), 16, 4).setup()
     with pytest.raises(UserError, match="no class folders"):
         build_datamodule(_folder_cfg(tmp_path / "empty" / "cat"), 16, 4).setup()
+
+
+def test_an_image_folder_of_one_class_is_a_user_error(tmp_path):
+    _image_tree(tmp_path / "set", per_class=4)
+    for extra in sorted((tmp_path / "set").iterdir())[1:]:
+        shutil.rmtree(extra)
+    only = next((tmp_path / "set").iterdir()).name
+    message = f"{tmp_path / 'set'}: one class folder ({only}); a classifier needs two or more"
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+        build_datamodule(_folder_cfg(tmp_path / "set"), 16, 4).setup()
 
 
 def test_imagenet_shape_config_needs_no_files():
