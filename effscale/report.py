@@ -17,15 +17,14 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import pandas as pd
 
 from effscale.errors import UserError
+from effscale.files import write_atomically
 
 TRIALS = "trials.csv"
 COMPARE_PREFIX = "compare_"  # point ids of the rows `effscale compare` writes (compare.compare_point)
@@ -380,36 +379,11 @@ def plot_cost(df: pd.DataFrame, path: Path) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    def write(tmp: Path) -> None:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-
     try:
         fig.tight_layout()
-        _atomic(path, write)
+        write_atomically(path, lambda f: fig.savefig(f, dpi=110, bbox_inches="tight", format="png"), binary=True)
     finally:
         _pyplot().close(fig)
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, _file_mode())
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _file_mode() -> int:
-    """The mode open() would give a new file, 0o666 less the umask: mkstemp's files are 0o600, and the
-    renamed file should be as readable as any other the user writes."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 # --- the documents ----------------------------------------------------------------------------------
@@ -647,6 +621,6 @@ def write_report(folder: str | Path, out: str | Path | None = None, metric: str 
     report = build_report(df, out / "plots", f"effscale report — {name}", metric)
     markdown, page = to_markdown(report), to_html(report, out)
     for path, text in ((out / "report.md", markdown), (out / "report.html", page)):
-        _atomic(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+        write_atomically(path, lambda f, text=text: f.write(text))
         report.files.append(path)
     return report.files

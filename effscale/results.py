@@ -16,13 +16,13 @@ import contextlib
 import fcntl
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
+
+from effscale.files import write_atomically
 
 # The contract columns other tools rely on (DESIGN.md), then the rest, in the order they are written.
 CONTRACT = ["trial", "strategy", "phi", "alpha", "beta", "gamma", "depth_mult", "width_mult", "resolution",
@@ -46,26 +46,9 @@ def read_trials(path: str | Path) -> pd.DataFrame:
 def write_trials(table: pd.DataFrame, path: str | Path) -> Path:
     """Write the whole table atomically: a temporary file beside it, then one rename."""
     path = _table_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     extra = [c for c in table.columns if c not in COLUMNS]
     table = table.reindex(columns=COLUMNS + extra)
-    _replace(path, lambda f: table.to_csv(f, index=False))
-    return path
-
-
-def _replace(path: Path, write: Callable[[IO[str]], None]) -> None:
-    """Write `path` through a temporary file beside it, then one rename."""
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    try:
-        os.chmod(tmp, _file_mode())
-        with os.fdopen(handle, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
+    return write_atomically(path, lambda f: table.to_csv(f, index=False))
 # Settings that change how fast a trial runs, what it prints or where its files are read from, not what
 # it learns (the same Fashion-MNIST files may sit in another folder on a cluster's nodes).
 RUNTIME_SETTINGS = ("threads", "progress", "num_workers", "log_every_n_steps", "root", "download")
@@ -94,7 +77,7 @@ def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any]
             raise UserError(f"{path}: cannot read it ({exc}); it records what the sweep was trained with") from None
         before = recorded.get(command)
         if before is None:
-            _replace(path, lambda f: json.dump({**recorded, command: settings}, f, indent=1, sort_keys=True))
+            write_atomically(path, lambda f: json.dump({**recorded, command: settings}, f, indent=1, sort_keys=True))
             return
     was, now = dict(_flat(before)), dict(_flat(settings))
     changed = [key for key in sorted(was.keys() | now.keys()) if was.get(key, "unset") != now.get(key, "unset")]
@@ -125,14 +108,6 @@ def locked(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _file_mode() -> int:
-    """The mode open() would give a new file, 0o666 less the umask: mkstemp's files are 0o600, and the
-    renamed file should be as readable as any other the user writes."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def upsert_trials(path: str | Path, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:

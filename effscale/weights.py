@@ -28,10 +28,8 @@ top-3 are the same classes, probabilities within 0.09).
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ from torch import Tensor, nn
 
 from effscale.config import CONF_DIR, available_options
 from effscale.errors import UserError
+from effscale.files import write_atomically
 from effscale.scaling import OFFICIAL_VARIANTS, scaled_baseline
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -553,28 +552,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, table: dict[str, Any], c
                     preprocessing: Preprocessing, **extra: Any) -> Path:
     """Write an effscale checkpoint atomically (a temporary file in the same folder, then os.replace),
     so a crash never leaves a half-written file under the final name. `extra` must be plain data."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "table": table, "class_names": list(class_names), "preprocessing": preprocessing.as_dict(), **extra,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, _file_mode())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda f: torch.save(payload, f), binary=True)
 
-
-def _file_mode() -> int:
-    """The mode open() would give a new file, 0o666 less the umask: mkstemp's files are 0o600, and the
-    renamed file should be as readable as any other the user writes."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask

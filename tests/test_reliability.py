@@ -123,17 +123,17 @@ def test_trials_csv_survives_a_rename_that_fails(tmp_path, monkeypatch):
 
 
 def test_report_file_survives_a_write_that_fails_halfway(tmp_path):
-    from effscale.report import _atomic
+    from effscale.files import write_atomically
 
     path = tmp_path / "report.md"
-    _atomic(path, lambda tmp: tmp.write_text("# complete report\n"))
+    write_atomically(path, lambda f: f.write("# complete report\n"))
 
-    def half_then_fail(tmp: Path) -> None:
-        tmp.write_text("# half a rep")
+    def half_then_fail(f) -> None:
+        f.write("# half a rep")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _atomic(path, half_then_fail)
+        write_atomically(path, half_then_fail)
     assert path.read_text() == "# complete report\n" and _no_temporaries(tmp_path) == []
 
 
@@ -160,7 +160,7 @@ def test_atomic_writes_give_files_the_umask_mode_not_mkstemps_0600(tmp_path):
     import stat
 
     from effscale import results
-    from effscale.report import _atomic
+    from effscale.files import write_atomically
     from effscale.weights import Preprocessing, save_checkpoint
 
     umask = os.umask(0o027)
@@ -168,7 +168,7 @@ def test_atomic_writes_give_files_the_umask_mode_not_mkstemps_0600(tmp_path):
         written = [results.write_trials(pd.DataFrame([{"trial": 0}]), tmp_path / "trials.csv"),
                    save_checkpoint(tmp_path / "model.pt", torch.nn.Linear(2, 2), {"name": "tiny"}, ["a", "b"],
                                    Preprocessing(resize=8, crop=8, mean=(0.5,), std=(0.5,)))]
-        _atomic(tmp_path / "report.md", lambda tmp: tmp.write_text("# report\n"))
+        write_atomically(tmp_path / "report.md", lambda f: f.write("# report\n"))
         written.append(tmp_path / "report.md")
     finally:
         os.umask(umask)

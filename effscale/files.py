@@ -1,0 +1,38 @@
+"""Files that a reader never sees half-written: the results table, settings.json, the report, a checkpoint.
+
+Each is written to a temporary file in its own folder and renamed over the final name (`os.replace` is
+atomic on POSIX), so a crash, a full disk or Ctrl-C leaves the old file or the new one, never half of one,
+and no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable
+
+
+def write_atomically(path: str | Path, write: Callable[[IO[Any]], None], binary: bool = False) -> Path:
+    """Call `write` with an open temporary file beside `path` (text, or bytes with `binary`), then
+    rename it to `path`. The file gets the mode any other new file of the user's would."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, file_mode())
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="", encoding="utf-8")) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def file_mode() -> int:
+    """The mode open() would give a new file, 0o666 less the umask: mkstemp's files are 0o600, and the
+    renamed file should be as readable as any other the user writes."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
