@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
+from effscale.errors import UserError
 from effscale.files import write_atomically
 
 # The contract columns other tools rely on (DESIGN.md), then the rest, in the order they are written.
@@ -49,6 +50,8 @@ def write_trials(table: pd.DataFrame, path: str | Path) -> Path:
     extra = [c for c in table.columns if c not in COLUMNS]
     table = table.reindex(columns=COLUMNS + extra)
     return write_atomically(path, lambda f: table.to_csv(f, index=False))
+
+
 # Settings that change how fast a trial runs, what it prints or where its files are read from, not what
 # it learns (the same Fashion-MNIST files may sit in another folder on a cluster's nodes).
 RUNTIME_SETTINGS = ("threads", "progress", "num_workers", "log_every_n_steps", "root", "download")
@@ -66,8 +69,6 @@ def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any]
     """Record `settings` (from `trained_with`) as what `command`'s trials in `sweep_dir` are trained
     with, in settings.json; if the sweep recorded others, refuse to go on: its finished trials would be
     kept and ranked beside trials trained differently. The error names the first settings that differ."""
-    from effscale.errors import UserError
-
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / "settings.json"
     with locked(sweep_dir):
@@ -85,7 +86,7 @@ def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any]
         shown = "; ".join(f"{key} {was.get(key, 'unset')!r}, now {now.get(key, 'unset')!r}" for key in changed[:3])
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         raise UserError(f"{sweep_dir}: its {command} trials were trained with other settings ({shown}{more}); "
-                        f"run it with those, or start another sweep with name=…")
+                        "run it with those, or start another sweep with name=…")
 
 
 def _flat(settings: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
