@@ -20,7 +20,6 @@ import argparse
 import json
 
 import _timing  # noqa: F401  (sets how OpenMP threads wait, before torch loads)
-import torch
 
 from _timing import describe_machine, log, pick_device, timed, verdict
 from effscale.commands import model_table

@@ -16,8 +16,8 @@ from PIL import Image
 
 from conftest import FASHION_MNIST
 from effscale import data
-from effscale.data import (IDX_IMAGES, IDX_LABELS, TEXTURES, TensorBatchLoader, build_datamodule,
-                           generate_procedural, read_idx, resize_uint8)
+from effscale.data import IDX_IMAGES, IDX_LABELS, TensorBatchLoader, build_datamodule, read_idx, resize_uint8
+from effscale.procedural import TEXTURES, generate_procedural
 from effscale.errors import UserError
 
 SMALL_PROCEDURAL = {"name": "procedural", "root": None, "train_size": 200, "val_size": 60, "test_size": 60,

@@ -69,7 +69,7 @@ def finetune_config(tmp_path, *overrides):
 
 
 def test_head_phase_leaves_backbone_and_its_batchnorm_statistics_untouched(tmp_path):
-    from effscale.data import PROCEDURAL_CLASSES
+    from effscale.procedural import PROCEDURAL_CLASSES
     from effscale.finetune import finetune
     from effscale.weights import load_pretrained
 
@@ -88,7 +88,7 @@ def test_finetune_cli_writes_a_checkpoint_predict_reads_with_the_data_class_name
     from PIL import Image
 
     from conftest import run_cli
-    from effscale.data import PROCEDURAL_CLASSES, generate_procedural
+    from effscale.procedural import PROCEDURAL_CLASSES, generate_procedural
 
     out = run_cli("finetune", f"out={tmp_path}", "data=procedural", "data.train_size=64", "data.val_size=32",
                   "data.test_size=32", "data.resolution=32", "finetune.head_epochs=1", "finetune.unfreeze_epochs=1",

@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import time
-import warnings
 from pathlib import Path
 
 import pandas as pd
