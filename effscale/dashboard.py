@@ -78,7 +78,8 @@ def run(folder: str | Path | None, host: str = "127.0.0.1", port: int = 8080, st
     if folder is None and storage is None:
         raise UserError("name a sweep folder (results/<sweep>) or --storage URL")
     server = serve(dashboard_url(storage) if storage else find_storage(folder), host, port)
-    url = f"http://{host}:{server.server_port}/dashboard"
+    address, port = server.server_address[:2]  # as bound: port 0 has become a free port
+    url = f"http://{address}:{port}/dashboard"
     print(f"optuna-dashboard for {storage or folder}: {url}  (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

@@ -69,15 +69,16 @@ def study_trials(storage: str, name: str) -> list:
     return optuna.load_study(study_name=name, storage=storage).get_trials()
 
 
-def wait_for(condition, timeout: float, what: str, proc=None):
-    """`condition()` once it is truthy; fails if `proc` (a Popen) ends first or `timeout` passes."""
+def wait_for(condition, timeout: float, what: str, proc=None, log: Path | None = None):
+    """`condition()` once it is truthy; fails if `proc` (a Popen) ends first or `timeout` passes,
+    showing its output (its stdout pipe, or `log`, the file it writes to)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         if proc is not None and proc.poll() is not None:
-            output = proc.stdout.read() if proc.stdout else ""
+            output = log.read_text() if log else proc.stdout.read() if proc.stdout else ""
             raise AssertionError(f"the search ended (exit {proc.returncode}) before {what}:\n{output}")
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}")

@@ -116,15 +116,19 @@ def test_two_local_workers_train_each_grid_point_exactly_once(tmp_path):
 def test_worker_killed_mid_trial_then_relaunch_finishes_the_grid_without_losing_or_repeating_a_trial(tmp_path):
     storage = f"sqlite:///{tmp_path}/killed/study.db"
     overrides = [*TINY, f"out={tmp_path}", "name=killed"]
-    worker = subprocess.Popen([sys.executable, "-m", "effscale.workers", "0", *overrides], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        before = wait_for(lambda: running_after_a_complete(storage, "killed"), 180, "a second trial", worker)
-    finally:
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
+    log = tmp_path / "worker.log"
+    with open(log, "w") as out:  # a file, not a pipe no one reads while it trains
+        worker = subprocess.Popen([sys.executable, "-m", "effscale.workers", "0", *overrides], cwd=REPO,
+                                  stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(lambda: running_after_a_complete(storage, "killed"), 180, "a second trial", worker, log)
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+    before = study_trials(storage, "killed")  # as the kill left them
     finished = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}
     killed = [t.number for t in before if t.state == TrialState.RUNNING and "point" in t.user_attrs]
+    assert finished and killed
 
     done = run_cli("search", *overrides, "search.workers=2")
     assert done.returncode == 0, done.stderr[-3000:]

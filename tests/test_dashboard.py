@@ -87,27 +87,37 @@ def test_folder_without_a_study_is_one_line_error(tmp_path):
     assert out.stderr.strip() == f"effscale dashboard: {tmp_path / 'missing'}: no such sweep folder"
 
 
-def test_cli_dashboard_serves_the_sweep_until_stopped(sweep):
-    import socket
+def test_cli_dashboard_serves_the_sweep_on_localhost_until_stopped(sweep):
+    import re
+    import select
     import subprocess
     import sys
-    import time
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "effscale.cli", "dashboard", str(sweep), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "effscale.cli", "dashboard", str(sweep), "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                studies = get_json(port, "/api/studies")["study_summaries"]
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
-                time.sleep(0.2)
-        assert [s["study_name"] for s in studies] == ["quick"]
+        ready, _, _ = select.select([server.stdout], [], [], 60)
+        line = server.stdout.readline() if ready else ""
+        found = re.search(r"http://([\d.]+):(\d+)/dashboard", line)
+        if not found:
+            server.kill()
+            pytest.fail(f"no URL from the dashboard within 60 s: {line!r} {server.communicate()[1][-2000:]}")
+        host, port = found.group(1), int(found.group(2))
+        assert host == "127.0.0.1"  # the address the socket is bound to, not only the default asked for
+        assert [s["study_name"] for s in get_json(port, "/api/studies")["study_summaries"]] == ["quick"]
     finally:
         server.terminate()
         server.wait(timeout=10)
+    with pytest.raises(OSError):  # stopped: nothing listens there any more
+        get_json(port, "/api/studies")
+
+
+def test_dashboard_without_a_folder_or_storage_or_on_a_taken_port_is_one_line(sweep, capsys):
+    from effscale import cli
+
+    assert cli.main(["dashboard"]) == 2
+    assert capsys.readouterr().err == "effscale dashboard: name a sweep folder (results/<sweep>) or --storage URL\n"
+    with serving(find_storage(sweep)) as taken:
+        assert cli.main(["dashboard", str(sweep), "--port", str(taken.server_port)]) == 2
+    assert capsys.readouterr().err == (f"effscale dashboard: --host 127.0.0.1 --port {taken.server_port}: "
+                                       "cannot listen there (Address already in use)\n")

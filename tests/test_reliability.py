@@ -314,14 +314,18 @@ def test_every_torch_load_in_the_package_is_weights_only():
     assert unsafe == []
 
 
-def test_dashboard_listens_on_localhost_unless_told_otherwise(monkeypatch):
+def test_dashboard_listens_on_localhost_unless_told_otherwise(tmp_path, monkeypatch):
+    import optuna
+
     from effscale import cli, dashboard
 
-    calls = []
-    monkeypatch.setattr(dashboard, "run", lambda *args: calls.append(args))
-    assert cli.main(["dashboard", "results/quick"]) == 0
-    assert cli.main(["dashboard", "results/quick", "--host", "0.0.0.0"]) == 0
-    assert [c[1] for c in calls] == ["127.0.0.1", "0.0.0.0"]
+    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    bound = []
+    monkeypatch.setattr(dashboard._ThreadingServer, "serve_forever",
+                        lambda server: bound.append(server.server_address[0]))
+    assert cli.main(["dashboard", str(tmp_path), "--port", "0"]) == 0
+    assert cli.main(["dashboard", str(tmp_path), "--port", "0", "--host", "0.0.0.0"]) == 0
+    assert bound == ["127.0.0.1", "0.0.0.0"]  # the sockets' own addresses
 
 
 def test_wandb_api_key_never_reaches_the_sweep_folder(tmp_path):

@@ -233,12 +233,14 @@ def test_killed_search_resumes_only_the_unfinished_points(tmp_path):
     command = [sys.executable, "-m", "effscale.cli", "search", *overrides(*slow, f"out={tmp_path}", "name=tiny")]
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        before = wait_for(lambda: running_after_a_complete(storage, "tiny"), 300, "a second trial", proc)
+        wait_for(lambda: running_after_a_complete(storage, "tiny"), 300, "a second trial", proc)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    before = optuna.load_study(study_name="tiny", storage=storage).trials  # as the kill left them
     complete_before = {t.number: t.user_attrs["point"] for t in before if t.state.name == "COMPLETE"}
     killed = [t.number for t in before if t.state.name == "RUNNING"]
+    assert complete_before and killed
 
     table = tiny_search(tmp_path, *slow)
     trials = optuna.load_study(study_name="tiny", storage=storage).trials
