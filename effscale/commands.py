@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -31,10 +32,13 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise UserError(f"device={device}: expected auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={device}: no CUDA device is available on this machine")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UserError(f"device={device}: expected auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise UserError(f"device={device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        "numbered from 0")
     return device
 
 

@@ -65,3 +65,60 @@ def test_the_command_sets_how_openmp_threads_wait_unless_the_user_did(given, exp
     code = "import os, effscale.cli; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [str(v) for v in expected]
+
+
+def test_no_command_prints_usage_and_an_unknown_one_is_exit_2(capsys):
+    from effscale import cli
+
+    assert cli.main([]) == 0 and "measure" in capsys.readouterr().out
+    assert cli.main(["serach"]) == 2
+    assert capsys.readouterr().err == ("effscale: unknown command 'serach'; expected one of measure, search, compare, "
+                                       "report, dashboard, predict, finetune\n")
+
+
+def test_debug_raises_the_user_error_with_its_traceback():
+    from effscale import cli
+    from effscale.errors import UserError
+
+    with pytest.raises(UserError, match="variant: unknown 'b9'"):
+        cli.main(["measure", "variant=b9", "--debug"])
+
+
+@pytest.mark.parametrize("device, message", [
+    ("tpu", "device=tpu: expected auto, cpu, cuda or cuda:N"),
+    ("cudax", "device=cudax: expected auto, cpu, cuda or cuda:N"),
+    ("cuda:x", "device=cuda:x: expected auto, cpu, cuda or cuda:N"),
+])
+def test_a_device_that_is_not_one_is_one_line(device, message):
+    from effscale.commands import resolve_device
+    from effscale.errors import UserError
+
+    with pytest.raises(UserError) as caught:
+        resolve_device(device)
+    assert str(caught.value) == message
+
+
+def test_cuda_where_there_is_none_is_one_line(monkeypatch):
+    import torch
+
+    from effscale.commands import resolve_device
+    from effscale.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(UserError, match="^device=cuda:1: no CUDA device is available on this machine$"):
+        resolve_device("cuda:1")
+
+
+def test_measure_all_variants_as_csv_has_the_json_keys_and_b0_to_b7():
+    import csv
+    import io
+
+    out = run_cli("measure", "measure.variants=all", "format=csv", "measure.memory=false")
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert [r["name"] for r in rows] == [f"efficientnet_b{i}" for i in range(8)]
+    assert [int(r["resolution"]) for r in rows] == [224, 240, 260, 300, 380, 456, 528, 600]
+    assert int(rows[7]["params"]) == 66_347_960
+    one = json.loads(run_cli("measure", "format=json", "measure.memory=false").stdout)
+    assert list(rows[0]) == list(one)

@@ -360,3 +360,73 @@ def test_fashion_mnist_search_learns_well_above_chance(tmp_path, fashion_mnist_d
     trained = table[table["state"] == "COMPLETE"]
     assert len(trained) == 1 and trained["dataset"].item() == "fashion_mnist"
     assert trained["val_acc"].item() > 0.6 and trained["test_acc"].item() > 0.6  # chance is 0.1
+
+
+# --- the pieces a sweep's bookkeeping rests on -------------------------------------------------------
+
+
+def summary_of(*points):
+    """A seed summary (best first) from (mean val_acc, std over seeds, seeds) per point."""
+    return pd.DataFrame([{"alpha": 1 + i / 10, "beta": 1.0, "gamma": 1.0, "val_acc": acc, "val_std": std,
+                          "seeds": seeds} for i, (acc, std, seeds) in enumerate(points)])
+
+
+def test_seed_noise_pools_the_std_over_points_and_ties_those_within_two_standard_errors():
+    import effscale.search as search_module
+
+    close = summary_of((0.80, 0.01, 3), (0.79, 0.02, 2), (0.70, None, 1))
+    noise = results.seed_noise(close)
+    # pooled by degrees of freedom: σ² = (2·0.01² + 1·0.02²) / 3; margin = 2σ·√(1/3 + 1/2)
+    assert noise.sigma == pytest.approx(0.0141421, abs=1e-6) and noise.pooled_from == 2
+    assert noise.lead == pytest.approx(0.01) and noise.margin == pytest.approx(0.0258199, abs=1e-6)
+    assert noise.within and noise.tied == 1  # 0.70 is 0.10 behind: beyond 2σ·√(1/3 + 1) = 0.0327
+    assert "WITHIN NOISE: 1 of the other 2 points cannot be told apart" in search_module.noise_verdict(close)
+
+    apart = summary_of((0.80, 0.01, 3), (0.70, 0.01, 3))
+    assert not results.seed_noise(apart).within
+    assert search_module.noise_verdict(apart).endswith("better than the runner-up beyond seed noise.")
+
+    one_seed_each = summary_of((0.80, None, 1), (0.79, None, 1))
+    assert results.seed_noise(one_seed_each) is None
+    assert search_module.noise_verdict(one_seed_each).startswith("noise: unknown")
+
+
+def test_a_trial_is_stale_when_its_process_here_is_gone_or_its_heartbeat_elsewhere_is_old():
+    import socket
+    import time
+
+    from effscale.search import fail_stale_trials, is_stale
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        study = optuna.create_study()
+        old = time.time() - 100
+        for host, pid in [("elsewhere", 1), (socket.gethostname(), dead.pid), (socket.gethostname(), alive.pid)]:
+            trial = study.ask()
+            for key, value in {"host": host, "pid": pid, "heartbeat": old}.items():
+                trial.set_user_attr(key, value)
+        elsewhere, gone, running = study.get_trials(deepcopy=False)
+        assert is_stale(elsewhere, 60) and not is_stale(elsewhere, 300)
+        assert is_stale(gone, 300)  # this host: the process decides, whatever the heartbeat says
+        assert not is_stale(running, 60)
+
+        study.enqueue_trial({})  # left WAITING by a process that died between enqueueing and asking
+        assert fail_stale_trials(study, 60) == 3
+        states = [(t.state.name, t.user_attrs.get("stale")) for t in study.get_trials()]
+        assert states == [("FAIL", True), ("FAIL", True), ("RUNNING", None), ("FAIL", True)]
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_storage_passwords_are_masked_when_printed_and_dropped_when_recorded():
+    import effscale.search as search_module
+    from effscale import workers
+
+    url = "postgresql+psycopg://optuna:s3cret@db.cluster:5432/effscale"
+    assert search_module.without_password(url) == "postgresql+psycopg://optuna:***@db.cluster:5432/effscale"
+    assert workers.without_password(url) == "postgresql+psycopg://optuna@db.cluster:5432/effscale"
+    for unchanged in ("journal:///shared/study.log", "sqlite:///results/quick/study.db"):
+        assert workers.without_password(unchanged) == unchanged == search_module.without_password(unchanged)
