@@ -263,12 +263,41 @@ def interrupts_deferred() -> Iterator[None]:
 
 def is_stale(trial: FrozenTrial, stale_after_s: float) -> bool:
     """A RUNNING trial nobody is working on: its process on this host is gone, or (another host) its
-    heartbeat, refreshed every epoch, is older than `stale_after_s`."""
+    heartbeat (`heartbeat`, below) is older than `stale_after_s`."""
     attrs = trial.user_attrs
     if attrs.get("host") == socket.gethostname() and attrs.get("pid"):
         return attrs["pid"] != os.getpid() and not _alive(int(attrs["pid"]))
     started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
     return time.time() - float(attrs.get("heartbeat", started)) > stale_after_s
+
+
+HEARTBEAT_S = 60.0  # at most this long between two heartbeats of a training trial
+
+
+@contextmanager
+def heartbeat(study: optuna.Study, trial_id: int, every_s: float) -> Iterator[None]:
+    """Refresh the trial's `heartbeat` attribute every `every_s` seconds while the block runs, from a
+    thread: an epoch may take hours (a large candidate on ImageNet), and a trial must not look
+    abandoned to workers on other hosts while it trains. The thread stops at the first failed write
+    (the trial was finished meanwhile, or the storage is unreachable); the training thread's own
+    writes then fail too, and it handles them."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            try:
+                study._storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+            except Exception:
+                log.warning("trial id %s: heartbeat not written; no more from this trial", trial_id, exc_info=True)
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def fail_stale_trials(study: optuna.Study, stale_after_s: float) -> int:
@@ -332,6 +361,7 @@ class Search:
                  say: Callable[[str], None] = print) -> None:
         self.cfg, self.baseline, self.device, self.say = cfg, baseline, device, say
         self.opts, self.budget, self.recipe = cfg["search"], cfg["budget"], dict(cfg["trainer"])
+        self.stale_after_s = float(self.opts["stale_after_s"])
         self.seed = int(cfg["seed"])
         self.sweep_dir = Path(cfg["out"]) / str(cfg["name"])
         self.context = {"baseline": baseline["name"], "dataset": cfg["data"]["name"]}
@@ -435,7 +465,7 @@ class Search:
         log.setLevel(logging.INFO)
         for key, value in {**self.context, "strategy": STRATEGY, "phi": float(self.opts["phi"])}.items():
             self.study.set_user_attr(key, value)
-        stale = fail_stale_trials(self.study, float(self.opts.get("stale_after_s", 3600)))
+        stale = fail_stale_trials(self.study, self.stale_after_s)
         if stale:
             self.say(f"{stale} trial(s) left unfinished by an earlier run: marked FAIL (stale), will run again")
         self.table = self.sweep_dir / "trials.csv"
@@ -625,9 +655,12 @@ class Search:
         config["trainer"] = self.recipe
         loggers = trial_loggers(self.logger_kind, self.sweep_dir, name, group=str(self.cfg["name"]),
                                 job_type=STRATEGY, config=config, project=self.cfg["logger"].get("project", "effscale"))
+        # Several heartbeats fit into search.stale_after_s, so that one late write is not a death.
+        every_s = min(HEARTBEAT_S, self.stale_after_s / 4)
         try:
-            metrics = fit_candidate(c.table, self.data, self.recipe, seed=seed, device=self.device,
-                                    loggers=loggers, report=report)
+            with heartbeat(self.study, trial._trial_id, every_s):
+                metrics = fit_candidate(c.table, self.data, self.recipe, seed=seed, device=self.device,
+                                        loggers=loggers, report=report)
         except (KeyboardInterrupt, SystemExit, UserError) as exc:
             # Ctrl-C, or a mistake that would fail every trial alike: stop the sweep. The trial is marked
             # stale, so the next launch runs it again. Lightning answers a Ctrl-C inside trainer.fit with
@@ -652,8 +685,16 @@ class Search:
     def record(self, trial: optuna.Trial, summary: dict[str, Any], state_name: str, progress: str) -> None:
         """Tell the study how `trial` ended and write its results row."""
         with interrupts_deferred():  # a finished trial is recorded whole before a Ctrl-C ends the sweep
-            for key, value in summary.items():
-                trial.set_user_attr(key, value)
+            try:
+                for key, value in summary.items():
+                    trial.set_user_attr(key, value)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Another worker found this trial abandoned (no heartbeat for search.stale_after_s: a
+                # hung process, or a storage it could not reach) and marked it stale; the point is
+                # that worker's now, and its row will be written once it has trained it.
+                self.say(f"{progress} trial {trial.number} ({summary.get('reason') or state_name}) was "
+                         "marked stale by another worker meanwhile; its point trains there again")
+                return
             state = TrialState[state_name]
             frozen = self.study.tell(trial, summary["val_acc"] if state == TrialState.COMPLETE else None, state=state)
             results.upsert_trials(self.table, [trial_row(frozen)])

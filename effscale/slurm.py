@@ -30,13 +30,18 @@ def current_job() -> str | None:
 
 
 def job_running(job: str) -> bool | None:
-    """Whether "<job id>.<restart count>" still runs: None when SLURM cannot be asked (no scontrol)."""
+    """Whether "<job id>.<restart count>" still runs: None when SLURM cannot tell (no scontrol, or
+    the controller did not answer: a busy slurmctld must not make live trials look abandoned)."""
     if shutil.which("scontrol") is None:
         return None
     job_id, _, restarts = job.partition(".")
-    done = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    try:
+        done = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return None
     if done.returncode != 0:
-        return False  # purged from the controller: finished long ago
+        # Purged from the controller (finished long ago), or the controller is unreachable.
+        return False if "invalid job id" in (done.stdout + done.stderr).lower() else None
     fields = dict(item.split("=", 1) for item in done.stdout.split() if "=" in item)
     return fields.get("JobState") == "RUNNING" and fields.get("Restarts", "0") == (restarts or "0")
 

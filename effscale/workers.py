@@ -17,8 +17,8 @@ claimant reads again after `CLAIM_SETTLE_S`, long after any earlier claim has co
 
 Faults. A trial whose worker died (SIGKILL, scancel, preemption, a requeued SLURM job) stays RUNNING
 until a worker or the next launch finds it abandoned — its process gone on this host, its SLURM job
-no longer running it (effscale/slurm.py), or no heartbeat for `search.stale_after_s` — marks it FAIL
-(stale) and trains its point again. Idle workers keep watching while others train, so a survivor
+no longer running it (effscale/slurm.py), or no heartbeat (one a minute, from a thread beside the
+training) for `search.stale_after_s` — marks it FAIL (stale) and trains its point again. Idle workers keep watching while others train, so a survivor
 takes over a dead worker's point. A trial that raises or reaches a non-finite loss is recorded FAIL
 with its reason by `Search.train`, and the sweep goes on.
 """
@@ -130,7 +130,6 @@ class Worker:
             raise UserError(f"search.sampler={search.opts['sampler']}: several workers share a grid search only "
                             "(search.sampler=grid), or run search.workers=1")
         self.search, self.index = search, index
-        self.stale_after_s = float(search.opts.get("stale_after_s", 3600))
         trials = search.study.get_trials(deepcopy=False)
         # Failures of earlier launches run again once; this launch's own failures stand.
         self.retry_below = (max((t._trial_id for t in trials), default=-1) + 1
@@ -174,7 +173,7 @@ class Worker:
         ask_slurm = time.monotonic() - self.asked_slurm > SLURM_CHECK_S
         if ask_slurm:
             self.asked_slurm = time.monotonic()
-        taken = fail_abandoned(self.search.study, self.stale_after_s, ask_slurm)
+        taken = fail_abandoned(self.search.study, self.search.stale_after_s, ask_slurm)
         if taken:
             self.search.say(f"{taken} abandoned trial(s) marked FAIL (stale): their points run again")
 

@@ -103,6 +103,43 @@ def test_with_retry_failed_only_a_failure_of_an_earlier_launch_gives_its_point_u
     assert owner(holders(study.get_trials())[job.key], retry_below=launch).number == again.number
 
 
+def test_a_training_trial_beats_from_a_thread_until_its_block_ends_or_it_is_finished_elsewhere(caplog):
+    from effscale.search import heartbeat
+
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.set_user_attr("heartbeat", 0.0)
+    with heartbeat(study, trial._trial_id, every_s=0.05):
+        time.sleep(0.5)  # a long epoch: no report, but the heartbeat moves on
+        beat = study.trials[0].user_attrs["heartbeat"]
+        assert time.time() - beat < 0.3
+    time.sleep(0.2)
+    assert study.trials[0].user_attrs["heartbeat"] <= time.time() - 0.15  # stopped with the block
+
+    with heartbeat(study, trial._trial_id, every_s=0.05):
+        study.tell(trial, state=TrialState.FAIL)  # another worker marked it stale
+        time.sleep(0.2)
+    assert "heartbeat not written" in caplog.text  # the thread stopped; nothing was raised
+
+
+@pytest.mark.parametrize("answer, code, running", [
+    ("JobId=7 JobState=RUNNING Restarts=0", 0, True),
+    ("JobId=7 JobState=RUNNING Restarts=1", 0, False),  # requeued: another run of the job
+    ("JobId=7 JobState=COMPLETED Restarts=0", 0, False),
+    ("slurm_load_jobs error: Invalid job id specified", 1, False),  # purged: long finished
+    ("slurm_load_jobs error: Socket timed out on send/recv operation", 1, None),  # busy controller: unknown
+])
+def test_slurm_tells_a_running_job_from_a_gone_one_and_says_nothing_when_unsure(tmp_path, monkeypatch, answer,
+                                                                                 code, running):
+    from effscale import slurm
+
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho '{answer}' >&2\necho '{answer}'\nexit {code}\n")
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert slurm.job_running("7.0") is running
+
+
 # --- local workers --------------------------------------------------------------------------------
 
 

@@ -254,6 +254,30 @@ def test_killed_search_resumes_only_the_unfinished_points(tmp_path):
     assert not table.duplicated(["point", "seed", "strategy"]).any()
 
 
+def test_a_trial_another_worker_marked_stale_meanwhile_is_left_to_it_and_the_sweep_goes_on(tmp_path, monkeypatch,
+                                                                                          capsys):
+    import effscale.train as train
+
+    real, taken = train.fit_candidate, []
+
+    def fit(table, datamodule, recipe, **kw):
+        if not taken:  # another worker marks the first trial stale while it trains
+            study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny' / 'study.db'}")
+            [running] = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            study._storage.set_trial_user_attr(running._trial_id, "stale", True)
+            study.tell(running.number, state=optuna.trial.TrialState.FAIL)
+            taken.append(running.user_attrs["point"])
+        return real(table, datamodule, recipe, **kw)
+
+    monkeypatch.setattr(train, "fit_candidate", fit)
+    table = tiny_search(tmp_path)
+    assert "marked stale by another worker meanwhile; its point trains there again" in capsys.readouterr().out
+    assert taken[0] not in set(table.loc[table["state"] == "COMPLETE", "point"])  # no row claims its result
+    monkeypatch.setattr(train, "fit_candidate", real)
+    table = tiny_search(tmp_path)  # the next launch trains it
+    assert (table.loc[table["feasible"], "state"] == "COMPLETE").all() and taken[0] in set(table["point"])
+
+
 def test_diverging_trial_fails_with_a_reason_and_the_sweep_goes_on(tmp_path, monkeypatch):
     import effscale.train as train
 
