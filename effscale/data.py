@@ -347,7 +347,7 @@ class FashionMNISTDataModule(TensorDataModule):
         if self.in_channels not in (1, 3):
             raise UserError(f"data.in_channels: 1 (grey) or 3 (grey replicated as RGB), got {self.in_channels}")
         self.download = bool(download)
-        self.val_size = _count(val_size, "val_size", 0)
+        self.val_size = _count(val_size, "val_size")  # candidates are ranked on it
         self.train_size = None if train_size is None else _count(train_size, "train_size")
 
     @property
@@ -419,7 +419,7 @@ class CIFAR10DataModule(TensorDataModule):
         if self.in_channels != 3:
             raise UserError(f"data.in_channels: CIFAR-10 images are RGB (3), got {self.in_channels}")
         self.download = bool(download)
-        self.val_size = _count(val_size, "val_size", 0)
+        self.val_size = _count(val_size, "val_size")  # candidates are ranked on it
         self.train_size = None if train_size is None else _count(train_size, "train_size")
 
     @property

@@ -503,6 +503,11 @@ class Search:
             done[(a["point"], int(a["seed"]))] = t
         return done
 
+    def _trained_points(self) -> set[str]:
+        """Points settled with the base seed by training their own network (not by a `same_as` copy):
+        what TPE's `search.n_trials` counts."""
+        return {p for (p, s), t in self._finished().items() if s == self.seed and not t.user_attrs.get("same_as")}
+
     def _running(self) -> set[tuple[str, int]]:
         return {(t.user_attrs["point"], int(t.user_attrs["seed"]))
                 for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -539,7 +544,10 @@ class Search:
             distinct = first - sum(1 for c in self.feasible if c.same_as)
         extra = min(int(self.opts.get("top_k", 0)), distinct) * int(self.opts.get("extra_seeds", 0))
         feasible = {c.point for c in self.feasible}
-        first_done = sum(1 for p, s in finished if s == self.seed and p in feasible)
+        if self.opts["sampler"] == "tpe":
+            first_done = len(self._trained_points() & feasible)
+        else:
+            first_done = sum(1 for p, s in finished if s == self.seed and p in feasible)
         extra_done = sum(1 for p, s in finished if s != self.seed and p in feasible)
         return min(first_done, first) + min(extra_done, extra), first + extra
 
@@ -572,7 +580,7 @@ class Search:
         study (never retrained) and does not count towards `search.n_trials`."""
         n_trials = int(self.opts.get("n_trials") or max(1, len(self.feasible) // 2))
         n_trials = min(n_trials, len(self.feasible))
-        trained = {p for p, s in self._finished() if s == self.seed}
+        trained = self._trained_points()
         for _ in range(20 * n_trials):
             if len(trained) >= n_trials:
                 break

@@ -352,6 +352,8 @@ def _outcome(trainer: L.Trainer, module: Classifier, datamodule: L.LightningData
         state, reason = "FAIL", module.failure
     elif module.pruned:
         state, reason = "PRUNED", f"pruned after epoch {len(module.val_history)}"
+    elif not module.val_history:  # a trial is ranked by its validation accuracy: without one it has none
+        state, reason = "FAIL", "no validation epoch ran (trainer settings skip validation)"
     if state == "COMPLETE":
         _interruptible(trainer, trainer.test, module, datamodule=datamodule, verbose=False)
         module.read_outcome()

@@ -362,3 +362,8 @@ def test_unknown_source_or_setting_is_a_user_error():
         build_datamodule({**SMALL_PROCEDURAL, "mean": [0.5, 0.5]}, 32, 8)
     with pytest.raises(UserError, match="^data.root: data=procedural generates its images"):
         build_datamodule({**SMALL_PROCEDURAL, "root": "/data"}, 32, 8)
+
+
+def test_no_validation_images_is_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"^data.val_size: expected an integer of at least 1, got 0$"):
+        build_datamodule(_fashion_cfg(_tiny_fashion_root(tmp_path / "fm"), val_size=0), 28, 8)

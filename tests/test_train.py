@@ -61,3 +61,14 @@ def test_the_optimizer_updates_every_tensor_with_fused_kernels(optimizer):
     assert [group["weight_decay"] for group in opt.param_groups] == [0.01, 0.0]  # weights; norms and biases
     assert all(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
 
+
+
+def test_a_trial_without_a_validation_epoch_fails_rather_than_completing_unranked():
+    from types import SimpleNamespace
+
+    from effscale.train import _outcome
+
+    module = SimpleNamespace(failure=None, pruned=False, val_history=[], test_acc=None)
+    outcome = _outcome(trainer=None, module=module, datamodule=None, seconds=1.0)
+    assert outcome["state"] == "FAIL" and outcome["val_acc"] is None
+    assert outcome["reason"] == "no validation epoch ran (trainer settings skip validation)"
