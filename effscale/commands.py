@@ -89,8 +89,8 @@ def search(overrides: list[str]) -> None:
     cfg = load("search", overrides)
     run = Search(cfg, model_table(cfg), resolve_device(cfg["device"]))
     run.plan()
-    print(run.describe_plan())
     run.open()
+    print(run.describe_plan())
     from effscale.workers import record_storage
 
     record_storage(run)  # a non-default search.storage: where `effscale dashboard results/<sweep>` finds it

@@ -63,7 +63,7 @@ def job_overrides(cfg: dict[str, Any], launcher: str, sweep_dir: Path, overrides
 def multirun(overrides: list[str]) -> None:
     """`effscale search -m OVERRIDES`: check and plan here, then one Hydra job per worker."""
     from effscale import results, slurm
-    from effscale.commands import model_table
+    from effscale.commands import model_table, resolve_device
     from effscale.search import Search, outcome
     from effscale.workers import record_storage
 
@@ -77,11 +77,14 @@ def multirun(overrides: list[str]) -> None:
     workers = int(cfg["search"]["workers"])
     check_storage(cfg["search"].get("storage"), launcher, workers)
 
-    # Plan and open the study here (on CPU: a login node has no GPU; each worker measures again on its own).
-    search = Search(cfg, model_table(cfg), "cpu")
+    # Plan and open the study here. On CPU (a login node has no GPU), unless a latency or peak-memory
+    # budget needs `device`: this process measures those once for every worker (Search.adopt_device_costs).
+    budget = cfg["budget"]
+    on_device = budget.get("max_latency_ms") is not None or budget.get("max_peak_mem_mb") is not None
+    search = Search(cfg, model_table(cfg), resolve_device(cfg["device"]) if on_device else "cpu")
     search.plan()
-    print(search.describe_plan())
     search.open()
+    print(search.describe_plan())
     record_storage(search)
     sweep_dir = search.sweep_dir.resolve()
     print(f"{workers} worker job(s) through hydra/launcher={launcher}; logs in {sweep_dir / 'logs'}", flush=True)

@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -43,6 +43,7 @@ from effscale.scaling import ScalingError, compound_grid, compound_multipliers, 
 
 log = logging.getLogger("effscale.search")
 STRATEGY = "compound"
+DEVICE_COSTS = ("latency_ms", "peak_mem_mb")  # measured on a device: recorded once per sweep
 
 
 # --- candidates and the budget --------------------------------------------------------------------
@@ -362,6 +363,8 @@ class Search:
         self.cfg, self.baseline, self.device, self.say = cfg, baseline, device, say
         self.opts, self.budget, self.recipe = cfg["search"], cfg["budget"], dict(cfg["trainer"])
         self.stale_after_s = float(self.opts["stale_after_s"])
+        self.retry_below: int | None = None  # set by `open`
+        self.device_costs_from = device  # the device that measured latency and peak memory (`open`)
         self.seed = int(cfg["seed"])
         self.sweep_dir = Path(cfg["out"]) / str(cfg["name"])
         self.context = {"baseline": baseline["name"], "dataset": cfg["data"]["name"]}
@@ -406,32 +409,67 @@ class Search:
         check_baseline_budget(base, self.budget)
         # One model per architecture, one count per (architecture, input size): grid points often share them.
         costs = measure_tables([c.table for c in self.candidates], build, **options)
+        self.base_cost = base
+        self.by_point = {c.point: c for c in self.candidates}
+        self._judge(costs)
+        if not self.device_budget:  # else once `open` has the sweep's recorded device costs
+            self._require_feasible()
+        return self.candidates
+
+    @property
+    def device_budget(self) -> bool:
+        return any(self.budget.get(f"max_{k}") is not None for k in DEVICE_COSTS)
+
+    def _judge(self, costs: list[Measurement]) -> None:
+        """Decide which candidates fit the budget at these costs, and which repeat another's network."""
         for candidate, cost in zip(self.candidates, costs):
-            judge(candidate, cost, base, self.budget)
+            candidate.reasons, candidate.constraints = [], {}
+            judge(candidate, cost, self.base_cost, self.budget)
         self.feasible = [c for c in self.candidates if c.feasible]
         first: dict[tuple[str, int], str] = {}
         for c in self.feasible:
             same = first.setdefault((architecture_key(c.table), int(c.table["resolution"])), c.point)
             c.same_as = same if same != c.point else None
+
+    def _require_feasible(self) -> None:
         if not self.feasible:
+            phi = float(self.opts["phi"])
             nearest = min(self.candidates, key=lambda c: abs(c.macs_ratio / 2**phi - 1))
             raise UserError(f"budget: none of the {len(self.candidates)} grid points fits "
                             f"(nearest: {nearest.point}, {'; '.join(nearest.reasons)})")
-        self.by_point = {c.point: c for c in self.candidates}
-        self.base_cost = base
-        return self.candidates
+
+    def adopt_device_costs(self) -> None:
+        """Latency and peak memory measured on a device differ from one process, machine and run to
+        the next, and the workers of one sweep must agree on its feasible points. The process that
+        creates the study records them (`device_costs`); every later one (other workers, a resumed
+        sweep) judges the budget with those rather than its own."""
+        if not self.device_budget:
+            return
+        recorded = self.study.user_attrs.get("device_costs")
+        if recorded is None:
+            self.study.set_user_attr("device_costs", {"device": self.device, "costs": {
+                c.point: {k: getattr(c.cost, k) for k in DEVICE_COSTS} for c in self.candidates}})
+            return
+        costs = [replace(c.cost, **recorded["costs"].get(c.point, {})) for c in self.candidates]
+        self._judge(costs)
+        self.study.sampler = make_sampler(self.opts["sampler"], self._points(), self.seed)
+        self.device_costs_from = recorded["device"]
 
     def describe_plan(self) -> str:
         phi, tolerance = float(self.opts["phi"]), float(self.budget["macs_tolerance"])
         bounds = [f"MACs ratio {2 ** phi:g} ± {tolerance:.0%}"]
         bounds += [f"{k}={v:,g}" for k, v in self.budget.items() if k.startswith("max_") and v is not None]
+        if self.device_budget:
+            bounds.append(f"latency and peak memory as measured on {self.device_costs_from}")
         copies = sum(1 for c in self.feasible if c.same_as)
         repeat = f", {copies} of them the same network as another (trained once)" if copies else ""
         return (f"{self.context['baseline']} on {self.context['dataset']} at {self.baseline['resolution']} px: "
                 f"{len(self.candidates)} grid points at phi={phi:g}, {len(self.feasible)} within budget "
                 f"({', '.join(bounds)}){repeat}")
 
-    def open(self) -> optuna.Study:
+    def open(self, new_launch: bool = True) -> optuna.Study:
+        """Create or load the sweep's study and bring trials.csv up to date with it. `new_launch`:
+        this process starts a launch (a `search` command), not one of its workers."""
         from sqlalchemy.exc import SQLAlchemyError
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -456,6 +494,16 @@ class Search:
             what = f"search.storage={without_password(url)}" if url else f"{self.sweep_dir / 'study.db'}"
             reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
             raise UserError(f"{what}: cannot open the study ({reason[:200]})") from None
+        if self.device_budget:
+            try:
+                self.adopt_device_costs()
+                self._require_feasible()
+            except UserError:
+                if not self.study.trials:  # this run created the study: leave nothing behind
+                    optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)
+                    if new is not None:
+                        shutil.rmtree(new, ignore_errors=True)
+                raise
         self.check_same_points()
         results.check_settings(self.sweep_dir, "search", results.trained_with(
             self.baseline, self.cfg["data"], self.recipe, phi=float(self.opts["phi"])))
@@ -468,6 +516,12 @@ class Search:
         stale = fail_stale_trials(self.study, self.stale_after_s)
         if stale:
             self.say(f"{stale} trial(s) left unfinished by an earlier run: marked FAIL (stale), will run again")
+        if new_launch:  # the workers of one launch read this, however late each of them starts
+            first = max((t._trial_id for t in self.study.get_trials(deepcopy=False)), default=-1) + 1
+            self.study.set_user_attr("launch_first_trial_id", first)
+        # With search.retry_failed, failures of earlier launches run once more; this launch's stand.
+        self.retry_below = (self.study.user_attrs.get("launch_first_trial_id", 0)
+                            if self.opts.get("retry_failed") else None)
         self.table = self.sweep_dir / "trials.csv"
         rows = [candidate_row(c, self.context) | {"state": "INFEASIBLE", "seed": self.seed}
                 for c in self.candidates if not c.feasible]
@@ -492,13 +546,14 @@ class Search:
 
     def _finished(self) -> dict[tuple[str, int], FrozenTrial]:
         """The trial that settled each (point, seed): the latest finished one, leaving out stale and
-        interrupted trials (their jobs run again) and, with `search.retry_failed`, failures too."""
+        interrupted trials (their jobs run again) and, with `search.retry_failed`, failures of
+        earlier launches."""
         done: dict[tuple[str, int], FrozenTrial] = {}
         for t in self.study.get_trials(deepcopy=False):
             a = t.user_attrs
             if not t.state.is_finished() or a.get("stale") or a.get("repeat_of") is not None or "point" not in a:
                 continue
-            if t.state == TrialState.FAIL and self.opts.get("retry_failed"):
+            if t.state == TrialState.FAIL and self.retry_below is not None and t._trial_id < self.retry_below:
                 continue
             done[(a["point"], int(a["seed"]))] = t
         return done

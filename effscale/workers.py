@@ -3,7 +3,7 @@
 Each worker is a process with its own thread budget that plans the same grid, opens the same Optuna
 study and trains whatever (point, seed) nobody else holds, until every one is settled. Workers are
 local processes (`effscale search search.workers=2`) or one Hydra multirun job each
-(`effscale search -m hydra/launcher=submitit_slurm search.workers=16`, see effscale/hydra_app.py).
+(`effscale search -m hydra/launcher=submitit_slurm search.workers=16`, see effscale/multirun.py).
 
 Claiming a point. Optuna's GridSampler hands the same point to workers that ask at the same moment,
 so workers claim through the study instead. A claim is a RUNNING trial created in one write with
@@ -130,10 +130,9 @@ class Worker:
             raise UserError(f"search.sampler={search.opts['sampler']}: several workers share a grid search only "
                             "(search.sampler=grid), or run search.workers=1")
         self.search, self.index = search, index
-        trials = search.study.get_trials(deepcopy=False)
-        # Failures of earlier launches run again once; this launch's own failures stand.
-        self.retry_below = (max((t._trial_id for t in trials), default=-1) + 1
-                            if search.opts.get("retry_failed") else None)
+        # Failures of earlier launches run again once; this launch's own failures stand. The launch
+        # begins where the `search` command that started it opened the study, however late this starts.
+        self.retry_below = search.retry_below
         self.asked_slurm = 0.0
 
     def run(self) -> None:
@@ -147,7 +146,8 @@ class Worker:
             held = holders(self.search.study.get_trials(deepcopy=False))
             owners = {job.key: owner(held.get(job.key, []), self.retry_below) for job in jobs}
             unsettled = [j for j in jobs if owners[j.key] is None or not owners[j.key].state.is_finished()]
-            free = [j for j in unsettled if owners[j.key] is None and not self.waits(j, held)]
+            keys = {j.key for j in jobs}
+            free = [j for j in unsettled if owners[j.key] is None and not self.waits(j, held, keys)]
             if not unsettled:
                 return
             if not free:
@@ -160,12 +160,16 @@ class Worker:
                 done = len(jobs) - len(unsettled) + 1
                 self.search.train(trial, job, f"[worker {self.index}, {label} {done}/{len(jobs)}]")
 
-    def waits(self, job: Job, held: dict[tuple[str, int], list[FrozenTrial]]) -> bool:
+    def waits(self, job: Job, held: dict[tuple[str, int], list[FrozenTrial]], keys: set[tuple[str, int]]) -> bool:
         """Whether `job`'s point repeats the network of a point not settled yet: it records that
-        point's result once there is one (`Search.train`), rather than training the network twice."""
+        point's result once there is one (`Search.train`), rather than training the network twice.
+        Never for a point no job of `keys` settles: it would wait for ever, and trains itself instead."""
         if not job.candidate.same_as:
             return False
-        first = owner(held.get((job.candidate.same_as, job.seed), []), self.retry_below)
+        other = (job.candidate.same_as, job.seed)
+        first = owner(held.get(other, []), self.retry_below)
+        if first is None and other not in keys:
+            return False
         return first is None or not first.state.is_finished()
 
     def take_over_abandoned(self) -> None:
@@ -185,7 +189,7 @@ def work(cfg: dict[str, Any], index: int, say: Callable[[str], None] | None = No
     say = say or (lambda line: print(f"worker {index}: {line}", flush=True))
     search = Search(cfg, model_table(cfg), resolve_device(cfg["device"]), say=say)
     search.plan()
-    search.open()
+    search.open(new_launch=False)
     Worker(search, index).run()
 
 

@@ -454,3 +454,54 @@ def test_storage_passwords_are_masked_when_printed_and_dropped_when_recorded():
     assert workers.without_password(url) == "postgresql+psycopg://optuna@db.cluster:5432/effscale"
     for unchanged in ("journal:///shared/study.log", "sqlite:///results/quick/study.db"):
         assert workers.without_password(unchanged) == unchanged == search_module.without_password(unchanged)
+
+
+def planned(tmp_path, *extra, new_launch=True):
+    """A Search of the tiny sweep, planned and opened as `effscale search` (or one of its workers) does."""
+    from effscale.commands import model_table
+    from effscale.config import load
+    from effscale.search import Search
+
+    cfg = load("search", overrides(f"out={tmp_path}", "name=tiny", *extra))
+    run = Search(cfg, model_table(cfg), "cpu", say=lambda line: None)
+    run.plan()
+    run.open(new_launch=new_launch)
+    return run
+
+
+def test_latency_is_measured_once_per_sweep_and_later_processes_judge_the_budget_with_it(tmp_path, monkeypatch):
+    import dataclasses
+
+    import effscale.search as search_module
+
+    real = search_module.measure_tables
+
+    def timed_at(ms):  # every candidate's latency as given, the rest measured as usual
+        def measure(tables, build, **options):
+            return [dataclasses.replace(m, latency_ms=ms) for m in real(tables, build, **{**options, "latency": False})]
+        return measure
+
+    budget = "budget.max_latency_ms=1000"
+    monkeypatch.setattr(search_module, "measure_tables", timed_at(5.0))
+    first = planned(tmp_path, budget)
+    assert len(first.feasible) == 4 and "latency and peak memory as measured on cpu" in first.describe_plan()
+    monkeypatch.setattr(search_module, "measure_tables", timed_at(5000.0))  # another machine, slower
+    later = planned(tmp_path, budget, new_launch=False)  # a worker of the sweep: no "points gone" error
+    assert [c.point for c in later.feasible] == [c.point for c in first.feasible]
+    assert {c.cost.latency_ms for c in later.candidates} == {5.0}
+    with pytest.raises(UserError, match="budget: none of the 9 grid points fits"):
+        planned(tmp_path / "elsewhere", budget)  # a sweep of its own measures for itself
+    assert not (tmp_path / "elsewhere").exists()  # and leaves nothing behind
+
+
+def test_the_workers_of_a_launch_retry_only_failures_from_before_it_however_late_they_start(tmp_path):
+    earlier = planned(tmp_path, "search.retry_failed=true")
+    trial = earlier.study.ask()
+    earlier.study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a failure of an earlier launch
+    launch = planned(tmp_path, "search.retry_failed=true")
+    assert launch.retry_below == trial._trial_id + 1
+    for _ in range(3):  # trials of this launch, some of them failed
+        launch.study.tell(launch.study.ask(), state=optuna.trial.TrialState.FAIL)
+    worker = planned(tmp_path, "search.retry_failed=true", new_launch=False)
+    assert worker.retry_below == launch.retry_below  # not past this launch's own failures
+    assert planned(tmp_path, new_launch=False).retry_below is None  # without retry_failed, failures stand
