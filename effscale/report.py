@@ -160,7 +160,8 @@ def strategy_summary(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     out = []
     for (strategy, phi), group in rows.groupby(["strategy", "phi"]):
         mean, half, n = mean_ci(group[metric])
-        row = {"strategy": strategy, "phi": phi, "n": n, "mean": mean, "ci95": half}
+        row = {"strategy": strategy, "phi": phi, "n": n, "mean": mean, "ci95": half,
+               "std": float(group[metric].dropna().std(ddof=1)) if n > 1 else math.nan}
         if "test_acc" in group and metric != "test_acc":
             row["test_mean"], row["test_ci95"], _ = mean_ci(group["test_acc"])
         for column in ("macs", "macs_ratio", "params", "train_seconds", "peak_mem_mb"):
@@ -181,7 +182,9 @@ def strategy_summary(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
 
 def compound_margin(summary: pd.DataFrame) -> pd.DataFrame:
     """At each φ > 0: compound's mean minus the best single dimension's mean (width, depth or
-    resolution alone), and whether their 95 % intervals overlap — if they do, the gap is within noise."""
+    resolution alone), with the 95 % interval of that difference (Welch); a gap whose interval
+    includes zero is within noise. Two means' own intervals may overlap while their difference is
+    still clear, so the difference is what is tested."""
     out = []
     if summary.empty:
         return pd.DataFrame(out)
@@ -192,24 +195,30 @@ def compound_margin(summary: pd.DataFrame) -> pd.DataFrame:
             continue
         c = compound.iloc[0]
         best = singles.loc[singles["mean"].idxmax()]
-        overlap = _overlap(c["mean"], c["ci95"], best["mean"], best["ci95"])
         margin = c["mean"] - best["mean"]
-        if overlap is None:
+        half = welch_half_width(c["std"], c["n"], best["std"], best["n"])
+        if math.isnan(half):
             verdict = "one seed: no interval"
-        elif overlap:
+        elif abs(margin) <= half:
             verdict = "within noise"
         else:
             verdict = "compound ahead" if margin > 0 else "compound behind"
         out.append({"phi": phi, "compound": c["mean"], "compound_ci95": c["ci95"], "best_single": best["strategy"],
                     "best_single_mean": best["mean"], "best_single_ci95": best["ci95"], "margin": margin,
-                    "ci_overlap": overlap, "verdict": verdict})
+                    "margin_ci95": half, "verdict": verdict})
     return pd.DataFrame(out)
 
 
-def _overlap(m1: float, h1: float, m2: float, h2: float) -> bool | None:
-    if math.isnan(h1) or math.isnan(h2):
-        return None
-    return bool(m1 - h1 <= m2 + h2 and m2 - h2 <= m1 + h1)
+def welch_half_width(s1: float, n1: int, s2: float, n2: int) -> float:
+    """Half-width of the 95 % interval of a difference of two means with unequal variances (Welch,
+    1947), degrees of freedom by Welch–Satterthwaite rounded down; NaN unless both have two values."""
+    if n1 < 2 or n2 < 2 or math.isnan(s1) or math.isnan(s2):
+        return math.nan
+    v1, v2 = s1**2 / n1, s2**2 / n2
+    if v1 + v2 == 0:
+        return 0.0
+    dof = (v1 + v2) ** 2 / (v1**2 / (n1 - 1) + v2**2 / (n2 - 1))
+    return t_critical(int(dof)) * math.sqrt(v1 + v2)
 
 
 def search_table(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
@@ -440,8 +449,8 @@ def _margin_view(margin: pd.DataFrame) -> pd.DataFrame:
         "compound (%)": [_pm(m, h) for m, h in zip(margin["compound"], margin["compound_ci95"])],
         "best single dimension": margin["best_single"],
         "its accuracy (%)": [_pm(m, h) for m, h in zip(margin["best_single_mean"], margin["best_single_ci95"])],
-        "margin (points)": margin["margin"].map(lambda m: f"{m * 100:+.2f}"),
-        "95 % CIs overlap": margin["ci_overlap"].map({True: "yes", False: "no", None: "–"}),
+        "margin (points)": [f"{m * 100:+.2f}" + ("" if math.isnan(h) else f" ± {h * 100:.2f}")
+                            for m, h in zip(margin["margin"], margin["margin_ci95"])],
         "verdict": margin["verdict"],
     })
 
@@ -489,13 +498,14 @@ def margin_sentences(margin: pd.DataFrame) -> str:
     for _, m in margin.iterrows():
         points = abs(m["margin"]) * 100
         gap = f"{points:.2f} points {'ahead of' if m['margin'] >= 0 else 'behind'} {m['best_single']}"
+        noise = f"± {m['margin_ci95'] * 100:.2f} points (95 % interval of the difference)"
         if m["verdict"] == "within noise":
-            lines.append(f"At φ = {m['phi']:g} compound is {gap}, but the 95 % intervals overlap: within noise.")
+            lines.append(f"At φ = {m['phi']:g} compound is {gap}, {noise}: within noise.")
         elif m["verdict"] == "compound ahead":
-            lines.append(f"At φ = {m['phi']:g} compound is {gap}, and the 95 % intervals do not overlap.")
+            lines.append(f"At φ = {m['phi']:g} compound is {gap}, {noise}: beyond noise.")
         elif m["verdict"] == "compound behind":
-            lines.append(f"At φ = {m['phi']:g} compound is {gap}: the best single dimension wins, "
-                         "and the 95 % intervals do not overlap.")
+            lines.append(f"At φ = {m['phi']:g} compound is {gap}, {noise}: the best single dimension wins "
+                         "beyond noise.")
         else:
             lines.append(f"At φ = {m['phi']:g} compound is {gap} (one seed each: no interval, no verdict).")
     return " ".join(lines)

@@ -80,14 +80,26 @@ def test_summary_shows_how_far_each_model_missed_the_compound_macs():
     assert summary.loc[("width", 2), "macs_vs_compound"] == pytest.approx(0.0)
 
 
-def test_margin_says_within_noise_when_intervals_overlap():
+def test_margin_is_within_noise_when_the_interval_of_the_difference_includes_zero():
     margin = compound_margin(strategy_summary(compare_table())).set_index("phi")
-    # φ = 1: compound 82.00 ± 4.97 vs width 80.00 ± 2.48 — overlapping intervals.
+    # φ = 1: compound 82 (std 2, 3 seeds) vs width 80 (std 1): Welch's dof 2.94 → 2, t 4.303,
+    # ± 4.303·√(4/3 + 1/3) = ± 5.56 points around +2.
     assert margin.loc[1, "best_single"] == "width" and round(margin.loc[1, "margin"] * 100, 2) == 2.00
-    assert margin.loc[1, "verdict"] == "within noise"
-    # φ = 2: compound 91.00 ± 2.48 vs depth 85.00 ± 0 — compound ahead by 6 points.
+    assert round(margin.loc[1, "margin_ci95"] * 100, 2) == 5.56 and margin.loc[1, "verdict"] == "within noise"
+    # φ = 2: compound 91 (std 1) vs depth 85 (std 0): ± 4.303·√(1/3) = ± 2.48 around +6.
     assert margin.loc[2, "best_single"] == "depth" and round(margin.loc[2, "margin"] * 100, 2) == 6.00
-    assert margin.loc[2, "verdict"] == "compound ahead" and not margin.loc[2, "ci_overlap"]
+    assert round(margin.loc[2, "margin_ci95"] * 100, 2) == 2.48 and margin.loc[2, "verdict"] == "compound ahead"
+
+
+def test_welch_interval_separates_means_whose_own_intervals_overlap():
+    from effscale.report import welch_half_width
+
+    # Two means 3.0 apart, each ± 2.0 (t 2.262 · s/√10, s = 2.80): their intervals overlap, yet the
+    # difference's interval, ± 2.63 (dof 18), excludes zero.
+    s = 2.0 * math.sqrt(10) / 2.262
+    assert 2.0 + 2.0 > 3.0 and welch_half_width(s, 10, s, 10) == pytest.approx(2.101 * s * math.sqrt(0.2), rel=1e-3)
+    assert welch_half_width(s, 10, s, 10) < 3.0
+    assert math.isnan(welch_half_width(s, 1, s, 10)) and welch_half_width(0.0, 3, 0.0, 3) == 0.0
 
 
 def test_report_writes_plots_and_documents_with_the_numbers(tmp_path):
@@ -101,7 +113,7 @@ def test_report_writes_plots_and_documents_with_the_numbers(tmp_path):
         assert data.startswith(PNG) and len(data) > 10_000
     md = (folder / "report.md").read_text()
     assert "| compound | 1 | 3 |" in md and "82.00 ± 4.97" in md and "80.00 ± 2.48" in md
-    assert "| 2 | 91.00 ± 2.48 | depth | 85.00 ± 0.00 | +6.00 | no | compound ahead |" in md
+    assert "| 2 | 91.00 ± 2.48 | depth | 85.00 ± 0.00 | +6.00 ± 2.48 | compound ahead |" in md
     assert "within noise" in md and "81.1" in md and "not the same numbers" in md
     assert "| 1.4 | 1.1 |" in md and "INFEASIBLE" in md
     page = (folder / "report.html").read_text()
