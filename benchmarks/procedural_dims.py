@@ -8,7 +8,7 @@ baseline of depth 2, width 16 and 32 px, and prints validation accuracy for each
     .venv/bin/python benchmarks/procedural_dims.py            # about 4 minutes on 2 idle CPU cores
     .venv/bin/python benchmarks/procedural_dims.py --seed 1 --dimensions depth
 
-The results are quoted in the docstring of effscale/data.py.
+The results are quoted in the docstring of effscale/procedural.py.
 """
 
 from __future__ import annotations

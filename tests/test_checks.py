@@ -65,15 +65,20 @@ def test_a_wrong_value_is_refused_by_its_key_and_what_it_accepts(command, overri
 
 @pytest.mark.parametrize("command", ["measure", "search", "compare", "finetune"])
 def test_every_shipped_config_passes(command):
-    load(command, [])
+    assert load(command, [])["seed"] == 0
     if command == "search":
-        for sweep in available_options("sweep"):
+        sweeps = available_options("sweep")
+        assert {"quick", "paper_grid", "slurm"} <= set(sweeps)
+        for sweep in sweeps:
             load(command, [f"+sweep={sweep}"])
     if command == "measure":
-        for baseline in available_options("baseline"):
-            load(command, [f"baseline={baseline}"])
-        for data in available_options("data"):
-            load(command, [f"data={data}"])
+        baselines, sources = available_options("baseline"), available_options("data")
+        assert {"efficientnet_b0", "mobilenet_v2", "resnet50"} <= set(baselines)
+        assert {"procedural", "fashion_mnist", "imagefolder"} <= set(sources)
+        for name in baselines:
+            assert load(command, [f"baseline={name}"])["baseline"]["name"] == name
+        for name in sources:
+            assert load(command, [f"data={name}"])["data"]["name"] in (name, "imagefolder")  # imagenet is one
 
 
 def test_values_a_user_may_write_in_other_forms_pass():
@@ -83,3 +88,6 @@ def test_values_a_user_may_write_in_other_forms_pass():
     cfg["search"] |= {"n_trials": None, "top_k": 0, "extra_seeds": 0}
     cfg |= {"name": 7, "seed": 0}
     check_config(cfg)
+    cfg["trainer"]["lr"] = 0  # the same config, one value wrong: the check does look at these keys
+    with pytest.raises(UserError, match="^trainer.lr: expected a number above 0, got 0$"):
+        check_config(cfg)

