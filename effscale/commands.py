@@ -96,7 +96,7 @@ def search(overrides: list[str]) -> None:
     record_storage(run)  # a non-default search.storage: where `effscale dashboard results/<sweep>` finds it
     done, total = run.counts()
     print(f"{done} trials already complete, {total - done} to run")
-    workers = int(cfg["search"].get("workers") or 1)
+    workers, failed = int(cfg["search"].get("workers") or 1), 0
     if done == total:
         from effscale.results import read_trials
 
@@ -104,11 +104,15 @@ def search(overrides: list[str]) -> None:
     elif workers > 1:
         from effscale.workers import run_local
 
-        table = run_local(run, overrides, workers)
+        table, failed = run_local(run, overrides, workers)
     else:
         table = run.run()
     print(outcome(table, run.sweep_dir, run.logger_kind))
     print(f"total {time.perf_counter() - started:.0f} s")
+    if failed:
+        print(f"effscale search: {failed} of {workers} workers failed (their errors are above); the trials they "
+              "finished are kept, and the same command trains what is left", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def compare(overrides: list[str]) -> None:

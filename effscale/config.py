@@ -21,6 +21,10 @@ def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConf
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    flags = [o for o in overrides if o.startswith("-")]
+    if flags:  # a flag reaches Hydra's override parser as a syntax error: say what was meant instead
+        raise UserError(f"unknown option {flags[0]} (effscale {command} takes key=value overrides, -m and --help; "
+                        f"see effscale {command} --help)")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=command):

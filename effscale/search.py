@@ -373,6 +373,10 @@ class Search:
             raise UserError(f"logger={self.logger_kind}: expected wandb or csv")
         self.pruner()  # a wrong pruner setting fails here, before anything runs
         make_sampler(self.opts["sampler"], [], self.seed)
+        if int(self.opts.get("workers") or 1) > 1 and self.opts["sampler"] != "grid":
+            raise UserError(f"search.sampler={self.opts['sampler']}: several workers share a grid search only "
+                            f"(search.sampler=grid); with search.workers={self.opts['workers']} set "
+                            "search.workers=1")
         from effscale.train import trial_devices
 
         if trial_devices(self.recipe, device) > 1 and self.opts.get("pruner") not in (None, "none"):

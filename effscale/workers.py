@@ -126,9 +126,9 @@ class Worker:
     """Worker `index` of a search: trains unclaimed points until every one is settled."""
 
     def __init__(self, search: Search, index: int) -> None:
-        if search.opts["sampler"] != "grid":
-            raise UserError(f"search.sampler={search.opts['sampler']}: several workers share a grid search only "
-                            "(search.sampler=grid), or run search.workers=1")
+        if search.opts["sampler"] != "grid":  # TPE asks one trial at a time: `effscale search` without -m
+            raise UserError(f"search.sampler={search.opts['sampler']}: workers share a grid search only "
+                            "(search.sampler=grid); run TPE as `effscale search` with search.workers=1")
         self.search, self.index = search, index
         # Failures of earlier launches run again once; this launch's own failures stand. The launch
         # begins where the `search` command that started it opened the study, however late this starts.
@@ -214,10 +214,11 @@ def without_password(url: str) -> str:
     return make_url(url)._replace(password=None).render_as_string(hide_password=False)
 
 
-def run_local(search: Search, overrides: list[str], workers: int) -> "pd.DataFrame":
+def run_local(search: Search, overrides: list[str], workers: int) -> tuple["pd.DataFrame", int]:
     """`search.workers=N` on this machine, after `search` planned the sweep and opened its study:
     N processes `python -m effscale.workers I OVERRIDES`, each with an equal share of the cores
-    unless `trainer.threads` says otherwise. Returns the results table once all have ended."""
+    unless `trainer.threads` says otherwise. Returns the results table once all have ended, and how
+    many workers failed."""
     from effscale import results
 
     if not search.recipe.get("threads"):
@@ -230,9 +231,7 @@ def run_local(search: Search, overrides: list[str], workers: int) -> "pd.DataFra
         for p in procs:
             p.terminate()
         raise
-    if failed:
-        search.say(f"{failed} of {workers} workers failed (see above); run the same command again to finish the grid")
-    return results.read_trials(search.table)
+    return results.read_trials(search.table), failed
 
 
 def main(argv: list[str]) -> int:

@@ -122,3 +122,20 @@ def test_measure_all_variants_as_csv_has_the_json_keys_and_b0_to_b7():
     assert int(rows[7]["params"]) == 66_347_960
     one = json.loads(run_cli("measure", "format=json", "measure.memory=false").stdout)
     assert list(rows[0]) == list(one)
+
+
+def test_an_unknown_flag_is_one_line_naming_it(capsys):
+    from effscale import cli
+
+    assert cli.main(["measure", "--foo"]) == 2
+    assert capsys.readouterr().err == ("effscale measure: unknown option --foo (effscale measure takes key=value "
+                                       "overrides, -m and --help; see effscale measure --help)\n")
+
+
+def test_output_into_a_closed_pipe_is_no_error_and_python_m_effscale_runs():
+    """`effscale measure … | head -1`: the reader goes away before the output is written."""
+    proc = subprocess.Popen([sys.executable, "-m", "effscale", "measure", "measure.variants=all", "format=csv",
+                             "measure.memory=false"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and err == ""

@@ -134,6 +134,7 @@ def test_unknown_baseline_is_one_line_and_exit_2(tmp_path):
      "search.min_epochs: expected an integer of at least 1 and below trainer.max_epochs=1, got 3"),
     (["logger=nope"], "logger=nope: no such option"),
     (["search.grid.step=0.5", "search.grid.tolerance=0"], "search.grid: no (alpha, beta, gamma) in the grid"),
+    (["search=tpe", "search.workers=2"], "search.sampler=tpe: several workers share a grid search only"),
 ])
 def test_bad_search_settings_are_user_errors_before_anything_is_written(args, needle, tmp_path):
     with pytest.raises(UserError, match=re.escape(needle)):
@@ -505,3 +506,14 @@ def test_the_workers_of_a_launch_retry_only_failures_from_before_it_however_late
     worker = planned(tmp_path, "search.retry_failed=true", new_launch=False)
     assert worker.retry_below == launch.retry_below  # not past this launch's own failures
     assert planned(tmp_path, new_launch=False).retry_below is None  # without retry_failed, failures stand
+
+
+def test_a_search_whose_workers_failed_exits_1_and_says_so(tmp_path, monkeypatch, capsys):
+    from effscale import workers
+
+    monkeypatch.setattr(workers, "run_local", lambda run, overrides, n: (results.read_trials(run.table), 2))
+    with pytest.raises(SystemExit) as exited:
+        search(overrides(f"out={tmp_path}", "name=tiny", "search.workers=2"))
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == ("effscale search: 2 of 2 workers failed (their errors are above); the trials "
+                                       "they finished are kept, and the same command trains what is left\n")
