@@ -341,6 +341,8 @@ def _candidates(state_dict: dict[str, Tensor], fmt: str, baseline: str | None,
         pairs += [("mobilenet_v2", None)] + [(f"resnet{n}", None) for n in (18, 34, 50, 101, 152)]
     if baseline is not None:
         pairs = [(b, v) for b, v in pairs if b == baseline] or [(baseline, None)]
+    if variant is not None:  # the variant asked for, of whichever baseline the weights fit
+        pairs = [(b, v) for b, v in pairs if v == variant] or [("efficientnet_b0", variant)]
     return pairs
 
 
@@ -380,13 +382,13 @@ def build_for(state_dict: dict[str, Tensor], fmt: str, baseline: str | None, var
         try:
             fit(table, state_dict, fmt)
         except Mismatch as exc:
-            first_error = first_error or f"does not fit {_label(name, var)}: {exc}"
+            first_error = first_error or f"do not fit {_label(name, var)}: {exc}"
             continue
         model, renamed = fit(table, state_dict, fmt, device="cpu")
         model.load_state_dict(renamed)
         return model.eval(), table
     if len(candidates) > 1:
-        first_error = f"fits none of {_label(*candidates[0])} … {_label(*candidates[-1])}; {first_error}"
+        first_error = f"fit none of {_label(*candidates[0])} … {_label(*candidates[-1])}; {first_error}"
     raise UserError(f"{source}: {fmt} weights {first_error}")
 
 
@@ -516,6 +518,9 @@ def load_pretrained(spec: str, baseline: str | None = None, variant: str | None 
         raise UserError(f"{path}: unrecognised weights (first keys: {', '.join(list(state_dict)[:3])}); expected "
                         "torchvision, efficientnet_pytorch or timm names, or an effscale checkpoint")
     if fmt == CHECKPOINT_FORMAT:
+        if baseline is not None or variant is not None:
+            raise UserError(f"{path}: an effscale checkpoint carries its own architecture; "
+                            "leave out --baseline and --variant")
         return _from_effscale_checkpoint(state_dict, meta, path)
     eps = {"torchvision": torchvision_bn_eps, "efficientnet_pytorch": lambda b, v: 1e-3,
            "timm": lambda b, v: 1e-5}[fmt]

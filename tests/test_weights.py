@@ -230,8 +230,15 @@ def test_wrong_architecture_names_first_mismatching_key_with_both_shapes(tmp_pat
     torch.save(torchvision_efficientnet("b0").state_dict(), tmp_path / "b0.pth")
     with pytest.raises(UserError) as err:
         load_pretrained(str(tmp_path / "b0.pth"), baseline="efficientnet_b0", variant="b3")
-    assert str(err.value) == (f"{tmp_path / 'b0.pth'}: torchvision weights does not fit efficientnet_b0 variant=b3: "
+    assert str(err.value) == (f"{tmp_path / 'b0.pth'}: torchvision weights do not fit efficientnet_b0 variant=b3: "
                               "features.0.0.weight has shape (32, 3, 3, 3) in the file, (40, 3, 3, 3) in the model")
+
+
+def test_a_variant_alone_is_the_variant_asked_for_not_the_first_one_the_weights_fit(tmp_path):
+    torch.save(torchvision_efficientnet("b0").state_dict(), tmp_path / "b0.pth")
+    assert load_pretrained(str(tmp_path / "b0.pth")).table["variant"] == "b0"
+    with pytest.raises(UserError, match="fit none of efficientnet_b0 variant=b1 … efficientnet_lite0 variant=b1; "):
+        load_pretrained(str(tmp_path / "b0.pth"), variant="b1")
 
 
 def test_changed_tensor_is_named_with_the_files_own_key(tmp_path):
@@ -269,3 +276,5 @@ def test_effscale_checkpoint_round_trip_keeps_names_and_preprocessing(tmp_path):
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded.model(x), model(x))
+    with pytest.raises(UserError, match="carries its own architecture; leave out --baseline and --variant$"):
+        load_pretrained(str(path), variant="b3")
