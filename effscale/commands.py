@@ -7,7 +7,7 @@ import re
 import sys
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from effscale.config import available_options, compose, load
 from effscale.errors import UserError
@@ -167,19 +167,40 @@ def _print_table(rows: list[dict[str, Any]], device: str, batch: int, human) -> 
 
 def print_help(command: str, overrides: list[str]) -> None:
     """List the config groups and their options, then the composed config."""
-    cfg = compose(command, overrides)
+    cfg = compose(command, overrides, hydra=True)
+    groups = [g for g in reversed(list(cfg.hydra.runtime.choices)) if not g.startswith("hydra")]  # defaults order
+    if command == "search":
+        groups.append("sweep")  # a preset added with +sweep=…
     print(f"effscale {command} [overrides...]\n\nconfig groups (choose with group=option):")
-    for group in ("baseline", "data", "budget", "search", "strategy", "trainer", "logger", "sweep"):
+    for group in groups:
+        if group in IGNORED_BY.get(command, ()):
+            continue
         options = available_options(group)
         if options:
             print(f"  {group:9s} {', '.join(options)}")
+    with open_dict(cfg):
+        for key in ("hydra", *IGNORED_BY.get(command, ())):
+            del cfg[key]
     print("\ncomposed config:\n")
     print(OmegaConf.to_yaml(cfg))
+
+
+# Keys of the shared config a command does not read: setting one is a mistake, said in one line.
+IGNORED_BY = {"finetune": ("baseline", "scale", "variant")}
+
+
+def refuse_ignored(command: str, overrides: list[str]) -> None:
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.split(".")[0] in IGNORED_BY.get(command, ()):
+            raise UserError(f"{override}: effscale {command} does not read {key.split('.')[0]} (the architecture "
+                            "is the weights' own, finetune.weights; the input size is data.resolution)")
 
 
 def finetune(overrides: list[str]) -> None:
     from effscale.finetune import finetune as fit
 
+    refuse_ignored("finetune", overrides)
     cfg = load("finetune", overrides)
     result = fit(cfg)
     print(f"val accuracy, new classifier on the frozen network: {result['val_acc_head']:.4f}")

@@ -53,9 +53,35 @@ def test_bad_override_one_line_exit_2(args, needle):
     assert "Traceback" not in out.stderr
 
 
-def test_help_lists_groups():
-    out = run_cli("measure", "--help")
-    assert out.returncode == 0 and "baseline" in out.stdout and "efficientnet_lite0" in out.stdout
+def group_lines(help_text: str) -> list[str]:
+    """The group names `effscale COMMAND --help` lists under "config groups"."""
+    listed = help_text.split("config groups (choose with group=option):\n", 1)[1].split("\n\n", 1)[0]
+    return [line.split()[0] for line in listed.splitlines()]
+
+
+@pytest.mark.parametrize("command, groups", [
+    ("measure", ["baseline", "data"]),
+    ("search", ["baseline", "data", "budget", "search", "strategy", "trainer", "logger", "sweep"]),
+    ("finetune", ["data"]),  # the architecture comes from the weights
+])
+def test_help_lists_the_groups_the_command_reads(command, groups, capsys):
+    from effscale import cli
+
+    assert cli.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert group_lines(out) == groups
+    assert "  baseline  efficientnet_b0, efficientnet_lite0, mobilenet_v2, resnet101" in out or command == "finetune"
+    assert ("\nbaseline:" in out) == (command != "finetune")  # the composed config below the groups
+
+
+def test_finetune_refuses_settings_it_does_not_read(capsys):
+    from effscale import cli
+
+    assert cli.main(["finetune", "baseline=resnet50"]) == 2
+    assert capsys.readouterr().err == ("effscale finetune: baseline=resnet50: effscale finetune does not read "
+                                       "baseline (the architecture is the weights' own, finetune.weights; the input "
+                                       "size is data.resolution)\n")
+    assert cli.main(["finetune", "scale.width=2"]) == 2 and "does not read scale" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("given, expected", [
