@@ -30,6 +30,7 @@ TRIALS = "trials.csv"
 COMPARE_PREFIX = "compare_"  # point ids of the rows `effscale compare` writes (compare.compare_point)
 SINGLE_DIMENSIONS = ("width", "depth", "resolution")
 COEFFICIENTS = ["alpha", "beta", "gamma"]
+METRICS = ("val_acc", "test_acc")  # what `--metric` may rank by
 
 # Paper table 7 (ImageNet, EfficientNet-B0 scaled to ≈1.8 GFLOPs by one method each, top-1 %).
 # GFLOPs there are multiply-adds.
@@ -360,7 +361,7 @@ def plot_search_heatmap(table: pd.DataFrame, path: Path) -> None:
     ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
     ax.set_xlabel("β (width coefficient)")
     ax.set_ylabel("α (depth coefficient)")
-    ax.set_title("Grid search at φ = 1: accuracy per (α, β)\nred box: best; hatched ×: over budget (INFEASIBLE)")
+    ax.set_title("Grid search at φ = 1: accuracy per (α, β)\nred box: best; hatched ×: outside the budget (INFEASIBLE)")
     _save(fig, path)
 
 
@@ -513,8 +514,7 @@ def margin_sentences(margin: pd.DataFrame) -> str:
 
 def build_report(df: pd.DataFrame, plots: Path, title: str, metric: str = "val_acc") -> Report:
     """Draw the plots the table supports into `plots/` and assemble the sections of the report."""
-    if metric not in df:
-        raise UserError(f"--metric {metric}: the results table has no such column")
+    check_metric(df, metric)
     report = Report(title=title, sections=[Section("Sweep", _describe(df))])
     summary = strategy_summary(df, metric)
     grid = search_table(df, metric)
@@ -548,7 +548,9 @@ def build_report(df: pd.DataFrame, plots: Path, title: str, metric: str = "val_a
         plot_search_heatmap(grid, path)
         report.files.append(path)
         report.sections.append(Section(
-            "Grid search at φ = 1", "Best first; INFEASIBLE points were over the budget and never trained.",
+            "Grid search at φ = 1", "Best first; mean ± 95 % t-interval over seeds (n per row; one seed, no interval). INFEASIBLE points "
+            "were outside the budget (MACs ratio off 2^φ by more than the tolerance, or a bound exceeded) and never "
+            "trained.",
             _search_view(grid, metric), _relative(report.files, "search_heatmap")))
 
     if "macs" in df and ({"train_seconds", "peak_mem_mb"} & set(df.columns)) and \
@@ -617,11 +619,19 @@ def to_html(report: Report, folder: Path, inline: bool = True) -> str:
     return "\n".join(parts)
 
 
+def check_metric(df: pd.DataFrame, metric: str) -> None:
+    if metric not in METRICS:
+        raise UserError(f"--metric {metric}: expected {' or '.join(METRICS)}")
+    if metric not in df:
+        raise UserError(f"--metric {metric}: the results table has no such column")
+
+
 def write_report(folder: str | Path, out: str | Path | None = None, metric: str = "val_acc") -> list[Path]:
     """Read `folder/trials.csv`; write `plots/*.png`, `report.md` and `report.html` into `out`
     (default: the sweep folder). Returns the files written."""
     folder = Path(folder)
     df = load_trials(folder)
+    check_metric(df, metric)  # before anything is written
     out = Path(out) if out is not None else (folder if folder.suffix != ".csv" else folder.parent)
     name = (folder if folder.suffix != ".csv" else folder.parent).resolve().name
     try:

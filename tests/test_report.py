@@ -195,3 +195,17 @@ def test_a_point_that_repeats_another_network_shows_that_networks_seeds():
     assert grid.loc[(1.0, 1.1), "state"] == "COMPLETE, same network as p0"
     assert grid.loc[(1.0, 1.1), ["n", "mean"]].tolist() == grid.loc[(1.0, 1.0), ["n", "mean"]].tolist() == [2, pytest.approx(0.65)]
     assert grid.loc[(1.0, 1.0), "state"] == "COMPLETE" and grid.loc[(1.4, 1.1), "state"] == "INFEASIBLE"
+
+
+def test_metric_test_acc_ranks_by_it_and_a_wrong_metric_writes_nothing(tmp_path):
+    from effscale import cli
+
+    table = compare_table().assign(test_acc=lambda df: 1 - df["val_acc"])
+    write(tmp_path, table)
+    assert cli.main(["report", str(tmp_path), "--metric", "test_acc"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "test_acc (%)" in md and "val_acc (%)" not in md
+    for wrong in ("params", "nope"):
+        with pytest.raises(UserError, match=f"^--metric {wrong}: expected val_acc or test_acc$"):
+            write_report(tmp_path, tmp_path / wrong, wrong)
+        assert not (tmp_path / wrong).exists()
