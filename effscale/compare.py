@@ -133,15 +133,14 @@ def matched_models(base: dict[str, Any], strategies: list[str], phi: float, alph
 
 def best_point(trials: pd.DataFrame, metric: str = "val_acc") -> tuple[float, float, float]:
     """The (α, β, γ) of a search's best grid point: compound at φ = 1, highest mean `metric` over its
-    completed seeds (ties: the smaller α·β²·γ², then the earlier point). A point that only repeats
-    another's network at φ = 1 (`same_as`) has that point's first seed alone, so it is left out."""
+    completed seeds (ties as `results.best_first` breaks them). A point that only repeats another's
+    network at φ = 1 (`same_as`) has that point's first seed alone, so it is left out."""
     rows = trials[(trials["strategy"] == "compound") & (trials["phi"] == 1) & (trials["state"] == "COMPLETE")]
     rows = results.trained(rows).dropna(subset=[metric])
     if rows.empty:
         raise ValueError("no completed compound trial at phi = 1")
     means = rows.groupby(["alpha", "beta", "gamma"], sort=False)[metric].mean().reset_index()
-    means["constraint"] = means["alpha"] * means["beta"] ** 2 * means["gamma"] ** 2
-    best = means.sort_values([metric, "constraint"], ascending=[False, True], kind="stable").iloc[0]
+    best = results.best_first(means, metric).iloc[0]
     return float(best["alpha"]), float(best["beta"]), float(best["gamma"])
 
 

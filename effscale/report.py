@@ -25,6 +25,7 @@ import pandas as pd
 
 from effscale.errors import UserError
 from effscale.files import write_atomically
+from effscale.results import best_first
 
 TRIALS = "trials.csv"
 COMPARE_PREFIX = "compare_"  # point ids of the rows `effscale compare` writes (compare.compare_point)
@@ -245,7 +246,7 @@ def search_table(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     table = pd.DataFrame(out)
     if table.empty:
         return table
-    return table.sort_values("mean", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+    return best_first(table, "mean")
 
 
 def paper_comparison(summary: pd.DataFrame) -> pd.DataFrame:
@@ -331,13 +332,13 @@ def _log_x(ax) -> None:
 
 
 def plot_search_heatmap(table: pd.DataFrame, path: Path) -> None:
-    """Accuracy over the α (rows) × β (columns) grid at φ = 1; γ follows from α·β²·γ² ≈ 2. Points over
+    """Accuracy over the α (rows) × β (columns) grid at φ = 1; γ follows from α·β²·γ² ≈ 2. Points outside
     the budget are hatched ×, points that failed are marked –, the best point is outlined."""
     plt = _pyplot()
     from matplotlib.patches import Rectangle
 
-    # Where γ is gridded too, one (α, β) cell shows its best γ.
-    cells = table.sort_values("mean", ascending=False, na_position="last").drop_duplicates(["alpha", "beta"])
+    # Where γ is gridded too, one (α, β) cell shows its best γ (`table` is best first: search_table).
+    cells = table.drop_duplicates(["alpha", "beta"])
     alphas, betas = sorted(cells["alpha"].unique()), sorted(cells["beta"].unique())
     grid = cells.pivot(index="alpha", columns="beta", values="mean").reindex(index=alphas, columns=betas) * 100
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(betas) + 1.5, 1.0 + 0.6 * len(alphas) + 1.2))

@@ -209,3 +209,18 @@ def test_metric_test_acc_ranks_by_it_and_a_wrong_metric_writes_nothing(tmp_path)
         with pytest.raises(UserError, match=f"^--metric {wrong}: expected val_acc or test_acc$"):
             write_report(tmp_path, tmp_path / wrong, wrong)
         assert not (tmp_path / wrong).exists()
+
+
+def test_search_report_and_compare_break_a_tie_alike_the_cheaper_point_first():
+    from effscale import results
+    from effscale.compare import best_point
+
+    # Two points at the same mean accuracy; α=1.4 β=1 is the cheaper (α·β²·γ² 1.99 against 2.04) and is listed last.
+    rows = [row(0, "compound", 1, 0, 0.318, alpha=1.0, beta=1.4, gamma=1.0102),
+            row(1, "compound", 1, 0, 0.318, alpha=1.4, beta=1.0, gamma=1.1952),
+            row(2, "compound", 1, 0, 0.300, alpha=1.2, beta=1.0, gamma=1.2910)]
+    table = pd.DataFrame(rows).assign(point=lambda df: [f"p{i}" for i in range(len(df))], macs_ratio=2.0,
+                                      params=1e6, test_acc=0.3, train_seconds=1.0, same_as=None)
+    assert best_point(table) == (1.4, 1.0, 1.1952)
+    assert tuple(search_table(table).iloc[0][["alpha", "beta"]]) == (1.4, 1.0)
+    assert tuple(results.seed_summary(table).iloc[0][["alpha", "beta"]]) == (1.4, 1.0)
