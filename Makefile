@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 run: install
 	$(VENV)/bin/effscale search +sweep=quick
+	$(VENV)/bin/effscale report results/quick
 
 # The default suite leaves out tests marked slow (multi-minute real-data and cluster fault tests);
 # `make test-slow` runs those, and .ci/run runs both.
