@@ -13,7 +13,10 @@ the study, wandb/, Hydra's job folders in logs/hydra/ and submitit's logs in log
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,17 @@ def run_job(cfg: DictConfig) -> None:
     from effscale.workers import work
 
     work(to_dict(cfg), int(cfg.worker))
+
+
+def submission_refused(exc: BaseException) -> str | None:
+    """sbatch's own message when submitit could not submit (sbatch exited non-zero), else None."""
+    import subprocess
+
+    cause = exc.__cause__
+    if isinstance(cause, subprocess.CalledProcessError) and "sbatch" in str(cause.cmd):
+        lines = (cause.stderr or cause.output or "").strip().splitlines()
+        return lines[-1] if lines else f"sbatch exited with status {cause.returncode}"
+    return None
 
 
 def check_storage(storage: str | None, launcher: str, workers: int) -> None:
@@ -83,6 +97,7 @@ def multirun(overrides: list[str]) -> None:
     on_device = budget.get("max_latency_ms") is not None or budget.get("max_peak_mem_mb") is not None
     search = Search(cfg, model_table(cfg), resolve_device(cfg["device"]) if on_device else "cpu")
     search.plan()
+    existed = search.sweep_dir.exists()
     search.open()
     print(search.describe_plan())
     record_storage(search)
@@ -90,19 +105,38 @@ def multirun(overrides: list[str]) -> None:
     print(f"{workers} worker job(s) through hydra/launcher={launcher}; logs in {sweep_dir / 'logs'}", flush=True)
 
     import hydra
+    import optuna
 
     if launcher == "submitit_slurm":
         slurm.use_squeue_without_accounting()
     app = hydra.main(config_path=str(CONF_DIR), config_name="search", version_base="1.3")(run_job)
-    argv = sys.argv
+    argv, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = ["effscale-search", "--multirun", *overrides, *job_overrides(cfg, launcher, sweep_dir, overrides)]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what a launch raised, rather than printing it and exiting 1
     try:
         app()
         failed = None
-    except SystemExit as exc:  # Hydra reports a job that raised, or one the cluster killed, and exits 1
+    except SystemExit as exc:
         failed = exc.code
+    except UserError:  # a mistake a job found (the basic launcher runs them in this process)
+        raise
+    except Exception as exc:
+        refused = submission_refused(exc)
+        if refused:
+            if not search.study.trials:  # nothing ran: leave no study and no new folder behind
+                optuna.delete_study(study_name=search.study.study_name, storage=search.study._storage)
+                if not existed:
+                    shutil.rmtree(sweep_dir, ignore_errors=True)
+            hint = "; for nodes without GPUs set cluster.gpus_per_node=0" if "gres" in refused.lower() else ""
+            raise UserError(f"hydra/launcher={launcher}: sbatch refused the jobs ({refused}){hint}") from None
+        traceback.print_exc()  # a job that raised, or one the cluster killed
+        failed = 1
     finally:
         sys.argv = argv
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
     print(outcome(results.read_trials(sweep_dir), sweep_dir, search.logger_kind))
     if failed:
         print("effscale search: a worker job ended without finishing (cancelled, killed, or out of time and "

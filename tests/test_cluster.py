@@ -194,6 +194,20 @@ def test_slurm_workers_on_the_default_sqlite_study_are_refused_in_one_line(tmp_p
     assert not (tmp_path / "default").exists()
 
 
+def test_jobs_sbatch_refuses_are_one_line_with_its_reason_and_leave_no_sweep(tmp_path):
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'sbatch: error: Invalid generic resource (gres) specification' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    done = run_cli("search", "-m", "+sweep=slurm", "search.workers=1", *TINY, f"out={tmp_path}", "name=refused",
+                   env={"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"})
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        "effscale search: hydra/launcher=submitit_slurm: sbatch refused the jobs (sbatch: error: Invalid generic "
+        "resource (gres) specification); for nodes without GPUs set cluster.gpus_per_node=0")
+    assert "Traceback" not in done.stderr and not (tmp_path / "refused").exists()
+
+
 def test_bad_launcher_with_multirun_is_one_line_and_exit_2(tmp_path):
     done = run_cli("search", "-m", "hydra/launcher=no_such_launcher", f"out={tmp_path}")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "hydra/launcher" in done.stderr
