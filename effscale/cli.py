@@ -77,8 +77,9 @@ def _dashboard(args: list[str]) -> None:
     parser.add_argument("sweep", nargs="?", help="the sweep folder, e.g. results/quick (its study.db, journal or "
                                                  "storage.txt)")
     parser.add_argument("--storage", help="an Optuna storage URL instead of a sweep folder")
-    parser.add_argument("--port", type=_port, default=8080, help="0 picks a free one")
-    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it to the network")
+    parser.add_argument("--port", type=_port, default=8080, help="default 8080; 0 picks a free one")
+    parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only); 0.0.0.0 exposes it "
+                                                            "to the network")
     opts = parser.parse_args(args)
     run(opts.sweep, opts.host, opts.port, opts.storage)
 
@@ -149,7 +150,10 @@ def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # a command is missing: a usage error
+        print(USAGE, file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]

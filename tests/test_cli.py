@@ -96,10 +96,11 @@ def test_the_command_sets_how_openmp_threads_wait_unless_the_user_did(given, exp
     assert out.stdout.split() == [str(v) for v in expected]
 
 
-def test_no_command_prints_usage_and_an_unknown_one_is_exit_2(capsys):
+def test_help_prints_usage_and_a_missing_or_unknown_command_is_exit_2(capsys):
     from effscale import cli
 
-    assert cli.main([]) == 0 and "measure" in capsys.readouterr().out
+    assert cli.main(["--help"]) == 0 and "commands:\n  measure" in capsys.readouterr().out
+    assert cli.main([]) == 2 and "commands:\n  measure" in capsys.readouterr().err
     assert cli.main(["serach"]) == 2
     assert capsys.readouterr().err == ("effscale: unknown command 'serach'; expected one of measure, search, compare, "
                                        "report, dashboard, predict, finetune\n")
