@@ -279,18 +279,20 @@ HEARTBEAT_S = 60.0  # at most this long between two heartbeats of a training tri
 def heartbeat(study: optuna.Study, trial_id: int, every_s: float) -> Iterator[None]:
     """Refresh the trial's `heartbeat` attribute every `every_s` seconds while the block runs, from a
     thread: an epoch may take hours (a large candidate on ImageNet), and a trial must not look
-    abandoned to workers on other hosts while it trains. The thread stops at the first failed write
-    (the trial was finished meanwhile, or the storage is unreachable); the training thread's own
-    writes then fail too, and it handles them."""
+    abandoned to workers on other hosts while it trains. A write that fails (a storage briefly out of
+    reach) is tried again at the next beat; once another worker has finished the trial (taken it
+    over as stale) the thread stops, and the training thread's own next write tells it so."""
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(every_s):
             try:
                 study._storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
-            except Exception:
-                log.warning("trial id %s: heartbeat not written; no more from this trial", trial_id, exc_info=True)
+            except optuna.exceptions.UpdateFinishedTrialError:
                 return
+            except Exception:
+                log.warning("trial id %s: heartbeat not written; trying again in %.0f s", trial_id, every_s,
+                            exc_info=True)
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
     thread.start()
