@@ -549,9 +549,9 @@ def build_report(df: pd.DataFrame, plots: Path, title: str, metric: str = "val_a
         plot_search_heatmap(grid, path)
         report.files.append(path)
         report.sections.append(Section(
-            "Grid search at φ = 1", "Best first; mean ± 95 % t-interval over seeds (n per row; one seed, no interval). INFEASIBLE points "
-            "were outside the budget (MACs ratio off 2^φ by more than the tolerance, or a bound exceeded) and never "
-            "trained.",
+            "Grid search at φ = 1",
+            "Best first; mean ± 95 % t-interval over seeds (n per row; one seed, no interval). INFEASIBLE points were "
+            "outside the budget (MACs ratio off 2^φ by more than the tolerance, or a bound exceeded) and never trained.",
             _search_view(grid, metric), _relative(report.files, "search_heatmap")))
 
     if "macs" in df and ({"train_seconds", "peak_mem_mb"} & set(df.columns)) and \
