@@ -140,11 +140,13 @@ def trained(table: pd.DataFrame) -> pd.DataFrame:
 def best_first(points: pd.DataFrame, mean: str = "val_acc") -> pd.DataFrame:
     """Grid points (one row each, with alpha, beta, gamma and a `mean` column) best first. Ties go to
     the cheaper point (smaller α·β²·γ²), then the smaller α and β, so that the search's verdict, the
-    report's table and compare's choice of coefficients name the same point."""
+    report's table and compare's choice of coefficients name the same point. Points without a mean
+    follow, by α and β."""
     keyed = points.assign(_cost=points["alpha"] * points["beta"] ** 2 * points["gamma"] ** 2)
-    keyed = keyed.sort_values([mean, "_cost", "alpha", "beta"], ascending=[False, True, True, True],
-                              na_position="last", kind="stable")
-    return keyed.drop(columns="_cost").reset_index(drop=True)
+    ranked = keyed[keyed[mean].notna()].sort_values([mean, "_cost", "alpha", "beta"],
+                                                     ascending=[False, True, True, True], kind="stable")
+    rest = keyed[keyed[mean].isna()].sort_values(["alpha", "beta"], kind="stable")
+    return pd.concat([ranked, rest]).drop(columns="_cost").reset_index(drop=True)
 
 
 def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
