@@ -139,7 +139,9 @@ ARGPARSE_COMMANDS = {"report", "dashboard", "predict"}
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
+        status = _main(argv)
+        sys.stdout.flush()  # a pipe is block-buffered: write what is left here, not at exit
+        return status
     except BrokenPipeError:  # `effscale measure format=csv | head`: the reader has all it wanted
         # Python would complain again when it flushes stdout at exit; point stdout at nothing instead.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -164,7 +166,7 @@ def _main(argv: list[str] | None) -> int:
         if ("-h" in rest or "--help" in rest) and command not in ARGPARSE_COMMANDS:
             from effscale.commands import print_help
 
-            print_help(command, [a for a in rest if a not in ("-h", "--help")])
+            print_help(command, [a for a in rest if a not in ("-h", "--help", "-m", "--multirun")])
             return 0
         COMMANDS[command](rest)
     except UserError as exc:

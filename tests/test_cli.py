@@ -74,6 +74,12 @@ def test_help_lists_the_groups_the_command_reads(command, groups, capsys):
     assert ("\nbaseline:" in out) == (command != "finetune")  # the composed config below the groups
 
 
+def test_help_with_multirun_is_the_help(capsys):
+    from effscale import cli
+
+    assert cli.main(["search", "-m", "--help"]) == 0 and "sweep     " in capsys.readouterr().out
+
+
 def test_finetune_refuses_settings_it_does_not_read(capsys):
     from effscale import cli
 
@@ -164,8 +170,10 @@ def test_an_unknown_flag_is_one_line_naming_it(capsys):
 
 def test_output_into_a_closed_pipe_is_no_error_and_python_m_effscale_runs():
     """`effscale measure … | head -1`: the reader goes away before the output is written."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as usual
     proc = subprocess.Popen([sys.executable, "-m", "effscale", "measure", "measure.variants=all", "format=csv",
-                             "measure.memory=false"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "measure.memory=false"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
     proc.stdout.close()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and err == ""
