@@ -303,6 +303,17 @@ def heartbeat(study: optuna.Study, trial_id: int, every_s: float) -> Iterator[No
         thread.join()
 
 
+def mark_stale(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Mark a RUNNING trial FAIL with user attribute `stale`, so that its point runs again; False if it
+    finished meanwhile (its worker was alive after all, or another worker marked it first)."""
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, "stale", True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+    return True
+
+
 def fail_stale_trials(study: optuna.Study, stale_after_s: float) -> int:
     """Mark abandoned trials FAIL with user attribute `stale`, so that their jobs run again.
     A WAITING trial can only be left by a process that died between enqueueing and asking."""
@@ -313,9 +324,7 @@ def fail_stale_trials(study: optuna.Study, stale_after_s: float) -> int:
         study.tell(trial, state=TrialState.FAIL)
         count += 1
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if is_stale(frozen, stale_after_s):
-            optuna.trial.Trial(study, frozen._trial_id).set_user_attr("stale", True)
-            study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
+        if is_stale(frozen, stale_after_s) and mark_stale(study, frozen):
             count += 1
     return count
 
@@ -737,7 +746,9 @@ class Search:
             try:
                 trial.set_user_attr("stale", True)
                 trial.set_user_attr("reason", str(exc) if isinstance(exc, UserError) else "interrupted")
-                self.study.tell(trial, state=TrialState.FAIL)
+                self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another worker took it over as stale meanwhile: it runs again there
             except optuna.exceptions.StorageInternalError:
                 # Still RUNNING under this process's id, so the next launch finds it stale all the same.
                 log.warning("trial %s: could not mark it stale; the next launch will", trial.number, exc_info=True)
@@ -754,18 +765,21 @@ class Search:
     def record(self, trial: optuna.Trial, summary: dict[str, Any], state_name: str, progress: str) -> None:
         """Tell the study how `trial` ended and write its results row."""
         with interrupts_deferred():  # a finished trial is recorded whole before a Ctrl-C ends the sweep
+            state = TrialState[state_name]
             try:
                 for key, value in summary.items():
                     trial.set_user_attr(key, value)
+                frozen = self.study.tell(trial, summary["val_acc"] if state == TrialState.COMPLETE else None,
+                                         state=state, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:
+                frozen = None
+            if frozen is None or frozen.user_attrs.get("stale"):
                 # Another worker found this trial abandoned (no heartbeat for search.stale_after_s: a
                 # hung process, or a storage it could not reach) and marked it stale; the point is
                 # that worker's now, and its row will be written once it has trained it.
                 self.say(f"{progress} trial {trial.number} ({summary.get('reason') or state_name}) was "
                          "marked stale by another worker meanwhile; its point trains there again")
                 return
-            state = TrialState[state_name]
-            frozen = self.study.tell(trial, summary["val_acc"] if state == TrialState.COMPLETE else None, state=state)
             results.upsert_trials(self.table, [trial_row(frozen)])
         self.say(trial_line(progress, frozen))
 

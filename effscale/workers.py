@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from effscale import slurm
 from effscale.cores import available_cores
 from effscale.errors import UserError
-from effscale.search import Job, Search, fail_stale_trials
+from effscale.search import Job, Search, fail_stale_trials, mark_stale
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -112,9 +112,7 @@ def fail_abandoned(study: optuna.Study, stale_after_s: float, ask_slurm: bool = 
     count = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if ask_slurm else []:
         job = t.user_attrs.get("slurm_job")
-        if job and job != slurm.current_job() and slurm.job_running(job) is False:
-            study._storage.set_trial_user_attr(t._trial_id, "stale", True)
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        if job and job != slurm.current_job() and slurm.job_running(job) is False and mark_stale(study, t):
             count += 1
     return count + fail_stale_trials(study, stale_after_s)
 

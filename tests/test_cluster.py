@@ -312,3 +312,15 @@ def test_requeued_slurm_job_runs_its_interrupted_trial_again(tmp_path, slurm_clu
     rerun = [t for t in after if t.state == TrialState.COMPLETE and t.user_attrs["point"] == victim.user_attrs["point"]]
     assert [t.user_attrs["slurm_job"] for t in rerun] == [f"{job_id}.1"]  # the same job, restarted once
     assert_each_point_once(tmp_path / name, after)
+
+
+def test_a_trial_that_finishes_while_it_is_being_marked_stale_is_left_as_it_finished():
+    from effscale.search import mark_stale
+
+    study = optuna.create_study()
+    trial = study.ask()
+    frozen = study.get_trials(deepcopy=False)[0]  # read while RUNNING
+    study.tell(trial, 0.5)  # its worker was alive after all
+    assert mark_stale(study, frozen) is False
+    [after] = study.get_trials()
+    assert after.state == TrialState.COMPLETE and after.value == 0.5 and "stale" not in after.user_attrs
