@@ -44,6 +44,8 @@ from effscale.scaling import ScalingError, compound_grid, compound_multipliers, 
 log = logging.getLogger("effscale.search")
 STRATEGY = "compound"
 DEVICE_COSTS = ("latency_ms", "peak_mem_mb")  # measured on a device: recorded once per sweep
+DEVICE_BOUNDS = tuple(f"max_{k}" for k in DEVICE_COSTS)
+BASELINE_KEY = "baseline"  # the baseline's own costs in a sweep's recorded device costs
 
 
 # --- candidates and the budget --------------------------------------------------------------------
@@ -421,7 +423,9 @@ class Search:
 
         options = measure_options(self.cfg, self.device, channels)
         base = measure_table(self.baseline, build, **options)
-        check_baseline_budget(base, self.budget)
+        # Bounds on device costs are checked once `open` has the sweep's recorded costs.
+        check_baseline_budget(base, {k: v for k, v in self.budget.items()
+                                     if not (self.device_budget and k in DEVICE_BOUNDS)})
         # One model per architecture, one count per (architecture, input size): grid points often share them.
         costs = measure_tables([c.table for c in self.candidates], build, **options)
         self.base_cost = base
@@ -433,7 +437,7 @@ class Search:
 
     @property
     def device_budget(self) -> bool:
-        return any(self.budget.get(f"max_{k}") is not None for k in DEVICE_COSTS)
+        return any(self.budget.get(k) is not None for k in DEVICE_BOUNDS)
 
     def _judge(self, costs: list[Measurement]) -> None:
         """Decide which candidates fit the budget at these costs, and which repeat another's network."""
@@ -456,17 +460,20 @@ class Search:
     def adopt_device_costs(self) -> None:
         """Latency and peak memory measured on a device differ from one process, machine and run to
         the next, and the workers of one sweep must agree on its feasible points. The process that
-        creates the study records them (`device_costs`); every later one (other workers, a resumed
-        sweep) judges the budget with those rather than its own."""
-        if not self.device_budget:
-            return
-        recorded = self.study.user_attrs.get("device_costs")
-        if recorded is None:
-            self.study.set_user_attr("device_costs", {"device": self.device, "costs": {
-                c.point: {k: getattr(c.cost, k) for k in DEVICE_COSTS} for c in self.candidates}})
-            return
-        costs = [replace(c.cost, **recorded["costs"].get(c.point, {})) for c in self.candidates]
-        self._judge(costs)
+        creates the study records them, the baseline's too (`device_costs`); every later one (other
+        workers, a resumed sweep) judges the budget with those rather than its own, and records what
+        it measured that the record lacks (a bound added on resume)."""
+        recorded = self.study.user_attrs.get("device_costs") or {"device": self.device, "costs": {}}
+        measured = {c.point: c.cost for c in self.candidates} | {BASELINE_KEY: self.base_cost}
+        costs = {}
+        for key, cost in measured.items():
+            before = recorded["costs"].get(key) or {}
+            costs[key] = {k: before[k] if before.get(k) is not None else getattr(cost, k) for k in DEVICE_COSTS}
+        if costs != {key: recorded["costs"].get(key) for key in costs}:
+            self.study.set_user_attr("device_costs", {"device": recorded["device"], "costs": recorded["costs"] | costs})
+        self.base_cost = replace(self.base_cost, **costs[BASELINE_KEY])
+        check_baseline_budget(self.base_cost, self.budget)
+        self._judge([replace(c.cost, **costs[c.point]) for c in self.candidates])
         self.study.sampler = make_sampler(self.opts["sampler"], self._points(), self.seed)
         self.device_costs_from = recorded["device"]
 
@@ -509,12 +516,13 @@ class Search:
             what = f"search.storage={without_password(url)}" if url else f"{self.sweep_dir / 'study.db'}"
             reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
             raise UserError(f"{what}: cannot open the study ({reason[:200]})") from None
+        created = not self.study.user_attrs  # every effscale run that opened it has left its context there
         if self.device_budget:
             try:
                 self.adopt_device_costs()
                 self._require_feasible()
             except UserError:
-                if not self.study.trials:  # this run created the study: leave nothing behind
+                if created:  # leave nothing behind
                     optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)
                     if new is not None:
                         shutil.rmtree(new, ignore_errors=True)

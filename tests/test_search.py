@@ -482,17 +482,43 @@ def test_latency_is_measured_once_per_sweep_and_later_processes_judge_the_budget
             return [dataclasses.replace(m, latency_ms=ms) for m in real(tables, build, **{**options, "latency": False})]
         return measure
 
+    real_one = search_module.measure_table
+
+    def baseline_at(ms):
+        def measure(table, build, **options):
+            return dataclasses.replace(real_one(table, build, **{**options, "latency": False}), latency_ms=ms)
+        return measure
+
     budget = "budget.max_latency_ms=1000"
     monkeypatch.setattr(search_module, "measure_tables", timed_at(5.0))
+    monkeypatch.setattr(search_module, "measure_table", baseline_at(2.0))
     first = planned(tmp_path, budget)
     assert len(first.feasible) == 4 and "latency and peak memory as measured on cpu" in first.describe_plan()
-    monkeypatch.setattr(search_module, "measure_tables", timed_at(5000.0))  # another machine, slower
+    # Another machine, slower: its own numbers would put the baseline itself over the budget.
+    monkeypatch.setattr(search_module, "measure_tables", timed_at(5000.0))
+    monkeypatch.setattr(search_module, "measure_table", baseline_at(3000.0))
     later = planned(tmp_path, budget, new_launch=False)  # a worker of the sweep: no "points gone" error
     assert [c.point for c in later.feasible] == [c.point for c in first.feasible]
-    assert {c.cost.latency_ms for c in later.candidates} == {5.0}
-    with pytest.raises(UserError, match="budget: none of the 9 grid points fits"):
+    assert {c.cost.latency_ms for c in later.candidates} == {5.0} and later.base_cost.latency_ms == 2.0
+    with pytest.raises(UserError, match="budget.max_latency_ms=1000 is below the baseline's own 3,000"):
         planned(tmp_path / "elsewhere", budget)  # a sweep of its own measures for itself
     assert not (tmp_path / "elsewhere").exists()  # and leaves nothing behind
+
+
+def test_a_device_bound_added_on_resume_is_judged_with_this_runs_measurement(tmp_path, monkeypatch):
+    import dataclasses
+
+    import effscale.search as search_module
+
+    real = search_module.measure_tables
+    slow = lambda tables, build, **options: [dataclasses.replace(m, latency_ms=5000.0)  # noqa: E731
+                                             for m in real(tables, build, **{**options, "latency": False})]
+    first = planned(tmp_path, "budget.max_peak_mem_mb=100000")  # latency not measured: None recorded
+    assert {c.cost.latency_ms for c in first.candidates} == {None}
+    monkeypatch.setattr(search_module, "measure_tables", slow)
+    with pytest.raises(UserError, match="budget: none of the 9 grid points fits .*5,000 ms latency"):
+        planned(tmp_path, "budget.max_peak_mem_mb=100000", "budget.max_latency_ms=1000")
+    assert (tmp_path / "tiny" / "study.db").exists()  # the sweep's study is not this run's to remove
 
 
 def test_the_workers_of_a_launch_retry_only_failures_from_before_it_however_late_they_start(tmp_path):
