@@ -238,7 +238,7 @@ def search_table(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
         if len(same):  # trained once under another point: rounding gave both the same network
             state += f", same network as {same.iloc[0]}"
         row = {"alpha": alpha, "beta": beta, "gamma": gamma, "constraint": alpha * beta**2 * gamma**2,
-               "state": state, "n": n, "mean": mean, "ci95": half}
+               "state": state, "n": n, "mean": mean, "ci95": half, "same_as": same.iloc[0] if len(same) else None}
         for column in ("macs_ratio", "params", "peak_mem_mb"):
             if column in group:
                 row[column] = group[column].mean()
@@ -550,8 +550,9 @@ def build_report(df: pd.DataFrame, plots: Path, title: str, metric: str = "val_a
         report.files.append(path)
         report.sections.append(Section(
             "Grid search at φ = 1",
-            "Best first; mean ± 95 % t-interval over seeds (n per row; one seed, no interval). INFEASIBLE points were "
-            "outside the budget (MACs ratio off 2^φ by more than the tolerance, or a bound exceeded) and never trained.",
+            "Best first; mean ± 95 % t-interval over seeds (n per row; one seed, no interval). INFEASIBLE "
+            "points were outside the budget (MACs ratio off 2^φ by more than the tolerance, or a bound "
+            "exceeded) and never trained.",
             _search_view(grid, metric), _relative(report.files, "search_heatmap")))
 
     if "macs" in df and ({"train_seconds", "peak_mem_mb"} & set(df.columns)) and \

@@ -138,15 +138,17 @@ def trained(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_first(points: pd.DataFrame, mean: str = "val_acc") -> pd.DataFrame:
-    """Grid points (one row each, with alpha, beta, gamma and a `mean` column) best first. Ties go to
-    the cheaper point (smaller α·β²·γ²), then the smaller α and β, so that the search's verdict, the
-    report's table and compare's choice of coefficients name the same point. Points without a mean
-    follow, by α and β."""
-    keyed = points.assign(_cost=points["alpha"] * points["beta"] ** 2 * points["gamma"] ** 2)
-    ranked = keyed[keyed[mean].notna()].sort_values([mean, "_cost", "alpha", "beta"],
-                                                     ascending=[False, True, True, True], kind="stable")
+    """Grid points (one row each: alpha, beta, macs_ratio and a `mean` column) best first, so that the
+    search's verdict, the report's table and compare's choice of coefficients name the same point.
+    Ties go to the point that trained its network rather than one that repeats it (`same_as`), then
+    to the cheaper one by measured MACs (α·β²·γ² is 2 for all of them, up to γ's rounding), then to
+    the smaller α and β. Points without a mean follow, by α and β."""
+    keyed = points.assign(_repeat=points["same_as"].notna() if "same_as" in points else False,
+                          _macs=points["macs_ratio"] if "macs_ratio" in points else 0.0)
+    ranked = keyed[keyed[mean].notna()].sort_values([mean, "_repeat", "_macs", "alpha", "beta"],
+                                                     ascending=[False, True, True, True, True], kind="stable")
     rest = keyed[keyed[mean].isna()].sort_values(["alpha", "beta"], kind="stable")
-    return pd.concat([ranked, rest]).drop(columns="_cost").reset_index(drop=True)
+    return pd.concat([ranked, rest]).drop(columns=["_repeat", "_macs"]).reset_index(drop=True)
 
 
 def seed_summary(table: pd.DataFrame) -> pd.DataFrame:

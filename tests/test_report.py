@@ -215,12 +215,15 @@ def test_search_report_and_compare_break_a_tie_alike_the_cheaper_point_first():
     from effscale import results
     from effscale.compare import best_point
 
-    # Two points at the same mean accuracy; α=1.4 β=1 is the cheaper (α·β²·γ² 1.99 against 2.04) and is listed last.
+    # Three points at the same mean accuracy (the quick sweep's tie): α=1.4 β=1 has the fewest measured
+    # MACs (×2.04 against ×2.06) and is listed last; α=1.6 β=1 repeats its network (same_as), so it
+    # has the same MACs and accuracy, and follows every point that trained its own network.
     rows = [row(0, "compound", 1, 0, 0.318, alpha=1.0, beta=1.4, gamma=1.0102),
-            row(1, "compound", 1, 0, 0.318, alpha=1.4, beta=1.0, gamma=1.1952),
-            row(2, "compound", 1, 0, 0.300, alpha=1.2, beta=1.0, gamma=1.2910)]
-    table = pd.DataFrame(rows).assign(point=lambda df: [f"p{i}" for i in range(len(df))], macs_ratio=2.0,
-                                      params=1e6, test_acc=0.3, train_seconds=1.0, same_as=None)
+            row(1, "compound", 1, 0, 0.318, alpha=1.6, beta=1.0, gamma=1.118),
+            row(2, "compound", 1, 0, 0.318, alpha=1.4, beta=1.0, gamma=1.1952),
+            row(3, "compound", 1, 0, 0.300, alpha=1.2, beta=1.0, gamma=1.2910)]
+    table = pd.DataFrame(rows).assign(point=["p0", "p1", "p2", "p3"], macs_ratio=[2.06, 2.04, 2.04, 2.09],
+                                      same_as=[None, "p2", None, None], params=1e6, test_acc=0.3, train_seconds=1.0)
     assert best_point(table) == (1.4, 1.0, 1.1952)
-    assert tuple(search_table(table).iloc[0][["alpha", "beta"]]) == (1.4, 1.0)
+    assert search_table(table)[["alpha", "beta"]].values.tolist() == [[1.4, 1.0], [1.0, 1.4], [1.6, 1.0], [1.2, 1.0]]
     assert tuple(results.seed_summary(table).iloc[0][["alpha", "beta"]]) == (1.4, 1.0)
