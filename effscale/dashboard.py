@@ -79,7 +79,7 @@ def run(folder: str | Path | None, host: str = "127.0.0.1", port: int = 8080, st
         raise UserError("name a sweep folder (results/<sweep>) or --storage URL")
     server = serve(dashboard_url(storage) if storage else find_storage(folder), host, port)
     address, port = server.server_address[:2]  # as bound: port 0 has become a free port
-    url = f"http://{address}:{port}/dashboard"
+    url = f"http://{f'[{address}]' if ':' in address else address}:{port}/dashboard"  # an IPv6 address in []
     print(f"optuna-dashboard for {storage or folder}: {url}  (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

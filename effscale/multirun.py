@@ -13,12 +13,14 @@ the study, wandb/, Hydra's job folders in logs/hydra/ and submitit's logs in log
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import sys
 import traceback
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from omegaconf import DictConfig, open_dict
 
@@ -34,6 +36,29 @@ def run_job(cfg: DictConfig) -> None:
     from effscale.workers import work
 
     work(to_dict(cfg), int(cfg.worker))
+
+
+@contextmanager
+def sbatch_errors_held() -> Iterator[None]:
+    """submitit prints what sbatch wrote on stderr before it raises; hold that back, so that a refused
+    submission is one line (`submission_refused` quotes sbatch's reason in it). What a submission
+    that went through printed is passed on."""
+    from submitit.core import utils
+
+    call = utils.CommandFunction.__call__
+
+    def held(self, *args: Any, **kwargs: Any) -> Any:
+        printed = io.StringIO()
+        with redirect_stderr(printed):
+            result = call(self, *args, **kwargs)
+        sys.stderr.write(printed.getvalue())
+        return result
+
+    utils.CommandFunction.__call__ = held
+    try:
+        yield
+    finally:
+        utils.CommandFunction.__call__ = call
 
 
 def submission_refused(exc: BaseException) -> str | None:
@@ -97,7 +122,8 @@ def multirun(overrides: list[str]) -> None:
     on_device = budget.get("max_latency_ms") is not None or budget.get("max_peak_mem_mb") is not None
     search = Search(cfg, model_table(cfg), resolve_device(cfg["device"]) if on_device else "cpu")
     search.plan()
-    existed = search.sweep_dir.exists()
+    # The first folder this launch creates: removed again if nothing could be submitted.
+    new = next((p for p in reversed([search.sweep_dir, *search.sweep_dir.parents]) if not p.exists()), None)
     search.open()
     print(search.describe_plan())
     record_storage(search)
@@ -114,7 +140,8 @@ def multirun(overrides: list[str]) -> None:
     sys.argv = ["effscale-search", "--multirun", *overrides, *job_overrides(cfg, launcher, sweep_dir, overrides)]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what a launch raised, rather than printing it and exiting 1
     try:
-        app()
+        with sbatch_errors_held():
+            app()
         failed = None
     except SystemExit as exc:
         failed = exc.code
@@ -125,8 +152,8 @@ def multirun(overrides: list[str]) -> None:
         if refused:
             if not search.study.trials:  # nothing ran: leave no study and no new folder behind
                 optuna.delete_study(study_name=search.study.study_name, storage=search.study._storage)
-                if not existed:
-                    shutil.rmtree(sweep_dir, ignore_errors=True)
+                if new is not None:
+                    shutil.rmtree(new, ignore_errors=True)
             hint = "; for nodes without GPUs set cluster.gpus_per_node=0" if "gres" in refused.lower() else ""
             raise UserError(f"hydra/launcher={launcher}: sbatch refused the jobs ({refused}){hint}") from None
         traceback.print_exc()  # a job that raised, or one the cluster killed

@@ -539,11 +539,12 @@ class Search:
         stale = fail_stale_trials(self.study, self.stale_after_s)
         if stale:
             self.say(f"{stale} trial(s) left unfinished by an earlier run: marked FAIL (stale), will run again")
+        first = max((t._trial_id for t in self.study.get_trials(deepcopy=False)), default=-1) + 1
         if new_launch:  # the workers of one launch read this, however late each of them starts
-            first = max((t._trial_id for t in self.study.get_trials(deepcopy=False)), default=-1) + 1
             self.study.set_user_attr("launch_first_trial_id", first)
-        # With search.retry_failed, failures of earlier launches run once more; this launch's stand.
-        self.retry_below = (self.study.user_attrs.get("launch_first_trial_id", 0)
+        # With search.retry_failed, failures of earlier launches run once more; this launch's stand. A
+        # worker started on its own, with no launch recorded, starts one.
+        self.retry_below = (self.study.user_attrs.get("launch_first_trial_id", first)
                             if self.opts.get("retry_failed") else None)
         self.table = self.sweep_dir / "trials.csv"
         rows = [candidate_row(c, self.context) | {"state": "INFEASIBLE", "seed": self.seed}
