@@ -103,7 +103,7 @@ def multirun(overrides: list[str]) -> None:
     """`effscale search -m OVERRIDES`: check and plan here, then one Hydra job per worker."""
     from effscale import results, slurm
     from effscale.commands import model_table, resolve_device
-    from effscale.search import Search, outcome
+    from effscale.search import Search, bounds_device_costs, outcome
     from effscale.workers import record_storage
 
     overrides = [o for o in overrides if o not in MULTIRUN_FLAGS]
@@ -118,9 +118,8 @@ def multirun(overrides: list[str]) -> None:
 
     # Plan and open the study here. On CPU (a login node has no GPU), unless a latency or peak-memory
     # budget needs `device`: this process measures those once for every worker (Search.adopt_device_costs).
-    budget = cfg["budget"]
-    on_device = budget.get("max_latency_ms") is not None or budget.get("max_peak_mem_mb") is not None
-    search = Search(cfg, model_table(cfg), resolve_device(cfg["device"]) if on_device else "cpu")
+    device = resolve_device(cfg["device"]) if bounds_device_costs(cfg["budget"]) else "cpu"
+    search = Search(cfg, model_table(cfg), device)
     search.plan()
     # The first folder this launch creates: removed again if nothing could be submitted.
     new = next((p for p in reversed([search.sweep_dir, *search.sweep_dir.parents]) if not p.exists()), None)

@@ -125,6 +125,11 @@ def judge(candidate: Candidate, cost: Measurement, base: Measurement, budget: di
             candidate.reasons.append(f"{_number(value)} {unit} > budget.{key}={_number(budget[key])}")
 
 
+def bounds_device_costs(budget: dict[str, Any]) -> bool:
+    """Whether the budget bounds a cost measured on a device (latency, peak memory)."""
+    return any(budget.get(k) is not None for k in DEVICE_BOUNDS)
+
+
 def _number(x: float) -> str:
     return f"{int(x):,}" if float(x).is_integer() else f"{x:,.1f}"
 
@@ -437,7 +442,7 @@ class Search:
 
     @property
     def device_budget(self) -> bool:
-        return any(self.budget.get(k) is not None for k in DEVICE_BOUNDS)
+        return bounds_device_costs(self.budget)
 
     def _judge(self, costs: list[Measurement]) -> None:
         """Decide which candidates fit the budget at these costs, and which repeat another's network."""
