@@ -14,6 +14,7 @@ import numbers
 from typing import Any, Callable
 
 from effscale.errors import UserError
+from effscale.scaling import OFFICIAL_VARIANTS
 
 # A predicate on the value and the words that say what it accepts.
 Check = tuple[Callable[[Any], bool], str]
@@ -55,6 +56,10 @@ def optional(check: Check) -> Check:
 
 
 FLAG: Check = (lambda v: isinstance(v, bool)), "true or false"
+VARIANTS: Check = ((lambda v: v is None or v == "all" or (isinstance(v, str) and v in OFFICIAL_VARIANTS)
+                    or (isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) and x in OFFICIAL_VARIANTS
+                                                                   for x in v))),
+                   f"all or a list of {', '.join(OFFICIAL_VARIANTS)}")
 BATCHES: Check = ((lambda v: v is None or (_integer(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1)),
                   "null, a count of at least 1 or a fraction in (0, 1]")
 PHIS: Check = ((lambda v: isinstance(v, list) and len(v) > 0 and all(_real(p) and p >= 0 for p in v)),
@@ -114,7 +119,8 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "scale": {"resolution_multiple": optional(count(0))},
     "budget": {"macs_tolerance": at_least(0), "max_params": optional(count(1)),
                "max_peak_mem_mb": optional(above(0)), "max_latency_ms": optional(above(0))},
-    "measure": {"batch_size": count(1), "memory": FLAG, "latency": FLAG, "optimizer": one_of("sgd", "adamw")},
+    "measure": {"variants": VARIANTS, "batch_size": count(1), "memory": FLAG, "latency": FLAG,
+                "optimizer": one_of("sgd", "adamw")},
     "compare": {"phis": PHIS, "seeds": count(1), "macs_tolerance": at_least(0)},
     "compare.trainer": TRAINER,
     "finetune": {"head_epochs": count(1), "unfreeze_epochs": count(0), "backbone_lr_mult": above(0),
