@@ -119,7 +119,7 @@ def multirun(overrides: list[str]) -> None:
     # Plan and open the study here. On CPU (a login node has no GPU), unless a latency or peak-memory
     # budget needs `device`: this process measures those once for every worker (Search.adopt_device_costs).
     device = resolve_device(cfg["device"]) if bounds_device_costs(cfg["budget"]) else "cpu"
-    search = Search(cfg, model_table(cfg), device)
+    search = Search(cfg, model_table(cfg), device, shared=True)
     search.plan()
     # The first folder this launch creates: removed again if nothing could be submitted.
     new = next((p for p in reversed([search.sweep_dir, *search.sweep_dir.parents]) if not p.exists()), None)

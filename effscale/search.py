@@ -377,7 +377,8 @@ class Search:
     """One sweep: its candidates, its study, its data, and the loop that trains what is left."""
 
     def __init__(self, cfg: dict[str, Any], baseline: dict[str, Any], device: str,
-                 say: Callable[[str], None] = print) -> None:
+                 say: Callable[[str], None] = print, shared: bool = False) -> None:
+        """`shared`: worker jobs (`effscale search -m`) share this search's grid, however many."""
         self.cfg, self.baseline, self.device, self.say = cfg, baseline, device, say
         self.opts, self.budget, self.recipe = cfg["search"], cfg["budget"], dict(cfg["trainer"])
         self.stale_after_s = float(self.opts["stale_after_s"])
@@ -391,10 +392,10 @@ class Search:
             raise UserError(f"logger={self.logger_kind}: expected wandb or csv")
         self.pruner()  # a wrong pruner setting fails here, before anything runs
         make_sampler(self.opts["sampler"], [], self.seed)
-        if int(self.opts.get("workers") or 1) > 1 and self.opts["sampler"] != "grid":
-            raise UserError(f"search.sampler={self.opts['sampler']}: several workers share a grid search only "
-                            f"(search.sampler=grid); with search.workers={self.opts['workers']} set "
-                            "search.workers=1")
+        if self.opts["sampler"] != "grid" and (shared or int(self.opts.get("workers") or 1) > 1):
+            # TPE asks for one point at a time, from the trials before it: nothing workers can split.
+            raise UserError(f"search.sampler={self.opts['sampler']}: workers share a grid search only "
+                            "(search.sampler=grid); run TPE as `effscale search` with search.workers=1, without -m")
         from effscale.train import trial_devices
 
         if trial_devices(self.recipe, device) > 1 and self.opts.get("pruner") not in (None, "none"):

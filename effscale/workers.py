@@ -124,9 +124,6 @@ class Worker:
     """Worker `index` of a search: trains unclaimed points until every one is settled."""
 
     def __init__(self, search: Search, index: int) -> None:
-        if search.opts["sampler"] != "grid":  # TPE asks one trial at a time: `effscale search` without -m
-            raise UserError(f"search.sampler={search.opts['sampler']}: workers share a grid search only "
-                            "(search.sampler=grid); run TPE as `effscale search` with search.workers=1")
         self.search, self.index = search, index
         # Failures of earlier launches run again once; this launch's own failures stand. The launch
         # begins where the `search` command that started it opened the study, however late this starts.
@@ -155,8 +152,8 @@ class Worker:
             job = free[self.index % len(free)]
             trial = claim(self.search, job, self.retry_below)
             if trial is not None:
-                done = len(jobs) - len(unsettled) + 1
-                self.search.train(trial, job, f"[worker {self.index}, {label} {done}/{len(jobs)}]")
+                started = sum(o is not None for o in owners.values()) + 1  # other workers' included
+                self.search.train(trial, job, f"[worker {self.index}, {label} {started}/{len(jobs)}]")
 
     def waits(self, job: Job, held: dict[tuple[str, int], list[FrozenTrial]], keys: set[tuple[str, int]]) -> bool:
         """Whether `job`'s point repeats the network of a point not settled yet: it records that
@@ -185,7 +182,7 @@ def work(cfg: dict[str, Any], index: int, say: Callable[[str], None] | None = No
     from effscale.commands import model_table, resolve_device
 
     say = say or (lambda line: print(f"worker {index}: {line}", flush=True))
-    search = Search(cfg, model_table(cfg), resolve_device(cfg["device"]), say=say)
+    search = Search(cfg, model_table(cfg), resolve_device(cfg["device"]), say=say, shared=True)
     search.plan()
     search.open(new_launch=False)
     Worker(search, index).run()

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from conftest import REPO, run_cli, running_after_a_complete, study_trials, wait_for
 from effscale import results
-from effscale.workers import claim, fail_abandoned, holders, owner
+from effscale.workers import Worker, claim, fail_abandoned, holders, owner
 
 TINY = ["logger=csv", "data.train_size=128", "data.val_size=64", "data.test_size=64", "data.batch_size=64",
         "trainer.max_epochs=1", "search.top_k=0", "search.grid.alpha=[1.0,1.1]", "search.grid.beta=[1.0,1.1]",
@@ -101,6 +101,23 @@ def test_with_retry_failed_only_a_failure_of_an_earlier_launch_gives_its_point_u
     assert again is not None
     study.tell(again, state=TrialState.FAIL)
     assert owner(holders(study.get_trials())[job.key], retry_below=launch).number == again.number
+
+
+def test_a_worker_numbers_its_point_after_those_other_workers_are_training():
+    study = optuna.create_study()
+    jobs = [SimpleNamespace(candidate=SimpleNamespace(point=p, same_as=None), seed=0, key=(p, 0)) for p in ("p1", "p2")]
+    other = claim(fake_search(study, ["p1", "p2"]), jobs[0])  # worker 0 is training p1
+    labels = []
+
+    def train(trial, job, label):
+        labels.append(label)
+        study.tell(trial, 0.5)
+        study.tell(other, 0.5)  # and worker 0 finishes meanwhile
+
+    search = fake_search(study, ["p1", "p2"])
+    search.retry_below, search.stale_after_s, search.train = None, 3600, train
+    Worker(search, 1).run_jobs(jobs, "grid points")
+    assert labels == ["[worker 1, grid points 2/2]"]
 
 
 def test_a_training_trial_beats_from_a_thread_until_its_block_ends_or_it_is_finished_elsewhere(caplog):
@@ -218,6 +235,13 @@ def test_jobs_sbatch_refuses_are_one_line_with_its_reason_and_leave_no_sweep(tmp
         "effscale search: hydra/launcher=submitit_slurm: sbatch refused the jobs (sbatch: error: Invalid generic "
         "resource (gres) specification); for nodes without GPUs set cluster.gpus_per_node=0\n")
     assert not (tmp_path / "out").exists()  # the folder this launch made is gone again
+
+
+def test_tpe_with_multirun_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    done = run_cli("search", "-m", "search=tpe", "search.workers=1", f"out={tmp_path}")
+    assert done.returncode == 2
+    assert done.stderr.startswith("effscale search: search.sampler=tpe: workers share a grid search only")
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "default").exists()
 
 
 def test_bad_launcher_with_multirun_is_one_line_and_exit_2(tmp_path):
