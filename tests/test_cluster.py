@@ -117,7 +117,7 @@ def test_a_worker_numbers_its_point_after_those_other_workers_are_training():
     search = fake_search(study, ["p1", "p2"])
     search.retry_below, search.stale_after_s, search.train = None, 3600, train
     Worker(search, 1).run_jobs(jobs, "grid points")
-    assert labels == ["[worker 1, grid points 2/2]"]
+    assert labels == ["[grid points 2/2]"]
 
 
 def test_a_training_trial_beats_from_a_thread_until_its_block_ends_or_it_is_finished_elsewhere(caplog):
