@@ -117,7 +117,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "baseline.stem": {"channels": count(1), "kernel": count(1), "stride": count(1)},
     "baseline.head": {"channels": count(1)},
     "scale": {"resolution_multiple": optional(count(0))},
-    "budget": {"macs_tolerance": at_least(0), "max_params": optional(count(1)),
+    "budget": {"macs_tolerance": optional(at_least(0)), "max_params": optional(count(1)),
                "max_peak_mem_mb": optional(above(0)), "max_latency_ms": optional(above(0))},
     "measure": {"variants": VARIANTS, "batch_size": count(1), "memory": FLAG, "latency": FLAG,
                 "optimizer": one_of("sgd", "adamw")},

@@ -36,7 +36,7 @@ from effscale.errors import UserError
     ("search", "search.n_trials=0", "search.n_trials: expected null or an integer of at least 1, got 0"),
     ("search", "search.stale_after_s=abc", "search.stale_after_s: expected a number above 0, got 'abc'"),
     ("search", "budget.max_params=abc", "budget.max_params: expected null or an integer of at least 1, got 'abc'"),
-    ("search", "budget.macs_tolerance=-1", "budget.macs_tolerance: expected a number of at least 0, got -1"),
+    ("search", "budget.macs_tolerance=-1", "budget.macs_tolerance: expected null or a number of at least 0, got -1"),
     ("search", "budget.max_latency_ms=nan", "budget.max_latency_ms: expected null or a number above 0, got nan"),
     ("search", "search.grid.alpha=[2.0,1.0]", "search.grid.alpha: expected [low, high], two numbers with low <= high, "
                                               "got [2.0, 1.0]"),

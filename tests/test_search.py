@@ -543,3 +543,25 @@ def test_a_search_whose_workers_failed_exits_1_and_says_so(tmp_path, monkeypatch
     assert exited.value.code == 1
     assert capsys.readouterr().err == ("effscale search: 2 of 2 workers failed (their errors are above); the trials "
                                        "they finished are kept, and the same command trains what is left\n")
+
+
+def test_the_papers_own_point_is_outside_the_default_macs_budget_and_inside_with_macs_unbounded(tmp_path):
+    """Section 3.3's α = 1.2, β = 1.1 meets α·β²·γ² ≈ 2, but ceil(repeats·1.2) adds a block to every
+    stage of B0: at 224 px it measures 2.59× B0's MACs, outside the default 2 ± 10 %."""
+    from effscale.commands import model_table
+    from effscale.config import load
+    from effscale.search import Search
+
+    def plan(*extra):
+        cfg = load("search", overrides(f"out={tmp_path}", "scale.width=1.0", "data.resolution=224", *extra))
+        run = Search(cfg, model_table(cfg), "cpu", say=lambda line: None)
+        run.plan()
+        return run
+
+    measured = plan()
+    paper = next(c for c in measured.candidates if (c.alpha, c.beta) == (1.2, 1.1))
+    assert round(paper.macs_ratio, 2) == 2.59 and paper.reasons == ["MACs ratio 2.59 is outside 2 ± 15%"]
+    unbounded = plan("budget.macs_tolerance=null")
+    assert len(unbounded.feasible) == len(unbounded.candidates) == 9
+    assert "MACs unbounded" in unbounded.describe_plan()
+    assert not any(tmp_path.iterdir())  # planning writes nothing
