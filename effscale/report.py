@@ -1,7 +1,7 @@
 """Plots and a written report from a sweep's results table, `results/<sweep>/trials.csv`.
 
 The last step of the chain (config → candidates → budget → trial → results row → report): it reads
-the table and nothing else, with pandas and matplotlib's Agg backend only, so it runs on a laptop
+the table and nothing else, with pandas, SciPy and matplotlib's Agg backend only, so it runs on a laptop
 without torch, on a copy of someone else's results.
 
 What it draws depends on what the table holds: a search (compound rows at φ = 1 over an α/β grid)
@@ -33,10 +33,10 @@ SINGLE_DIMENSIONS = ("width", "depth", "resolution")
 COEFFICIENTS = ["alpha", "beta", "gamma"]
 METRICS = ("val_acc", "test_acc")  # what `--metric` may rank by
 
-# Paper table 7 (ImageNet, EfficientNet-B0 scaled to ≈1.8 GFLOPs by one method each, top-1 %).
-# GFLOPs there are multiply-adds.
+# Paper table 7 (ImageNet, EfficientNet-B0 scaled to ≈1.8 billion FLOPs by one method each, top-1 %).
+# The paper's FLOPs are multiply-adds.
 PAPER_TABLE7 = pd.DataFrame([
-    ("baseline", "B0", 0.39, 77.3),
+    ("baseline", "B0", 0.4, 77.3),
     ("depth", "d = 4", 1.8, 79.0),
     ("width", "w = 2", 1.8, 78.9),
     ("resolution", "r = 2", 1.9, 79.1),
@@ -46,20 +46,11 @@ PAPER_NOTE = ("Our data sets are far smaller than ImageNet and our models are tr
               "at low resolution: expect the same *shape* as the paper (compound at or above every single "
               "dimension at equal FLOPs), not the same numbers.")
 
-# Two-sided 95 % critical values of Student's t for 1…30 degrees of freedom (any statistics table).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+def t_critical(df: float) -> float:
+    """t_{0.975, df}: the two-sided 95 % critical value of Student's t; `df` may be fractional (Welch)."""
+    from scipy.special import stdtrit  # the inverse of Student's t distribution function
 
-
-def t_critical(df: int) -> float:
-    """t_{0.975, df}: the table above, then the Cornish–Fisher expansion around z = 1.96 (exact to 1e-3)."""
-    if df < 1:
-        return math.nan
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+    return float(stdtrit(df, 0.975)) if df > 0 else math.nan
 
 
 def mean_ci(values: Iterable[float]) -> tuple[float, float, int]:
@@ -166,7 +157,8 @@ def strategy_summary(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
                "std": float(group[metric].dropna().std(ddof=1)) if n > 1 else math.nan}
         if "test_acc" in group and metric != "test_acc":
             row["test_mean"], row["test_ci95"], _ = mean_ci(group["test_acc"])
-        for column in ("macs", "macs_ratio", "params", "train_seconds", "peak_mem_mb"):
+        for column in ("macs", "macs_ratio", "params", "train_seconds", "peak_mem_mb", "depth_mult", "width_mult",
+                       "resolution"):
             if column in group:
                 row[column] = group[column].mean()
         out.append(row)
@@ -207,20 +199,21 @@ def compound_margin(summary: pd.DataFrame) -> pd.DataFrame:
             verdict = "compound ahead" if margin > 0 else "compound behind"
         out.append({"phi": phi, "compound": c["mean"], "compound_ci95": c["ci95"], "best_single": best["strategy"],
                     "best_single_mean": best["mean"], "best_single_ci95": best["ci95"], "margin": margin,
-                    "margin_ci95": half, "verdict": verdict})
+                    "margin_ci95": half, "verdict": verdict,
+                    "best_single_macs_vs_compound": best.get("macs_vs_compound", math.nan)})
     return pd.DataFrame(out)
 
 
 def welch_half_width(s1: float, n1: int, s2: float, n2: int) -> float:
     """Half-width of the 95 % interval of a difference of two means with unequal variances (Welch,
-    1947), degrees of freedom by Welch–Satterthwaite rounded down; NaN unless both have two values."""
+    1947), with the Welch–Satterthwaite degrees of freedom; NaN unless both have two values."""
     if n1 < 2 or n2 < 2 or math.isnan(s1) or math.isnan(s2):
         return math.nan
     v1, v2 = s1**2 / n1, s2**2 / n2
     if v1 + v2 == 0:
         return 0.0
     dof = (v1 + v2) ** 2 / (v1**2 / (n1 - 1) + v2**2 / (n2 - 1))
-    return t_critical(int(dof)) * math.sqrt(v1 + v2)
+    return t_critical(dof) * math.sqrt(v1 + v2)
 
 
 def search_table(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
@@ -250,7 +243,7 @@ def search_table(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
 
 
 def paper_comparison(summary: pd.DataFrame) -> pd.DataFrame:
-    """Paper table 7 beside our comparison at the φ whose MACs ratio is nearest the paper's 1.8 / 0.39."""
+    """Paper table 7 beside our comparison at the φ whose MACs ratio is nearest the paper's 1.8 / 0.4."""
     if summary.empty or "macs_ratio" not in summary:
         return pd.DataFrame()
     target = PAPER_TABLE7["paper_gflops"].iloc[-1] / PAPER_TABLE7["paper_gflops"].iloc[0]
@@ -259,7 +252,11 @@ def paper_comparison(summary: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     phi = scaled.loc[(scaled["macs_ratio"] - target).abs().idxmin(), "phi"]
     ours = summary[(summary["phi"] == phi) | (summary["strategy"] == "baseline")]
-    ours = ours[["strategy", "phi", "macs_ratio", "n", "mean", "ci95"]]
+    ours = ours[[c for c in ("strategy", "phi", "depth_mult", "width_mult", "resolution", "macs_ratio", "n", "mean",
+                             "ci95") if c in ours]]
+    base = summary.loc[summary["strategy"] == "baseline", "resolution"] if "resolution" in summary else ()
+    if len(base):
+        ours = ours.assign(resolution_mult=ours["resolution"] / base.iloc[0])
     return PAPER_TABLE7.merge(ours, on="strategy", how="left")
 
 
@@ -472,14 +469,19 @@ def _search_view(table: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def _paper_view(paper: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
+    view = {
         "method": paper["strategy"], "paper: scale": paper["paper_scale"],
-        "paper: GFLOPs": paper["paper_gflops"].map("{:g}".format),
+        "paper: billion FLOPs (multiply-adds)": paper["paper_gflops"].map("{:g}".format),
         "paper: ImageNet top-1 (%)": paper["paper_top1"].map("{:.1f}".format),
         "ours: φ": paper["phi"].map(lambda v: "–" if pd.isna(v) else f"{v:g}"),
-        "ours: MACs ratio": paper["macs_ratio"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}"),
-        "ours: accuracy (%)": [_pm(m, h) for m, h in zip(paper["mean"], paper["ci95"])],
-    })
+    }
+    if {"depth_mult", "width_mult", "resolution_mult"} <= set(paper):
+        view["ours: scale"] = [
+            "–" if pd.isna(d) else f"d = {d:.2f}, w = {w:.2f}, r = {r:.2f}"
+            for d, w, r in zip(paper["depth_mult"], paper["width_mult"], paper["resolution_mult"])]
+    view["ours: MACs ratio"] = paper["macs_ratio"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
+    view["ours: accuracy (%)"] = [_pm(m, h) for m, h in zip(paper["mean"], paper["ci95"])]
+    return pd.DataFrame(view)
 
 
 def _describe(df: pd.DataFrame) -> str:
@@ -500,6 +502,9 @@ def margin_sentences(margin: pd.DataFrame) -> str:
     for _, m in margin.iterrows():
         points = abs(m["margin"]) * 100
         gap = f"{points:.2f} points {'ahead of' if m['margin'] >= 0 else 'behind'} {m['best_single']}"
+        off = m.get("best_single_macs_vs_compound", math.nan)
+        if not pd.isna(off) and round(abs(off) * 100, 1) > 0:  # rounding left no model of that strategy closer
+            gap += f" (at {abs(off) * 100:.1f} % {'more' if off > 0 else 'fewer'} MACs)"
         noise = f"± {m['margin_ci95'] * 100:.2f} points (95 % interval of the difference)"
         if m["verdict"] == "within noise":
             lines.append(f"At φ = {m['phi']:g} compound is {gap}, {noise}: within noise.")

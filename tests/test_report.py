@@ -9,7 +9,8 @@ import pytest
 
 from conftest import run_cli
 from effscale.errors import UserError
-from effscale.report import compound_margin, mean_ci, search_table, strategy_summary, t_critical, write_report
+from effscale.report import (compound_margin, margin_sentences, mean_ci, paper_comparison, search_table, strategy_summary,
+                             t_critical, write_report)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -55,10 +56,12 @@ def write(tmp_path, df):
 
 
 def test_t_interval_matches_the_t_table():
-    assert t_critical(2) == 4.303 and t_critical(30) == 2.042
-    assert t_critical(60) == pytest.approx(2.000, abs=1e-3) and t_critical(120) == pytest.approx(1.980, abs=1e-3)
+    assert round(t_critical(2), 3) == 4.303 and round(t_critical(30), 3) == 2.042
+    assert round(t_critical(60), 3) == 2.000 and round(t_critical(120), 3) == 1.980
+    assert 3.182 < t_critical(2.94) < 4.303  # Welch's degrees of freedom are fractional
+    assert math.isnan(t_critical(0))
     mean, half, n = mean_ci([0.80, 0.82, 0.84])
-    assert (mean, n) == (pytest.approx(0.82), 3) and half == pytest.approx(4.303 * 0.02 / math.sqrt(3))
+    assert (mean, n) == (pytest.approx(0.82), 3) and half == pytest.approx(4.3027 * 0.02 / math.sqrt(3), rel=1e-4)
     assert math.isnan(mean_ci([0.5])[1])
 
 
@@ -82,13 +85,33 @@ def test_summary_shows_how_far_each_model_missed_the_compound_macs():
 
 def test_margin_is_within_noise_when_the_interval_of_the_difference_includes_zero():
     margin = compound_margin(strategy_summary(compare_table())).set_index("phi")
-    # φ = 1: compound 82 (std 2, 3 seeds) vs width 80 (std 1): Welch's dof 2.94 → 2, t 4.303,
-    # ± 4.303·√(4/3 + 1/3) = ± 5.56 points around +2.
+    # φ = 1: compound 82 (std 2, 3 seeds) vs width 80 (std 1): Welch's dof 2.94, t 3.219,
+    # ± 3.219·√(4/3 + 1/3) = ± 4.16 points around +2.
     assert margin.loc[1, "best_single"] == "width" and round(margin.loc[1, "margin"] * 100, 2) == 2.00
-    assert round(margin.loc[1, "margin_ci95"] * 100, 2) == 5.56 and margin.loc[1, "verdict"] == "within noise"
+    assert round(margin.loc[1, "margin_ci95"] * 100, 2) == 4.16 and margin.loc[1, "verdict"] == "within noise"
     # φ = 2: compound 91 (std 1) vs depth 85 (std 0): ± 4.303·√(1/3) = ± 2.48 around +6.
     assert margin.loc[2, "best_single"] == "depth" and round(margin.loc[2, "margin"] * 100, 2) == 6.00
     assert round(margin.loc[2, "margin_ci95"] * 100, 2) == 2.48 and margin.loc[2, "verdict"] == "compound ahead"
+
+
+def test_margin_sentence_says_when_the_best_single_dimension_missed_compounds_macs():
+    df = compare_table()
+    df.loc[(df["strategy"] == "depth") & (df["phi"] == 2), "macs"] *= 0.9
+    text = margin_sentences(compound_margin(strategy_summary(df)))
+    assert "At φ = 2 compound is 6.00 points ahead of depth (at 10.0 % fewer MACs), ± 2.48 points" in text
+    assert "At φ = 1 compound is 2.00 points ahead of width, ± 4.16 points" in text  # width hit compound's MACs
+
+
+def test_beside_the_paper_is_table_7_with_our_multipliers_at_the_phi_nearest_its_flops():
+    df = compare_table()
+    df.loc[(df["strategy"] == "compound") & (df["phi"] == 0), "strategy"] = "baseline"
+    df.loc[(df["strategy"] == "resolution") & (df["phi"] == 2), "resolution"] = 64
+    df.loc[(df["strategy"] == "width") & (df["phi"] == 2), "width_mult"] = 2.0
+    paper = paper_comparison(strategy_summary(df)).set_index("strategy")
+    assert list(paper["paper_gflops"]) == [0.4, 1.8, 1.8, 1.9, 1.8] and paper.loc["compound", "paper_top1"] == 81.1
+    assert set(paper["phi"]) == {0, 2}  # MACs ratio 4 is nearer the paper's 1.8 / 0.4 than 2 is
+    assert paper.loc["resolution", "resolution_mult"] == 2.0 and paper.loc["width", "width_mult"] == 2.0
+    assert paper.loc["compound", "mean"] == pytest.approx(0.91)
 
 
 def test_welch_interval_separates_means_whose_own_intervals_overlap():
@@ -97,7 +120,7 @@ def test_welch_interval_separates_means_whose_own_intervals_overlap():
     # Two means 3.0 apart, each ± 2.0 (t 2.262 · s/√10, s = 2.80): their intervals overlap, yet the
     # difference's interval, ± 2.63 (dof 18), excludes zero.
     s = 2.0 * math.sqrt(10) / 2.262
-    assert 2.0 + 2.0 > 3.0 and welch_half_width(s, 10, s, 10) == pytest.approx(2.101 * s * math.sqrt(0.2), rel=1e-3)
+    assert 2.0 + 2.0 > 3.0 and welch_half_width(s, 10, s, 10) == pytest.approx(2.1009 * s * math.sqrt(0.2), rel=1e-4)
     assert welch_half_width(s, 10, s, 10) < 3.0
     assert math.isnan(welch_half_width(s, 1, s, 10)) and welch_half_width(0.0, 3, 0.0, 3) == 0.0
 
