@@ -62,6 +62,8 @@ def measure(overrides: list[str]) -> None:
     for variant in variants or [cfg.get("variant")]:
         table = model_table(cfg, variant)
         name = _variant_name(cfg["baseline"]["name"], variant)
+        if (cfg.get("scale") or {}).get("phi") is not None:  # compound-scaled: not the baseline itself
+            name += f"-phi{float(cfg['scale']['phi']):g}"
         rows.append(measure_table(
             table, lambda t: build_model(t, num_classes, in_channels), in_channels=in_channels,
             batch_size=int(opts["batch_size"]), device=device, memory=bool(opts["memory"]),

@@ -565,7 +565,12 @@ def build_report(df: pd.DataFrame, plots: Path, title: str, metric: str = "val_a
         path = plots / "cost_vs_macs.png"
         plot_cost(df, path)
         report.files.append(path)
-        report.sections.append(Section("Measured cost", image=_relative(report.files, "cost_vs_macs")))
+        report.sections.append(Section(
+            "Measured cost",
+            "Training time is each trial's wall clock, so it also shows what ran beside it (other workers, "
+            "other jobs, threads per trial). Peak memory is one training batch: measured by CUDA's allocator "
+            "on a GPU, estimated from the tensors autograd saves on a CPU.",
+            image=_relative(report.files, "cost_vs_macs")))
     if summary.empty and grid.empty:
         report.sections.append(Section("Nothing to compare yet",
                                        "The table has no strategy comparison and no search grid of two or more "

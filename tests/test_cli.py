@@ -31,6 +31,7 @@ def test_measure_compound_phi_uses_alpha_beta_gamma():
     row = json.loads(out.stdout)
     assert row["depth_mult"] == pytest.approx(1.2) and row["width_mult"] == pytest.approx(1.1)
     assert row["resolution"] == 258  # 224 · 1.15 = 257.6 → 258 px
+    assert row["name"] == "efficientnet_b0-phi1"
 
 
 @pytest.mark.parametrize("args, needle", [
