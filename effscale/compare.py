@@ -23,7 +23,6 @@ import pandas as pd
 from effscale import results
 from effscale.scaling import Multipliers, compound_multipliers, scale_stage_table, strategy_multipliers
 
-SINGLE_DIMENSIONS = ("width", "depth", "resolution")
 
 
 def solve_multiplier(ratio_at: Callable[[float], float], target: float, tolerance: float,
@@ -147,14 +146,13 @@ def best_point(trials: pd.DataFrame, metric: str = "val_acc") -> tuple[float, fl
 
 # --- the command: plan every model, then train each (strategy, φ, seed) not yet in the table ---------
 
-POINT_PREFIX = "compare_"
 SUMMARY_KEYS = ("val_acc", "test_acc", "macs", "params", "train_seconds")
 
 
 def compare_point(phi: float, alpha: float, beta: float, gamma: float) -> str:
     """A row's point id: the φ and the compound coefficients every model of that φ is matched to, so
     a comparison with other coefficients never resumes from (or overwrites) this one's rows."""
-    return f"{POINT_PREFIX}phi{phi:g}_a{alpha:g}_b{beta:g}_g{gamma:g}"
+    return f"{results.COMPARE_PREFIX}phi{phi:g}_a{alpha:g}_b{beta:g}_g{gamma:g}"
 
 
 def coefficients(cfg: dict[str, Any]) -> tuple[float, float, float, str]:
@@ -169,9 +167,8 @@ def coefficients(cfg: dict[str, Any]) -> tuple[float, float, float, str]:
         if not table.is_file():
             raise UserError(f"compare.from_search={source}: no results table {table} (run effscale search first)")
         trials = results.read_trials(table)
-        search = trials[~trials["point"].astype(str).str.startswith(POINT_PREFIX)] if "point" in trials else trials
         try:
-            alpha, beta, gamma = best_point(search)
+            alpha, beta, gamma = best_point(trials[~results.from_compare(trials)])
         except (KeyError, ValueError):
             raise UserError(f"compare.from_search={source}: no completed search trial at phi=1 in {table}") from None
         origin = f"best point of {source}"

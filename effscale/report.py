@@ -25,11 +25,9 @@ import pandas as pd
 
 from effscale.errors import UserError
 from effscale.files import write_atomically
-from effscale.results import best_first
+from effscale.results import SINGLE_DIMENSIONS, best_first, from_compare
 
 TRIALS = "trials.csv"
-COMPARE_PREFIX = "compare_"  # point ids of the rows `effscale compare` writes (compare.compare_point)
-SINGLE_DIMENSIONS = ("width", "depth", "resolution")
 COEFFICIENTS = ["alpha", "beta", "gamma"]
 METRICS = ("val_acc", "test_acc")  # what `--metric` may rank by
 
@@ -91,19 +89,12 @@ def completed(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     return df[(df["state"] == "COMPLETE") & df[metric].notna()]
 
 
-def _from_compare(df: pd.DataFrame) -> pd.Series:
-    """Rows written by `effscale compare` (their point ids start with 'compare_')."""
-    if "point" not in df:
-        return pd.Series(False, index=df.index)
-    return df["point"].astype(str).str.startswith(COMPARE_PREFIX)
-
-
 def search_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of the φ = 1 grid search: compound at φ = 1, one group per (α, β, γ). Empty unless the
     table holds at least two grid points (a comparison alone has just its one coefficient set)."""
     if not set(COEFFICIENTS) <= set(df.columns):
         return df.iloc[0:0]
-    rows = df[(df["strategy"] == "compound") & (df["phi"] == 1) & ~_from_compare(df)]
+    rows = df[(df["strategy"] == "compound") & (df["phi"] == 1) & ~from_compare(df)]
     if len(rows[["alpha", "beta"]].drop_duplicates()) < 2:
         return rows.iloc[0:0]
     return rows
@@ -115,8 +106,8 @@ def comparison_rows(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     compound keeps only the coefficients it was scaled with: those it has at φ ≠ 1, or else the best
     search point. Empty when the table compares nothing (one strategy at one φ)."""
     done = completed(df, metric).copy()
-    if _from_compare(done).any():
-        done = done[_from_compare(done)]
+    if from_compare(done).any():
+        done = done[from_compare(done)]
     if done.empty:
         return done
     done.loc[done["phi"] == 0, "strategy"] = "baseline"

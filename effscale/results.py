@@ -34,6 +34,15 @@ COLUMNS = CONTRACT + ["test_acc", "reason", "flops", "activations", "latency_ms"
 KEY = ["point", "seed", "strategy"]
 STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE")
 INTEGER = ["trial", "resolution", "params", "macs", "flops", "activations", "seed", "epochs"]
+SINGLE_DIMENSIONS = ("width", "depth", "resolution")  # the strategies compound scaling is compared with
+COMPARE_PREFIX = "compare_"  # the point ids of the rows `effscale compare` writes
+
+
+def from_compare(df: pd.DataFrame) -> pd.Series:
+    """Which rows `effscale compare` wrote; the rest are the α/β/γ search's."""
+    if "point" not in df:
+        return pd.Series(False, index=df.index)
+    return df["point"].astype(str).str.startswith(COMPARE_PREFIX)
 
 
 def read_trials(path: str | Path) -> pd.DataFrame:

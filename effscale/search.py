@@ -818,7 +818,7 @@ def trial_line(progress: str, t: FrozenTrial) -> str:
 def outcome(table: pd.DataFrame, sweep_dir: Path, logger_kind: str) -> str:
     """What a search found, for the terminal: the best α, β, γ, whether its lead is more than seed
     noise, the trained points by mean validation accuracy, and where the files are."""
-    table = table[table["strategy"] == STRATEGY]
+    table = table[(table["strategy"] == STRATEGY) & ~results.from_compare(table)]  # `compare` may share the folder
     summary = results.seed_summary(table)
     counts = table["state"].value_counts()
     lines = ["", "trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in results.STATES)]

@@ -565,3 +565,17 @@ def test_the_papers_own_point_is_outside_the_default_macs_budget_and_inside_with
     assert len(unbounded.feasible) == len(unbounded.candidates) == 9
     assert "MACs unbounded" in unbounded.describe_plan()
     assert not any(tmp_path.iterdir())  # planning writes nothing
+
+
+def test_what_a_search_prints_ranks_its_grid_points_not_the_rows_compare_added_to_its_folder(tmp_path):
+    from effscale.search import outcome
+
+    def row(point, phi, alpha, beta, gamma, val_acc):
+        return dict(trial=len(point), strategy="compound", phi=phi, alpha=alpha, beta=beta, gamma=gamma, point=point,
+                    seed=0, state="COMPLETE", val_acc=val_acc, resolution=40, macs_ratio=2.0 ** phi, params=1e6,
+                    train_seconds=1.0, test_acc=val_acc)
+
+    table = pd.DataFrame([row("a1.2_b1_g1.291", 1, 1.2, 1.0, 1.291, 0.70), row("a1_b1.2_g1.1785", 1, 1.0, 1.2, 1.1785, 0.60),
+                          row("compare_phi2_a1.2_b1_g1.291", 2, 1.2, 1.0, 1.291, 0.90)])
+    text = outcome(table, tmp_path, "csv")
+    assert "trials: 2 COMPLETE" in text and "best: alpha=1.2 beta=1 gamma=1.291 (40 px, MACs ×2.00)" in text
