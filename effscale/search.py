@@ -128,6 +128,18 @@ def judge(candidate: Candidate, cost: Measurement, base: Measurement, budget: di
             candidate.reasons.append(f"{_number(value)} {unit} > budget.{key}={_number(budget[key])}")
 
 
+def log_to(path: Path) -> None:
+    """Send this module's log to `path`, the search.log of the sweep this process opened last (the
+    jobs of `search -m` with the basic launcher open the same sweep in one process, one after another)."""
+    for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+        log.removeHandler(old)
+        old.close()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def bounds_device_costs(budget: dict[str, Any]) -> bool:
     """Whether the budget bounds a cost measured on a device (latency, peak memory)."""
     return any(budget.get(k) is not None for k in DEVICE_BOUNDS)
@@ -527,23 +539,20 @@ class Search:
             reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
             raise UserError(f"{what}: cannot open the study ({reason[:200]})") from None
         created = not self.study.user_attrs  # every effscale run that opened it has left its context there
-        if self.device_budget:
-            try:
+        try:
+            if self.device_budget:
                 self.adopt_device_costs()
                 self._require_feasible()
-            except UserError:
-                if created:  # leave nothing behind
-                    optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)
-                    if new is not None:
-                        shutil.rmtree(new, ignore_errors=True)
-                raise
-        self.check_same_points()
-        results.check_settings(self.sweep_dir, "search", results.trained_with(
-            self.baseline, self.cfg["data"], self.recipe, phi=float(self.opts["phi"])))
-        handler = logging.FileHandler(self.sweep_dir / "search.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
+            self.check_same_points()
+            results.check_settings(self.sweep_dir, "search", results.trained_with(
+                self.baseline, self.cfg["data"], self.recipe, phi=float(self.opts["phi"])))
+        except UserError:
+            if created:  # leave nothing behind
+                optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)
+                if new is not None:
+                    shutil.rmtree(new, ignore_errors=True)
+            raise
+        log_to(self.sweep_dir / "search.log")
         for key, value in {**self.context, "strategy": STRATEGY, "phi": float(self.opts["phi"])}.items():
             self.study.set_user_attr(key, value)
         stale = fail_stale_trials(self.study, self.stale_after_s)

@@ -579,3 +579,22 @@ def test_what_a_search_prints_ranks_its_grid_points_not_the_rows_compare_added_t
                           row("compare_phi2_a1.2_b1_g1.291", 2, 1.2, 1.0, 1.291, 0.90)])
     text = outcome(table, tmp_path, "csv")
     assert "trials: 2 COMPLETE" in text and "best: alpha=1.2 beta=1 gamma=1.291 (40 px, MACs ×2.00)" in text
+
+
+def test_a_process_that_opens_a_second_sweep_logs_to_that_sweeps_search_log_alone(tmp_path):
+    from effscale.search import log
+
+    planned(tmp_path)
+    planned(tmp_path, "name=second")
+    log.info("a line of the second sweep")
+    assert "a line of the second sweep" not in (tmp_path / "tiny" / "search.log").read_text()
+    assert (tmp_path / "second" / "search.log").read_text().count("a line of the second sweep") == 1
+
+
+def test_a_new_study_refused_by_the_sweeps_recorded_settings_is_not_left_behind(tmp_path):
+    planned(tmp_path)  # the sweep's settings.json: one epoch
+    journal = tmp_path / "elsewhere.log"
+    with pytest.raises(UserError, match="trainer"):
+        planned(tmp_path, "trainer.max_epochs=2", f"search.storage=journal:///{journal}")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    assert optuna.get_all_study_names(storage) == []
