@@ -179,9 +179,21 @@ def open_storage(url: str | None, sweep_dir: Path) -> Any:
 CONNECT_TIMEOUT_S = 10
 
 
-def without_password(url: str) -> str:
-    """An RDB URL as it may be printed: `postgresql://user:***@host/db`."""
-    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
+def without_password(url: str, masked: bool = True) -> str:
+    """An RDB URL fit to print (`postgresql://user:***@host/db`) or, with `masked=False`, to write
+    down (`postgresql://user@host/db`). Journal and SQLite URLs come back as they are."""
+    if "://" not in url or url.startswith(("journal:", "sqlite:")):
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # not a URL SQLAlchemy reads: hide everything between "user:" and the last "@"
+        return re.sub(r"(//[^:/@]*):.*@", r"\1:***@" if masked else r"\1@", url)
+    if masked:
+        return parsed.render_as_string(hide_password=True)
+    return parsed._replace(password=None).render_as_string(hide_password=False)  # set() ignores None
 
 
 class FeasibleGridSampler(optuna.samplers.GridSampler):

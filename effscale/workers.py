@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from effscale import slurm
 from effscale.cores import available_cores
 from effscale.errors import UserError
-from effscale.search import Job, Search, fail_stale_trials, mark_stale
+from effscale.search import Job, Search, fail_stale_trials, mark_stale, without_password
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -197,16 +197,7 @@ def record_storage(search: Search) -> None:
     driver takes it from the usual place (PGPASSWORD or ~/.pgpass for PostgreSQL)."""
     url = search.opts.get("storage")
     if url:
-        (search.sweep_dir / "storage.txt").write_text(without_password(url) + "\n")
-
-
-def without_password(url: str) -> str:
-    """postgresql+psycopg://user:secret@host/db → postgresql+psycopg://user@host/db (other URLs unchanged)."""
-    if "://" not in url or url.startswith(("journal:", "sqlite:")):
-        return url
-    from sqlalchemy.engine import make_url
-
-    return make_url(url)._replace(password=None).render_as_string(hide_password=False)
+        (search.sweep_dir / "storage.txt").write_text(without_password(url, masked=False) + "\n")
 
 
 def run_local(search: Search, overrides: list[str], workers: int) -> tuple["pd.DataFrame", int]:

@@ -447,14 +447,15 @@ def test_a_trial_is_stale_when_its_process_here_is_gone_or_its_heartbeat_elsewhe
 
 
 def test_storage_passwords_are_masked_when_printed_and_dropped_when_recorded():
-    import effscale.search as search_module
-    from effscale import workers
+    from effscale.search import without_password
 
     url = "postgresql+psycopg://optuna:s3cret@db.cluster:5432/effscale"
-    assert search_module.without_password(url) == "postgresql+psycopg://optuna:***@db.cluster:5432/effscale"
-    assert workers.without_password(url) == "postgresql+psycopg://optuna@db.cluster:5432/effscale"
-    for unchanged in ("journal:///shared/study.log", "sqlite:///results/quick/study.db"):
-        assert workers.without_password(unchanged) == unchanged == search_module.without_password(unchanged)
+    assert without_password(url) == "postgresql+psycopg://optuna:***@db.cluster:5432/effscale"
+    assert without_password(url, masked=False) == "postgresql+psycopg://optuna@db.cluster:5432/effscale"
+    assert without_password("postgresql://u:p/ss@host/db") == "postgresql://u:***@host/db"  # a "/" in it
+    assert without_password("postgresql://u:p@ss@host:x/db") == "postgresql://u:***@host:x/db"  # no URL SQLAlchemy reads
+    for unchanged in ("journal:///shared/study.log", "sqlite:///results/quick/study.db", "postgresql://host/db"):
+        assert without_password(unchanged) == unchanged == without_password(unchanged, masked=False)
 
 
 def planned(tmp_path, *extra, new_launch=True):
