@@ -13,6 +13,7 @@ the meta device in a fraction of a second) until its MACs land within `compare.m
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from effscale import results
+from effscale.files import log_to
 from effscale.scaling import Multipliers, compound_multipliers, scale_stage_table, strategy_multipliers
 
 
@@ -147,6 +149,15 @@ def best_point(trials: pd.DataFrame, metric: str = "val_acc") -> tuple[float, fl
 # --- the command: plan every model, then train each (strategy, φ, seed) not yet in the table ---------
 
 SUMMARY_KEYS = ("val_acc", "test_acc", "macs", "params", "train_seconds")
+# The model a row holds: resuming keeps a row only when it is the model this run planned (another
+# compare.macs_tolerance or scale.resolution_multiple can match another one to the same compound point).
+MODEL_COLUMNS = ("depth_mult", "width_mult", "resolution")
+log = logging.getLogger("effscale.compare")
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    """What makes a row the training of one planned model: its results-table key and the model."""
+    return (row["point"], int(row["seed"]), row["strategy"], *(round(float(row[c]), 6) for c in MODEL_COLUMNS))
 
 
 def compare_point(phi: float, alpha: float, beta: float, gamma: float) -> str:
@@ -273,12 +284,10 @@ class Comparison:
         settings = results.trained_with(self.baseline, self.cfg["data"], self.recipe)
         results.check_settings(self.sweep_dir, "compare", settings)
         existing = results.read_trials(self.table)
-        done = set()
-        if not existing.empty:
-            complete = existing[existing["state"] == "COMPLETE"]
-            done = set(zip(complete["point"], complete["seed"].astype(int), complete["strategy"]))
-        jobs = [(m, seed) for m in self.models for seed in self.seeds
-                if (self.row(m)["point"], seed, m.strategy) not in done]
+        log_to(log, self.sweep_dir / "compare.log")
+        complete = existing[existing["state"] == "COMPLETE"] if not existing.empty else existing
+        done = {row_key(r) for r in complete.to_dict("records")}
+        jobs = [(m, seed) for m in self.models for seed in self.seeds if row_key(self.row(m) | {"seed": seed}) not in done]
         self.say(f"{len(self.models) * len(self.seeds) - len(jobs)} trainings already complete, {len(jobs)} to run")
         trial = int(existing["trial"].max()) + 1 if not existing.empty and existing["trial"].notna().any() else 0
         for i, (model, seed) in enumerate(jobs, 1):
@@ -311,6 +320,7 @@ class Comparison:
         except UserError:
             raise  # a mistake that would fail every model alike
         except Exception as exc:  # one broken model must not end the comparison; its row says why
+            log.exception("%s phi=%g seed %s failed", model.strategy, model.phi, seed)
             metrics = {"state": "FAIL", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
         metrics = {k: metrics.get(k) for k in ("state", "val_acc", "test_acc", "epochs", "train_seconds", "reason")}
         close_loggers(loggers, {k: (metrics | row).get(k) for k in SUMMARY_KEYS} | {"state": metrics["state"]})

@@ -1,4 +1,5 @@
-"""Files that a reader never sees half-written: the results table, settings.json, the report, a checkpoint.
+"""Files that a reader never sees half-written: the results table, settings.json, the report, a checkpoint;
+and the log file of a sweep.
 
 Each is written to a temporary file in its own folder and renamed over the final name (`os.replace` is
 atomic on POSIX), so a crash, a full disk or Ctrl-C leaves the old file or the new one, never half of one,
@@ -7,6 +8,7 @@ and no temporary file behind.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -36,3 +38,16 @@ def file_mode() -> int:
     umask = os.umask(0o022)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def log_to(log: logging.Logger, path: Path) -> None:
+    """Send `log` to `path` (a sweep's search.log or compare.log), and no longer to the file it went
+    to before: a process that opens a second sweep (the jobs of `search -m` with the basic launcher,
+    one after another) writes each line once, to the sweep it works on."""
+    for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+        log.removeHandler(old)
+        old.close()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)

@@ -37,6 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from effscale import results
 from effscale.errors import UserError
+from effscale.files import log_to
 from effscale.measure import Measurement, architecture_key, measure_table, measure_tables
 from effscale.models import build_model
 from effscale.scaling import ScalingError, compound_grid, compound_multipliers, constraint_value, scale_stage_table
@@ -126,18 +127,6 @@ def judge(candidate: Candidate, cost: Measurement, base: Measurement, budget: di
         candidate.constraints[key] = value - budget[key]
         if value > budget[key]:
             candidate.reasons.append(f"{_number(value)} {unit} > budget.{key}={_number(budget[key])}")
-
-
-def log_to(path: Path) -> None:
-    """Send this module's log to `path`, the search.log of the sweep this process opened last (the
-    jobs of `search -m` with the basic launcher open the same sweep in one process, one after another)."""
-    for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
-        log.removeHandler(old)
-        old.close()
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
 
 
 def bounds_device_costs(budget: dict[str, Any]) -> bool:
@@ -564,7 +553,7 @@ class Search:
                 if new is not None:
                     shutil.rmtree(new, ignore_errors=True)
             raise
-        log_to(self.sweep_dir / "search.log")
+        log_to(log, self.sweep_dir / "search.log")
         for key, value in {**self.context, "strategy": STRATEGY, "phi": float(self.opts["phi"])}.items():
             self.study.set_user_attr(key, value)
         stale = fail_stale_trials(self.study, self.stale_after_s)

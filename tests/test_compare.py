@@ -135,6 +135,13 @@ def test_tiny_compare_trains_every_model_and_seed_resumes_and_reports(tmp_path, 
                                         r"\(trainer.label_smoothing 0.1, now 0.0\)"):
         compare([f"out={tmp_path}", "name=tiny", *TINY, "trainer.label_smoothing=0.0"])
     assert read_trials(sweep)["train_seconds"].tolist() == table["train_seconds"].tolist()
+    # Inputs in multiples of 8 px: compound's 18 px become 16, so every φ = 1 model changes, and only the
+    # baseline's rows stand.
+    compare([f"out={tmp_path}", "name=tiny", *TINY, "scale.resolution_multiple=8"])
+    assert "2 trainings already complete, 6 to run" in capsys.readouterr().out
+    again = read_trials(sweep).set_index(["strategy", "phi", "seed"]).sort_index()
+    assert len(again) == 8 and set(again.loc[("compound", 1), "resolution"]) == {16}
+    assert (sweep / "compare.log").exists()
 
 
 def test_compare_takes_the_best_point_of_a_search(tmp_path):
@@ -178,6 +185,25 @@ def test_runs_are_grouped_by_sweep_with_one_job_type_per_strategy(tmp_path, monk
         [("baseline", 0)] * 2 + [(s, 1) for s in ("compound", "width", "d1_w8_r1") for _ in range(2)])
     assert all(set(s) == {"val_acc", "test_acc", "macs", "params", "train_seconds", "state"} for s in summaries)
     assert summaries[0]["val_acc"] == 0.5 and summaries[1]["val_acc"] == pytest.approx(0.6)
+
+
+def test_a_model_that_fails_gets_a_fail_row_with_its_reason_and_its_traceback_in_compare_log(tmp_path, monkeypatch):
+    import effscale.train
+    from effscale.commands import compare
+    from effscale.results import read_trials
+
+    def fit(table, data, recipe, **kw):
+        if table["resolution"] != 16:
+            raise RuntimeError("the compound model broke\nsecond line")
+        return {"state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.4, "epochs": 1, "train_seconds": 1.0}
+
+    monkeypatch.setattr(effscale.train, "fit_candidate", fit)
+    compare([f"out={tmp_path}", "name=broken", *TINY, "compare.strategies=[compound]", "compare.seeds=1"])
+    table = read_trials(tmp_path / "broken").set_index("strategy")
+    assert table.loc["compound", "state"] == "FAIL" and table.loc["baseline", "state"] == "COMPLETE"
+    assert table.loc["compound", "reason"] == "RuntimeError: the compound model broke"
+    log = (tmp_path / "broken" / "compare.log").read_text()
+    assert "compound phi=1 seed 0 failed" in log and "Traceback" in log and "second line" in log
 
 
 @pytest.mark.parametrize("sweep, baseline", [("table3_mobilenetv2", "mobilenet_v2"), ("table3_resnet", "resnet18")])
