@@ -25,6 +25,8 @@ or reaches a non-finite loss is recorded FAIL with its reason by `Search.train`,
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
 import sys
 import time
@@ -214,10 +216,32 @@ def run_local(search: Search, overrides: list[str], workers: int) -> tuple["pd.D
     try:
         failed = sum(p.wait() != 0 for p in procs)
     except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
+        stop_workers(procs)
         raise
     return results.read_trials(search.table), failed
+
+
+def stop_workers(procs: list[subprocess.Popen], grace_s: float = 2.0, stop_s: float = 30.0) -> None:
+    """After a Ctrl-C: each worker records its trial as interrupted and exits. A Ctrl-C at a terminal
+    reaches them with this process; one sent to this process alone (`kill -INT`) is passed on to those
+    still running after `grace_s`, once (a second one could cut short the record of the first). A
+    worker still running after `stop_s` is terminated."""
+    deadline = time.monotonic() + grace_s
+    try:
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + stop_s
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
 
 
 def main(argv: list[str]) -> int:
@@ -229,6 +253,9 @@ def main(argv: list[str]) -> int:
     except UserError as exc:
         print(f"effscale search: worker {index}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # its trial is recorded as interrupted; the search command says the rest
+        print(f"effscale search: worker {index}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

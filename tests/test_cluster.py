@@ -179,6 +179,19 @@ def test_two_local_workers_train_each_grid_point_exactly_once(tmp_path):
     assert_each_point_once(tmp_path / "two", study_trials(f"sqlite:///{tmp_path}/two/study.db", "two"))
 
 
+@pytest.mark.slow  # ~45 s: trials long enough to be interrupted inside one
+def test_ctrl_c_sent_to_the_search_alone_reaches_its_workers_and_leaves_no_trial_running(tmp_path):
+    import reliability_scenarios as rs
+
+    rc, stderr, _ = rs.search_until(tmp_path, "w2", complete=1, sig=rs.INTERRUPT,
+                                    extra=("search.workers=2", "data.train_size=2048", "trainer.max_epochs=2"))
+    assert rc == 130 and stderr.strip().splitlines()[-1] == "effscale search: interrupted"
+    assert "Traceback" not in stderr and "worker 0: interrupted" in stderr
+    trials = rs.study_trials(tmp_path / "w2")
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    assert [t.user_attrs["reason"] for t in trials if t.state == TrialState.FAIL] in (["interrupted"] * 2, ["interrupted"])
+
+
 def test_worker_killed_mid_trial_then_relaunch_finishes_the_grid_without_losing_or_repeating_a_trial(tmp_path):
     storage = f"sqlite:///{tmp_path}/killed/study.db"
     overrides = [*TINY, f"out={tmp_path}", "name=killed"]
