@@ -286,20 +286,27 @@ def _peak_train_mb(model: nn.Module, saved_bytes: int, resolution: int, batch_si
 
 
 def cuda_peak_train_mb(build: Callable[[], nn.Module], resolution: int, batch_size: int, in_channels: int = 3,
-                       device: str = "cuda") -> float:
-    """Measured peak allocated memory of one SGD training step on a CUDA device."""
+                       device: str = "cuda", optimizer: str = "sgd") -> float:
+    """Measured peak allocated memory of one training step (fp32) with `optimizer` on a CUDA device;
+    infinite when the step does not fit in the device's memory at all."""
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
-    model = build().to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch_size, in_channels, resolution, resolution, device=device).to(memory_format=torch.channels_last)
-    model(x).float().logsumexp(1).mean().backward()
-    opt.step()
-    peak = torch.cuda.max_memory_allocated(device) - base
-    del model, opt, x
-    torch.cuda.empty_cache()
-    return peak / 2**20
+    model = opt = x = None
+    try:
+        model = build().to(device).to(memory_format=torch.channels_last)
+        params = model.parameters()
+        opt = (torch.optim.SGD(params, lr=0.01, momentum=0.9) if optimizer == "sgd"
+               else torch.optim.AdamW(params, lr=1e-3))
+        x = torch.randn(batch_size, in_channels, resolution, resolution, device=device)
+        model(x.to(memory_format=torch.channels_last)).float().logsumexp(1).mean().backward()
+        opt.step()
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    except torch.OutOfMemoryError:
+        return math.inf  # over any memory budget: the candidate is infeasible, not the search broken
+    finally:
+        del model, opt, x
+        torch.cuda.empty_cache()
 
 
 def latency_ms(model: nn.Module, resolution: int, device: str = "cpu", in_channels: int = 3,
@@ -415,7 +422,7 @@ def _measure_built(meta_model: nn.Module, table: dict[str, Any], build: Callable
     peak = None
     if memory:
         if on_device:
-            peak = cuda_peak_train_mb(lambda: build(table), resolution, batch_size, in_channels, device)
+            peak = cuda_peak_train_mb(lambda: build(table), resolution, batch_size, in_channels, device, optimizer)
         else:
             peak = _peak_train_mb(meta_model, saved_bytes, resolution, batch_size, in_channels, optimizer)
     lat = latency_ms(build(table), resolution, device, in_channels) if latency else None

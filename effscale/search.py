@@ -19,6 +19,7 @@ that point's result with `same_as` naming it (the same network, seed and data tr
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
@@ -125,7 +126,9 @@ def judge(candidate: Candidate, cost: Measurement, base: Measurement, budget: di
             candidate.reasons.append(f"MACs ratio {candidate.macs_ratio:.2f} is outside {target:g} ± {tolerance:.0%}")
     for key, value, unit in _budget_terms(cost, budget):
         candidate.constraints[key] = value - budget[key]
-        if value > budget[key]:
+        if math.isinf(value):  # measure.cuda_peak_train_mb: the step ran out of the device's memory
+            candidate.reasons.append(f"out of device memory, budget.{key}={_number(budget[key])}")
+        elif value > budget[key]:
             candidate.reasons.append(f"{_number(value)} {unit} > budget.{key}={_number(budget[key])}")
 
 

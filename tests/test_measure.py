@@ -1,5 +1,6 @@
 """The fast counting paths of measure.py give exactly the numbers of the plain meta-device ones."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,19 @@ def test_measure_tables_counts_a_repeated_architecture_and_size_once():
     first, second = measure_tables([table, twin], build, batch_size=8)
     assert len(calls) == 1
     assert second.width_mult == 1.104 and {**first.as_dict(), "width_mult": 1.104} == second.as_dict()
+
+
+def test_a_candidate_whose_training_step_does_not_fit_on_the_gpu_costs_infinite_memory(monkeypatch):
+    """Out of memory is over every memory budget: an INFEASIBLE row, not a search that stops."""
+    from effscale import measure
+
+    for name in ("empty_cache", "reset_peak_memory_stats", "memory_allocated", "max_memory_allocated"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args: 0)
+
+    def too_big():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    assert measure.cuda_peak_train_mb(too_big, 224, 256, optimizer="adamw") == math.inf
 
 
 @pytest.mark.parametrize("budget_mb, on_device", [(None, False), (4096, True)])

@@ -599,3 +599,17 @@ def test_a_new_study_refused_by_the_sweeps_recorded_settings_is_not_left_behind(
         planned(tmp_path, "trainer.max_epochs=2", f"search.storage=journal:///{journal}")
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     assert optuna.get_all_study_names(storage) == []
+
+
+def test_points_whose_training_step_ran_out_of_device_memory_are_outside_a_memory_budget(tmp_path, monkeypatch):
+    import dataclasses
+    import math
+
+    import effscale.search as search_module
+
+    real = search_module.measure_tables
+    monkeypatch.setattr(search_module, "measure_tables", lambda tables, build, **options: [
+        dataclasses.replace(m, peak_mem_mb=math.inf) for m in real(tables, build, **options)])
+    with pytest.raises(UserError, match=r"none of the 9 grid points fits .*out of device memory, "
+                                        r"budget.max_peak_mem_mb=100,000\)"):
+        planned(tmp_path, "budget.max_peak_mem_mb=100000")
