@@ -248,11 +248,6 @@ def count_macs_and_activations(model: nn.Module, resolution: int, in_channels: i
     return counting.macs, counting.activations
 
 
-def saved_activation_bytes(model: nn.Module, resolution: int, batch_size: int, in_channels: int = 3) -> int:
-    """Bytes autograd keeps from a training forward pass for the backward pass (each storage once)."""
-    return count_training_forward(model, resolution, batch_size, in_channels)[2]
-
-
 @contextmanager
 def _modules_in_mode(model: nn.Module, training: bool) -> Iterator[None]:
     """Every module in training (or eval) mode for the block, as before after it. A model built to be
@@ -268,17 +263,11 @@ def _modules_in_mode(model: nn.Module, training: bool) -> Iterator[None]:
             model.train(was_training)
 
 
-def estimate_peak_train_mb(model: nn.Module, resolution: int, batch_size: int, in_channels: int = 3,
-                           optimizer: str = "sgd") -> float:
-    """Peak memory of one training step, estimated from shapes: weights + gradients + optimizer
-    state + the activations autograd saves + the input batch. Matches CUDA's measured peak within
-    about 10–20 % (autograd's temporaries and allocator rounding are not counted)."""
-    saved = saved_activation_bytes(model, resolution, batch_size, in_channels)
-    return _peak_train_mb(model, saved, resolution, batch_size, in_channels, optimizer)
-
-
 def _peak_train_mb(model: nn.Module, saved_bytes: int, resolution: int, batch_size: int, in_channels: int,
                    optimizer: str) -> float:
+    """Peak memory of one training step, estimated from shapes: weights + gradients + optimizer state
+    + the activations autograd saves (`saved_bytes`) + the input batch. Within about 10–20 % of CUDA's
+    measured peak (autograd's temporaries and the allocator's rounding are not counted)."""
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     states = 2 + OPTIMIZER_STATES.get(optimizer, 2)
     input_bytes = batch_size * in_channels * resolution**2 * 4
@@ -332,7 +321,7 @@ def count_training_forward(model: nn.Module, resolution: int, batch_size: int,
                            in_channels: int = 3) -> tuple[int, int, int]:
     """One training-mode forward pass of a batch on the model's (meta) device, counting three things at
     once: MACs and activations per image (as `count_macs_and_activations`) and the bytes autograd
-    saves for the batch (as `saved_activation_bytes`). tests/test_measure.py checks all three against
+    saves for the batch. tests/test_measure.py checks all three against
     FlopCounterMode, module hooks and PyTorch's own meta kernels on every baseline."""
     # Each storage once, held until the count is done: autograd keeps what it saves alive, but a replayed
     # op's saved tensors have no graph to keep them, and a freed storage's address can come back.
@@ -446,9 +435,9 @@ def _input_like(model: nn.Module, batch: int, channels: int, resolution: int) ->
     return torch.empty(batch, channels, resolution, resolution, device=param.device, dtype=param.dtype)
 
 
-def human(n: float, unit: str = "") -> str:
+def human(n: float) -> str:
     """12_345_678 → '12.35M' (for tables people read)."""
     for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= scale:
-            return f"{n / scale:.2f}{suffix}{unit}"
-    return f"{n:g}{unit}" if not math.isnan(n) else "–"
+            return f"{n / scale:.2f}{suffix}"
+    return f"{n:g}" if not math.isnan(n) else "–"

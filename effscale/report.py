@@ -603,7 +603,7 @@ th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f3
 td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}"""
 
 
-def to_html(report: Report, folder: Path, inline: bool = True) -> str:
+def to_html(report: Report, folder: Path) -> str:
     """One self-contained page: images inlined as base64 (the page still works when moved alone)."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(report.title)}</h1>"]
@@ -612,9 +612,7 @@ def to_html(report: Report, folder: Path, inline: bool = True) -> str:
         if section.text:
             parts.append(f"<p>{html.escape(section.text).replace('*same*', '<em>same</em>')}</p>")
         if section.image:
-            src = section.image
-            if inline:
-                src = "data:image/png;base64," + base64.b64encode((folder / section.image).read_bytes()).decode()
+            src = "data:image/png;base64," + base64.b64encode((folder / section.image).read_bytes()).decode()
             parts.append(f"<img src='{src}' alt='{html.escape(section.title)}'>")
         if section.table is not None and not section.table.empty:
             parts.append(section.table.to_html(index=False, border=0, escape=True))

@@ -39,15 +39,14 @@ class ScalingError(ValueError):
 # --- rounding: how a real-valued multiplier becomes an integer architecture -----------------------
 
 
-def round_filters(channels: float, width_mult: float = 1.0, divisor: int = 8, min_value: int | None = None) -> int:
+def round_filters(channels: float, width_mult: float = 1.0, divisor: int = 8) -> int:
     """Channels after width scaling: nearest multiple of `divisor`, never below 90 % of the target.
 
     This is the rule of the reference implementation (and torchvision's `_make_divisible`): round
     to the nearest multiple, then add one `divisor` back if rounding lost more than 10 %.
     """
     target = channels * width_mult
-    floor = divisor if min_value is None else min_value
-    rounded = max(floor, int(target + divisor / 2) // divisor * divisor)
+    rounded = max(divisor, int(target + divisor / 2) // divisor * divisor)
     if rounded < 0.9 * target:
         rounded += divisor
     return int(rounded)

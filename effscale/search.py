@@ -654,14 +654,12 @@ class Search:
         return min(first_done, first) + min(extra_done, extra), first + extra
 
     def run(self) -> pd.DataFrame:
-        started = time.perf_counter()
         first = self.first_jobs()
         if self.opts["sampler"] == "tpe":
             self.run_tpe()
         else:
             self.run_jobs(first)
         self.run_jobs(self.seed_jobs(), label="extra seeds for the best points")
-        self.elapsed = time.perf_counter() - started
         return results.read_trials(self.table)
 
     def run_jobs(self, jobs: list[Job], label: str = "grid points") -> None:

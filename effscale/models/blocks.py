@@ -156,11 +156,6 @@ BLOCKS: dict[str, type[nn.Module]] = {
 }
 
 
-def out_channels_of(block: str, channels: int) -> int:
-    """Channels a block of this type emits for a stage width (bottlenecks expand theirs 4×)."""
-    return channels * getattr(BLOCKS[block], "expansion", 1)
-
-
 def init_weights(model: nn.Module, linear: str) -> None:
     """torchvision's initialisation for these families: He-normal (fan-out) convs, unit BN, and a
     linear layer drawn as the family does it ('uniform' ±1/√out, 'normal' σ=0.01, or 'default')."""
