@@ -289,11 +289,13 @@ def interrupts_deferred() -> Iterator[None]:
 
 
 def is_stale(trial: FrozenTrial, stale_after_s: float) -> bool:
-    """A RUNNING trial nobody is working on: its process on this host is gone, or (another host) its
-    heartbeat (`heartbeat`, below) is older than `stale_after_s`."""
+    """A trial nobody is working on: its process on this host is gone, or (another host) its
+    heartbeat (`heartbeat`, below) is older than `stale_after_s`. Asked only while this process
+    trains nothing, so a trial of this process's own pid is a dead one's whose pid came back (a
+    restarted container runs as PID 1 again)."""
     attrs = trial.user_attrs
     if attrs.get("host") == socket.gethostname() and attrs.get("pid"):
-        return attrs["pid"] != os.getpid() and not _alive(int(attrs["pid"]))
+        return attrs["pid"] == os.getpid() or not _alive(int(attrs["pid"]))
     started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
     return time.time() - float(attrs.get("heartbeat", started)) > stale_after_s
 
@@ -330,10 +332,12 @@ def heartbeat(study: optuna.Study, trial_id: int, every_s: float) -> Iterator[No
 
 
 def mark_stale(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Mark a RUNNING trial FAIL with user attribute `stale`, so that its point runs again; False if it
-    finished meanwhile (its worker was alive after all, or another worker marked it first)."""
+    """Mark a RUNNING or WAITING trial FAIL with user attribute `stale`, so that its point runs again;
+    False if it finished meanwhile (its worker was alive after all, or another worker marked it first)."""
     try:
         study._storage.set_trial_user_attr(trial._trial_id, "stale", True)
+        if trial.state == TrialState.WAITING:  # Study.tell takes RUNNING trials only
+            return study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
     study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
@@ -341,15 +345,11 @@ def mark_stale(study: optuna.Study, trial: FrozenTrial) -> bool:
 
 
 def fail_stale_trials(study: optuna.Study, stale_after_s: float) -> int:
-    """Mark abandoned trials FAIL with user attribute `stale`, so that their jobs run again.
-    A WAITING trial can only be left by a process that died between enqueueing and asking."""
+    """Mark abandoned trials FAIL with user attribute `stale`, so that their jobs run again: RUNNING
+    ones, and WAITING ones, which a process leaves only when it dies between enqueueing a trial and
+    asking for it (a live one asks within milliseconds, and may be another search on this study)."""
     count = 0
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        trial = study.ask()
-        trial.set_user_attr("stale", True)
-        study.tell(trial, state=TrialState.FAIL)
-        count += 1
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
         if is_stale(frozen, stale_after_s) and mark_stale(study, frozen):
             count += 1
     return count

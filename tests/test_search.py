@@ -613,3 +613,24 @@ def test_points_whose_training_step_ran_out_of_device_memory_are_outside_a_memor
     with pytest.raises(UserError, match=r"none of the 9 grid points fits .*out of device memory, "
                                         r"budget.max_peak_mem_mb=100,000\)"):
         planned(tmp_path, "budget.max_peak_mem_mb=100000")
+
+
+def test_only_a_waiting_trial_whose_process_died_is_failed_as_stale():
+    import socket
+    import time
+
+    from effscale.search import fail_stale_trials
+
+    study = optuna.create_study()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid in (alive.pid, int(dead.stdout)):  # enqueued, and not yet asked for
+            study.enqueue_trial({}, user_attrs={"host": socket.gethostname(), "pid": pid, "heartbeat": time.time()})
+        assert fail_stale_trials(study, stale_after_s=3600) == 1
+    finally:
+        alive.kill()
+        alive.wait()
+    waiting, failed = study.get_trials()
+    assert waiting.state == optuna.trial.TrialState.WAITING and waiting.user_attrs["pid"] == alive.pid
+    assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["stale"]
