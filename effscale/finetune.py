@@ -29,7 +29,7 @@ from torch import nn
 from effscale.commands import resolve_device
 from effscale.data import EVAL_CROP, build_datamodule
 from effscale.errors import UserError
-from effscale.train import Classifier, make_trainer, set_threads
+from effscale.train import Classifier, interruptible, make_trainer, set_threads
 from effscale.weights import Preprocessing, Pretrained, load_pretrained, save_checkpoint
 
 
@@ -163,12 +163,12 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
         if phase == "all":
             phase_recipe["gradient_clip_val"] = opts.get("unfreeze_grad_clip")
         trainer = make_trainer(phase_recipe, device=device, callbacks=callbacks)
-        trainer.fit(module, datamodule=data)
+        interruptible(trainer, trainer.fit, module, datamodule=data)  # Ctrl-C: exit 130, no checkpoint
         if module.failure:
             raise UserError(f"finetune: training diverged in the {phase} phase ({module.failure}); "
                             "lower finetune.recipe.lr")
         result[f"val_acc_{phase}"] = module.val_history[-1]
-    trainer.test(module, datamodule=data, verbose=False)
+    interruptible(trainer, trainer.test, module, datamodule=data, verbose=False)
     result.update(val_acc=module.val_history[-1], test_acc=module.test_acc)
 
     table = {**pretrained.table, "resolution": resolution}

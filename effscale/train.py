@@ -293,7 +293,7 @@ def zero_init_residuals(network: nn.Module) -> int:
     return changed
 
 
-def _interruptible(trainer: L.Trainer, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def interruptible(trainer: L.Trainer, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run `trainer.fit` or `trainer.test`, keeping Ctrl-C a KeyboardInterrupt. Lightning answers it
     by ignoring SIGINT from then on and calling sys.exit(1), which would end a whole sweep with status 1
     and leave a second Ctrl-C unheard; the caller decides what an interrupt means."""
@@ -335,7 +335,7 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
     with tempfile.TemporaryDirectory(prefix="effscale-ranks-") if spawned else nullcontext() as folder:
         module.outcome_path = str(Path(folder) / "outcome.json") if spawned else None
         start = time.perf_counter()
-        _interruptible(trainer, trainer.fit, module, datamodule=datamodule)
+        interruptible(trainer, trainer.fit, module, datamodule=datamodule)
         seconds = time.perf_counter() - start
         module.read_outcome()
         if spawned and report is not None:
@@ -355,7 +355,7 @@ def _outcome(trainer: L.Trainer, module: Classifier, datamodule: L.LightningData
     elif not module.val_history:  # a trial is ranked by its validation accuracy: without one it has none
         state, reason = "FAIL", "no validation epoch ran (trainer settings skip validation)"
     if state == "COMPLETE":
-        _interruptible(trainer, trainer.test, module, datamodule=datamodule, verbose=False)
+        interruptible(trainer, trainer.test, module, datamodule=datamodule, verbose=False)
         module.read_outcome()
     return {
         "state": state,

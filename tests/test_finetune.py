@@ -81,6 +81,25 @@ def test_head_phase_leaves_backbone_and_its_batchnorm_statistics_untouched(tmp_p
     assert after.class_names == list(PROCEDURAL_CLASSES) and after.model.classifier[1].out_features == 10
 
 
+def test_ctrl_c_while_fine_tuning_is_an_interrupt_and_writes_no_checkpoint(tmp_path, monkeypatch):
+    import lightning as L
+
+    import effscale.finetune
+
+    class CtrlC(L.Callback):
+        def on_train_batch_start(self, *args):
+            raise KeyboardInterrupt  # inside trainer.fit, where Lightning turns it into sys.exit(1)
+
+    make_trainer = effscale.finetune.make_trainer
+    monkeypatch.setattr(effscale.finetune, "make_trainer",
+                        lambda recipe, device, callbacks: make_trainer(recipe, device=device, callbacks=[*callbacks, CtrlC()]))
+    cfg = finetune_config(tmp_path, "data=procedural", "data.train_size=64", "data.val_size=32", "data.test_size=32",
+                          "data.resolution=32", "finetune.head_epochs=1")
+    with pytest.raises(KeyboardInterrupt):
+        effscale.finetune.finetune(cfg)
+    assert not list(tmp_path.rglob("*.pt"))
+
+
 def test_finetune_cli_writes_a_checkpoint_predict_reads_with_the_data_class_names(tmp_path):
     from PIL import Image
 
