@@ -51,3 +51,9 @@ def log_to(log: logging.Logger, path: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+
+
+def first_new_folder(path: Path) -> Path | None:
+    """The outermost folder that creating `path` would create (None if it exists): what to remove
+    again so that a refused run leaves nothing behind."""
+    return next((p for p in reversed([path, *path.parents]) if not p.exists()), None)

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, open_dict
 
 from effscale.checks import check_config
 from effscale.config import CONF_DIR, compose, to_dict
+from effscale.files import first_new_folder
 from effscale.errors import UserError
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -115,6 +116,9 @@ def multirun(overrides: list[str]) -> None:
     check_config(cfg)
     workers = int(cfg["search"]["workers"])
     check_storage(cfg["search"].get("storage"), launcher, workers)
+    if launcher == "submitit_slurm" and not shutil.which("srun"):  # what submitit looks for
+        raise UserError("hydra/launcher=submitit_slurm: no SLURM on this machine (srun is not on PATH); run "
+                        "this on a login node, or use hydra/launcher=submitit_local here")
 
     # Plan and open the study here. On CPU (a login node has no GPU), unless a latency or peak-memory
     # budget needs `device`: this process measures those once for every worker (Search.adopt_device_costs).
@@ -122,7 +126,7 @@ def multirun(overrides: list[str]) -> None:
     search = Search(cfg, model_table(cfg), device, shared=True)
     search.plan()
     # The first folder this launch creates: removed again if nothing could be submitted.
-    new = next((p for p in reversed([search.sweep_dir, *search.sweep_dir.parents]) if not p.exists()), None)
+    new = first_new_folder(search.sweep_dir)
     search.open()
     print(search.describe_plan())
     record_storage(search)

@@ -38,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from effscale import results
 from effscale.errors import UserError
-from effscale.files import log_to
+from effscale.files import first_new_folder, log_to
 from effscale.measure import Measurement, architecture_key, measure_table, measure_tables
 from effscale.models import build_model
 from effscale.scaling import ScalingError, compound_grid, compound_multipliers, constraint_value, scale_stage_table
@@ -518,12 +518,28 @@ class Search:
     def open(self, new_launch: bool = True) -> optuna.Study:
         """Create or load the sweep's study and bring trials.csv up to date with it. `new_launch`:
         this process starts a launch (a `search` command), not one of its workers."""
+        new = first_new_folder(self.sweep_dir)  # removed again if this run is refused: nothing left behind
+        self.study = self._create_study(new)
+        self._check_against_record(new)
+        log_to(log, self.sweep_dir / "search.log")
+        for key, value in {**self.context, "strategy": STRATEGY, "phi": float(self.opts["phi"])}.items():
+            self.study.set_user_attr(key, value)
+        stale = fail_stale_trials(self.study, self.stale_after_s)
+        if stale:
+            self.say(f"{stale} trial(s) left unfinished by an earlier run: marked FAIL (stale), will run again")
+        self._start_launch(new_launch)
+        self.table = self.sweep_dir / "trials.csv"
+        rows = [candidate_row(c, self.context) | {"state": "INFEASIBLE", "seed": self.seed}
+                for c in self.candidates if not c.feasible]
+        rows += [trial_row(t) for t in self._finished().values()]
+        results.upsert_trials(self.table, rows)
+        return self.study
+
+    def _create_study(self, new: Path | None) -> optuna.Study:
+        """The sweep folder and its study, created or loaded; a storage that cannot be opened is one error."""
         from sqlalchemy.exc import SQLAlchemyError
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        # The first folder this run creates: removed again if the study cannot be opened, so that a
-        # bad storage URL leaves nothing behind.
-        new = next((p for p in reversed([self.sweep_dir, *self.sweep_dir.parents]) if not p.exists()), None)
         try:
             self.sweep_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -532,7 +548,7 @@ class Search:
         url = self.opts.get("storage")
         points = [c.point for c in self.feasible]
         try:
-            self.study = optuna.create_study(
+            return optuna.create_study(
                 study_name=str(self.cfg["name"]), storage=open_storage(url, self.sweep_dir), direction="maximize",
                 load_if_exists=True, sampler=make_sampler(self.opts["sampler"], points, self.seed),
                 pruner=self.pruner())
@@ -542,6 +558,11 @@ class Search:
             what = f"search.storage={without_password(url)}" if url else f"{self.sweep_dir / 'study.db'}"
             reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
             raise UserError(f"{what}: cannot open the study ({reason[:200]})") from None
+
+    def _check_against_record(self, new: Path | None) -> None:
+        """What the study and the sweep folder recorded must agree with this run: the device costs a
+        budget is judged on, the feasible points, the settings the trials were trained with. A study
+        this run created and then refused is deleted again."""
         created = not self.study.user_attrs  # every effscale run that opened it has left its context there
         try:
             if self.device_budget:
@@ -551,30 +572,21 @@ class Search:
             results.check_settings(self.sweep_dir, "search", results.trained_with(
                 self.baseline, self.cfg["data"], self.recipe, phi=float(self.opts["phi"])))
         except UserError:
-            if created:  # leave nothing behind
+            if created:
                 optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)
                 if new is not None:
                     shutil.rmtree(new, ignore_errors=True)
             raise
-        log_to(log, self.sweep_dir / "search.log")
-        for key, value in {**self.context, "strategy": STRATEGY, "phi": float(self.opts["phi"])}.items():
-            self.study.set_user_attr(key, value)
-        stale = fail_stale_trials(self.study, self.stale_after_s)
-        if stale:
-            self.say(f"{stale} trial(s) left unfinished by an earlier run: marked FAIL (stale), will run again")
+
+    def _start_launch(self, new_launch: bool) -> None:
+        """Record where this launch's trials begin (the workers of one launch read it, however late each
+        starts). With search.retry_failed, failures of earlier launches run once more; this launch's
+        stand. A worker started on its own, with no launch recorded, starts one."""
         first = max((t._trial_id for t in self.study.get_trials(deepcopy=False)), default=-1) + 1
-        if new_launch:  # the workers of one launch read this, however late each of them starts
+        if new_launch:
             self.study.set_user_attr("launch_first_trial_id", first)
-        # With search.retry_failed, failures of earlier launches run once more; this launch's stand. A
-        # worker started on its own, with no launch recorded, starts one.
         self.retry_below = (self.study.user_attrs.get("launch_first_trial_id", first)
                             if self.opts.get("retry_failed") else None)
-        self.table = self.sweep_dir / "trials.csv"
-        rows = [candidate_row(c, self.context) | {"state": "INFEASIBLE", "seed": self.seed}
-                for c in self.candidates if not c.feasible]
-        rows += [trial_row(t) for t in self._finished().values()]
-        results.upsert_trials(self.table, rows)
-        return self.study
 
     def check_same_points(self) -> None:
         """A study's trials share one `point` parameter over the feasible set (Optuna refuses to change

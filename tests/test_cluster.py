@@ -106,7 +106,8 @@ def test_with_retry_failed_only_a_failure_of_an_earlier_launch_gives_its_point_u
 def test_a_worker_numbers_its_point_after_those_other_workers_are_training():
     study = optuna.create_study()
     jobs = [SimpleNamespace(candidate=SimpleNamespace(point=p, same_as=None), seed=0, key=(p, 0)) for p in ("p1", "p2")]
-    other = claim(fake_search(study, ["p1", "p2"]), jobs[0])  # worker 0 is training p1
+    other = claim(fake_search(study, ["p1", "p2"]), jobs[0])  # worker 0, a live process, is training p1
+    study._storage.set_trial_user_attr(other._trial_id, "pid", os.getppid())
     labels = []
 
     def train(trial, job, label):
@@ -241,6 +242,7 @@ def test_jobs_sbatch_refuses_are_one_line_with_its_reason_and_leave_no_sweep(tmp
     fake.parent.mkdir()
     fake.write_text("#!/bin/sh\necho 'sbatch: error: Invalid generic resource (gres) specification' >&2\nexit 1\n")
     fake.chmod(0o755)
+    (fake.parent / "srun").symlink_to(fake)  # submitit looks for srun before it submits
     done = run_cli("search", "-m", "+sweep=slurm", "search.workers=1", *TINY, f"out={tmp_path / 'out'}",
                    "name=refused", env={"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"})
     assert done.returncode == 2
@@ -248,6 +250,16 @@ def test_jobs_sbatch_refuses_are_one_line_with_its_reason_and_leave_no_sweep(tmp
         "effscale search: hydra/launcher=submitit_slurm: sbatch refused the jobs (sbatch: error: Invalid generic "
         "resource (gres) specification); for nodes without GPUs set cluster.gpus_per_node=0\n")
     assert not (tmp_path / "out").exists()  # the folder this launch made is gone again
+
+
+def test_the_slurm_launcher_where_there_is_no_slurm_is_one_line_before_anything_is_written(tmp_path):
+    bare = tmp_path / "bin"  # a PATH without srun
+    bare.mkdir()
+    done = run_cli("search", "-m", "+sweep=slurm", f"out={tmp_path / 'out'}", env={"PATH": str(bare)})
+    assert done.returncode == 2
+    assert done.stderr == ("effscale search: hydra/launcher=submitit_slurm: no SLURM on this machine (srun is not "
+                           "on PATH); run this on a login node, or use hydra/launcher=submitit_local here\n")
+    assert not (tmp_path / "out").exists()
 
 
 def test_tpe_with_multirun_is_refused_in_one_line_before_anything_is_written(tmp_path):
