@@ -335,30 +335,48 @@ def read_idx(path: Path | str, magic: int) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
-class FashionMNISTDataModule(TensorDataModule):
-    """Fashion-MNIST (Xiao et al. 2017) from its original IDX files; `test` is the t10k set and
-    `val` is carved from the 60 000 training images with `data_seed`."""
+class CarvedDataModule(TensorDataModule):
+    """A published data set with a training and a test split: `test` is its test split, and `val` is
+    carved from its training split with `data_seed` (candidates are ranked on it, so it is never empty)."""
+
+    NAME = ""
+    CLASSES: tuple[str, ...] = ()
+    IN_CHANNELS: tuple[int, ...] = (3,)
+    CHANNELS_SAY = ""
 
     def __init__(self, *, download: bool = False, val_size: int = 5000, train_size: int | None = None,
                  **common: Any) -> None:
         super().__init__(**common)
-        if self.num_classes != len(FASHION_MNIST_CLASSES):
-            raise UserError(f"data.num_classes: Fashion-MNIST has 10 classes, got {self.num_classes}")
-        if self.in_channels not in (1, 3):
-            raise UserError(f"data.in_channels: 1 (grey) or 3 (grey replicated as RGB), got {self.in_channels}")
+        if self.num_classes != len(self.CLASSES):
+            raise UserError(f"data.num_classes: {self.NAME} has {len(self.CLASSES)} classes, got {self.num_classes}")
+        if self.in_channels not in self.IN_CHANNELS:
+            raise UserError(f"data.in_channels: {self.CHANNELS_SAY}, got {self.in_channels}")
         self.download = bool(download)
-        self.val_size = _count(val_size, "val_size")  # candidates are ranked on it
+        self.val_size = _count(val_size, "val_size")
         self.train_size = None if train_size is None else _count(train_size, "train_size")
 
     @property
     def class_names(self) -> list[str]:
-        return list(FASHION_MNIST_CLASSES)
+        return list(self.CLASSES)
+
+    def _read(self, train: bool) -> Split:
+        """The training or the test split at native resolution."""
+        raise NotImplementedError
+
+    def _load(self) -> dict[str, Split]:
+        train, val = _carve(*self._read(train=True), self.val_size, self.train_size, self.data_seed)
+        return {"train": train, "val": val, "test": self._read(train=False)}
+
+
+class FashionMNISTDataModule(CarvedDataModule):
+    """Fashion-MNIST (Xiao et al. 2017) from its original IDX files (train and t10k)."""
+
+    NAME, CLASSES = "Fashion-MNIST", FASHION_MNIST_CLASSES
+    IN_CHANNELS, CHANNELS_SAY = (1, 3), "1 (grey) or 3 (grey replicated as RGB)"
 
     def prepare_data(self) -> None:
-        if self.download:
-            self._download()
-
-    def _download(self) -> None:
+        if not self.download:
+            return
         from torchvision.datasets import FashionMNIST
 
         try:
@@ -383,7 +401,8 @@ class FashionMNISTDataModule(TensorDataModule):
                     return folder / name
         raise UserError(f"{root / stem}[.gz]: missing (data.download=true fetches the Fashion-MNIST files)")
 
-    def _read(self, prefix: str) -> Split:
+    def _read(self, train: bool) -> Split:
+        prefix = "train" if train else "t10k"
         images_path, labels_path = self._file(f"{prefix}-images-idx3-ubyte"), self._file(f"{prefix}-labels-idx1-ubyte")
         images, labels = read_idx(images_path, IDX_IMAGES), read_idx(labels_path, IDX_LABELS)
         if len(images) != len(labels):
@@ -395,36 +414,17 @@ class FashionMNISTDataModule(TensorDataModule):
             raise UserError(f"{labels_path}: label {labels.max()} outside 0..{self.num_classes - 1}")
         return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
-    def _load(self) -> dict[str, Split]:
-        if self.download:
-            self._download()
-        train, val = _carve(*self._read("train"), self.val_size, self.train_size, self.data_seed)
-        return {"train": train, "val": val, "test": self._read("t10k")}
-
 
 # --- CIFAR-10 -------------------------------------------------------------------------------------
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-class CIFAR10DataModule(TensorDataModule):
-    """CIFAR-10 through torchvision's reader (which checks the files' MD5 sums); `test` is the test
-    batch and `val` is carved from the 50 000 training images with `data_seed`."""
+class CIFAR10DataModule(CarvedDataModule):
+    """CIFAR-10 through torchvision's reader, which checks the files' MD5 sums."""
 
-    def __init__(self, *, download: bool = False, val_size: int = 5000, train_size: int | None = None,
-                 **common: Any) -> None:
-        super().__init__(**common)
-        if self.num_classes != len(CIFAR10_CLASSES):
-            raise UserError(f"data.num_classes: CIFAR-10 has 10 classes, got {self.num_classes}")
-        if self.in_channels != 3:
-            raise UserError(f"data.in_channels: CIFAR-10 images are RGB (3), got {self.in_channels}")
-        self.download = bool(download)
-        self.val_size = _count(val_size, "val_size")  # candidates are ranked on it
-        self.train_size = None if train_size is None else _count(train_size, "train_size")
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(CIFAR10_CLASSES)
+    NAME, CLASSES = "CIFAR-10", CIFAR10_CLASSES
+    IN_CHANNELS, CHANNELS_SAY = (3,), "CIFAR-10 images are RGB (3)"
 
     def prepare_data(self) -> None:
         if self.download:
@@ -445,10 +445,6 @@ class CIFAR10DataModule(TensorDataModule):
             raise UserError(f"data.download: could not fetch CIFAR-10 into {self.root} ({exc})") from None
         images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
         return images, torch.tensor(dataset.targets, dtype=torch.int64)
-
-    def _load(self) -> dict[str, Split]:
-        train, val = _carve(*self._read(train=True), self.val_size, self.train_size, self.data_seed)
-        return {"train": train, "val": val, "test": self._read(train=False)}
 
 
 # --- image folders --------------------------------------------------------------------------------
