@@ -20,14 +20,17 @@ import sys
 import traceback
 from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from omegaconf import DictConfig, open_dict
 
 from effscale.checks import check_config
 from effscale.config import CONF_DIR, compose, to_dict
-from effscale.files import first_new_folder
 from effscale.errors import UserError
+from effscale.files import first_new_folder
+
+if TYPE_CHECKING:
+    from effscale.search import Search
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
@@ -102,52 +105,76 @@ def job_overrides(cfg: dict[str, Any], launcher: str, sweep_dir: Path, overrides
 
 def multirun(overrides: list[str]) -> None:
     """`effscale search -m OVERRIDES`: check and plan here, then one Hydra job per worker."""
-    from effscale import results, slurm
-    from effscale.commands import model_table, resolve_device
-    from effscale.search import Search, bounds_device_costs, outcome
-    from effscale.workers import record_storage
+    from effscale import results
+    from effscale.search import outcome
 
     overrides = [o for o in overrides if o not in MULTIRUN_FLAGS]
+    cfg, launcher = checked_config(overrides)
+    search, new = planned_study(cfg)
+    sweep_dir = search.sweep_dir.resolve()
+    print(f"{search.opts['workers']} worker job(s) through hydra/launcher={launcher}; logs in {sweep_dir / 'logs'}",
+          flush=True)
+    failed = launch(cfg, launcher, overrides, sweep_dir, search, new)
+    print(outcome(results.read_trials(sweep_dir), sweep_dir, search.logger_kind))
+    if failed:
+        print("effscale search: a worker job ended without finishing (cancelled, killed, or out of time and "
+              "requeues); run the same command again to train what is left", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def checked_config(overrides: list[str]) -> tuple[dict[str, Any], str]:
+    """The search config and the Hydra launcher the overrides name, refused in one line when they
+    cannot work: a bad value, SQLite under SLURM workers, the SLURM launcher with no SLURM."""
     composed = compose("search", overrides, hydra=True)
     launcher = composed.hydra.runtime.choices.get("hydra/launcher", "basic")
     with open_dict(composed):
         del composed["hydra"]
     cfg = to_dict(composed)
     check_config(cfg)
-    workers = int(cfg["search"]["workers"])
-    check_storage(cfg["search"].get("storage"), launcher, workers)
+    check_storage(cfg["search"].get("storage"), launcher, int(cfg["search"]["workers"]))
     if launcher == "submitit_slurm" and not shutil.which("srun"):  # what submitit looks for
         raise UserError("hydra/launcher=submitit_slurm: no SLURM on this machine (srun is not on PATH); run "
                         "this on a login node, or use hydra/launcher=submitit_local here")
+    return cfg, launcher
 
-    # Plan and open the study here. On CPU (a login node has no GPU), unless a latency or peak-memory
-    # budget needs `device`: this process measures those once for every worker (Search.adopt_device_costs).
+
+def planned_study(cfg: dict[str, Any]) -> tuple[Search, Path | None]:
+    """The sweep planned and its study opened, before any job starts, and the first folder that made
+    (removed again if nothing could be submitted). On CPU (a login node has no GPU), unless a latency
+    or peak-memory budget needs `device`: this process measures those once for every worker."""
+    from effscale.commands import model_table, resolve_device
+    from effscale.search import Search, bounds_device_costs
+    from effscale.workers import record_storage
+
     device = resolve_device(cfg["device"]) if bounds_device_costs(cfg["budget"]) else "cpu"
     search = Search(cfg, model_table(cfg), device, shared=True)
     search.plan()
-    # The first folder this launch creates: removed again if nothing could be submitted.
     new = first_new_folder(search.sweep_dir)
     search.open()
     print(search.describe_plan())
     record_storage(search)
-    sweep_dir = search.sweep_dir.resolve()
-    print(f"{workers} worker job(s) through hydra/launcher={launcher}; logs in {sweep_dir / 'logs'}", flush=True)
+    return search, new
 
+
+def launch(cfg: dict[str, Any], launcher: str, overrides: list[str], sweep_dir: Path, search: Search,
+           new: Path | None) -> Any:
+    """Run the Hydra app that sweeps the workers; what failed (an exit code), or None. Submissions
+    sbatch refuses are one line, with the empty study and folder removed again."""
     import hydra
     import optuna
+
+    from effscale import slurm
 
     if launcher == "submitit_slurm":
         slurm.use_squeue_without_accounting()
     app = hydra.main(config_path=str(CONF_DIR), config_name="search", version_base="1.3")(run_job)
-    argv, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
-    sys.argv = ["effscale-search", "--multirun", *overrides, *job_overrides(cfg, launcher, sweep_dir, overrides)]
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what a launch raised, rather than printing it and exiting 1
+    argv = ["effscale-search", "--multirun", *overrides, *job_overrides(cfg, launcher, sweep_dir, overrides)]
     try:
-        with sbatch_errors_held():
+        with hydra_argv(argv), sbatch_errors_held():
             app()
-        failed = None
+        return None
     except SystemExit as exc:
-        failed = exc.code
+        return exc.code
     except UserError:  # a mistake a job found (the basic launcher runs them in this process)
         raise
     except Exception as exc:
@@ -160,15 +187,21 @@ def multirun(overrides: list[str]) -> None:
             hint = "; for nodes without GPUs set cluster.gpus_per_node=0" if "gres" in refused.lower() else ""
             raise UserError(f"hydra/launcher={launcher}: sbatch refused the jobs ({refused}){hint}") from None
         traceback.print_exc()  # a job that raised, or one the cluster killed
-        failed = 1
+        return 1
+
+
+@contextmanager
+def hydra_argv(argv: list[str]) -> Iterator[None]:
+    """`argv` for the Hydra app, and HYDRA_FULL_ERROR=1 so that Hydra raises what a launch raised
+    rather than printing it and exiting 1; both as before afterwards."""
+    saved, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = argv
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
     finally:
-        sys.argv = argv
+        sys.argv = saved
         if full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = full_error
-    print(outcome(results.read_trials(sweep_dir), sweep_dir, search.logger_kind))
-    if failed:
-        print("effscale search: a worker job ended without finishing (cancelled, killed, or out of time and "
-              "requeues); run the same command again to train what is left", file=sys.stderr)
-        raise SystemExit(1)
