@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from _timing import FASHION_MNIST, describe_machine, log, pick_device, timed, verdict
-from effscale.commands import model_table
+from effscale.config import model_table
 from effscale.config import compose, to_dict
 from effscale.data import build_datamodule
 from effscale.models import build_model

@@ -46,7 +46,7 @@ import pandas as pd
 
 from _timing import FASHION_MNIST, log, pick_device, verdict
 from effscale import results
-from effscale.commands import model_table
+from effscale.config import model_table
 from effscale.config import compose, to_dict
 from effscale.search import Search, make_pruner
 

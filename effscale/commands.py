@@ -3,43 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from typing import Any
 
 from omegaconf import OmegaConf, open_dict
 
-from effscale.config import available_options, compose, load
+from effscale.config import available_options, compose, load, model_table
+from effscale.devices import resolve_device
 from effscale.errors import UserError
-from effscale.scaling import OFFICIAL_VARIANTS, ScalingError, scaled_baseline
-
-
-def model_table(cfg: dict[str, Any], variant: str | None = None) -> dict[str, Any]:
-    """The scaled stage table a composed config describes. The data set names the baseline's input
-    size (`data.resolution`, e.g. 32 px for CIFAR-sized data); scaling multiplies it."""
-    baseline = dict(cfg["baseline"])
-    data = cfg.get("data") or {}
-    if data.get("resolution"):
-        baseline["resolution"] = int(data["resolution"])
-    try:
-        return scaled_baseline(baseline, cfg.get("scale"), variant if variant is not None else cfg.get("variant"))
-    except ScalingError as exc:
-        raise UserError(str(exc)) from None
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
-        raise UserError(f"device={device}: expected auto, cpu, cuda or cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={device}: no CUDA device is available on this machine")
-    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-        raise UserError(f"device={device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                        "numbered from 0")
-    return device
+from effscale.scaling import OFFICIAL_VARIANTS
 
 
 def measure(overrides: list[str]) -> None:

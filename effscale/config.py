@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from effscale.errors import UserError
+from effscale.scaling import ScalingError, scaled_baseline
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -70,3 +71,16 @@ def to_dict(cfg: Any) -> Any:
     if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
+
+
+def model_table(cfg: dict[str, Any], variant: str | None = None) -> dict[str, Any]:
+    """The scaled stage table a composed config describes. The data set names the baseline's input
+    size (`data.resolution`, e.g. 32 px for CIFAR-sized data); scaling multiplies it."""
+    baseline = dict(cfg["baseline"])
+    data = cfg.get("data") or {}
+    if data.get("resolution"):
+        baseline["resolution"] = int(data["resolution"])
+    try:
+        return scaled_baseline(baseline, cfg.get("scale"), variant if variant is not None else cfg.get("variant"))
+    except ScalingError as exc:
+        raise UserError(str(exc)) from None

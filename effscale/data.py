@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from effscale.checks import check_values, count
-from effscale.cores import available_cores
+from effscale.devices import available_cores
 from effscale.errors import UserError
 from effscale.procedural import PROCEDURAL_CLASSES, generate_procedural
 

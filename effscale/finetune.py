@@ -26,7 +26,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from effscale.commands import resolve_device
+from effscale.devices import resolve_device
 from effscale.data import EVAL_CROP, build_datamodule
 from effscale.errors import UserError
 from effscale.train import Classifier, interruptible, make_trainer, set_threads

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 from omegaconf import DictConfig, open_dict
 
 from effscale.checks import check_config
-from effscale.config import CONF_DIR, compose, to_dict
+from effscale.config import CONF_DIR, compose, model_table, to_dict
+from effscale.devices import resolve_device
 from effscale.errors import UserError
 from effscale.files import first_new_folder
 
@@ -142,7 +143,6 @@ def planned_study(cfg: dict[str, Any]) -> tuple[Search, Path | None]:
     """The sweep planned and its study opened, before any job starts, and the first folder that made
     (removed again if nothing could be submitted). On CPU (a login node has no GPU), unless a latency
     or peak-memory budget needs `device`: this process measures those once for every worker."""
-    from effscale.commands import model_table, resolve_device
     from effscale.search import Search, bounds_device_costs
     from effscale.workers import record_storage
 

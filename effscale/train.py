@@ -25,7 +25,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from effscale.cores import available_cores
+from effscale.devices import available_cores
 from effscale.errors import UserError
 from effscale.models import build_model
 

@@ -36,7 +36,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from effscale import slurm
-from effscale.cores import available_cores
+from effscale.config import model_table
+from effscale.devices import available_cores, resolve_device
 from effscale.errors import UserError
 from effscale.search import Job, Search, fail_stale_trials, mark_stale, without_password
 
@@ -181,8 +182,6 @@ class Worker:
 
 def work(cfg: dict[str, Any], index: int, say: Callable[[str], None] | None = None) -> None:
     """Plan the sweep, open its study and work as worker `index` until the grid is done."""
-    from effscale.commands import model_table, resolve_device
-
     say = say or (lambda line: print(f"worker {index}: {line}", flush=True))
     search = Search(cfg, model_table(cfg), resolve_device(cfg["device"]), say=say, shared=True)
     search.plan()

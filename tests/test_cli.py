@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 
 def test_measure_b7_prints_params():
@@ -127,7 +127,7 @@ def test_debug_raises_the_user_error_with_its_traceback():
     ("cuda:x", "device=cuda:x: expected auto, cpu, cuda or cuda:N"),
 ])
 def test_a_device_that_is_not_one_is_one_line(device, message):
-    from effscale.commands import resolve_device
+    from effscale.devices import resolve_device
     from effscale.errors import UserError
 
     with pytest.raises(UserError) as caught:
@@ -138,7 +138,7 @@ def test_a_device_that_is_not_one_is_one_line(device, message):
 def test_cuda_where_there_is_none_is_one_line(monkeypatch):
     import torch
 
-    from effscale.commands import resolve_device
+    from effscale.devices import resolve_device
     from effscale.errors import UserError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -178,3 +178,20 @@ def test_output_into_a_closed_pipe_is_no_error_and_python_m_effscale_runs():
     proc.stdout.close()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and err == ""
+
+
+def test_only_the_cli_layer_imports_the_cli_layer():
+    """cli.py parses, commands.py runs a command: the modules they call never reach back up to them."""
+    import ast
+
+    package = REPO / "effscale"
+    cli_layer = {"effscale.cli", "effscale.commands"}
+    reaching_up = []
+    for path in package.rglob("*.py"):
+        if path.name in ("cli.py", "commands.py", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            reaching_up += [f"{path.relative_to(REPO)}: {n}" for n in names if n in cli_layer]
+    assert reaching_up == []
