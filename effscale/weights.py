@@ -538,11 +538,14 @@ def _from_effscale_checkpoint(state_dict: dict[str, Tensor], meta: dict[str, Any
     if int(meta.get("version", 0)) > CHECKPOINT_VERSION:
         raise UserError(f"{path}: effscale checkpoint version {meta['version']} is newer than this effscale reads "
                         f"({CHECKPOINT_VERSION}); upgrade effscale")
-    try:
-        table, names = meta["table"], list(meta["class_names"])
-        preprocessing = Preprocessing.from_dict(meta["preprocessing"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{path}: effscale checkpoint without a valid {exc} entry") from None
+    def entry(key: str, read: Callable[[Any], Any]) -> Any:
+        try:
+            return read(meta[key])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{path}: effscale checkpoint without a valid '{key}' entry") from None
+
+    table, names = entry("table", dict), entry("class_names", list)
+    preprocessing = entry("preprocessing", Preprocessing.from_dict)
     model = build_model(table, len(names), preprocessing.in_channels)
     try:
         check_fits(model, state_dict, {})

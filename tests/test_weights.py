@@ -278,3 +278,18 @@ def test_effscale_checkpoint_round_trip_keeps_names_and_preprocessing(tmp_path):
         assert torch.equal(loaded.model(x), model(x))
     with pytest.raises(UserError, match="carries its own architecture; leave out --baseline and --variant$"):
         load_pretrained(str(path), variant="b3")
+
+
+@pytest.mark.parametrize("key, value", [("class_names", None), ("preprocessing", {"resize": 64}), ("table", None)])
+def test_an_effscale_checkpoint_with_a_broken_entry_names_that_entry(tmp_path, key, value):
+    from effscale.models import build_model
+    from effscale.weights import architecture
+
+    table = architecture("efficientnet_lite0")
+    path = save_checkpoint(tmp_path / "model.pt", build_model(table, num_classes=3), table, ["a", "b", "c"],
+                           Preprocessing(64, 64, (0.5,) * 3, (0.25,) * 3, "bilinear"))
+    payload = torch.load(path, weights_only=True)
+    payload[key] = value
+    torch.save(payload, path)
+    with pytest.raises(UserError, match=f"model.pt: effscale checkpoint without a valid '{key}' entry$"):
+        load_pretrained(str(path))
