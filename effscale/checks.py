@@ -144,5 +144,48 @@ def check_config(cfg: dict[str, Any]) -> None:
             values = values.get(part) if isinstance(values, dict) else None
         if isinstance(values, dict):
             check_values(values, path, checks)
+    if isinstance(cfg.get("baseline"), dict):
+        check_stage_table(cfg["baseline"])
     for i, stage in enumerate((cfg.get("baseline") or {}).get("stages") or []):
         check_values(stage, f"baseline.stages[{i}]", STAGE)
+
+
+# The keys of a baseline's stage table (conf/baseline/*.yaml), required and optional, and those each
+# block type reads beside block, stride, channels and repeats. A key nothing reads is refused rather
+# than ignored: `kernel: 5` on a basic block would otherwise build the same 3×3 network silently.
+TABLE_KEYS = {"name", "family", "resolution", "activation", "stem", "stages"}
+TABLE_OPTIONAL = {"divisor", "channel_scale", "bn", "dropout", "stochastic_depth", "head"}
+STEM_KEYS, STEM_OPTIONAL = {"channels", "kernel", "stride"}, {"scale"}
+STAGE_KEYS = {"block", "stride", "channels", "repeats"}
+BLOCK_KEYS = {"mbconv": {"expand", "kernel", "se"}, "inverted_residual": {"expand", "kernel"},
+              "basic": set(), "bottleneck": set()}
+
+
+def check_stage_table(table: dict[str, Any]) -> None:
+    """Every key of a baseline's stage table is one the builder reads, and every key it needs is
+    there; else one UserError naming the key as `baseline.<where>`. (`SECTIONS` checks the values.)"""
+    _check_keys("baseline", table, TABLE_KEYS, TABLE_OPTIONAL)
+    _check_keys("baseline.stem", table["stem"], STEM_KEYS, STEM_OPTIONAL)
+    head = table.get("head")
+    if head is None and table["family"] != "resnet":
+        raise UserError(f"baseline.head: required for family {table['family']} (a 1×1 conv of head.channels)")
+    if head is not None:
+        _check_keys("baseline.head", head, {"channels"}, {"scale"})
+    for i, stage in enumerate(table["stages"] if isinstance(table["stages"], list) else []):
+        where = f"baseline.stages[{i}]"
+        block = stage.get("block") if isinstance(stage, dict) else None
+        if block not in BLOCK_KEYS:
+            raise UserError(f"{where}.block: unknown block {block!r}; expected one of {', '.join(BLOCK_KEYS)}")
+        _check_keys(where, stage, STAGE_KEYS, BLOCK_KEYS[block], f"a {block} block")
+
+
+def _check_keys(where: str, part: Any, required: set[str], optional: set[str], what: str = "") -> None:
+    if not isinstance(part, dict):
+        raise UserError(f"{where}: expected a mapping of keys, got {part!r}")
+    unknown = sorted(set(part) - required - optional)
+    if unknown:
+        takes = ", ".join(sorted(required) + sorted(optional))
+        raise UserError(f"{where}.{unknown[0]}: unknown key{' for ' + what if what else ''}; it takes {takes}")
+    missing = sorted(required - set(part))
+    if missing:
+        raise UserError(f"{where}.{missing[0]}: missing")

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from conftest import REPO
 from effscale.checks import check_config
 from effscale.config import available_options, compose, load, to_dict
 from effscale.errors import UserError
@@ -91,3 +92,29 @@ def test_values_a_user_may_write_in_other_forms_pass():
     cfg["trainer"]["lr"] = 0  # the same config, one value wrong: the check does look at these keys
     with pytest.raises(UserError, match="^trainer.lr: expected a number above 0, got 0$"):
         check_config(cfg)
+
+
+def _b0_table():
+    import yaml
+
+    return yaml.safe_load((REPO / "conf" / "baseline" / "efficientnet_b0.yaml").read_text())
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t["stages"][2].update(chanels=40), "baseline.stages[2].chanels: unknown key for a mbconv block; it takes"),
+    (lambda t: t["stages"][0].update(block="basic"), "baseline.stages[0].expand: unknown key for a basic block"),
+    (lambda t: t["stages"][1].pop("repeats"), "baseline.stages[1].repeats: missing"),
+    (lambda t: t["stages"][1].update(block="basik"), "baseline.stages[1].block: unknown block 'basik'; expected one of"),
+    (lambda t: t["stages"][3].update(kernel=0), "baseline.stages[3].kernel: expected an integer of at least 1, got 0"),
+    (lambda t: t.update(stemm=t.pop("stem")), "baseline.stemm: unknown key; it takes"),
+    (lambda t: t["stem"].update(kernal=3), "baseline.stem.kernal: unknown key; it takes channels, kernel, stride, scale"),
+    (lambda t: t.update(head=None), "baseline.head: required for family efficientnet"),
+    (lambda t: t.update(stages=[]), "baseline.stages: expected a list of one or more stages, got []"),
+])
+def test_a_stage_table_key_the_builder_does_not_read_or_needs_and_lacks_is_named(edit, message):
+    table = _b0_table()
+    check_config({"baseline": table})  # the shipped table as it is
+    edit(table)
+    with pytest.raises(UserError) as raised:
+        check_config({"baseline": table})
+    assert str(raised.value).startswith(message)

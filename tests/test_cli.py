@@ -195,3 +195,32 @@ def test_only_the_cli_layer_imports_the_cli_layer():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             reaching_up += [f"{path.relative_to(REPO)}: {n}" for n in names if n in cli_layer]
     assert reaching_up == []
+
+
+TINYNET = """name: tinynet
+family: resnet
+resolution: 32
+activation: relu
+stem: {channels: 16, kernel: 3, stride: 1}
+stages:
+  - {block: basic, stride: 1, channels: 16, repeats: 1}
+  - {block: basic, stride: 2, channels: 32, repeats: 1}
+head: null
+"""
+
+
+def test_a_users_own_baseline_on_the_search_path_is_measured_and_a_typo_in_it_is_one_line(tmp_path):
+    (tmp_path / "conf" / "baseline").mkdir(parents=True)
+    (tmp_path / "conf" / "baseline" / "tinynet.yaml").write_text(TINYNET)
+    (tmp_path / "conf" / "baseline" / "typo.yaml").write_text(TINYNET.replace("channels: 32", "chanels: 32"))
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
+    out = run_cli("measure", "baseline=tinynet", searchpath, "format=json", "measure.memory=false")
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)
+    # stem 3·16·9 + BN; a 16→16 basic block; a 16→32 one with its 1×1 downsample; fc to 1000 classes
+    params = (432 + 32) + (2 * 2304 + 2 * 32) + (4608 + 9216 + 512 + 3 * 64) + (32 * 1000 + 1000)
+    assert (row["name"], row["resolution"], row["params"]) == ("tinynet", 224, params)  # the data's input size
+    typo = run_cli("measure", "baseline=typo", searchpath)
+    assert typo.returncode == 2 and typo.stderr == (
+        "effscale measure: baseline.stages[1].chanels: unknown key for a basic block; it takes block, channels, "
+        "repeats, stride\n")

@@ -141,3 +141,4 @@ def test_scaling_module_imports_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "48"
     assert math.isclose(s.constraint_value(1, 1, 1), 1)
+
