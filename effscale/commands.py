@@ -29,7 +29,11 @@ def measure(overrides: list[str]) -> None:
         raise UserError("variant and measure.variants are both set; measure.variants lists every variant to measure")
     device = resolve_device(cfg["device"])
     data = cfg["data"]
-    num_classes, in_channels = int(data["num_classes"]), int(data["in_channels"])
+    num_classes, in_channels = data["num_classes"], int(data["in_channels"])
+    if num_classes is None:  # an image folder: as many classes as it has class folders
+        from effscale.data import build_datamodule
+
+        num_classes = build_datamodule(data, int(data.get("resolution") or 224), 1).num_classes
     rows = []
     for variant in variants or [cfg.get("variant")]:
         table = model_table(cfg, variant)

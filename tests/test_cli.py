@@ -224,3 +224,12 @@ def test_a_users_own_baseline_on_the_search_path_is_measured_and_a_typo_in_it_is
     assert typo.returncode == 2 and typo.stderr == (
         "effscale measure: baseline.stages[1].chanels: unknown key for a basic block; it takes block, channels, "
         "repeats, stride\n")
+
+
+def test_measure_on_an_image_folder_counts_its_class_folders_for_the_classifier(tmp_path):
+    for name in ("bag", "boot", "coat"):
+        (tmp_path / name).mkdir()
+    out = run_cli("measure", "baseline=resnet18", "data=imagefolder", f"data.root={tmp_path}", "format=json",
+                  "measure.memory=false")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["params"] == 11_689_512 - 512 * 1000 - 1000 + 512 * 3 + 3  # fc: 3 classes, not 1000
