@@ -63,7 +63,9 @@ def search(overrides: list[str]) -> None:
     """Paper section 3.3, step 1: the alpha, beta, gamma grid search at phi = 1 (see effscale/search.py)."""
     import time
 
+    from effscale.results import from_compare, read_trials
     from effscale.search import Search, outcome
+    from effscale.workers import record_storage, run_local
 
     started = time.perf_counter()
     cfg = load("search", overrides)
@@ -71,24 +73,25 @@ def search(overrides: list[str]) -> None:
     run.plan()
     run.open()
     print(run.describe_plan())
-    from effscale.workers import record_storage
-
     record_storage(run)  # a non-default search.storage: where `effscale dashboard results/<sweep>` finds it
     done, total = run.counts()
-    print(f"{done} trials already complete, {total - done} to run")
+    failed_before = run.failed_points()
+    retry = f" ({failed_before} failed; search.retry_failed=true trains those points again)" if failed_before else ""
+    print(f"{done} trials already {'ran' if failed_before else 'complete'}{retry}, {total - done} to run")
     workers, failed = int(cfg["search"].get("workers") or 1), 0
     if done == total:
-        from effscale.results import read_trials
-
         table = read_trials(run.table)
     elif workers > 1:
-        from effscale.workers import run_local
-
         table, failed = run_local(run, overrides, workers)
     else:
         table = run.run()
     print(outcome(table, run.sweep_dir, run.logger_kind))
     print(f"total {time.perf_counter() - started:.0f} s")
+    states = set(table.loc[~from_compare(table), "state"]) if "state" in table else set()
+    if "FAIL" in states and "COMPLETE" not in states:  # nothing to rank: a script must see it
+        print(f"effscale search: no trial completed (why each failed: the reason column of {run.table}, "
+              f"tracebacks in {run.sweep_dir / 'search.log'})", file=sys.stderr)
+        raise SystemExit(1)
     if failed:
         print(f"effscale search: {failed} of {workers} workers failed (their errors are above); the trials they "
               "finished are kept, and the same command trains what is left", file=sys.stderr)

@@ -646,6 +646,10 @@ class Search:
         best = [point for _, point in sorted(first, key=lambda vp: -vp[0])[:top_k]]
         return [Job(self.by_point[p], self.seed + i) for p in best for i in range(1, extra + 1)]
 
+    def failed_points(self) -> int:
+        """How many (point, seed) a FAILed trial settled: they stay failed unless search.retry_failed."""
+        return sum(t.state == TrialState.FAIL for t in self._finished().values())
+
     def counts(self) -> tuple[int, int]:
         """(trials settled, trials this sweep will have): the grid points (TPE: `n_trials` of them)
         with the base seed, then `extra_seeds` more for each of the best `top_k`."""
@@ -869,6 +873,8 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, logger_kind: str) -> str:
 
 def noise_verdict(summary: pd.DataFrame) -> str:
     """One plain sentence on whether the best point's lead is more than seed noise."""
+    if len(summary) < 2:
+        return "noise: one point trained, so there is no runner-up to tell it from"
     noise = results.seed_noise(summary)
     if noise is None:
         return ("noise: unknown, no point was trained with more than one seed "

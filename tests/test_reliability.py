@@ -184,6 +184,22 @@ def test_out_of_memory_in_one_candidate_fails_that_trial_and_the_sweep_goes_on(t
     assert "OutOfMemoryError: CUDA out of memory" in table.loc[1, "reason"]
 
 
+def test_a_search_where_every_trial_failed_exits_1_and_its_rerun_says_how_to_retry(tmp_path, capsys):
+    def broken(table, data, recipe, **kwargs):
+        raise RuntimeError("no such kernel")
+
+    with pytest.raises(SystemExit) as exited:
+        rs.search_in_process(tmp_path, fit=broken)
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.startswith("effscale search: no trial completed (why each failed: the reason column")
+    with pytest.raises(SystemExit):
+        rs.search_in_process(tmp_path, fit=broken)
+    assert (f"{rs.TINY_POINTS} trials already ran ({rs.TINY_POINTS} failed; search.retry_failed=true trains those "
+            "points again), 0 to run") in capsys.readouterr().out
+    table = rs.search_in_process(tmp_path, "search.retry_failed=true")  # the real training this time
+    assert list(table["state"]) == ["COMPLETE"] * rs.TINY_POINTS
+
+
 def test_diverging_loss_fails_that_trial_with_the_reason_and_the_sweep_goes_on(tmp_path):
     table = rs.diverging_loss_in_one_trial(tmp_path)
     assert list(table["state"]) == ["COMPLETE", "FAIL"]

@@ -634,3 +634,10 @@ def test_only_a_waiting_trial_whose_process_died_is_failed_as_stale():
     waiting, failed = study.get_trials()
     assert waiting.state == optuna.trial.TrialState.WAITING and waiting.user_attrs["pid"] == alive.pid
     assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["stale"]
+
+
+def test_the_noise_verdict_of_a_search_with_one_trained_point_says_there_is_no_runner_up():
+    from effscale.search import noise_verdict
+
+    one = pd.DataFrame([{"alpha": 1.0, "beta": 1.0, "gamma": 1.4142, "val_acc": 0.52, "val_std": 0.007, "seeds": 2}])
+    assert noise_verdict(one) == "noise: one point trained, so there is no runner-up to tell it from"
