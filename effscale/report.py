@@ -280,6 +280,14 @@ def _pyplot():
     return plt
 
 
+def _bars(rows: pd.DataFrame) -> list[list[float]]:
+    """The 95 % intervals as error bars in percent, cut at 0 and 100: with two or three seeds a
+    t-interval can reach past what an accuracy can be, and would stretch the axis to -50 %."""
+    half = rows["ci95"].fillna(0) * 100
+    mean = rows["mean"] * 100
+    return [list(half.clip(upper=mean)), list(half.clip(upper=100 - mean))]
+
+
 def plot_accuracy_vs_cost(summary: pd.DataFrame, x: str, xlabel: str, title: str, path: Path) -> None:
     """Paper fig. 3 / fig. 8 style: one line per strategy through its φ points, each the mean over
     seeds with its 95 % interval as an error bar; every line starts at the shared baseline."""
@@ -290,15 +298,14 @@ def plot_accuracy_vs_cost(summary: pd.DataFrame, x: str, xlabel: str, title: str
     for strategy, group in summary[summary["strategy"] != "baseline"].groupby("strategy", sort=False):
         line = pd.concat([baseline, group]).sort_values(x)
         style = _style(strategy, extra)
-        ax.errorbar(line[x] / 1e6, line["mean"] * 100, yerr=line["ci95"].fillna(0) * 100, capsize=3,
-                    label=strategy, **style)
+        ax.errorbar(line[x] / 1e6, line["mean"] * 100, yerr=_bars(line), capsize=3, label=strategy, **style)
         for _, row in group.iterrows() if strategy == "compound" else ():
             ax.annotate(f"φ={row['phi']:g}", (row[x] / 1e6, row["mean"] * 100), textcoords="offset points",
                         xytext=(4, -11), fontsize=7, color=style["color"])
     if not baseline.empty:
         b = baseline.iloc[0]
-        ax.errorbar([b[x] / 1e6], [b["mean"] * 100], yerr=[0 if math.isnan(b["ci95"]) else b["ci95"] * 100],
-                    capsize=3, ls="none", label="baseline (φ=0)", **_STYLE["baseline"])
+        ax.errorbar([b[x] / 1e6], [b["mean"] * 100], yerr=_bars(baseline.iloc[:1]), capsize=3, ls="none",
+                    label="baseline (φ=0)", **_STYLE["baseline"])
     _log_x(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%), mean ± 95 % CI over seeds")

@@ -250,3 +250,11 @@ def test_search_report_and_compare_break_a_tie_alike_the_cheaper_point_first():
     assert best_point(table) == (1.4, 1.0, 1.1952)
     assert search_table(table)[["alpha", "beta"]].values.tolist() == [[1.4, 1.0], [1.0, 1.4], [1.6, 1.0], [1.2, 1.0]]
     assert tuple(results.seed_summary(table).iloc[0][["alpha", "beta"]]) == (1.4, 1.0)
+
+
+def test_error_bars_stop_at_0_and_100_percent():
+    from effscale.report import _bars
+
+    rows = pd.DataFrame({"mean": [0.365, 0.90, 0.5], "ci95": [0.8259, 0.2, float("nan")]})
+    low, high = _bars(rows)
+    assert low == pytest.approx([36.5, 20.0, 0.0]) and high == pytest.approx([63.5, 10.0, 0.0])
