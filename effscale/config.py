@@ -24,8 +24,8 @@ def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConf
 
     flags = [o for o in overrides if o.startswith("-")]
     if flags:  # a flag reaches Hydra's override parser as a syntax error: say what was meant instead
-        raise UserError(f"unknown option {flags[0]} (effscale {command} takes key=value overrides, -m and --help; "
-                        f"see effscale {command} --help)")
+        takes = "key=value overrides, -m and --help" if command == "search" else "key=value overrides and --help"
+        raise UserError(f"unknown option {flags[0]} (effscale {command} takes {takes}; see effscale {command} --help)")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=command):
@@ -49,6 +49,11 @@ def _one_line(exc: Exception) -> str:
     if unknown:
         return f"{unknown.group(1)}: unknown key (not in the config; check the spelling, or add it with +{unknown.group(1)}=…)"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines and lines[0].startswith(("LexerNoViableAltException", "mismatched input", "token recognition error")):
+        # Hydra's override grammar takes ~ and some other characters in a value only inside quotes.
+        override = lines[0].split(": ", 1)[-1].rstrip("^ ").strip()
+        key, _, value = override.partition("=")
+        return f"{override}: Hydra cannot parse this value; put it in quotes: '{key}=\"{value}\"'"
     return " ".join(lines[:2]) if lines else type(exc).__name__
 
 

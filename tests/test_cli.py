@@ -166,7 +166,17 @@ def test_an_unknown_flag_is_one_line_naming_it(capsys):
 
     assert cli.main(["measure", "--foo"]) == 2
     assert capsys.readouterr().err == ("effscale measure: unknown option --foo (effscale measure takes key=value "
-                                       "overrides, -m and --help; see effscale measure --help)\n")
+                                       "overrides and --help; see effscale measure --help)\n")
+    assert cli.main(["search", "--foo"]) == 2  # only search takes -m
+    assert "(effscale search takes key=value overrides, -m and --help;" in capsys.readouterr().err
+
+
+def test_a_value_hydra_cannot_parse_unquoted_is_one_line_showing_it_quoted(capsys):
+    from effscale import cli
+
+    assert cli.main(["measure", "data.root=~/fashion"]) == 2
+    assert capsys.readouterr().err == ("effscale measure: data.root=~/fashion: Hydra cannot parse this value; put it "
+                                       "in quotes: 'data.root=\"~/fashion\"'\n")
 
 
 def test_output_into_a_closed_pipe_is_no_error_and_python_m_effscale_runs():
