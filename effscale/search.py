@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import threading
 import time
 from contextlib import contextmanager
@@ -636,15 +637,35 @@ class Search:
         return []  # TPE chooses its points one trial at a time, in `run_tpe`
 
     def seed_jobs(self) -> list[Job]:
-        """Extra seeds for the best `top_k` points, so that the winner is not decided by one seed's luck."""
+        """Extra seeds for the best `top_k` points, so that the winner is not decided by one seed's luck.
+        Points are ranked by their mean over the seeds they have, so once the leaders' extra seeds
+        pull them down, a point now ahead on its one seed is trained again too: called after the jobs
+        it returned are settled, it returns those of the points that moved up, and nothing once the
+        best `top_k` by mean have every seed."""
         extra, top_k = int(self.opts.get("extra_seeds", 0)), int(self.opts.get("top_k", 0))
         if not extra or not top_k:
             return []
-        first = [(t.value, point) for (point, seed), t in self._finished().items()
-                 if seed == self.seed and t.state == TrialState.COMPLETE and point in self.by_point
-                 and not t.user_attrs.get("same_as")]  # the best networks, each once
-        best = [point for _, point in sorted(first, key=lambda vp: -vp[0])[:top_k]]
-        return [Job(self.by_point[p], self.seed + i) for p in best for i in range(1, extra + 1)]
+        finished = self._finished()
+        values: dict[str, list[float]] = {}
+        for (point, seed), t in finished.items():  # the best networks, each once (not their same_as copies)
+            if t.state == TrialState.COMPLETE and point in self.by_point and not t.user_attrs.get("same_as"):
+                values.setdefault(point, []).append(t.value)
+        ranked = [p for p in values if (p, self.seed) in finished]
+        # Ties as results.best_first breaks them: the cheaper network, then alpha, then beta.
+        ranked.sort(key=lambda p: (-statistics.fmean(values[p]), self.by_point[p].macs_ratio,
+                                   self.by_point[p].alpha, self.by_point[p].beta))
+        seeds = range(self.seed + 1, self.seed + extra + 1)
+        return [Job(self.by_point[p], s) for p in ranked[:top_k] for s in seeds if (p, s) not in finished]
+
+    def run_seed_rounds(self, run: Callable[[list[Job]], None]) -> None:
+        """`run` the extra seeds of `seed_jobs` until the best points by mean have all of theirs; stop
+        also when a round settles nothing (another process is training those points)."""
+        previous: list[tuple[str, int]] = []
+        while jobs := self.seed_jobs():
+            if [j.key for j in jobs] == previous:
+                return
+            previous = [j.key for j in jobs]
+            run(jobs)
 
     def failed_points(self) -> int:
         """How many (point, seed) a FAILed trial settled: they stay failed unless search.retry_failed."""
@@ -675,7 +696,7 @@ class Search:
             self.run_tpe()
         else:
             self.run_jobs(first)
-        self.run_jobs(self.seed_jobs(), label="extra seeds for the best points")
+        self.run_seed_rounds(lambda jobs: self.run_jobs(jobs, label="extra seeds for the best points"))
         return results.read_trials(self.table)
 
     def run_jobs(self, jobs: list[Job], label: str = "grid points") -> None:

@@ -136,7 +136,7 @@ class Worker:
     def run(self) -> None:
         self.run_jobs(self.search.first_jobs(), "grid points")
         # Every worker waits for the whole grid, so all of them pick the same best points.
-        self.run_jobs(self.search.seed_jobs(), "extra seeds for the best points")
+        self.search.run_seed_rounds(lambda jobs: self.run_jobs(jobs, "extra seeds for the best points"))
 
     def run_jobs(self, jobs: list[Job], label: str) -> None:
         while True:

@@ -641,3 +641,28 @@ def test_the_noise_verdict_of_a_search_with_one_trained_point_says_there_is_no_r
 
     one = pd.DataFrame([{"alpha": 1.0, "beta": 1.0, "gamma": 1.4142, "val_acc": 0.52, "val_std": 0.007, "seeds": 2}])
     assert noise_verdict(one) == "noise: one point trained, so there is no runner-up to tell it from"
+
+
+def test_a_point_that_leads_on_one_seed_after_the_leaders_extra_seeds_is_trained_again_before_it_is_best(
+        tmp_path, monkeypatch, capsys):
+    import reliability_scenarios as rs
+
+    from effscale import train
+
+    # α = 1.85 and 1.9 lead on seed 0, get a second seed and fall below α = 1.95's single seed: it is
+    # seeded too, and the best is then decided over two seeds each.
+    accuracy = {(1.85, 0): 0.50, (1.9, 0): 0.49, (1.95, 0): 0.48, (2.0, 0): 0.30,
+                (1.85, 1): 0.40, (1.9, 1): 0.40, (1.95, 1): 0.47}
+    calls = []
+
+    def fit(table, data, recipe, seed, **kwargs):
+        calls.append((table["depth_mult"], seed))
+        acc = accuracy[(table["depth_mult"], seed)]
+        return {"state": "COMPLETE", "val_acc": acc, "test_acc": acc, "epochs": 1, "train_seconds": 0.1,
+                "val_history": [acc], "reason": None}
+
+    monkeypatch.setattr(train, "fit_candidate", fit)
+    settings = [o for o in rs.TINY_SEARCH if not o.startswith("search.extra_seeds")]
+    search([*settings, f"out={tmp_path}", "name=race", "search.top_k=2", "search.extra_seeds=1"])
+    assert sorted(calls) == sorted(accuracy)  # (2.0, 1) never: it is never among the best two
+    assert "best: alpha=1.95 beta=1 gamma=1 " in capsys.readouterr().out
