@@ -77,7 +77,9 @@ def search(overrides: list[str]) -> None:
     done, total = run.counts()
     failed_before = run.failed_points()
     retry = f" ({failed_before} failed; search.retry_failed=true trains those points again)" if failed_before else ""
-    print(f"{done} trials already {'ran' if failed_before else 'complete'}{retry}, {total - done} to run")
+    reseeds = bool(cfg["search"].get("top_k")) and bool(cfg["search"].get("extra_seeds")) and done < total
+    more = " (and extra seeds for any point that moves up among the best)" if reseeds else ""
+    print(f"{done} trials already {'ran' if failed_before else 'complete'}{retry}, {total - done} to run{more}")
     workers, failed = int(cfg["search"].get("workers") or 1), 0
     if done == total:
         table = read_trials(run.table)
