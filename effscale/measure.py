@@ -287,8 +287,9 @@ def cuda_peak_train_mb(build: Callable[[], nn.Module], resolution: int, batch_si
         params = model.parameters()
         opt = (torch.optim.SGD(params, lr=0.01, momentum=0.9) if optimizer == "sgd"
                else torch.optim.AdamW(params, lr=1e-3))
-        x = torch.randn(batch_size, in_channels, resolution, resolution, device=device)
-        model(x.to(memory_format=torch.channels_last)).float().logsumexp(1).mean().backward()
+        x = torch.randn(batch_size, in_channels, resolution, resolution, device=device).to(
+            memory_format=torch.channels_last)  # one copy of the batch, as training keeps
+        model(x).float().logsumexp(1).mean().backward()
         opt.step()
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     except torch.OutOfMemoryError:
