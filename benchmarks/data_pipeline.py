@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from _timing import FASHION_MNIST, describe_machine, log, pick_device, timed, verdict
-from effscale.config import model_table
-from effscale.config import compose, to_dict
+from effscale.config import compose, model_table, to_dict
 from effscale.data import build_datamodule
 from effscale.models import build_model
 from effscale.train import set_threads

@@ -22,8 +22,7 @@ import json
 import _timing  # noqa: F401  (sets how OpenMP threads wait, before torch loads)
 
 from _timing import describe_machine, log, pick_device, timed, verdict
-from effscale.config import model_table
-from effscale.config import compose, to_dict
+from effscale.config import compose, model_table, to_dict
 from effscale.data import build_datamodule
 from effscale.measure import measure_table, measure_tables
 from effscale.models import build_model

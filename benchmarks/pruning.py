@@ -46,8 +46,7 @@ import pandas as pd
 
 from _timing import FASHION_MNIST, log, pick_device, verdict
 from effscale import results
-from effscale.config import model_table
-from effscale.config import compose, to_dict
+from effscale.config import compose, model_table, to_dict
 from effscale.search import Search, make_pruner
 
 # A wide MACs check (2x ± 100 %) keeps every point of the grid, so a pruner has points to drop. 62 steps

@@ -35,8 +35,7 @@ from torch import nn
 
 from _timing import describe_machine, log, pick_device, timed, verdict
 from effscale import results, train
-from effscale.config import model_table
-from effscale.config import compose, to_dict
+from effscale.config import compose, model_table, to_dict
 from effscale.models import build_model
 from effscale.search import Job, Search
 from effscale.train import set_threads, warmup_cosine

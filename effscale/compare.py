@@ -26,7 +26,6 @@ from effscale.files import log_to
 from effscale.scaling import Multipliers, compound_multipliers, scale_stage_table, strategy_multipliers
 
 
-
 def solve_multiplier(ratio_at: Callable[[float], float], target: float, tolerance: float,
                      max_steps: int = 40) -> tuple[float, float]:
     """The FLOPs multiplier s ≥ 1 whose measured MACs ratio `ratio_at(s)` is nearest `target`.

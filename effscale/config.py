@@ -49,7 +49,7 @@ def _one_line(exc: Exception) -> str:
     if unknown:
         return f"{unknown.group(1)}: unknown key (not in the config; check the spelling, or add it with +{unknown.group(1)}=…)"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if lines and lines[0].startswith(("LexerNoViableAltException", "mismatched input", "token recognition error")):
+    if lines and lines[0].startswith(("LexerNoViableAltException", "mismatched input")):
         # Hydra's override grammar takes ~ and some other characters in a value only inside quotes.
         override = lines[0].split(": ", 1)[-1].rstrip("^ ").strip()
         key, _, value = override.partition("=")

@@ -538,6 +538,7 @@ def _from_effscale_checkpoint(state_dict: dict[str, Tensor], meta: dict[str, Any
     if int(meta.get("version", 0)) > CHECKPOINT_VERSION:
         raise UserError(f"{path}: effscale checkpoint version {meta['version']} is newer than this effscale reads "
                         f"({CHECKPOINT_VERSION}); upgrade effscale")
+
     def entry(key: str, read: Callable[[Any], Any]) -> Any:
         try:
             return read(meta[key])

@@ -460,8 +460,7 @@ def test_storage_passwords_are_masked_when_printed_and_dropped_when_recorded():
 
 def planned(tmp_path, *extra, new_launch=True):
     """A Search of the tiny sweep, planned and opened as `effscale search` (or one of its workers) does."""
-    from effscale.config import model_table
-    from effscale.config import load
+    from effscale.config import load, model_table
     from effscale.search import Search
 
     cfg = load("search", overrides(f"out={tmp_path}", "name=tiny", *extra))
@@ -549,8 +548,7 @@ def test_a_search_whose_workers_failed_exits_1_and_says_so(tmp_path, monkeypatch
 def test_the_papers_own_point_is_outside_the_default_macs_budget_and_inside_with_macs_unbounded(tmp_path):
     """Section 3.3's α = 1.2, β = 1.1 meets α·β²·γ² ≈ 2, but ceil(repeats·1.2) adds a block to every
     stage of B0: at 224 px it measures 2.59× B0's MACs, outside the default 2 ± 10 %."""
-    from effscale.config import model_table
-    from effscale.config import load
+    from effscale.config import load, model_table
     from effscale.search import Search
 
     def plan(*extra):
