@@ -75,13 +75,14 @@ def search(overrides: list[str]) -> None:
     print(run.describe_plan())
     record_storage(run)  # a non-default search.storage: where `effscale dashboard results/<sweep>` finds it
     done, total = run.counts()
+    reseed = bool(run.seed_jobs())  # a point that moved up among the best after the last round
     failed_before = run.failed_points()
     retry = f" ({failed_before} failed; search.retry_failed=true trains those points again)" if failed_before else ""
-    reseeds = bool(cfg["search"].get("top_k")) and bool(cfg["search"].get("extra_seeds")) and done < total
+    reseeds = bool(cfg["search"].get("top_k")) and bool(cfg["search"].get("extra_seeds")) and (done < total or reseed)
     more = " (and extra seeds for any point that moves up among the best)" if reseeds else ""
     print(f"{done} trials already {'ran' if failed_before else 'complete'}{retry}, {total - done} to run{more}")
     workers, failed = int(cfg["search"].get("workers") or 1), 0
-    if done == total:
+    if done == total and not reseed:
         table = read_trials(run.table)
     elif workers > 1:
         table, failed = run_local(run, overrides, workers)

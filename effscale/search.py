@@ -673,7 +673,9 @@ class Search:
 
     def counts(self) -> tuple[int, int]:
         """(trials settled, trials this sweep will have): the grid points (TPE: `n_trials` of them)
-        with the base seed, then `extra_seeds` more for each of the best `top_k`."""
+        with the base seed, then `extra_seeds` more for each of the best `top_k`. Both count the first
+        round of extra seeds only: a point that moves up among the best after it (`seed_jobs`) is
+        trained beyond `total`."""
         finished = self._finished()
         if self.opts["sampler"] == "tpe":
             n_trials = int(self.opts.get("n_trials") or max(1, len(self.feasible) // 2))

@@ -664,3 +664,38 @@ def test_a_point_that_leads_on_one_seed_after_the_leaders_extra_seeds_is_trained
     search([*settings, f"out={tmp_path}", "name=race", "search.top_k=2", "search.extra_seeds=1"])
     assert sorted(calls) == sorted(accuracy)  # (2.0, 1) never: it is never among the best two
     assert "best: alpha=1.95 beta=1 gamma=1 " in capsys.readouterr().out
+
+
+def test_a_search_resumed_after_its_first_round_of_extra_seeds_trains_the_point_that_moved_up(
+        tmp_path, monkeypatch, capsys):
+    import reliability_scenarios as rs
+
+    from effscale import train
+
+    # As above, but the run is stopped when α = 1.95 (now ahead on its one seed) starts its second
+    # seed: every trial the counts foresee is settled, and the rerun must still train that one.
+    accuracy = {(1.85, 0): 0.50, (1.9, 0): 0.49, (1.95, 0): 0.48, (2.0, 0): 0.30,
+                (1.85, 1): 0.40, (1.9, 1): 0.40, (1.95, 1): 0.47}
+    calls, stop = [], [(1.95, 1)]
+
+    def fit(table, data, recipe, seed, **kwargs):
+        key = (table["depth_mult"], seed)
+        if key in stop:
+            stop.clear()
+            raise KeyboardInterrupt
+        calls.append(key)
+        return {"state": "COMPLETE", "val_acc": accuracy[key], "test_acc": accuracy[key], "epochs": 1,
+                "train_seconds": 0.1, "val_history": [accuracy[key]], "reason": None}
+
+    monkeypatch.setattr(train, "fit_candidate", fit)
+    settings = [o for o in rs.TINY_SEARCH if not o.startswith("search.extra_seeds")]
+    argv = [*settings, f"out={tmp_path}", "name=race", "search.top_k=2", "search.extra_seeds=1"]
+    with pytest.raises(KeyboardInterrupt):
+        search(argv)
+    assert (1.95, 1) not in calls
+    capsys.readouterr()
+    search(argv)
+    out = capsys.readouterr().out
+    assert "6 trials already complete, 0 to run (and extra seeds for any point that moves up among the best)" in out
+    assert sorted(calls) == sorted(accuracy)
+    assert "best: alpha=1.95 beta=1 gamma=1 " in out
