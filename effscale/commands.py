@@ -63,8 +63,8 @@ def search(overrides: list[str]) -> None:
     """Paper section 3.3, step 1: the alpha, beta, gamma grid search at phi = 1 (see effscale/search.py)."""
     import time
 
-    from effscale.results import from_compare, read_trials
-    from effscale.search import Search, outcome
+    from effscale.results import read_trials
+    from effscale.search import Search, exit_if_nothing_completed, outcome
     from effscale.workers import record_storage, run_local
 
     started = time.perf_counter()
@@ -90,11 +90,7 @@ def search(overrides: list[str]) -> None:
         table = run.run()
     print(outcome(table, run.sweep_dir, run.logger_kind))
     print(f"total {time.perf_counter() - started:.0f} s")
-    states = set(table.loc[~from_compare(table), "state"]) if "state" in table else set()
-    if "FAIL" in states and "COMPLETE" not in states:  # nothing to rank: a script must see it
-        print(f"effscale search: no trial completed (why each failed: the reason column of {run.table}, "
-              f"tracebacks in {run.sweep_dir / 'search.log'})", file=sys.stderr)
-        raise SystemExit(1)
+    exit_if_nothing_completed(table, run.sweep_dir)
     if failed:
         print(f"effscale search: {failed} of {workers} workers failed (their errors are above); the trials they "
               "finished are kept, and the same command trains what is left", file=sys.stderr)

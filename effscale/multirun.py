@@ -107,7 +107,7 @@ def job_overrides(cfg: dict[str, Any], launcher: str, sweep_dir: Path, overrides
 def multirun(overrides: list[str]) -> None:
     """`effscale search -m OVERRIDES`: check and plan here, then one Hydra job per worker."""
     from effscale import results
-    from effscale.search import outcome
+    from effscale.search import exit_if_nothing_completed, outcome
 
     overrides = [o for o in overrides if o not in MULTIRUN_FLAGS]
     cfg, launcher = checked_config(overrides)
@@ -116,7 +116,9 @@ def multirun(overrides: list[str]) -> None:
     print(f"{search.opts['workers']} worker job(s) through hydra/launcher={launcher}; logs in {sweep_dir / 'logs'}",
           flush=True)
     failed = launch(cfg, launcher, overrides, sweep_dir, search, new)
-    print(outcome(results.read_trials(sweep_dir), sweep_dir, search.logger_kind))
+    table = results.read_trials(sweep_dir)
+    print(outcome(table, sweep_dir, search.logger_kind))
+    exit_if_nothing_completed(table, sweep_dir)
     if failed:
         print("effscale search: a worker job ended without finishing (cancelled, killed, or out of time and "
               "requeues); run the same command again to train what is left", file=sys.stderr)

@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import statistics
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -892,6 +893,16 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, logger_kind: str) -> str:
         runs = sweep_dir / "wandb"
         files.append(f"W&B    {runs} (offline; `wandb sync {runs}/offline-run-*` uploads)")
     return "\n".join(lines + files)
+
+
+def exit_if_nothing_completed(table: pd.DataFrame, sweep_dir: Path) -> None:
+    """Exit 1, with where to look, when every trial of the search failed: nothing to rank, and a
+    script must see it."""
+    states = set(table.loc[~results.from_compare(table), "state"]) if "state" in table else set()
+    if "FAIL" in states and "COMPLETE" not in states:
+        print(f"effscale search: no trial completed (why each failed: the reason column of {sweep_dir / 'trials.csv'}, "
+              f"tracebacks in {sweep_dir / 'search.log'})", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def noise_verdict(summary: pd.DataFrame) -> str:

@@ -353,3 +353,18 @@ def test_wandb_api_key_never_reaches_the_sweep_folder(tmp_path):
     assert len(list((sweep / "wandb").glob("offline-run-*"))) == 2  # W&B did write its runs there
     assert rs.secrets_in(sweep, canary) == []
     assert canary not in done.stdout + done.stderr
+
+
+def test_a_multirun_search_where_every_trial_failed_exits_1_too(tmp_path, monkeypatch, capsys):
+    from effscale import train
+    from effscale.multirun import multirun
+
+    def broken(table, data, recipe, **kwargs):
+        raise RuntimeError("no such kernel")
+
+    monkeypatch.setattr(train, "fit_candidate", broken)
+    with pytest.raises(SystemExit) as exited:  # the basic launcher: its one job runs in this process
+        multirun(["-m", *rs.TINY_SEARCH, f"out={tmp_path}", "name=sweep", "search.workers=1"])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.startswith("effscale search: no trial completed (why each failed: the reason column")
+    assert set(pd.read_csv(tmp_path / "sweep" / "trials.csv")["state"]) == {"FAIL"}
