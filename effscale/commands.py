@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -47,8 +48,8 @@ def measure(overrides: list[str]) -> None:
         ).as_dict())
     fmt = cfg.get("format", "table")
     if fmt == "json":
-        for row in rows:
-            print(json.dumps(row))
+        for row in rows:  # JSON has no infinity: a step out of the device's memory is null there
+            print(json.dumps({k: None if isinstance(v, float) and math.isinf(v) else v for k, v in row.items()}))
     elif fmt == "csv":
         import pandas as pd
 
@@ -128,7 +129,7 @@ def _print_table(rows: list[dict[str, Any]], device: str, batch: int, human) -> 
     body = [[
         r["name"], str(r["resolution"]), f"{r['width_mult']:.3g}", f"{r['depth_mult']:.3g}",
         f"{r['params']:,}", human(r["macs"]), human(r["flops"]), human(r["activations"]),
-        "–" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:,.0f}",
+        "–" if r["peak_mem_mb"] is None else "out of memory" if math.isinf(r["peak_mem_mb"]) else f"{r['peak_mem_mb']:,.0f}",
         "–" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}",
     ] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(headers)]

@@ -109,6 +109,9 @@ def compound_candidates(baseline: dict[str, Any], grid: dict[str, Any], phi: flo
 def check_baseline_budget(base: Measurement, budget: dict[str, Any]) -> None:
     """A budget the unscaled baseline already breaks can admit nothing: say so before any work."""
     for key, value, unit in _budget_terms(base, budget):
+        if math.isinf(value):  # measure.cuda_peak_train_mb
+            raise UserError(f"budget.{key}={budget[key]}: the baseline's own training step runs out of the device's "
+                            "memory, so no candidate fits; lower data.batch_size")
         if value > budget[key]:
             raise UserError(f"budget.{key}={budget[key]} is below the baseline's own {value:,} {unit}")
 

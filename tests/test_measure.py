@@ -188,3 +188,31 @@ def test_build_on_meta_skips_values_only_on_the_meta_device():
     assert all(p.is_meta for p in fast.parameters())
     assert {k: v.shape for k, v in fast.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
     assert filled[0].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_step_out_of_device_memory_is_null_in_json_and_said_in_the_table(monkeypatch, capsys):
+    import dataclasses
+    import json
+
+    from effscale import measure
+    from effscale.commands import measure as measure_command
+
+    real = measure.measure_table
+    monkeypatch.setattr(measure, "measure_table", lambda *a, **kw: dataclasses.replace(real(*a, **kw), peak_mem_mb=math.inf))
+    measure_command(["format=json", "data.resolution=32"])
+    row = json.loads(capsys.readouterr().out)  # "Infinity" is not JSON: strict parsers refuse it
+    assert row["peak_mem_mb"] is None and row["params"] > 0
+    measure_command(["data.resolution=32"])
+    assert "out of memory" in capsys.readouterr().out.splitlines()[2]
+
+
+def test_a_memory_budget_the_baseline_cannot_fit_on_the_device_at_all_is_refused_in_words():
+    from effscale.errors import UserError
+    from effscale.search import check_baseline_budget
+
+    from effscale.measure import Measurement
+
+    base = Measurement("efficientnet_b0", 4_020_358, 28_000_000, 56_000_000, 1, 32, 1.0, 1.0, 1.0, peak_mem_mb=math.inf)
+    with pytest.raises(UserError, match=r"^budget.max_peak_mem_mb=4096: the baseline's own training step runs out "
+                                        r"of the device's memory, so no candidate fits; lower data.batch_size$"):
+        check_baseline_budget(base, {"max_peak_mem_mb": 4096, "max_latency_ms": None, "max_params": None})
