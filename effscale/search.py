@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import socket
@@ -178,19 +177,18 @@ CONNECT_TIMEOUT_S = 10
 
 def without_password(url: str, masked: bool = True) -> str:
     """An RDB URL fit to print (`postgresql://user:***@host/db`) or, with `masked=False`, to write
-    down (`postgresql://user@host/db`). Journal and SQLite URLs come back as they are."""
+    down (`postgresql://user@host/db`). The password runs from the user's ":" to the last "@" before
+    the query string, as libpq reads it, so one with "@" or "/" in it is hidden whole. Journal and
+    SQLite URLs come back as they are."""
     if "://" not in url or url.startswith(("journal:", "sqlite:")):
         return url
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):  # not a URL SQLAlchemy reads: hide everything between "user:" and the last "@"
-        return re.sub(r"(//[^:/@]*):.*@", r"\1:***@" if masked else r"\1@", url)
-    if masked:
-        return parsed.render_as_string(hide_password=True)
-    return parsed._replace(password=None).render_as_string(hide_password=False)  # set() ignores None
+    scheme, _, rest = url.partition("://")
+    address, question, query = rest.partition("?")
+    user_info, at, host = address.rpartition("@")
+    user, colon, _ = user_info.partition(":")
+    if not at or not colon:
+        return url
+    return f"{scheme}://{user}{':***' if masked else ''}@{host}{question}{query}"
 
 
 class FeasibleGridSampler(optuna.samplers.GridSampler):

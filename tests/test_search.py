@@ -454,6 +454,9 @@ def test_storage_passwords_are_masked_when_printed_and_dropped_when_recorded():
     assert without_password(url, masked=False) == "postgresql+psycopg://optuna@db.cluster:5432/effscale"
     assert without_password("postgresql://u:p/ss@host/db") == "postgresql://u:***@host/db"  # a "/" in it
     assert without_password("postgresql://u:p@ss@host:x/db") == "postgresql://u:***@host:x/db"  # no URL SQLAlchemy reads
+    assert without_password("postgresql://u:p@ss@host/db", masked=False) == "postgresql://u@host/db"  # "@" in it
+    assert without_password("postgresql://u:pw@host/db?sslmode=require&x=a@b") == \
+        "postgresql://u:***@host/db?sslmode=require&x=a@b"
     for unchanged in ("journal:///shared/study.log", "sqlite:///results/quick/study.db", "postgresql://host/db"):
         assert without_password(unchanged) == unchanged == without_password(unchanged, masked=False)
 
