@@ -39,6 +39,8 @@ def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConf
 
 def _one_line(exc: Exception) -> str:
     """Hydra's messages span lines (with option lists); keep what names the key and what is wrong."""
+    from hydra.errors import OverrideParseException
+
     text = str(exc).strip()
     missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
     if missing:
@@ -49,11 +51,12 @@ def _one_line(exc: Exception) -> str:
     if unknown:
         return f"{unknown.group(1)}: unknown key (not in the config; check the spelling, or add it with +{unknown.group(1)}=…)"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if lines and lines[0].startswith(("LexerNoViableAltException", "mismatched input")):
-        # Hydra's override grammar takes ~ and some other characters in a value only inside quotes.
-        override = lines[0].split(": ", 1)[-1].rstrip("^ ").strip()
-        key, _, value = override.partition("=")
-        return f"{override}: Hydra cannot parse this value; put it in quotes: '{key}=\"{value}\"'"
+    if isinstance(exc, OverrideParseException):
+        if lines[0].startswith(("LexerNoViableAltException", "mismatched input")):
+            # Hydra's override grammar takes ~, ] and some other characters in a value only inside quotes.
+            key, _, value = exc.override.partition("=")
+            return f"{exc.override}: Hydra cannot parse this value; put it in quotes: '{key}=\"{value}\"'"
+        return f"{exc.override}: Hydra cannot parse it ({lines[0]})"  # e.g. an unclosed bracket
     return " ".join(lines[:2]) if lines else type(exc).__name__
 
 

@@ -177,6 +177,12 @@ def test_a_value_hydra_cannot_parse_unquoted_is_one_line_showing_it_quoted(capsy
     assert cli.main(["measure", "data.root=~/fashion"]) == 2
     assert capsys.readouterr().err == ("effscale measure: data.root=~/fashion: Hydra cannot parse this value; put it "
                                        "in quotes: 'data.root=\"~/fashion\"'\n")
+    assert cli.main(["measure", "name=a]b"]) == 2  # a parser error, not the lexer's
+    assert capsys.readouterr().err == ("effscale measure: name=a]b: Hydra cannot parse this value; put it in quotes: "
+                                       "'name=\"a]b\"'\n")
+    assert cli.main(["measure", "scale={phi:[1}"]) == 2  # quotes would not help: it names the override and why
+    assert capsys.readouterr().err == ("effscale measure: scale={phi:[1}: Hydra cannot parse it (no viable alternative "
+                                       "at input '{phi:[1}')\n")
 
 
 def test_output_into_a_closed_pipe_is_no_error_and_python_m_effscale_runs():
