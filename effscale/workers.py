@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -211,36 +211,49 @@ def run_local(search: Search, overrides: list[str], workers: int) -> tuple["pd.D
     if not search.recipe.get("threads"):
         overrides = [*overrides, f"trainer.threads={local_threads(workers)}"]
     record_storage(search)
-    procs = [subprocess.Popen([sys.executable, "-m", "effscale.workers", str(i), *overrides]) for i in range(workers)]
-    try:
-        failed = sum(p.wait() != 0 for p in procs)
-    except KeyboardInterrupt:
-        stop_workers(procs)
-        raise
+    failed = run_workers([[sys.executable, "-m", "effscale.workers", str(i), *overrides] for i in range(workers)])
     return results.read_trials(search.table), failed
 
 
-def stop_workers(procs: list[subprocess.Popen], grace_s: float = 2.0, stop_s: float = 30.0) -> None:
-    """After a Ctrl-C: each worker records its trial as interrupted and exits. A Ctrl-C at a terminal
-    reaches them with this process; one sent to this process alone (`kill -INT`) is passed on to those
-    still running after `grace_s`, once (a second one could cut short the record of the first). A
-    worker still running after `stop_s` is terminated."""
-    deadline = time.monotonic() + grace_s
+def run_workers(commands: list[list[str]], stop_s: float = 30.0) -> int:
+    """Run one worker process per command until all have ended; how many failed. Each worker has a
+    session of its own, so a Ctrl-C at the terminal, a hang-up or a SIGTERM reaches this process
+    alone, which passes it on to each worker once, as a SIGINT (a second one could cut short the
+    record of the interrupted trial), and raises KeyboardInterrupt. A worker still running `stop_s`
+    later, or at a second Ctrl-C, is terminated."""
+    procs: list[subprocess.Popen] = []
     try:
-        for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=max(0.0, deadline - time.monotonic()))
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + stop_s
-        for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        with _stops_as_interrupt():
+            procs += [subprocess.Popen(command, start_new_session=True) for command in commands]
+            return sum(p.wait() != 0 for p in procs)
+    except KeyboardInterrupt:
+        try:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + stop_s
+            for p in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+        raise
+
+
+@contextlib.contextmanager
+def _stops_as_interrupt() -> Iterator[None]:
+    """SIGHUP and SIGTERM raise KeyboardInterrupt in the block, as Ctrl-C does."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    saved = {s: signal.signal(s, interrupt) for s in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        yield
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
+        for s, handler in saved.items():
+            signal.signal(s, handler)
 
 
 def main(argv: list[str]) -> int:

@@ -193,6 +193,42 @@ def test_ctrl_c_sent_to_the_search_alone_reaches_its_workers_and_leaves_no_trial
     assert [t.user_attrs["reason"] for t in trials if t.state == TrialState.FAIL] in (["interrupted"] * 2, ["interrupted"])
 
 
+# A worker that counts the SIGINTs it hears and takes 3 s to wind down after the first: longer than a
+# Ctrl-C at a terminal (which reaches a whole process group) took to be passed on again to workers in
+# the search's own group.
+SLOW_TO_STOP = """import signal, sys, time
+heard = []
+signal.signal(signal.SIGINT, lambda *_: heard.append(1))
+open(sys.argv[1] + ".ready", "w").close()
+while not heard:
+    time.sleep(0.05)
+time.sleep(3)
+open(sys.argv[1], "w").write(str(len(heard)))
+sys.exit(130)
+"""
+
+RUN_WORKERS = """import sys
+from effscale.workers import run_workers
+try:
+    run_workers([[sys.executable, "-c", sys.argv[1], f"{sys.argv[2]}/{i}"] for i in range(2)])
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c at the terminal", "SIGTERM"])
+def test_a_stop_reaches_each_local_worker_exactly_once(tmp_path, stop):
+    search = subprocess.Popen([sys.executable, "-c", RUN_WORKERS, SLOW_TO_STOP, str(tmp_path)], cwd=REPO,
+                              start_new_session=True)  # a group of its own, like a command at a terminal
+    wait_for(lambda: all((tmp_path / f"{i}.ready").exists() for i in range(2)), 60, "the workers start", search)
+    if stop == "SIGTERM":
+        search.terminate()
+    else:
+        os.killpg(search.pid, signal.SIGINT)  # what the terminal does: the whole foreground group
+    assert search.wait(timeout=30) == 130
+    assert [(tmp_path / str(i)).read_text() for i in range(2)] == ["1", "1"]
+
+
 def test_worker_killed_mid_trial_then_relaunch_finishes_the_grid_without_losing_or_repeating_a_trial(tmp_path):
     storage = f"sqlite:///{tmp_path}/killed/study.db"
     overrides = [*TINY, f"out={tmp_path}", "name=killed"]
