@@ -291,14 +291,24 @@ def interrupts_deferred() -> Iterator[None]:
             os.kill(os.getpid(), signal.SIGINT)
 
 
+def this_process() -> dict[str, Any]:
+    """Who runs a trial, as its user attributes: host, pid, and the pid's namespace (containers that
+    share a host name, or a restarted one, count their pids apart)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]" on Linux
+    except OSError:
+        namespace = ""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_ns": namespace}
+
+
 def is_stale(trial: FrozenTrial, stale_after_s: float) -> bool:
-    """A trial nobody is working on: its process on this host is gone, or (another host) its
-    heartbeat (`heartbeat`, below) is older than `stale_after_s`. Asked only while this process
-    trains nothing, so a trial of this process's own pid is a dead one's whose pid came back (a
-    restarted container runs as PID 1 again)."""
-    attrs = trial.user_attrs
-    if attrs.get("host") == socket.gethostname() and attrs.get("pid"):
-        return attrs["pid"] == os.getpid() or not _alive(int(attrs["pid"]))
+    """A trial nobody is working on: its process, when this one can see it (same host and pid
+    namespace), is gone; else its heartbeat (`heartbeat`, below) is older than `stale_after_s`.
+    Asked only while this process trains nothing, so a trial of this process's own pid is a dead
+    one's whose pid came back."""
+    attrs, here = trial.user_attrs, this_process()
+    if attrs.get("pid") and (attrs.get("host"), attrs.get("pid_ns")) == (here["host"], here["pid_ns"]):
+        return attrs["pid"] == here["pid"] or not _alive(int(attrs["pid"]))
     started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
     return time.time() - float(attrs.get("heartbeat", started)) > stale_after_s
 
@@ -726,8 +736,7 @@ class Search:
             if len(trained) >= n_trials:
                 break
             trial = self.study.ask()
-            for key, value in {"seed": self.seed, "host": socket.gethostname(), "pid": os.getpid(),
-                               "heartbeat": time.time()}.items():
+            for key, value in {"seed": self.seed, **this_process(), "heartbeat": time.time()}.items():
                 trial.set_user_attr(key, value)
             point = trial.suggest_categorical("point", self._points())
             earlier = self._finished().get((point, self.seed))
@@ -749,8 +758,7 @@ class Search:
         """The user attributes a trial of `job` starts with: its results row so far, and who runs it
         (so that a crash at any moment leaves it recognisably stale)."""
         return candidate_row(job.candidate, self.context) | {
-            "seed": job.seed, "epochs": None, "host": socket.gethostname(), "pid": os.getpid(),
-            "heartbeat": time.time()}
+            "seed": job.seed, "epochs": None, **this_process(), "heartbeat": time.time()}
 
     def original(self, job: Job) -> FrozenTrial | None:
         """A finished trial that trained `job`'s network with `job`'s seed, under another point."""

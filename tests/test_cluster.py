@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from optuna.trial import TrialState
 
 from conftest import REPO, run_cli, running_after_a_complete, study_trials, wait_for
 from effscale import results
+from effscale.search import this_process
 from effscale.workers import Worker, claim, fail_abandoned, holders, owner
 
 TINY = ["logger=csv", "data.train_size=128", "data.val_size=64", "data.test_size=64", "data.batch_size=64",
@@ -65,8 +65,7 @@ def fake_search(study: optuna.Study, points: list[str]) -> SimpleNamespace:
     """What `claim` uses of a Search: its study, storage setting, feasible points and a trial's first attributes."""
     return SimpleNamespace(study=study, opts={"storage": None}, _points=lambda: points,
                            trial_attrs=lambda job: {"point": job.candidate.point, "seed": job.seed,
-                                                    "host": socket.gethostname(), "pid": os.getpid(),
-                                                    "heartbeat": time.time()})
+                                                    **this_process(), "heartbeat": time.time()})
 
 
 def test_second_claim_on_a_point_loses_to_the_lower_trial_and_is_recorded_as_a_repeat():

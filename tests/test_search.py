@@ -417,10 +417,11 @@ def test_seed_noise_pools_the_std_over_points_and_ties_those_within_two_standard
 
 
 def test_a_trial_is_stale_when_its_process_here_is_gone_or_its_heartbeat_elsewhere_is_old():
+    import copy
     import socket
     import time
 
-    from effscale.search import fail_stale_trials, is_stale
+    from effscale.search import fail_stale_trials, is_stale, this_process
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -428,14 +429,19 @@ def test_a_trial_is_stale_when_its_process_here_is_gone_or_its_heartbeat_elsewhe
     try:
         study = optuna.create_study()
         old = time.time() - 100
+        here = this_process()
         for host, pid in [("elsewhere", 1), (socket.gethostname(), dead.pid), (socket.gethostname(), alive.pid)]:
             trial = study.ask()
-            for key, value in {"host": host, "pid": pid, "heartbeat": old}.items():
+            for key, value in {"host": host, "pid": pid, "pid_ns": here["pid_ns"], "heartbeat": old}.items():
                 trial.set_user_attr(key, value)
         elsewhere, gone, running = study.get_trials(deepcopy=False)
         assert is_stale(elsewhere, 60) and not is_stale(elsewhere, 300)
         assert is_stale(gone, 300)  # this host: the process decides, whatever the heartbeat says
         assert not is_stale(running, 60)
+        # Another container with this host name: its pids are not ours to look up, its heartbeat decides.
+        gone_there, running_there = copy.deepcopy(gone), copy.deepcopy(running)
+        gone_there.user_attrs["pid_ns"] = running_there.user_attrs["pid_ns"] = "pid:[4026532999]"
+        assert not is_stale(gone_there, 300) and is_stale(running_there, 60)
 
         study.enqueue_trial({})  # left WAITING by a process that died between enqueueing and asking
         assert fail_stale_trials(study, 60) == 3
@@ -617,17 +623,16 @@ def test_points_whose_training_step_ran_out_of_device_memory_are_outside_a_memor
 
 
 def test_only_a_waiting_trial_whose_process_died_is_failed_as_stale():
-    import socket
     import time
 
-    from effscale.search import fail_stale_trials
+    from effscale.search import fail_stale_trials, this_process
 
     study = optuna.create_study()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         for pid in (alive.pid, int(dead.stdout)):  # enqueued, and not yet asked for
-            study.enqueue_trial({}, user_attrs={"host": socket.gethostname(), "pid": pid, "heartbeat": time.time()})
+            study.enqueue_trial({}, user_attrs={**this_process(), "pid": pid, "heartbeat": time.time()})
         assert fail_stale_trials(study, stale_after_s=3600) == 1
     finally:
         alive.kill()
