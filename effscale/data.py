@@ -482,8 +482,13 @@ class _ImageFiles(torch.utils.data.Dataset):
         from PIL import Image
 
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            return self.transform(image.convert(self.mode)), label
+        try:
+            with Image.open(path) as image:
+                image = image.convert(self.mode)  # decodes it
+        except Exception as exc:  # every trial would meet it: stop, naming the file
+            raise UserError(f"{path}: unreadable image ({type(exc).__name__}: {exc}); "
+                            "data.verify=true skips such files") from None
+        return self.transform(image), label
 
 
 class ImageFolderDataModule(DataModule):

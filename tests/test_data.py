@@ -305,6 +305,20 @@ def test_imagefolder_skips_unreadable_images_with_one_counted_warning(tmp_path):
     assert next(iter(module.val_dataloader()))[0].shape == (3, 3, 16, 16)
 
 
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_an_unreadable_image_met_without_verify_stops_in_one_line_naming_it(tmp_path, num_workers):
+    root = _image_tree(tmp_path / "photos", per_class=2)
+    whole = (root / "dog" / "0.jpg").read_bytes()
+    (root / "dog" / "0.jpg").write_bytes(whole[:len(whole) // 2])  # a truncated JPEG
+    module = build_datamodule(_folder_cfg(root, verify=False, val_fraction=0.25, num_workers=num_workers), 16, 4)
+    module.setup()
+    with pytest.raises(UserError) as raised:  # from a worker process too, where DataLoader wraps it
+        for split in ("train", "val"):
+            list(getattr(module, f"{split}_dataloader")())
+    assert str(raised.value).startswith(f"{root / 'dog' / '0.jpg'}: unreadable image (OSError: ")
+    assert str(raised.value).endswith("; data.verify=true skips such files") and "\n" not in str(raised.value)
+
+
 def test_imagefolder_uses_train_and_val_folders_when_present(tmp_path):
     _image_tree(tmp_path / "set" / "train", per_class=4)
     _image_tree(tmp_path / "set" / "val", per_class=2)
