@@ -181,5 +181,8 @@ def finetune(overrides: list[str]) -> None:
     print(f"val accuracy, new classifier on the frozen network: {result['val_acc_head']:.4f}")
     if "val_acc_all" in result:
         print(f"val accuracy, after training everything:            {result['val_acc_all']:.4f}")
-    print(f"test accuracy: {result['test_acc']:.4f}")
+    if result["test_acc"] is None:
+        print("test accuracy: – (no test/ folder under data.root; the validation images were all that was held out)")
+    else:
+        print(f"test accuracy: {result['test_acc']:.4f}")
     print(f"checkpoint: {result['checkpoint']}  (effscale predict IMAGE --weights {result['checkpoint']})")

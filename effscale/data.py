@@ -163,6 +163,11 @@ class DataModule(pl.LightningDataModule):
         return self._num_classes
 
     @property
+    def has_test_split(self) -> bool:
+        """Whether the test split is data of its own (not the validation split again)."""
+        return True
+
+    @property
     def class_names(self) -> list[str]:
         raise NotImplementedError
 
@@ -494,7 +499,8 @@ class _ImageFiles(torch.utils.data.Dataset):
 class ImageFolderDataModule(DataModule):
     """Any `root/<class>/<image>` tree (torchvision ImageFolder's layout). With `root/train` and
     `root/val` (and optionally `root/test`) those are the splits; otherwise `val_fraction` of the images
-    is held out with `data_seed`. Without a test split, `test` is `val`. Every image is opened once at
+    is held out with `data_seed`. Without a test split, `test` is `val` (and `has_test_split` False:
+    the commands then report no test accuracy). Every image is opened once at
     setup (`verify: true`) so that a corrupt file is skipped with one warning, not met mid-epoch."""
 
     def __init__(self, *, val_fraction: float = 0.1, verify: bool = True, **common: Any) -> None:
@@ -520,6 +526,10 @@ class ImageFolderDataModule(DataModule):
                 return [f"class {index}" for index in range(self._num_classes)]
             self._classes = self._find_classes(self._split_dirs()["train"])
         return list(self._classes)
+
+    @property
+    def has_test_split(self) -> bool:
+        return self._split_dirs()["test"] is not None
 
     def _split_dirs(self) -> dict[str, Path | None]:
         if self.root is None:

@@ -168,7 +168,8 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
             raise UserError(f"finetune: training diverged in the {phase} phase ({module.failure}); "
                             "lower finetune.recipe.lr")
         result[f"val_acc_{phase}"] = module.val_history[-1]
-    interruptible(trainer, trainer.test, module, datamodule=data, verbose=False)
+    if data.has_test_split:  # else test_acc stays None: the validation images are all that was held out
+        interruptible(trainer, trainer.test, module, datamodule=data, verbose=False)
     result.update(val_acc=module.val_history[-1], test_acc=module.test_acc)
 
     table = {**pretrained.table, "resolution": resolution}

@@ -346,7 +346,8 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
 
 def _outcome(trainer: L.Trainer, module: Classifier, datamodule: L.LightningDataModule,
              seconds: float) -> dict[str, Any]:
-    """The metrics of a fitted trial, tested on the test split if it completed."""
+    """The metrics of a fitted trial, tested on the test split if it completed and the data has one
+    of its own (an image folder without test/ has not: its test accuracy would be the validation's)."""
     state, reason = "COMPLETE", None
     if module.failure:
         state, reason = "FAIL", module.failure
@@ -354,7 +355,7 @@ def _outcome(trainer: L.Trainer, module: Classifier, datamodule: L.LightningData
         state, reason = "PRUNED", f"pruned after epoch {len(module.val_history)}"
     elif not module.val_history:  # a trial is ranked by its validation accuracy: without one it has none
         state, reason = "FAIL", "no validation epoch ran (trainer settings skip validation)"
-    if state == "COMPLETE":
+    if state == "COMPLETE" and getattr(datamodule, "has_test_split", True):
         interruptible(trainer, trainer.test, module, datamodule=datamodule, verbose=False)
         module.read_outcome()
     return {

@@ -326,6 +326,9 @@ def test_imagefolder_uses_train_and_val_folders_when_present(tmp_path):
     module.setup()
     assert [len(module._samples[s]) for s in ("train", "val", "test")] == [8, 4, 4]
     assert next(iter(module.test_dataloader()))[0].shape == (4, 1, 12, 12)
+    assert not module.has_test_split  # its test split is val again
+    _image_tree(tmp_path / "set" / "test", per_class=1)
+    assert build_datamodule(_folder_cfg(tmp_path / "set"), 12, 4).has_test_split
 
 
 def test_imagefolder_missing_or_empty_root_is_a_user_error(tmp_path):

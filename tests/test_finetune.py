@@ -163,7 +163,9 @@ def test_image_folder_checkpoint_records_class_folders_and_evaluation_crop(tmp_p
             photo.crop((20 * i, 10 * i, 20 * i + 200, 10 * i + 200)).save(tmp_path / "photos" / name / f"{i}.jpg")
     cfg = finetune_config(tmp_path, "data=imagefolder", f"data.root={tmp_path / 'photos'}", "data.val_fraction=0.25",
                           "data.resolution=32", "finetune.head_epochs=1", "finetune.batch_size=4")
-    loaded = load_pretrained(finetune(cfg)["checkpoint"])
+    result = finetune(cfg)
+    assert result["test_acc"] is None  # no test/ folder: the validation images are all that was held out
+    loaded = load_pretrained(result["checkpoint"])
     assert loaded.class_names == ["chelsea", "coffee"]
     assert (loaded.preprocessing.resize, loaded.preprocessing.crop) == (37, 32)  # 32 / 0.875, then the centre
     assert loaded.preprocessing.mean == (0.485, 0.456, 0.406)

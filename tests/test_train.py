@@ -72,3 +72,19 @@ def test_a_trial_without_a_validation_epoch_fails_rather_than_completing_unranke
     outcome = _outcome(trainer=None, module=module, datamodule=None, seconds=1.0)
     assert outcome["state"] == "FAIL" and outcome["val_acc"] is None
     assert outcome["reason"] == "no validation epoch ran (trainer settings skip validation)"
+
+
+def test_a_trial_on_data_without_a_test_split_of_its_own_reports_no_test_accuracy():
+    """An image folder without test/ tests on its validation images: a second copy of val_acc, not a test."""
+    from types import SimpleNamespace
+
+    from effscale.train import _outcome
+
+    module = SimpleNamespace(failure=None, pruned=False, val_history=[0.7], test_acc=None, read_outcome=lambda: None)
+    tested = []
+    trainer = SimpleNamespace(test=lambda *args, **kwargs: tested.append(1) or module.__setattr__("test_acc", 0.7),
+                              interrupted=False)
+    outcome = _outcome(trainer, module, SimpleNamespace(has_test_split=False), seconds=1.0)
+    assert outcome["state"] == "COMPLETE" and outcome["val_acc"] == 0.7 and outcome["test_acc"] is None and not tested
+    outcome = _outcome(trainer, module, SimpleNamespace(has_test_split=True), seconds=1.0)
+    assert outcome["test_acc"] == 0.7 and tested == [1]
