@@ -326,6 +326,13 @@ def _log_x(ax) -> None:
     ax.tick_params(axis="x", which="minor", labelsize=7)
 
 
+def heatmap_label(cell: pd.Series) -> str:
+    """A trained cell's text: mean accuracy (%), its γ, and how many seeds the mean is over when the
+    search trained it more than once (`search.extra_seeds` go to the best points only)."""
+    seeds = f"\n{int(cell['n'])} seeds" if cell["n"] > 1 else ""
+    return f"{cell['mean'] * 100:.1f}\nγ={cell['gamma']:.2f}{seeds}"
+
+
 def plot_search_heatmap(table: pd.DataFrame, path: Path) -> None:
     """Accuracy over the α (rows) × β (columns) grid at φ = 1; γ follows from α·β²·γ² ≈ 2. Points outside
     the budget are hatched ×, points that failed are marked –, the best point is outlined."""
@@ -347,7 +354,7 @@ def plot_search_heatmap(table: pd.DataFrame, path: Path) -> None:
         elif pd.isna(cell["mean"]):
             ax.text(j, i, "–", ha="center", va="center", color="#555555")
         else:
-            ax.text(j, i, f"{cell['mean'] * 100:.1f}\nγ={cell['gamma']:.2f}", ha="center", va="center",
+            ax.text(j, i, heatmap_label(cell), ha="center", va="center",
                     fontsize=7, color="white" if cell["mean"] * 100 < grid.stack().mean() else "black")
     if not best.empty:
         b = best.iloc[0]

@@ -258,3 +258,11 @@ def test_error_bars_stop_at_0_and_100_percent():
     rows = pd.DataFrame({"mean": [0.365, 0.90, 0.5], "ci95": [0.8259, 0.2, float("nan")]})
     low, high = _bars(rows)
     assert low == pytest.approx([36.5, 20.0, 0.0]) and high == pytest.approx([63.5, 10.0, 0.0])
+
+
+def test_a_heatmap_cell_says_how_many_seeds_its_mean_is_over_when_more_than_one():
+    from effscale.report import heatmap_label
+
+    cell = pd.Series({"mean": 0.3134, "gamma": 1.1785, "n": 1})
+    assert heatmap_label(cell) == "31.3\nγ=1.18"
+    assert heatmap_label(pd.Series({"mean": 0.3134, "gamma": 1.1785, "n": 2})) == "31.3\nγ=1.18\n2 seeds"
