@@ -170,7 +170,8 @@ def check_stage_table(table: dict[str, Any]) -> None:
     if head is None and table["family"] != "resnet":
         raise UserError(f"baseline.head: required for family {table['family']} (a 1×1 conv of head.channels)")
     if head is not None and table["family"] == "resnet":
-        raise UserError("baseline.head: a resnet has no head conv (its last stage feeds the classifier); set head: null")
+        raise UserError("baseline.head: a resnet has no head conv (its last stage feeds the classifier); "
+                        "set head: null")
     if head is not None:
         _check_keys("baseline.head", head, {"channels"}, {"scale"})
     for i, stage in enumerate(table["stages"] if isinstance(table["stages"], list) else []):

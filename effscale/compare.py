@@ -165,7 +165,16 @@ def compare_point(phi: float, alpha: float, beta: float, gamma: float) -> str:
     return f"{results.COMPARE_PREFIX}phi{phi:g}_a{alpha:g}_b{beta:g}_g{gamma:g}"
 
 
-def coefficients(cfg: dict[str, Any]) -> tuple[float, float, float, str]:
+@dataclass(frozen=True)
+class Coefficients:
+    alpha: float
+    beta: float
+    gamma: float
+    origin: str                      # where they came from, for the plan's first line
+    search_seeds: tuple[int, ...] = ()  # the seeds the search trained: it chose its point on them
+
+
+def coefficients(cfg: dict[str, Any]) -> Coefficients:
     """α, β, γ for the comparison and where they came from: the best point of the search in
     `compare.from_search`, or `scale.alpha/beta/gamma`."""
     from effscale.errors import UserError
@@ -177,20 +186,30 @@ def coefficients(cfg: dict[str, Any]) -> tuple[float, float, float, str]:
         if not table.is_file():
             raise UserError(f"compare.from_search={source}: no results table {table} (run effscale search first)")
         trials = results.read_trials(table)
+        searched = trials[~results.from_compare(trials)]
         try:
-            alpha, beta, gamma = best_point(trials[~results.from_compare(trials)])
+            alpha, beta, gamma = best_point(searched)
         except (KeyError, ValueError):
             raise UserError(f"compare.from_search={source}: no completed search trial at phi=1 in {table}") from None
-        origin = f"best point of {source}"
+        origin, seeds = f"best point of {source}", tuple(sorted({int(s) for s in searched["seed"].dropna()}))
     else:
         scale = cfg.get("scale") or {}
         alpha, beta, gamma = (float(scale.get(k)) for k in ("alpha", "beta", "gamma"))
-        origin = "scale.alpha/beta/gamma"
+        origin, seeds = "scale.alpha/beta/gamma", ()
     try:
         check_coefficients(alpha, beta, gamma)
     except ScalingError as exc:
         raise UserError(str(exc)) from None
-    return alpha, beta, gamma, origin
+    return Coefficients(alpha, beta, gamma, origin, seeds)
+
+
+def comparison_seeds(first: int, count: int, search_seeds: tuple[int, ...]) -> list[int]:
+    """`count` seeds from `first`, or from past the search's seeds when it chose the compound point:
+    trained on those again, compound would repeat the very runs that made it the winner (the same
+    numbers, as training is deterministic), a selection bias no other strategy has."""
+    if search_seeds:
+        first = max(first, max(search_seeds) + 1)
+    return list(range(first, first + count))
 
 
 @dataclass
@@ -212,8 +231,6 @@ class Comparison:
         self.phis = [float(p) for p in opts["phis"]]
         self.strategies = list(opts["strategies"])
         self.tolerance = float(opts["macs_tolerance"])
-        first = int(self.cfg["seed"])
-        self.seeds = list(range(first, first + int(opts["seeds"])))
         self.context = {"baseline": self.baseline["name"], "dataset": self.cfg["data"]["name"]}
         self.logger_kind = self.cfg["logger"]["name"]
         for strategy in self.strategies:
@@ -232,7 +249,9 @@ class Comparison:
         from effscale.train import set_threads
 
         set_threads(self.recipe.get("threads"))
-        self.alpha, self.beta, self.gamma, self.origin = coefficients(self.cfg)
+        chosen = coefficients(self.cfg)
+        self.alpha, self.beta, self.gamma, self.origin = chosen.alpha, chosen.beta, chosen.gamma, chosen.origin
+        self.seeds = comparison_seeds(int(self.cfg["seed"]), int(self.cfg["compare"]["seeds"]), chosen.search_seeds)
         data_cfg = self.cfg["data"]
         self.data = build_datamodule(data_cfg, int(self.baseline["resolution"]), int(data_cfg["batch_size"]),
                                      self.recipe.get("num_workers"), self.seeds[0])
@@ -252,9 +271,12 @@ class Comparison:
         return self.models
 
     def describe_plan(self) -> str:
+        seeds = _seed_range(self.seeds)
+        if self.seeds[0] > int(self.cfg["seed"]):
+            seeds += ", past those the search chose its point on"
         lines = [f"{self.context['baseline']} on {self.context['dataset']} at {self.baseline['resolution']} px; "
                  f"compound alpha={self.alpha:g} beta={self.beta:g} gamma={self.gamma:g} ({self.origin}); "
-                 f"{len(self.models)} models x {len(self.seeds)} seeds, MACs matched within "
+                 f"{len(self.models)} models x {len(self.seeds)} seeds ({seeds}), MACs matched within "
                  f"{self.tolerance:.0%} of compound's",
                  f"{'strategy':<12} {'phi':>4} {'depth':>6} {'width':>6} {'res':>4} {'MACs x':>7}  matched"]
         for m in self.models:
@@ -324,6 +346,10 @@ class Comparison:
         metrics = {k: metrics.get(k) for k in ("state", "val_acc", "test_acc", "epochs", "train_seconds", "reason")}
         close_loggers(loggers, {k: (metrics | row).get(k) for k in SUMMARY_KEYS} | {"state": metrics["state"]})
         return row | metrics
+
+
+def _seed_range(seeds: list[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
 
 
 def outcome(table: pd.DataFrame, sweep_dir: Path, files: list[Path]) -> str:

@@ -207,9 +207,12 @@ def test_only_the_cli_layer_imports_the_cli_layer():
         if path.name in ("cli.py", "commands.py", "__main__.py"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)  # and `from effscale import commands`:
-                     else [node.module, *(f"{node.module}.{a.name}" for a in node.names)] if isinstance(node, ast.ImportFrom)
-                     else [])
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):  # `from effscale import commands` too
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                names = []
             reaching_up += [f"{path.relative_to(REPO)}: {n}" for n in names if n in cli_layer]
     assert reaching_up == []
 

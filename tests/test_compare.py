@@ -157,12 +157,22 @@ def test_compare_takes_the_best_point_of_a_search(tmp_path):
                 (1.8, 1.0, 1.05, "INFEASIBLE", None, 0)]]
     pd.DataFrame(rows).to_csv(tmp_path / "trials.csv", index=False)
     # (1.4, 1.1) averages 0.67 over its two seeds: ahead of (1.2, 1.0) at 0.66.
-    alpha, beta, gamma, origin = coefficients({"compare": {"from_search": str(tmp_path)}})
-    assert (alpha, beta, gamma) == (1.4, 1.1, 1.1) and str(tmp_path) in origin
+    chosen = coefficients({"compare": {"from_search": str(tmp_path)}})
+    assert (chosen.alpha, chosen.beta, chosen.gamma) == (1.4, 1.1, 1.1) and str(tmp_path) in chosen.origin
+    assert chosen.search_seeds == (0, 1)
     # A point that repeats (1.4, 1.1)'s network carries its first seed, 0.70, alone: not a better point.
     rows.append({**rows[1], "alpha": 1.5, "gamma": 1.05, "point": "a1.5_b1.1_g1.05", "same_as": rows[1]["point"]})
     pd.DataFrame(rows).to_csv(tmp_path / "trials.csv", index=False)
-    assert coefficients({"compare": {"from_search": str(tmp_path)}})[:3] == (1.4, 1.1, 1.1)
+    chosen = coefficients({"compare": {"from_search": str(tmp_path)}})
+    assert (chosen.alpha, chosen.beta, chosen.gamma) == (1.4, 1.1, 1.1)
+
+
+def test_a_comparison_of_a_searched_point_trains_on_seeds_the_search_did_not_choose_it_on():
+    from effscale.compare import comparison_seeds
+
+    assert comparison_seeds(0, 3, ()) == [0, 1, 2]  # coefficients given: seed, seed + 1, …
+    assert comparison_seeds(0, 3, (0, 1)) == [2, 3, 4]
+    assert comparison_seeds(5, 2, (0, 1)) == [5, 6]  # already past them
 
 
 def test_runs_are_grouped_by_sweep_with_one_job_type_per_strategy(tmp_path, monkeypatch):

@@ -198,7 +198,8 @@ def test_a_step_out_of_device_memory_is_null_in_json_and_said_in_the_table(monke
     from effscale.commands import measure as measure_command
 
     real = measure.measure_table
-    monkeypatch.setattr(measure, "measure_table", lambda *a, **kw: dataclasses.replace(real(*a, **kw), peak_mem_mb=math.inf))
+    out_of_memory = lambda *a, **kw: dataclasses.replace(real(*a, **kw), peak_mem_mb=math.inf)  # noqa: E731
+    monkeypatch.setattr(measure, "measure_table", out_of_memory)
     measure_command(["format=json", "data.resolution=32"])
     row = json.loads(capsys.readouterr().out)  # "Infinity" is not JSON: strict parsers refuse it
     assert row["peak_mem_mb"] is None and row["params"] > 0
