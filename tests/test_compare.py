@@ -2,6 +2,7 @@
 
 import math
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -145,7 +146,6 @@ def test_tiny_compare_trains_every_model_and_seed_resumes_and_reports(tmp_path, 
 
 
 def test_compare_takes_the_best_point_of_a_search(tmp_path):
-    import pandas as pd
 
     from effscale.compare import coefficients
 
@@ -173,6 +173,23 @@ def test_a_comparison_of_a_searched_point_trains_on_seeds_the_search_did_not_cho
     assert comparison_seeds(0, 3, ()) == [0, 1, 2]  # coefficients given: seed, seed + 1, …
     assert comparison_seeds(0, 3, (0, 1)) == [2, 3, 4]
     assert comparison_seeds(5, 2, (0, 1)) == [5, 6]  # already past them
+
+
+def test_compare_from_a_search_plans_and_trains_past_its_seeds(tmp_path, monkeypatch, capsys):
+    import effscale.train
+    from effscale.commands import compare
+    from effscale.results import read_trials
+
+    search = tmp_path / "searched"
+    search.mkdir()
+    pd.DataFrame([dict(strategy="compound", phi=1, alpha=1.2, beta=1.1, gamma=1.15, state="COMPLETE", val_acc=acc,
+                       seed=seed, point="a1.2_b1.1_g1.15") for seed, acc in ((0, 0.6), (1, 0.62))]
+                 ).to_csv(search / "trials.csv", index=False)
+    monkeypatch.setattr(effscale.train, "fit_candidate", lambda table, data, recipe, **kw: {
+        "state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.4, "epochs": 1, "train_seconds": 1.0})
+    compare([f"out={tmp_path}", "name=compared", *TINY, "compare.strategies=[compound]", f"compare.from_search={search}"])
+    assert "2 seeds (seeds 2-3, past those the search chose its point on)" in capsys.readouterr().out
+    assert sorted(read_trials(tmp_path / "compared")["seed"].unique()) == [2, 3]
 
 
 def test_runs_are_grouped_by_sweep_with_one_job_type_per_strategy(tmp_path, monkeypatch):
