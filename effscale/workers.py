@@ -26,6 +26,7 @@ or reaches a non-finite loss is recorded FAIL with its reason by `Search.train`,
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -219,36 +220,45 @@ def run_workers(commands: list[list[str]], stop_s: float = 30.0) -> int:
     """Run one worker process per command until all have ended; how many failed. Each worker has a
     session of its own, so a Ctrl-C at the terminal, a hang-up or a SIGTERM reaches this process
     alone, which passes it on to each worker once, as a SIGINT (a second one could cut short the
-    record of the interrupted trial), and raises KeyboardInterrupt. A worker still running `stop_s`
-    later, or at a second Ctrl-C, is terminated."""
+    record of the interrupted trial), and raises KeyboardInterrupt. So does anything else that ends
+    this process's wait (a worker that cannot start). A worker still running `stop_s` later, or at a
+    second stop signal, is terminated with the processes it started."""
     procs: list[subprocess.Popen] = []
-    try:
-        with _stops_as_interrupt():
-            procs += [subprocess.Popen(command, start_new_session=True) for command in commands]
-            return sum(p.wait() != 0 for p in procs)
-    except KeyboardInterrupt:
+    with _stops_as_interrupt():
         try:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGINT)
-            deadline = time.monotonic() + stop_s
-            for p in procs:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(timeout=max(0.0, deadline - time.monotonic()))
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-        raise
+            for command in commands:
+                procs.append(subprocess.Popen(command, start_new_session=True))
+            return sum(p.wait() != 0 for p in procs)
+        except BaseException:
+            _stop(procs, stop_s)
+            raise
+
+
+def _stop(procs: list[subprocess.Popen], stop_s: float) -> None:
+    try:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + stop_s
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)  # its group: the data loader's processes too
 
 
 @contextlib.contextmanager
 def _stops_as_interrupt() -> Iterator[None]:
-    """SIGHUP and SIGTERM raise KeyboardInterrupt in the block, as Ctrl-C does."""
+    """SIGHUP and SIGTERM raise KeyboardInterrupt in the block, as Ctrl-C does; one this process
+    ignores (SIGHUP under nohup) stays ignored."""
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    saved = {s: signal.signal(s, interrupt) for s in (signal.SIGHUP, signal.SIGTERM)}
+    stops = [s for s in (signal.SIGHUP, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
+    saved = {s: signal.signal(s, interrupt) for s in stops}
     try:
         yield
     finally:

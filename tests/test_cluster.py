@@ -7,6 +7,7 @@ so that the tests prove who trained what, not how well.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
@@ -201,13 +202,16 @@ signal.signal(signal.SIGINT, lambda *_: heard.append(1))
 open(sys.argv[1] + ".ready", "w").close()
 while not heard:
     time.sleep(0.05)
+open(sys.argv[1] + ".heard", "w").close()
 time.sleep(3)
 open(sys.argv[1], "w").write(str(len(heard)))
 sys.exit(130)
 """
 
-RUN_WORKERS = """import sys
+RUN_WORKERS = """import signal, sys
 from effscale.workers import run_workers
+if sys.argv[3] == "nohup":
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 try:
     run_workers([[sys.executable, "-c", sys.argv[1], f"{sys.argv[2]}/{i}"] for i in range(2)])
 except KeyboardInterrupt:
@@ -215,17 +219,49 @@ except KeyboardInterrupt:
 """
 
 
-@pytest.mark.parametrize("stop", ["ctrl-c at the terminal", "SIGTERM"])
-def test_a_stop_reaches_each_local_worker_exactly_once(tmp_path, stop):
-    search = subprocess.Popen([sys.executable, "-c", RUN_WORKERS, SLOW_TO_STOP, str(tmp_path)], cwd=REPO,
+def start_run_workers(tmp_path, how="plain"):
+    search = subprocess.Popen([sys.executable, "-c", RUN_WORKERS, SLOW_TO_STOP, str(tmp_path), how], cwd=REPO,
                               start_new_session=True)  # a group of its own, like a command at a terminal
     wait_for(lambda: all((tmp_path / f"{i}.ready").exists() for i in range(2)), 60, "the workers start", search)
-    if stop == "SIGTERM":
-        search.terminate()
-    else:
+    return search
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c at the terminal", "SIGTERM", "SIGHUP"])
+def test_a_stop_reaches_each_local_worker_exactly_once(tmp_path, stop):
+    search = start_run_workers(tmp_path)
+    if stop == "ctrl-c at the terminal":
         os.killpg(search.pid, signal.SIGINT)  # what the terminal does: the whole foreground group
+    else:
+        search.send_signal(getattr(signal, stop))
     assert search.wait(timeout=30) == 130
     assert [(tmp_path / str(i)).read_text() for i in range(2)] == ["1", "1"]
+
+
+def test_a_hang_up_leaves_a_search_under_nohup_running(tmp_path):
+    search = start_run_workers(tmp_path, "nohup")
+    os.killpg(search.pid, signal.SIGHUP)
+    time.sleep(1)
+    assert search.poll() is None and not list(tmp_path.glob("*.heard"))  # no worker was told to stop
+    search.send_signal(signal.SIGINT)
+    assert search.wait(timeout=30) == 130
+
+
+def test_a_worker_that_cannot_start_stops_those_already_started(tmp_path):
+    from effscale.workers import run_workers
+
+    marker = f"effscale-test-{uuid.uuid4()}"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)", marker]
+    with pytest.raises(FileNotFoundError):
+        run_workers([sleeper, [str(tmp_path / "no-such-program")]], stop_s=10)
+
+    def running() -> bool:
+        for path in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):  # a process that ended meanwhile
+                if marker.encode() in path.read_bytes():
+                    return True
+        return False
+
+    wait_for(lambda: not running(), 10, "the started worker stops")
 
 
 def test_worker_killed_mid_trial_then_relaunch_finishes_the_grid_without_losing_or_repeating_a_trial(tmp_path):
