@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -177,18 +178,21 @@ CONNECT_TIMEOUT_S = 10
 
 def without_password(url: str, masked: bool = True) -> str:
     """An RDB URL fit to print (`postgresql://user:***@host/db`) or, with `masked=False`, to write
-    down (`postgresql://user@host/db`). The password runs from the user's ":" to the last "@" before
-    the query string, as libpq reads it, so one with "@" or "/" in it is hidden whole. Journal and
-    SQLite URLs come back as they are."""
+    down (`postgresql://user@host/db`). Journal and SQLite URLs come back as they are. The password
+    runs from the user's ":" to the first "@", or on to the last "@" before the "/" or "?" after it:
+    URL readers differ on a password with "@" in it, so all that any of them could take is hidden.
+    A `password=` in the query string is masked or dropped alike."""
     if "://" not in url or url.startswith(("journal:", "sqlite:")):
         return url
     scheme, _, rest = url.partition("://")
-    address, question, query = rest.partition("?")
-    user_info, at, host = address.rpartition("@")
-    user, colon, _ = user_info.partition(":")
-    if not at or not colon:
-        return url
-    return f"{scheme}://{user}{':***' if masked else ''}@{host}{question}{query}"
+    rest = re.sub(r"([?&])password=[^&]*&?", r"\1password=***&" if masked else r"\1", rest).rstrip("?&")
+    first_at = rest.find("@")
+    if first_at < 0 or ":" not in rest[:first_at]:
+        return f"{scheme}://{rest}"
+    after = [i for i in (rest.find("/", first_at), rest.find("?", first_at)) if i >= 0]
+    at = rest.rfind("@", 0, min(after, default=len(rest)))
+    user = rest[:first_at].partition(":")[0]
+    return f"{scheme}://{user}{':***' if masked else ''}@{rest[at + 1:]}"
 
 
 class FeasibleGridSampler(optuna.samplers.GridSampler):

@@ -463,6 +463,12 @@ def test_storage_passwords_are_masked_when_printed_and_dropped_when_recorded():
     assert without_password("postgresql://u:p@ss@host/db", masked=False) == "postgresql://u@host/db"  # "@" in it
     assert without_password("postgresql://u:pw@host/db?sslmode=require&x=a@b") == \
         "postgresql://u:***@host/db?sslmode=require&x=a@b"
+    assert without_password("postgresql://u:p?ss@host/db") == "postgresql://u:***@host/db"  # a "?" in it
+    assert without_password("postgresql://u:p?ss@host/db", masked=False) == "postgresql://u@host/db"
+    assert without_password("postgresql://host/db?password=s3cret&sslmode=require") == \
+        "postgresql://host/db?password=***&sslmode=require"
+    assert without_password("postgresql://host/db?sslmode=require&password=s3cret", masked=False) == \
+        "postgresql://host/db?sslmode=require"
     for unchanged in ("journal:///shared/study.log", "sqlite:///results/quick/study.db", "postgresql://host/db"):
         assert without_password(unchanged) == unchanged == without_password(unchanged, masked=False)
 
