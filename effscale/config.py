@@ -52,12 +52,22 @@ def _one_line(exc: Exception) -> str:
         return f"{unknown.group(1)}: unknown key (not in the config; check the spelling, or add it with +{unknown.group(1)}=…)"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if isinstance(exc, OverrideParseException):
-        if lines[0].startswith(("LexerNoViableAltException", "mismatched input")):
-            # Hydra's override grammar takes ~, ] and some other characters in a value only inside quotes.
-            key, _, value = exc.override.partition("=")
-            return f"{exc.override}: Hydra cannot parse this value; put it in quotes: '{key}=\"{value}\"'"
-        return f"{exc.override}: Hydra cannot parse it ({lines[0]})"  # e.g. an unclosed bracket
+        return _unparsable(exc.override, lines)
     return " ".join(lines[:2]) if lines else type(exc).__name__
+
+
+def _unparsable(override: str, lines: list[str]) -> str:
+    """An override Hydra's grammar refused: the override and why, and where quotes would help, the
+    override quoted (the grammar takes ~, ], ) and some other characters in a value only inside quotes)."""
+    reasons = [line for line in lines if not line.startswith(("Error parsing override", "See https://"))]
+    reason = reasons[0] if reasons else "not an override"
+    key, equals, value = override.partition("=")
+    if (equals and re.fullmatch(r"[+~]{0,2}[\w.@/-]+", key) and not set("'\"") & set(value)
+            and reason.startswith(("LexerNoViableAltException", "mismatched input", "extraneous input"))):
+        return f"{override}: Hydra cannot parse this value; put it in quotes: '{key}=\"{value}\"'"
+    if reason.startswith("LexerNoViableAltException"):  # its message repeats the override
+        reason = "a character its grammar takes only inside quotes"
+    return f"{override}: Hydra cannot parse it ({reason})"
 
 
 def available_options(group: str) -> list[str]:

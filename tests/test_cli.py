@@ -180,6 +180,11 @@ def test_a_value_hydra_cannot_parse_unquoted_is_one_line_showing_it_quoted(capsy
     assert cli.main(["measure", "name=a]b"]) == 2  # a parser error, not the lexer's
     assert capsys.readouterr().err == ("effscale measure: name=a]b: Hydra cannot parse this value; put it in quotes: "
                                        "'name=\"a]b\"'\n")
+    assert cli.main(["measure", "name"]) == 2  # Hydra's first line, "Error parsing override", is not the why
+    assert capsys.readouterr().err == "effscale measure: name: Hydra cannot parse it (missing EQUAL at '<EOF>')\n"
+    assert cli.main(["measure", "na~me=x"]) == 2  # the key is wrong: quoting the value would not help
+    assert capsys.readouterr().err == ("effscale measure: na~me=x: Hydra cannot parse it (mismatched input '~' "
+                                       "expecting EQUAL)\n")
     assert cli.main(["measure", "scale={phi:[1}"]) == 2  # quotes would not help: it names the override and why
     assert capsys.readouterr().err == ("effscale measure: scale={phi:[1}: Hydra cannot parse it (no viable alternative "
                                        "at input '{phi:[1}')\n")
