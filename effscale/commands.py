@@ -76,14 +76,18 @@ def search(overrides: list[str]) -> None:
     print(run.describe_plan())
     record_storage(run)  # a non-default search.storage: where `effscale dashboard results/<sweep>` finds it
     done, total = run.counts()
-    reseed = bool(run.seed_jobs())  # a point that moved up among the best after the last round
+    # A run stopped after a round of extra seeds: points that moved up among the best by mean have
+    # theirs to train still, beyond what `counts` foresees.
+    moved_up = len(run.seed_jobs()) if done == total else 0
     failed_before = run.failed_points()
     retry = f" ({failed_before} failed; search.retry_failed=true trains those points again)" if failed_before else ""
-    reseeds = bool(cfg["search"].get("top_k")) and bool(cfg["search"].get("extra_seeds")) and (done < total or reseed)
+    reseeds = bool(cfg["search"].get("top_k")) and bool(cfg["search"].get("extra_seeds")) and done < total
     more = " (and extra seeds for any point that moves up among the best)" if reseeds else ""
+    if moved_up:
+        more = f", and {moved_up} extra seed(s) for points that moved up among the best"
     print(f"{done} trials already {'ran' if failed_before else 'complete'}{retry}, {total - done} to run{more}")
     workers, failed = int(cfg["search"].get("workers") or 1), 0
-    if done == total and not reseed:
+    if done == total and not moved_up:
         table = read_trials(run.table)
     elif workers > 1:
         table, failed = run_local(run, overrides, workers)

@@ -710,6 +710,6 @@ def test_a_search_resumed_after_its_first_round_of_extra_seeds_trains_the_point_
     capsys.readouterr()
     search(argv)
     out = capsys.readouterr().out
-    assert "6 trials already complete, 0 to run (and extra seeds for any point that moves up among the best)" in out
+    assert "6 trials already complete, 0 to run, and 1 extra seed(s) for points that moved up among the best" in out
     assert sorted(calls) == sorted(accuracy)
     assert "best: alpha=1.95 beta=1 gamma=1 " in out
