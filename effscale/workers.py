@@ -16,7 +16,8 @@ already visible when the claimant reads; PostgreSQL hands out ids before commit,
 claimant reads again after `CLAIM_SETTLE_S`, long after any earlier claim has committed.
 
 Faults. A trial whose worker died (SIGKILL, scancel, preemption, a requeued SLURM job) stays RUNNING
-until a worker or the next launch finds it abandoned — its process gone on this host, its SLURM job
+until a worker or the next launch finds it abandoned — its process gone on this host (and in this
+pid namespace: containers that share a host name are told apart), its SLURM job
 no longer running it (effscale/slurm.py), or no heartbeat (one a minute, from a thread beside the
 training) for `search.stale_after_s` — marks it FAIL (stale) and trains its point again. Idle workers
 keep watching while others train, so a survivor takes over a dead worker's point. A trial that raises
