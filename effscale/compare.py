@@ -251,6 +251,7 @@ class Comparison:
         set_threads(self.recipe.get("threads"))
         chosen = coefficients(self.cfg)
         self.alpha, self.beta, self.gamma, self.origin = chosen.alpha, chosen.beta, chosen.gamma, chosen.origin
+        self.search_seeds = chosen.search_seeds
         self.seeds = comparison_seeds(int(self.cfg["seed"]), int(self.cfg["compare"]["seeds"]), chosen.search_seeds)
         data_cfg = self.cfg["data"]
         self.data = build_datamodule(data_cfg, int(self.baseline["resolution"]), int(data_cfg["batch_size"]),
@@ -307,6 +308,7 @@ class Comparison:
         existing = results.read_trials(self.table)
         log_to(log, self.sweep_dir / "compare.log")
         complete = existing[existing["state"] == "COMPLETE"] if not existing.empty else existing
+        self.warn_of_selected_runs(complete)
         done = {row_key(r) for r in complete.to_dict("records")}
         jobs = [(m, seed) for m in self.models for seed in self.seeds if row_key(self.row(m) | {"seed": seed}) not in done]
         self.say(f"{len(self.models) * len(self.seeds) - len(jobs)} trainings already complete, {len(jobs)} to run")
@@ -319,6 +321,20 @@ class Comparison:
                      f"MACs x{model.macs_ratio:.2f}  val {acc}  {row.get('train_seconds') or 0:.0f} s  {row['state']}")
             trial += 1
         return results.read_trials(self.table)
+
+    def warn_of_selected_runs(self, complete: pd.DataFrame) -> None:
+        """Rows of an earlier comparison (before its seeds started past the search's) that trained
+        compound on the seeds the search chose its point on: the report would count them."""
+        if complete.empty or not self.search_seeds:
+            return
+        points = {self.row(m)["point"] for m in self.models}
+        selected = complete[(complete["strategy"] == "compound") & complete["point"].isin(points)
+                            & complete["seed"].isin(self.search_seeds)]
+        if not selected.empty:
+            seeds = ", ".join(str(int(s)) for s in sorted(selected["seed"].unique()))
+            self.say(f"warning: {self.table} has compound rows on seed(s) {seeds}, those the search chose its "
+                     "point on; the report counts them, in compound's favour: remove them, or compare into "
+                     "another sweep (name=…)")
 
     def train(self, model: ScaledModel, seed: int, trial: int) -> dict[str, Any]:
         from effscale.errors import UserError

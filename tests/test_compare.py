@@ -189,7 +189,13 @@ def test_compare_from_a_search_plans_and_trains_past_its_seeds(tmp_path, monkeyp
         "state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.4, "epochs": 1, "train_seconds": 1.0})
     compare([f"out={tmp_path}", "name=compared", *TINY, "compare.strategies=[compound]", f"compare.from_search={search}"])
     assert "2 seeds (seeds 2-3, past those the search chose its point on)" in capsys.readouterr().out
-    assert sorted(read_trials(tmp_path / "compared")["seed"].unique()) == [2, 3]
+    table = read_trials(tmp_path / "compared")
+    assert sorted(table["seed"].unique()) == [2, 3]
+    # An earlier comparison's compound row on a seed the search chose its point on is pointed out.
+    earlier = table[(table["strategy"] == "compound") & (table["seed"] == 2)].assign(seed=1, trial=99)
+    pd.concat([table, earlier]).to_csv(tmp_path / "compared" / "trials.csv", index=False)
+    compare([f"out={tmp_path}", "name=compared", *TINY, "compare.strategies=[compound]", f"compare.from_search={search}"])
+    assert "has compound rows on seed(s) 1, those the search chose its point on" in capsys.readouterr().out
 
 
 def test_runs_are_grouped_by_sweep_with_one_job_type_per_strategy(tmp_path, monkeypatch):
