@@ -128,12 +128,14 @@ def _variant_name(baseline: str, variant: str | None) -> str:
 
 
 def _print_table(rows: list[dict[str, Any]], device: str, batch: int, human) -> None:
+    from effscale.results import megabytes
+
     headers = ["model", "res", "width", "depth", "params", "MACs", "FLOPs", "activations",
                f"peak train MB (b={batch})", f"latency ms ({device})"]
     body = [[
         r["name"], str(r["resolution"]), f"{r['width_mult']:.3g}", f"{r['depth_mult']:.3g}",
         f"{r['params']:,}", human(r["macs"]), human(r["flops"]), human(r["activations"]),
-        _megabytes(r["peak_mem_mb"]),
+        megabytes(r["peak_mem_mb"]),
         "–" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}",
     ] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(headers)]
@@ -142,12 +144,6 @@ def _print_table(rows: list[dict[str, Any]], device: str, batch: int, human) -> 
     print("  ".join("-" * w for w in widths))
     for row in body:
         print(line(row))
-
-
-def _megabytes(peak: float | None) -> str:
-    if peak is None:
-        return "–"
-    return "out of memory" if math.isinf(peak) else f"{peak:,.0f}"
 
 
 def print_help(command: str, overrides: list[str]) -> None:

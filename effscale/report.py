@@ -25,7 +25,7 @@ import pandas as pd
 
 from effscale.errors import UserError
 from effscale.files import write_atomically
-from effscale.results import SINGLE_DIMENSIONS, best_first, from_compare
+from effscale.results import SINGLE_DIMENSIONS, best_first, from_compare, megabytes
 
 TRIALS = "trials.csv"
 COEFFICIENTS = ["alpha", "beta", "gamma"]
@@ -466,7 +466,7 @@ def _search_view(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     if "macs_ratio" in table:
         view["MACs ratio"] = table["macs_ratio"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
     if "peak_mem_mb" in table:
-        view["peak MB"] = table["peak_mem_mb"].map(lambda v: "–" if pd.isna(v) else f"{v:.0f}")
+        view["peak MB"] = table["peak_mem_mb"].map(megabytes)
     view["state"] = table["state"]
     view["n seeds"] = table["n"]
     view[f"{metric} (%)"] = [_pm(m, h) for m, h in zip(table["mean"], table["ci95"])]

@@ -212,6 +212,14 @@ def seed_noise(summary: pd.DataFrame) -> Noise | None:
                  tied=int((gaps <= margins).sum()))
 
 
+def megabytes(peak: float | None) -> str:
+    """A peak memory for a table people read: '1,234', '–' when not measured, 'out of memory' when
+    the training step did not fit on the device (measure.cuda_peak_train_mb: infinite)."""
+    if peak is None or pd.isna(peak):
+        return "–"
+    return "out of memory" if math.isinf(peak) else f"{peak:,.0f}"
+
+
 def format_summary(summary: pd.DataFrame, limit: int | None = None) -> str:
     """The seed summary as a compact fixed-width table for a terminal or the README."""
     rows = summary if limit is None else summary.head(limit)

@@ -266,3 +266,12 @@ def test_a_heatmap_cell_says_how_many_seeds_its_mean_is_over_when_more_than_one(
     cell = pd.Series({"mean": 0.3134, "gamma": 1.1785, "n": 1})
     assert heatmap_label(cell) == "31.3\nγ=1.18"
     assert heatmap_label(pd.Series({"mean": 0.3134, "gamma": 1.1785, "n": 2})) == "31.3\nγ=1.18\n2 seeds"
+
+
+def test_a_candidate_out_of_device_memory_reads_so_in_the_reports_search_table(tmp_path):
+    df = search_table_rows().assign(peak_mem_mb=120.0)
+    df.loc[df["state"] == "INFEASIBLE", "peak_mem_mb"] = math.inf  # measure.cuda_peak_train_mb: did not fit
+    write(tmp_path, df)  # through the CSV, as a report reads it
+    write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| out of memory |" in text and "| inf |" not in text and "| 120 |" in text
