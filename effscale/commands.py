@@ -95,10 +95,11 @@ def search(overrides: list[str]) -> None:
         table = run.run()
     print(outcome(table, run.sweep_dir, run.logger_kind))
     print(f"total {time.perf_counter() - started:.0f} s")
-    exit_if_nothing_completed(table, run.sweep_dir)
     if failed:
         print(f"effscale search: {failed} of {workers} workers failed (their errors are above); the trials they "
               "finished are kept, and the same command trains what is left", file=sys.stderr)
+    exit_if_nothing_completed(table, run.sweep_dir)
+    if failed:
         raise SystemExit(1)
 
 

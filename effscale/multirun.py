@@ -118,10 +118,11 @@ def multirun(overrides: list[str]) -> None:
     failed = launch(cfg, launcher, overrides, sweep_dir, search, new)
     table = results.read_trials(sweep_dir)
     print(outcome(table, sweep_dir, search.logger_kind))
-    exit_if_nothing_completed(table, sweep_dir)
     if failed:
         print("effscale search: a worker job ended without finishing (cancelled, killed, or out of time and "
               "requeues); run the same command again to train what is left", file=sys.stderr)
+    exit_if_nothing_completed(table, sweep_dir)
+    if failed:
         raise SystemExit(1)
 
 
