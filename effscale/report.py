@@ -639,6 +639,9 @@ def check_metric(df: pd.DataFrame, metric: str) -> None:
         raise UserError(f"--metric {metric}: expected {' or '.join(METRICS)}")
     if metric not in df:
         raise UserError(f"--metric {metric}: the results table has no such column")
+    if metric == "test_acc" and df["test_acc"].isna().all() and df["val_acc"].notna().any():
+        raise UserError("--metric test_acc: no trial has a test accuracy (the data has no test split of its "
+                        "own, such as an image folder without test/); rank by val_acc")
 
 
 def write_report(folder: str | Path, out: str | Path | None = None, metric: str = "val_acc") -> list[Path]:

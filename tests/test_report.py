@@ -232,6 +232,10 @@ def test_metric_test_acc_ranks_by_it_and_a_wrong_metric_writes_nothing(tmp_path)
         with pytest.raises(UserError, match=f"^--metric {wrong}: expected val_acc or test_acc$"):
             write_report(tmp_path, tmp_path / wrong, wrong)
         assert not (tmp_path / wrong).exists()
+    write(tmp_path, table.assign(test_acc=math.nan))  # an image folder without test/
+    with pytest.raises(UserError, match=r"^--metric test_acc: no trial has a test accuracy \(the data has no test "):
+        write_report(tmp_path, tmp_path / "untested", "test_acc")
+    assert not (tmp_path / "untested").exists()
 
 
 def test_search_report_and_compare_break_a_tie_alike_the_cheaper_point_first():
