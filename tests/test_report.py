@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from effscale.errors import UserError
 from effscale.report import (compound_margin, margin_sentences, mean_ci, paper_comparison, search_table, strategy_summary,
                              t_critical, write_report)
@@ -279,3 +279,10 @@ def test_a_candidate_out_of_device_memory_reads_so_in_the_reports_search_table(t
     write_report(tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "| out of memory |" in text and "| inf |" not in text and "| 120 |" in text
+
+
+@pytest.mark.parametrize("sweep", ["quick", "fashion_mnist"])
+def test_the_committed_reports_are_what_their_tables_give_now(tmp_path, sweep):
+    """The numbers in the README and results/ come from these reports: they must not drift from the code."""
+    write_report(REPO / "results" / sweep, tmp_path)
+    assert (tmp_path / "report.md").read_text() == (REPO / "results" / sweep / "report.md").read_text()
