@@ -198,8 +198,9 @@ def without_password(url: str, masked: bool = True) -> str:
 class FeasibleGridSampler(optuna.samplers.GridSampler):
     """Optuna's GridSampler over the feasible points, for a search that walks the grid itself.
 
-    The search enqueues every (point, seed) in grid order, and again after a crash, so the sampler
-    never picks: it records which grid cell each trial is (`grid_id`, as its own trials carry, so
+    The search creates each (point, seed)'s trial with its point fixed (`Search.start_trial`), in
+    grid order, and again after a crash, so the sampler never picks: it records which grid cell each
+    trial is (`grid_id`, as its own trials carry, so
     `is_exhausted` and the dashboard read the study as a grid search) and never stops the study
     (GridSampler calls `Study.stop`, which exists only inside `Study.optimize`, not ask-and-tell).
     """
@@ -363,8 +364,8 @@ def mark_stale(study: optuna.Study, trial: FrozenTrial) -> bool:
 
 def fail_stale_trials(study: optuna.Study, stale_after_s: float) -> int:
     """Mark abandoned trials FAIL with user attribute `stale`, so that their jobs run again: RUNNING
-    ones, and WAITING ones, which a process leaves only when it dies between enqueueing a trial and
-    asking for it (a live one asks within milliseconds, and may be another search on this study)."""
+    ones, and WAITING ones a process enqueued and died before asking for (searches before
+    `Search.start_trial` enqueued theirs; a live process asks within milliseconds)."""
     count = 0
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
         if is_stale(frozen, stale_after_s) and mark_stale(study, frozen):
@@ -726,9 +727,7 @@ class Search:
         for i, job in enumerate(todo, 1):
             if job.key in self._finished() or job.key in self._running():
                 continue  # another worker on the same study took it meanwhile
-            self.study.enqueue_trial({"point": job.candidate.point}, user_attrs=self.trial_attrs(job))
-            trial = self.study.ask({"point": optuna.distributions.CategoricalDistribution(self._points())})
-            self.train(trial, job, f"[{i}/{len(todo)}]")
+            self.train(self.start_trial(job), job, f"[{i}/{len(todo)}]")
 
     def run_tpe(self) -> None:
         """TPE proposes points from the feasible set; a point it proposes again is answered from the
@@ -763,6 +762,20 @@ class Search:
         (so that a crash at any moment leaves it recognisably stale)."""
         return candidate_row(job.candidate, self.context) | {
             "seed": job.seed, "epochs": None, **this_process(), "heartbeat": time.time()}
+
+    def start_trial(self, job: Job, **attrs: Any) -> optuna.Trial:
+        """A RUNNING trial of `job`, created in one write with its point and user attributes (`attrs`
+        added). Not `enqueue_trial` then `ask`: `ask` takes the study's oldest waiting trial, which can
+        be another search's, enqueued a moment before."""
+        point = job.candidate.point
+        template = optuna.trial.create_trial(
+            state=TrialState.RUNNING, params={"point": point},
+            distributions={"point": optuna.distributions.CategoricalDistribution(self._points())},
+            user_attrs=self.trial_attrs(job) | attrs, system_attrs={"fixed_params": {"point": point}})
+        storage = self.study._storage
+        trial_id = storage.create_new_trial(self.study._study_id, template_trial=template)
+        self.study.sampler.before_trial(self.study, storage.get_trial(trial_id))  # as `ask` does: its grid cell
+        return optuna.trial.Trial(self.study, trial_id)
 
     def original(self, job: Job) -> FrozenTrial | None:
         """A finished trial that trained `job`'s network with `job`'s seed, under another point."""

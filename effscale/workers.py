@@ -85,23 +85,14 @@ def owner(trials: list[FrozenTrial], retry_below: int | None = None) -> FrozenTr
 def claim(search: Search, job: Job, retry_below: int | None = None) -> optuna.Trial | None:
     """A RUNNING trial for `job` if this worker won its point, else None (the losing claim is
     recorded FAIL with `repeat_of`). See the module docstring for why exactly one worker wins."""
-    study, point = search.study, job.candidate.point
-    attrs = search.trial_attrs(job)
-    if slurm.current_job():
-        attrs["slurm_job"] = slurm.current_job()
-    template = optuna.trial.create_trial(
-        state=TrialState.RUNNING, params={"point": point},
-        distributions={"point": optuna.distributions.CategoricalDistribution(search._points())},
-        user_attrs=attrs, system_attrs={"fixed_params": {"point": point}})  # GridSampler leaves it be
-    storage = study._storage
-    trial_id = storage.create_new_trial(study._study_id, template_trial=template)
+    trial = search.start_trial(job, **({"slurm_job": slurm.current_job()} if slurm.current_job() else {}))
     if _is_rdb(search):
         time.sleep(CLAIM_SETTLE_S)
-    winner = owner(holders(study.get_trials(deepcopy=False)).get(job.key, []), retry_below)
-    if winner is not None and winner._trial_id == trial_id:
-        return optuna.trial.Trial(study, trial_id)
-    storage.set_trial_user_attr(trial_id, "repeat_of", winner.number if winner else None)
-    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    winner = owner(holders(search.study.get_trials(deepcopy=False)).get(job.key, []), retry_below)
+    if winner is not None and winner._trial_id == trial._trial_id:
+        return trial
+    search.study._storage.set_trial_user_attr(trial._trial_id, "repeat_of", winner.number if winner else None)
+    search.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     return None
 
 

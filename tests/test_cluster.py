@@ -63,10 +63,15 @@ def background_cli(*args: str) -> subprocess.Popen:
 
 
 def fake_search(study: optuna.Study, points: list[str]) -> SimpleNamespace:
-    """What `claim` uses of a Search: its study, storage setting, feasible points and a trial's first attributes."""
-    return SimpleNamespace(study=study, opts={"storage": None}, _points=lambda: points,
-                           trial_attrs=lambda job: {"point": job.candidate.point, "seed": job.seed,
-                                                    **this_process(), "heartbeat": time.time()})
+    """What `claim` uses of a Search: its study, storage setting, feasible points, a trial's first
+    attributes, and Search's own way of starting a trial with them."""
+    from effscale.search import Search
+
+    search = SimpleNamespace(study=study, opts={"storage": None}, _points=lambda: points,
+                             trial_attrs=lambda job: {"point": job.candidate.point, "seed": job.seed,
+                                                      **this_process(), "heartbeat": time.time()})
+    search.start_trial = lambda job, **attrs: Search.start_trial(search, job, **attrs)
+    return search
 
 
 def test_second_claim_on_a_point_loses_to_the_lower_trial_and_is_recorded_as_a_repeat():

@@ -713,3 +713,33 @@ def test_a_search_resumed_after_its_first_round_of_extra_seeds_trains_the_point_
     assert "6 trials already complete, 0 to run, and 1 extra seed(s) for points that moved up among the best" in out
     assert sorted(calls) == sorted(accuracy)
     assert "best: alpha=1.95 beta=1 gamma=1 " in out
+
+
+def test_a_waiting_trial_someone_else_enqueued_is_left_alone(tmp_path, monkeypatch):
+    """`ask` hands out the study's oldest waiting trial, which may be another process's (an older search,
+    or optuna's API by hand): a search starts its own trials, each recorded as what it trained."""
+    import reliability_scenarios as rs
+
+    from effscale import train
+    from effscale.config import load, model_table
+    from effscale.search import Job, Search, this_process
+
+    def fit(table, data, recipe, seed, **kwargs):  # each network's accuracy tells which one trained
+        acc = table["depth_mult"] / 10
+        return {"state": "COMPLETE", "val_acc": acc, "test_acc": acc, "epochs": 1, "train_seconds": 0.1,
+                "val_history": [acc], "reason": None}
+
+    monkeypatch.setattr(train, "fit_candidate", fit)
+    argv = [*rs.TINY_SEARCH, f"out={tmp_path}", "name=shared"]
+    cfg = load("search", argv)
+    other = Search(cfg, model_table(cfg), "cpu", say=lambda line: None)  # the study, and a trial another
+    other.plan()                                                          # process enqueued, not yet asked
+    other.open()
+    last = other.feasible[-1]
+    alive = {**this_process(), "pid": os.getppid()}  # a live process here: its waiting trial is not stale
+    other.study.enqueue_trial({"point": last.point}, user_attrs=other.trial_attrs(Job(last, 0)) | alive)
+    search(argv)
+    table = results.read_trials(tmp_path / "shared")
+    assert (table["val_acc"] == table["depth_mult"] / 10).all() and len(table) == rs.TINY_POINTS
+    waiting = [t for t in other.study.get_trials() if t.state == optuna.trial.TrialState.WAITING]
+    assert [t.user_attrs["pid"] for t in waiting] == [os.getppid()]  # still the other process's to ask for
