@@ -47,10 +47,13 @@ def assert_each_point_once(sweep_dir: Path, trials: list[optuna.trial.FrozenTria
 
 
 def _just_started(trials: list[optuna.trial.FrozenTrial] | None, within_s: float = 2.0):
-    """The RUNNING trials of SLURM jobs that started less than `within_s` ago, newest first."""
+    """The RUNNING trials of SLURM jobs that started less than `within_s` ago, newest first: those
+    that hold their point (a claim that lost to another for the same point is not training)."""
     now = datetime.datetime.now()
+    held = holders(trials or [])
     fresh = [t for t in trials or [] if t.state == TrialState.RUNNING and t.user_attrs.get("slurm_job")
-             and (now - t.datetime_start).total_seconds() < within_s]
+             and (now - t.datetime_start).total_seconds() < within_s
+             and owner(held.get((t.user_attrs.get("point"), int(t.user_attrs.get("seed", -1))), [])) is t]
     return sorted(fresh, key=lambda t: t.datetime_start, reverse=True)
 
 
