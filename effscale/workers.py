@@ -212,9 +212,10 @@ def run_workers(commands: list[list[str]], stop_s: float = 30.0) -> int:
     """Run one worker process per command until all have ended; how many failed. Each worker has a
     session of its own, so a Ctrl-C at the terminal, a hang-up or a SIGTERM reaches this process
     alone, which passes it on to each worker once, as a SIGINT (a second one could cut short the
-    record of the interrupted trial), and raises KeyboardInterrupt. So does anything else that ends
-    this process's wait (a worker that cannot start). A worker still running `stop_s` later, or at a
-    second stop signal, is terminated with the processes it started."""
+    record of the interrupted trial), and raises KeyboardInterrupt. Anything else that ends this
+    process's wait (a worker that cannot start) stops the started workers the same way and is raised.
+    A worker still running `stop_s` later, or at a second stop signal, is terminated with the
+    processes it started."""
     procs: list[subprocess.Popen] = []
     with _stops_as_interrupt():
         try:
