@@ -200,9 +200,9 @@ class FeasibleGridSampler(optuna.samplers.GridSampler):
 
     The search creates each (point, seed)'s trial with its point fixed (`Search.start_trial`), in
     grid order, and again after a crash, so the sampler never picks: it records which grid cell each
-    trial is (`grid_id`, as its own trials carry, so
-    `is_exhausted` and the dashboard read the study as a grid search) and never stops the study
-    (GridSampler calls `Study.stop`, which exists only inside `Study.optimize`, not ask-and-tell).
+    trial is (`grid_id`, as its own trials carry, so `is_exhausted` and the dashboard read the study
+    as a grid search) and never stops the study (GridSampler calls `Study.stop`, which exists only
+    inside `Study.optimize`, not ask-and-tell).
     """
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
