@@ -34,6 +34,8 @@ def open_image(path: str | Path) -> Any:
             return image.copy()
     except UnidentifiedImageError:
         raise UserError(f"{path}: not an image (Pillow cannot identify it)") from None
+    except Image.DecompressionBombError as exc:  # Pillow's guard against a file that decodes to gigabytes
+        raise UserError(f"{path}: image too large to open ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{path}: corrupt or truncated image ({exc})") from None
 

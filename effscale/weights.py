@@ -511,6 +511,8 @@ def load_pretrained(spec: str, baseline: str | None = None, variant: str | None 
     The architecture comes from an effscale checkpoint's own stage table, else from `baseline` and
     `variant` when given, else from the first known baseline and official variant the weights fit.
     """
+    if variant is not None and variant not in OFFICIAL_VARIANTS:
+        raise UserError(f"--variant {variant}: expected one of {', '.join(OFFICIAL_VARIANTS)}")
     path = weights_file(spec, baseline, variant)
     state_dict, meta = state_dict_of(read_checkpoint(path), path)
     fmt = CHECKPOINT_FORMAT if meta else detect_format(state_dict)

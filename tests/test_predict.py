@@ -116,6 +116,21 @@ def test_bad_image_one_line_exit_2(tmp_path, capsys, make, needle):
     assert out.out == "" and len(out.err.strip().splitlines()) == 1 and needle in out.err, out.err
 
 
+def test_an_image_too_large_to_open_or_an_unknown_variant_is_one_line_exit_2(tmp_path, capsys, monkeypatch, photos):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses over twice this: a "decompression bomb"
+    Image.new("RGB", (20, 20)).save(tmp_path / "big.png")
+    assert main(["predict", str(tmp_path / "big.png"), "--weights", "lite0"]) == 2
+    err = capsys.readouterr().err
+    assert "big.png: image too large to open (Image size (400 pixels) exceeds limit" in err
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.undo()
+    assert main(["predict", str(photos / "coffee.png"), "--weights", "lite0", "--variant", "b9"]) == 2
+    assert capsys.readouterr().err == ("effscale predict: --variant b9: expected one of b0, b1, b2, b3, b4, b5, b6, "
+                                       "b7\n")
+
+
 def test_refused_weights_file_one_line_exit_2(tmp_path, capsys, photos):
     marker = tmp_path / "code-ran"
     (tmp_path / "evil.pth").write_bytes(
