@@ -159,6 +159,7 @@ STEM_KEYS, STEM_OPTIONAL = {"channels", "kernel", "stride"}, {"scale"}
 STAGE_KEYS = {"block", "stride", "channels", "repeats"}
 BLOCK_KEYS = {"mbconv": {"expand", "kernel", "se"}, "inverted_residual": {"expand", "kernel"},
               "basic": set(), "bottleneck": set()}
+FAMILIES = ("efficientnet", "mobilenet_v2", "resnet")  # module layouts effscale/models/network.py builds
 
 
 def check_stage_table(table: dict[str, Any]) -> None:
@@ -166,6 +167,8 @@ def check_stage_table(table: dict[str, Any]) -> None:
     there; else one UserError naming the key as `baseline.<where>`. (`SECTIONS` checks the values.)"""
     _check_keys("baseline", table, TABLE_KEYS, TABLE_OPTIONAL)
     _check_keys("baseline.stem", table["stem"], STEM_KEYS, STEM_OPTIONAL)
+    if table["family"] not in FAMILIES:
+        raise UserError(f"baseline.family: unknown {table['family']!r}; expected {', '.join(FAMILIES)}")
     head = table.get("head")
     if head is None and table["family"] != "resnet":
         raise UserError(f"baseline.head: required for family {table['family']} (a 1×1 conv of head.channels)")

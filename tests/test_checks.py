@@ -109,6 +109,7 @@ def _b0_table():
     (lambda t: t.update(stemm=t.pop("stem")), "baseline.stemm: unknown key; it takes"),
     (lambda t: t["stem"].update(kernal=3), "baseline.stem.kernal: unknown key; it takes channels, kernel, stride, scale"),
     (lambda t: t.update(head=None), "baseline.head: required for family efficientnet"),
+    (lambda t: t.update(family="vgg"), "baseline.family: unknown 'vgg'; expected efficientnet, mobilenet_v2, resnet"),
     (lambda t: t.update(family="resnet", stages=[{"block": "basic", "stride": 1, "channels": 64, "repeats": 2}]),
      "baseline.head: a resnet has no head conv (its last stage feeds the classifier); set head: null"),
     (lambda t: t.update(stages=[]), "baseline.stages: expected a list of one or more stages, got []"),
