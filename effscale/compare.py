@@ -23,7 +23,8 @@ import pandas as pd
 
 from effscale import results
 from effscale.files import log_to
-from effscale.scaling import Multipliers, compound_multipliers, scale_stage_table, strategy_multipliers
+from effscale.scaling import (Multipliers, ScalingError, compound_multipliers, scale_stage_table,
+                              strategy_multipliers)
 
 
 def solve_multiplier(ratio_at: Callable[[float], float], target: float, tolerance: float,
@@ -243,6 +244,7 @@ class Comparison:
     def plan(self) -> list[ScaledModel]:
         """Every model of the comparison with its measured cost; nothing is trained or written."""
         from effscale.data import build_datamodule
+        from effscale.errors import UserError
         from effscale.measure import measure_tables
         from effscale.models import build_model
         from effscale.search import measure_options
@@ -262,8 +264,12 @@ class Comparison:
         build = lambda t: build_model(t, classes, channels)  # noqa: E731
         counter = MacsCounter(build, channels)
         multiple = int((self.cfg.get("scale") or {}).get("resolution_multiple") or 1)
-        self.models = [m for phi in self.phis for m in matched_models(
-            self.baseline, self.strategies, phi, self.alpha, self.beta, self.gamma, counter, self.tolerance, multiple)]
+        try:
+            self.models = [m for phi in self.phis for m in matched_models(
+                self.baseline, self.strategies, phi, self.alpha, self.beta, self.gamma, counter, self.tolerance,
+                multiple)]
+        except ScalingError as exc:  # a φ far past any network a device trains
+            raise UserError(f"compare.phis: {exc}") from None
         # Measured as a search measures its grid: one count per architecture and input size, peak memory
         # a real CUDA step only when the budget bounds it.
         options = measure_options({**self.cfg, "trainer": self.recipe}, self.device, channels)

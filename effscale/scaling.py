@@ -119,10 +119,15 @@ class GridPoint:
         return constraint_value(self.alpha, self.beta, self.gamma)
 
 
+MAX_GRID = 100_000  # (α, β) pairs, each scaled and checked before any training (step 0.01 over [1, 2]: 10,201)
+
+
 def _frange(lo: float, hi: float, step: float) -> list[float]:
     if step <= 0:
         raise ScalingError(f"grid step must be > 0, got {step}")
     n = int(math.floor((hi - lo) / step + 1e-9))
+    if n > MAX_GRID:
+        raise ScalingError(f"step {step:g} makes {n + 1:,} values in [{lo:g}, {hi:g}]; at most {MAX_GRID:,}")
     return [round(lo + i * step, 10) for i in range(n + 1)]
 
 
@@ -144,9 +149,12 @@ def compound_grid(
     """
     if tolerance < 0:
         raise ScalingError(f"tolerance must be >= 0, got {tolerance}")
+    alphas, betas = _frange(alpha_range[0], alpha_range[1], step), _frange(beta_range[0], beta_range[1], step)
+    if len(alphas) * len(betas) > MAX_GRID:  # each is measured before any training
+        raise ScalingError(f"step {step:g} makes {len(alphas) * len(betas):,} (α, β) pairs; at most {MAX_GRID:,}")
     points: list[GridPoint] = []
-    for alpha in _frange(alpha_range[0], alpha_range[1], step):
-        for beta in _frange(beta_range[0], beta_range[1], step):
+    for alpha in alphas:
+        for beta in betas:
             if alpha < 1 or beta < 1:
                 continue
             if gamma_values is None:
@@ -234,6 +242,21 @@ def strategy_multipliers(
 # --- applying multipliers to a stage table ----------------------------------------------------------
 
 
+# Far past any network a device trains (B7: 55 blocks, 600 px, 3,840 channels) and still quick to build
+# and count on the meta device; past them a slip such as scale.phi=100 would leave a command building.
+MAX_BLOCKS, MAX_RESOLUTION, MAX_CHANNELS = 10_000, 16_384, 1_000_000
+
+
+def _check_buildable(table: dict[str, Any], mult: Multipliers) -> None:
+    blocks = sum(stage["repeats"] for stage in table["stages"])
+    widest = max(part["channels"] for part in [table["stem"], table.get("head") or table["stem"], *table["stages"]])
+    if blocks > MAX_BLOCKS or widest > MAX_CHANNELS or table["resolution"] > MAX_RESOLUTION:
+        raise ScalingError(
+            f"depth ×{mult.depth:.3g}, width ×{mult.width:.3g}, resolution ×{mult.resolution:.3g} give {blocks:,} "
+            f"blocks, {widest:,} channels and {table['resolution']:,} px; effscale builds up to {MAX_BLOCKS:,} "
+            f"blocks, {MAX_CHANNELS:,} channels and {MAX_RESOLUTION:,} px")
+
+
 def scale_stage_table(table: dict[str, Any], mult: Multipliers, resolution_multiple: int = 1) -> dict[str, Any]:
     """Return a copy of a baseline stage table with depth, width and resolution applied.
 
@@ -263,6 +286,7 @@ def scale_stage_table(table: dict[str, Any], mult: Multipliers, resolution_multi
         stage["channels"] = scaled(stage["channels"], channel_rule)
         stage["repeats"] = round_repeats(stage["repeats"], mult.depth)
     out["resolution"] = round_resolution(out["resolution"] * mult.resolution, resolution_multiple)
+    _check_buildable(out, mult)
     out["width_mult"] = mult.width
     out["depth_mult"] = mult.depth
     out["resolution_mult"] = mult.resolution

@@ -258,3 +258,15 @@ def test_measure_on_an_image_folder_counts_its_class_folders_for_the_classifier(
                   "measure.memory=false")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["params"] == 11_689_512 - 512 * 1000 - 1000 + 512 * 3 + 3  # fc: 3 classes, not 1000
+
+
+def test_a_scale_past_any_trainable_network_is_one_line_not_a_hang(capsys, tmp_path):
+    from effscale import cli
+
+    assert cli.main(["measure", "scale.phi=100"]) == 2
+    assert "give 1,325,087,597 blocks" in capsys.readouterr().err
+    assert cli.main(["compare", "+sweep=quick", "compare.phis=[0,100]", f"out={tmp_path}"]) == 2
+    assert capsys.readouterr().err.startswith("effscale compare: compare.phis: depth ×8.28e+07")
+    assert cli.main(["search", "+sweep=quick", "search.grid.step=0.000001", f"out={tmp_path}"]) == 2
+    assert "search.grid: step 1e-06 makes 600,001 values in [1, 1.6]" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

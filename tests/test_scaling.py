@@ -5,7 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
+from conftest import REPO
 from effscale import scaling as s
 
 
@@ -142,3 +144,20 @@ def test_scaling_module_imports_without_torch():
     assert out.stdout.strip() == "48"
     assert math.isclose(s.constraint_value(1, 1, 1), 1)
 
+
+
+def test_a_scale_far_past_any_trainable_network_is_refused_before_anything_is_built():
+    b0 = yaml.safe_load((REPO / "conf" / "baseline" / "efficientnet_b0.yaml").read_text())
+    with pytest.raises(s.ScalingError, match=r"^depth ×1e\+09, width ×1, resolution ×1 give 16,000,000,000 blocks, "
+                                             r"1,280 channels and 224 px; effscale builds up to 10,000 blocks"):
+        s.scale_stage_table(b0, s.Multipliers(depth=1e9, width=1.0, resolution=1.0))
+    b7 = s.scale_stage_table(b0, s.Multipliers(depth=3.1, width=2.0, resolution=600 / 224))  # the largest official
+    assert b7["resolution"] == 600
+
+
+def test_a_grid_step_that_makes_more_pairs_than_can_be_measured_is_refused():
+    with pytest.raises(s.ScalingError, match=r"^step 1e-06 makes 1,000,001 values in \[1, 2\]; at most 100,000$"):
+        s.compound_grid((1.0, 2.0), (1.0, 2.0), step=1e-6)
+    with pytest.raises(s.ScalingError, match=r"^step 0\.002 makes 251,001 \(α, β\) pairs; at most 100,000$"):
+        s.compound_grid((1.0, 2.0), (1.0, 2.0), step=0.002)
+    assert len(s.compound_grid((1.0, 2.0), (1.0, 2.0), step=0.01)) > 0
