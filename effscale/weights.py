@@ -117,8 +117,11 @@ class Pretrained:
 def read_checkpoint(path: str | Path) -> Any:
     """`torch.load(weights_only=True)`, with every failure turned into one line naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a weights file")
+    if not path.exists():
+        known = "" if path.suffix or len(path.parts) > 1 else " (and not a name effscale knows: imagenet or lite0)"
+        raise UserError(f"{path}: no such file{known}")
     try:
         with warnings.catch_warnings():  # a bare pickle of another protocol warns before it fails
             warnings.simplefilter("ignore", UserWarning)

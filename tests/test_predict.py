@@ -131,6 +131,15 @@ def test_an_image_too_large_to_open_or_an_unknown_variant_is_one_line_exit_2(tmp
                                        "b7\n")
 
 
+def test_weights_that_name_a_folder_or_nothing_known_say_so(tmp_path, capsys, photos):
+    image = str(photos / "coffee.png")
+    assert main(["predict", image, "--weights", "lite1"]) == 2
+    assert capsys.readouterr().err == ("effscale predict: lite1: no such file (and not a name effscale knows: "
+                                       "imagenet or lite0)\n")
+    assert main(["predict", image, "--weights", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"effscale predict: {tmp_path}: a folder, not a weights file\n"
+
+
 def test_refused_weights_file_one_line_exit_2(tmp_path, capsys, photos):
     marker = tmp_path / "code-ran"
     (tmp_path / "evil.pth").write_bytes(
