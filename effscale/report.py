@@ -64,6 +64,10 @@ def mean_ci(values: Iterable[float]) -> tuple[float, float, int]:
 # --- reading and splitting the table ---------------------------------------------------------------
 
 
+NUMERIC_COLUMNS = {"phi", "seed", "alpha", "beta", "gamma", "val_acc", "test_acc", "macs", "macs_ratio", "params",
+                   "train_seconds", "peak_mem_mb", "depth_mult", "width_mult", "resolution"}
+
+
 def load_trials(folder: str | Path) -> pd.DataFrame:
     """The results table of a sweep folder (or a CSV path), or a one-line UserError."""
     path = Path(folder)
@@ -77,11 +81,19 @@ def load_trials(folder: str | Path) -> pd.DataFrame:
         raise UserError(f"{path}: the results table is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not a readable CSV table ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:  # a file this user may not read
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if df.empty:
         raise UserError(f"{path}: the results table has no rows")
     missing = [c for c in ("strategy", "phi", "state", "val_acc") if c not in df.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}; is this an effscale trials.csv?")
+    for column in NUMERIC_COLUMNS & set(df.columns):
+        numbers = pd.to_numeric(df[column], errors="coerce")
+        bad = df[column].notna() & numbers.isna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise UserError(f"{path}: column {column}, row {row + 1}: {df[column].iloc[row]!r} is not a number")
     return df
 
 

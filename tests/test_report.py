@@ -286,3 +286,13 @@ def test_the_committed_reports_are_what_their_tables_give_now(tmp_path, sweep):
     """The numbers in the README and results/ come from these reports: they must not drift from the code."""
     write_report(REPO / "results" / sweep, tmp_path)
     assert (tmp_path / "report.md").read_text() == (REPO / "results" / sweep / "report.md").read_text()
+
+
+def test_a_table_with_a_word_where_a_number_belongs_is_one_line_naming_the_cell(tmp_path):
+    table = compare_table()
+    table["val_acc"] = table["val_acc"].astype(object)
+    table.loc[2, "val_acc"] = "abc"
+    write(tmp_path, table)
+    with pytest.raises(UserError, match=r"trials.csv: column val_acc, row 3: 'abc' is not a number$"):
+        write_report(tmp_path)
+    assert not (tmp_path / "plots").exists()
