@@ -9,6 +9,7 @@ import torchvision
 import yaml
 from torch import nn
 
+from effscale.errors import UserError
 from effscale.measure import count_macs_and_activations, count_params, measure_table
 from effscale.models import build_model
 from effscale.scaling import OFFICIAL_VARIANTS, scaled_baseline
@@ -129,6 +130,12 @@ def test_num_classes_and_in_channels_from_config():
     model = build_model(scaled_baseline(baseline("efficientnet_b0"), {}), num_classes=10, in_channels=1)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
     assert model.features[0][0].in_channels == 1
+
+
+def test_unknown_family_is_the_config_checks_line():
+    table = {**scaled_baseline(baseline("efficientnet_b0"), {}), "family": "vgg"}
+    with pytest.raises(UserError, match="^baseline.family: unknown 'vgg'; expected efficientnet, mobilenet_v2, resnet$"):
+        build_model(table)
 
 
 def test_stochastic_depth_grows_linearly_to_0_2():

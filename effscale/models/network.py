@@ -18,10 +18,11 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
+from effscale.checks import FAMILIES
 from effscale.errors import UserError
 from effscale.models.blocks import ACTIVATIONS, BLOCKS, init_weights
 
-# How each family initialises its linear classifier in torchvision.
+# How each of checks.FAMILIES initialises its linear classifier in torchvision.
 _LINEAR_INIT = {"efficientnet": "uniform", "mobilenet_v2": "normal", "resnet": "default"}
 
 
@@ -94,8 +95,8 @@ def _stages(table: dict[str, Any], c_in: int, activation, norm) -> tuple[list[nn
 def build_model(table: dict[str, Any], num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
     """Build the network a scaled stage table describes."""
     family = table["family"]
-    if family not in _LINEAR_INIT:
-        raise UserError(f"baseline.family: unknown family {family!r}; expected one of {sorted(_LINEAR_INIT)}")
+    if family not in FAMILIES:
+        raise UserError(f"baseline.family: unknown {family!r}; expected {', '.join(FAMILIES)}")
     activation = ACTIVATIONS.get(table["activation"])
     if activation is None:
         raise UserError(f"baseline.activation: unknown {table['activation']!r}; expected one of {sorted(ACTIVATIONS)}")
