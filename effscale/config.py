@@ -17,6 +17,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConfig:
     """The config of `command` (conf/<command>.yaml) with Hydra command-line overrides applied;
     `hydra=True` keeps Hydra's own node (launcher, sweep dir), so that `hydra/…` overrides are checked too."""
+    import yaml
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -32,6 +33,8 @@ def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConf
             cfg = hydra_compose(config_name=command, overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as exc:
         raise UserError(_one_line(exc)) from None
+    except yaml.YAMLError as exc:  # a config file of the user's own, on hydra.searchpath
+        raise UserError(_yaml_error(exc)) from None
     finally:
         GlobalHydra.instance().clear()
     return cfg
@@ -68,6 +71,14 @@ def _unparsable(override: str, lines: list[str]) -> str:
     if reason.startswith("LexerNoViableAltException"):  # its message repeats the override
         reason = "a character its grammar takes only inside quotes"
     return f"{override}: Hydra cannot parse it ({reason})"
+
+
+def _yaml_error(exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return f"a config file is not valid YAML: {problem}"
+    return f"{mark.name}: not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def available_options(group: str) -> list[str]:

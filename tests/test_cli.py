@@ -234,7 +234,7 @@ head: null
 """
 
 
-def test_a_users_own_baseline_on_the_search_path_is_measured_and_a_typo_in_it_is_one_line(tmp_path):
+def test_a_users_own_baseline_on_the_search_path_is_measured_and_a_typo_or_bad_yaml_in_it_is_one_line(tmp_path):
     (tmp_path / "conf" / "baseline").mkdir(parents=True)
     (tmp_path / "conf" / "baseline" / "tinynet.yaml").write_text(TINYNET)
     (tmp_path / "conf" / "baseline" / "typo.yaml").write_text(TINYNET.replace("channels: 32", "chanels: 32"))
@@ -249,6 +249,11 @@ def test_a_users_own_baseline_on_the_search_path_is_measured_and_a_typo_in_it_is
     assert typo.returncode == 2 and typo.stderr == (
         "effscale measure: baseline.stages[1].chanels: unknown key for a basic block; it takes block, channels, "
         "repeats, stride\n")
+    (tmp_path / "conf" / "baseline" / "unclosed.yaml").write_text(TINYNET.replace("stride: 1}", "stride: 1"))
+    unclosed = run_cli("measure", "baseline=unclosed", searchpath)
+    assert unclosed.returncode == 2 and unclosed.stderr == (
+        f"effscale measure: {tmp_path / 'conf' / 'baseline' / 'unclosed.yaml'}: not valid YAML at line 6, column 7: "
+        "expected ',' or '}', but got ':'\n")
 
 
 def test_measure_on_an_image_folder_counts_its_class_folders_for_the_classifier(tmp_path):
