@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Callable
 
 from effscale.errors import UserError
@@ -162,6 +163,8 @@ def _main(argv: list[str] | None) -> int:
     if command not in COMMANDS:
         print(f"effscale: unknown command {command!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    if not debug:
+        warnings.showwarning = _warning_line(command)
     try:
         if ("-h" in rest or "--help" in rest) and command not in ARGPARSE_COMMANDS:
             from effscale.commands import print_help
@@ -178,6 +181,17 @@ def _main(argv: list[str] | None) -> int:
         print(f"effscale {command}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _warning_line(command: str):
+    """Python's warnings (effscale's, Hydra's, Lightning's) as one line each, like the errors, not two
+    lines naming the library's source file."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+        print(f"effscale {command}: warning: {text or category.__name__}", file=file or sys.stderr)
+
+    return show
 
 
 if __name__ == "__main__":

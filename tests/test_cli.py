@@ -256,6 +256,15 @@ def test_a_users_own_baseline_on_the_search_path_is_measured_and_a_typo_or_bad_y
         "expected ',' or '}', but got ':'\n")
 
 
+def test_a_warning_is_one_line_before_the_error_it_explains(tmp_path):
+    missing = tmp_path / "myconf"
+    out = run_cli("measure", "baseline=tinynet", f"hydra.searchpath=[file://{missing}]")
+    assert out.returncode == 2 and out.stderr.splitlines() == [
+        f"effscale measure: warning: provider=hydra.searchpath in command-line, path={missing} is not available.",
+        "effscale measure: baseline=tinynet: no such option; available: efficientnet_b0, efficientnet_lite0, "
+        "mobilenet_v2, resnet101, resnet152, resnet18, resnet34, resnet50"]
+
+
 def test_measure_on_an_image_folder_counts_its_class_folders_for_the_classifier(tmp_path):
     for name in ("bag", "boot", "coat"):
         (tmp_path / name).mkdir()
