@@ -247,7 +247,7 @@ class Comparison:
         from effscale.errors import UserError
         from effscale.measure import measure_tables
         from effscale.models import build_model
-        from effscale.search import measure_options
+        from effscale.search import measure_options, over_budget
         from effscale.train import set_threads
 
         set_threads(self.recipe.get("threads"))
@@ -275,6 +275,9 @@ class Comparison:
         options = measure_options({**self.cfg, "trainer": self.recipe}, self.device, channels)
         costs = measure_tables([m.table for m in self.models], build, **options)
         self.costs = {id(m): cost for m, cost in zip(self.models, costs)}
+        # A model outside a bound set on params, peak memory or latency is recorded INFEASIBLE, not trained.
+        budget = self.cfg.get("budget") or {}
+        self.over_budget = {id(m): "; ".join(over_budget(cost, budget)) for m, cost in zip(self.models, costs)}
         return self.models
 
     def describe_plan(self) -> str:
@@ -288,8 +291,9 @@ class Comparison:
                  f"{'strategy':<12} {'phi':>4} {'depth':>6} {'width':>6} {'res':>4} {'MACs x':>7}  matched"]
         for m in self.models:
             miss = "" if m.matched else f"  no: nearest is {m.macs_ratio / m.target_ratio - 1:+.1%} off"
+            over = f"  over budget: {self.over_budget[id(m)]}" if self.over_budget[id(m)] else ""
             lines.append(f"{m.strategy:<12} {m.phi:>4g} {m.mult.depth:>6.3f} {m.mult.width:>6.3f} "
-                         f"{m.table['resolution']:>4} {m.macs_ratio:>7.2f}  {'yes' if m.matched else ''}{miss}")
+                         f"{m.table['resolution']:>4} {m.macs_ratio:>7.2f}  {'yes' if m.matched else ''}{miss}{over}")
         return "\n".join(lines)
 
     def row(self, model: ScaledModel) -> dict[str, Any]:
@@ -300,7 +304,8 @@ class Comparison:
             "strategy": model.strategy, "phi": model.phi, "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma,
             "depth_mult": round(model.mult.depth, 6), "width_mult": round(model.mult.width, 6),
             "resolution": cost.resolution, "params": cost.params, "macs": cost.macs,
-            "macs_ratio": round(model.macs_ratio, 4), "peak_mem_mb": cost.peak_mem_mb, "feasible": True,
+            "macs_ratio": round(model.macs_ratio, 4), "peak_mem_mb": cost.peak_mem_mb,
+            "feasible": not self.over_budget[id(model)],
             "flops": cost.flops, "activations": cost.activations,
             "constraint": round(self.alpha * self.beta**2 * self.gamma**2, 4),
             "point": compare_point(model.phi, self.alpha, self.beta, self.gamma), **self.context,
@@ -320,11 +325,16 @@ class Comparison:
         self.say(f"{len(self.models) * len(self.seeds) - len(jobs)} trainings already complete, {len(jobs)} to run")
         trial = int(existing["trial"].max()) + 1 if not existing.empty and existing["trial"].notna().any() else 0
         for i, (model, seed) in enumerate(jobs, 1):
-            row = self.train(model, seed, trial) | {"trial": trial}
+            if self.over_budget[id(model)]:
+                row = self.row(model) | {"seed": seed, "state": "INFEASIBLE", "reason": self.over_budget[id(model)]}
+            else:
+                row = self.train(model, seed, trial)
+            row["trial"] = trial
             results.upsert_trials(self.table, [row])
             acc = "–" if row.get("val_acc") is None else f"{row['val_acc']:.3f}"
             self.say(f"[{i}/{len(jobs)}] {model.strategy} phi={model.phi:g} seed {seed}  {row['resolution']}px  "
-                     f"MACs x{model.macs_ratio:.2f}  val {acc}  {row.get('train_seconds') or 0:.0f} s  {row['state']}")
+                     f"MACs x{model.macs_ratio:.2f}  val {acc}  {row.get('train_seconds') or 0:.0f} s  {row['state']}"
+                     + (f" ({row['reason']})" if row["state"] == "INFEASIBLE" else ""))
             trial += 1
         return results.read_trials(self.table)
 

@@ -129,12 +129,20 @@ def judge(candidate: Candidate, cost: Measurement, base: Measurement, budget: di
         candidate.constraints["macs_ratio"] = off - tolerance
         if off > tolerance:
             candidate.reasons.append(f"MACs ratio {candidate.macs_ratio:.2f} is outside {target:g} ± {tolerance:.0%}")
-    for key, value, unit in _budget_terms(cost, budget):
+    for key, value, _unit in _budget_terms(cost, budget):
         candidate.constraints[key] = value - budget[key]
+    candidate.reasons += over_budget(cost, budget)
+
+
+def over_budget(cost: Measurement, budget: dict[str, Any]) -> list[str]:
+    """Why a measured cost breaks the bounds that are set on params, peak memory and latency (none: it fits)."""
+    reasons = []
+    for key, value, unit in _budget_terms(cost, budget):
         if math.isinf(value):  # measure.cuda_peak_train_mb: the step ran out of the device's memory
-            candidate.reasons.append(f"out of device memory, budget.{key}={_number(budget[key])}")
+            reasons.append(f"out of device memory, budget.{key}={_number(budget[key])}")
         elif value > budget[key]:
-            candidate.reasons.append(f"{_number(value)} {unit} > budget.{key}={_number(budget[key])}")
+            reasons.append(f"{_number(value)} {unit} > budget.{key}={_number(budget[key])}")
+    return reasons
 
 
 def bounds_device_costs(budget: dict[str, Any]) -> bool:

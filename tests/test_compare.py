@@ -239,6 +239,35 @@ def test_a_model_that_fails_gets_a_fail_row_with_its_reason_and_its_traceback_in
     assert "compound phi=1 seed 0 failed" in log and "Traceback" in log and "second line" in log
 
 
+def test_a_model_over_the_budget_is_an_infeasible_row_with_its_reason_not_trained(tmp_path, monkeypatch, capsys):
+    import effscale.train
+    from effscale.commands import compare
+    from effscale.results import read_trials
+
+    trained = []
+
+    def fit(table, data, recipe, **kw):
+        trained.append(table["resolution"])
+        return {"state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.4, "epochs": 1, "train_seconds": 1.0}
+
+    monkeypatch.setattr(effscale.train, "fit_candidate", fit)
+    compare([f"out={tmp_path}", "name=free", *TINY, "compare.seeds=1"])
+    params = read_trials(tmp_path / "free").set_index("strategy")["params"]
+    assert params["baseline"] < params[["compound", "width", "depth"]].min()
+    trained.clear()
+    capsys.readouterr()
+    compare([f"out={tmp_path}", "name=bounded", *TINY, "compare.seeds=1", f"budget.max_params={params['baseline']}"])
+    table = read_trials(tmp_path / "bounded").set_index("strategy")
+    assert trained == [16] and table.loc["baseline", "state"] == "COMPLETE"
+    for strategy in ("compound", "width", "depth"):
+        row = table.loc[strategy]
+        assert (row["state"], row["feasible"]) == ("INFEASIBLE", False) and pd.isna(row["val_acc"])
+        assert row["reason"] == f"{params[strategy]:,} params > budget.max_params={params['baseline']:,}"
+    out = capsys.readouterr().out
+    assert f"  over budget: {params['compound']:,} params > budget.max_params=" in out
+    assert f"INFEASIBLE ({params['depth']:,} params > budget.max_params={params['baseline']:,})" in out
+
+
 @pytest.mark.parametrize("sweep, baseline", [("table3_mobilenetv2", "mobilenet_v2"), ("table3_resnet", "resnet18")])
 def test_table3_presets_compare_every_dimension_of_their_baseline(sweep, baseline):
     from effscale.config import compose, to_dict
