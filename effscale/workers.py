@@ -196,7 +196,7 @@ def record_storage(search: Search) -> None:
 
 def run_local(search: Search, overrides: list[str], workers: int) -> tuple["pd.DataFrame", int]:
     """`search.workers=N` on this machine, after `search` planned the sweep and opened its study:
-    N processes `python -m effscale.workers I OVERRIDES`, each with an equal share of the cores
+    N processes `python -m effscale.worker_process I OVERRIDES`, each with an equal share of the cores
     unless `trainer.threads` says otherwise. Returns the results table once all have ended, and how
     many workers failed."""
     from effscale import results
@@ -204,7 +204,7 @@ def run_local(search: Search, overrides: list[str], workers: int) -> tuple["pd.D
     if not search.recipe.get("threads"):
         overrides = [*overrides, f"trainer.threads={local_threads(workers)}"]
     record_storage(search)
-    failed = run_workers([[sys.executable, "-m", "effscale.workers", str(i), *overrides] for i in range(workers)])
+    failed = run_workers([[sys.executable, "-m", "effscale.worker_process", str(i), *overrides] for i in range(workers)])
     return results.read_trials(search.table), failed
 
 
@@ -260,10 +260,10 @@ def _stops_as_interrupt() -> Iterator[None]:
 
 
 def main(argv: list[str]) -> int:
-    from effscale.config import load
-
     index, overrides = int(argv[0]), argv[1:]
     try:
+        from effscale.config import load
+
         work(load("search", overrides), index)
     except UserError as exc:
         print(f"effscale search: worker {index}: {exc}", file=sys.stderr)
@@ -272,7 +272,3 @@ def main(argv: list[str]) -> int:
         print(f"effscale search: worker {index}: interrupted", file=sys.stderr)
         return 130
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -254,6 +254,19 @@ def test_a_hang_up_leaves_a_search_under_nohup_running(tmp_path):
     assert search.wait(timeout=30) == 130
 
 
+def test_a_worker_stopped_while_it_still_imports_says_interrupted_without_a_traceback(tmp_path):
+    # An `optuna` that stops half-way through the worker's imports, as they do for a second or two.
+    (tmp_path / "optuna").mkdir()
+    (tmp_path / "optuna" / "__init__.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(tmp_path / 'importing')!r}).touch()\ntime.sleep(60)\n")
+    worker = subprocess.Popen([sys.executable, "-m", "effscale.worker_process", "3", "logger=csv"], cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(tmp_path)}, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (tmp_path / "importing").exists(), 60, "the worker imports optuna", worker)
+    worker.send_signal(signal.SIGINT)  # what run_workers passes on
+    assert worker.wait(timeout=30) == 130
+    assert worker.stderr.read() == "effscale search: worker 3: interrupted\n"
+
+
 def test_a_worker_that_cannot_start_stops_those_already_started(tmp_path):
     from effscale.workers import run_workers
 
@@ -277,7 +290,7 @@ def test_worker_killed_mid_trial_then_relaunch_finishes_the_grid_without_losing_
     overrides = [*TINY, f"out={tmp_path}", "name=killed"]
     log = tmp_path / "worker.log"
     with open(log, "w") as out:  # a file, not a pipe no one reads while it trains
-        worker = subprocess.Popen([sys.executable, "-m", "effscale.workers", "0", *overrides], cwd=REPO,
+        worker = subprocess.Popen([sys.executable, "-m", "effscale.worker_process", "0", *overrides], cwd=REPO,
                                   stdout=out, stderr=subprocess.STDOUT, text=True)
         try:
             wait_for(lambda: running_after_a_complete(storage, "killed"), 180, "a second trial", worker, log)

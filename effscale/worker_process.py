@@ -1,0 +1,15 @@
+"""`python -m effscale.worker_process I OVERRIDES…`: worker I of `search.workers=N` (effscale/workers.py).
+
+A module of its own so that a Ctrl-C reaching the worker while it still imports torch and Optuna
+ends it as quietly as one during training does, not with an import traceback.
+"""
+
+import sys
+
+if __name__ == "__main__":
+    try:
+        from effscale.workers import main
+    except KeyboardInterrupt:  # nothing was started yet
+        print(f"effscale search: worker {sys.argv[1]}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(main(sys.argv[1:]))
