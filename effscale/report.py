@@ -681,10 +681,12 @@ def write_report(folder: str | Path, out: str | Path | None = None, metric: str 
             raise UserError(f"{where}: cannot write the report there ({os.strerror(errno.EACCES)})")
     try:
         return _draw_and_move(df, out, f"effscale report — {name}", metric)
-    except OSError as exc:  # a full disk, or the folder changed while drawing
+    except BaseException as exc:  # Ctrl-C included
         if new is not None:
             shutil.rmtree(new, ignore_errors=True)
-        raise UserError(f"{out}: cannot write the report there ({exc.strerror or exc})") from None
+        if isinstance(exc, OSError):  # a full disk, or the folder changed while drawing
+            raise UserError(f"{out}: cannot write the report there ({exc.strerror or exc})") from None
+        raise
 
 
 def _draw_and_move(df: pd.DataFrame, out: Path, title: str, metric: str) -> list[Path]:

@@ -350,3 +350,25 @@ def test_a_full_disk_while_drawing_is_one_line_and_leaves_the_previous_report(tm
     with pytest.raises(UserError, match="No space left on device"):
         write_report(tmp_path, tmp_path / "new" / "report")
     assert not (tmp_path / "new").exists()
+
+
+def test_ctrl_c_while_drawing_leaves_the_previous_report_as_it_was_and_no_new_folder(tmp_path, monkeypatch):
+    from effscale import report
+
+    write(tmp_path, pd.concat([compare_table(), search_table_rows()], ignore_index=True))
+    write_report(tmp_path)
+    write(tmp_path, pd.concat([compare_table().assign(val_acc=lambda df: df["val_acc"] - 0.1), search_table_rows()],
+                              ignore_index=True))
+    before = files_in(tmp_path)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "plot_search_heatmap", interrupted)  # after the accuracy curves are drawn
+    with pytest.raises(KeyboardInterrupt):
+        write_report(tmp_path)
+    assert files_in(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["plots", "report.html", "report.md",
+                                                                             "trials.csv"]
+    with pytest.raises(KeyboardInterrupt):
+        write_report(tmp_path, tmp_path / "new" / "report")
+    assert not (tmp_path / "new").exists()
