@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socketserver
 from pathlib import Path
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from effscale.errors import UserError
@@ -57,15 +58,48 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+def open_storage(storage: str) -> Any:
+    """`storage` (an RDB URL or a journal file's path, as `find_storage` gives it) opened and read once,
+    so that one that is missing, unreachable or not Optuna's is a UserError before any server starts.
+    Nothing is created: SQLite would make a missing file an empty database and serve that."""
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+    from sqlalchemy.engine import make_url
+
+    what, engine = storage, {}
+    if "://" not in storage:
+        if not Path(storage).is_file():
+            raise UserError(f"storage {storage}: no such journal file")
+    elif storage.startswith("sqlite:"):
+        path = make_url(storage).database
+        if not path or not Path(path).is_file():
+            raise UserError(f"storage {storage}: no such SQLite file")
+    else:
+        from effscale.search import CONNECT_TIMEOUT_S, without_password
+
+        what = without_password(storage)
+        if storage.startswith(("postgresql", "mysql")):  # a server that does not answer costs seconds, not minutes
+            engine = {"engine_kwargs": {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}}
+    try:
+        if "://" not in storage:
+            opened = JournalStorage(JournalFileBackend(storage))
+        else:
+            opened = RDBStorage(storage, skip_compatibility_check=True, skip_table_creation=True, **engine)
+        opened.get_all_studies()
+    except Exception as exc:  # the storage is the user's: a bad one is their mistake to fix
+        cause = exc.__cause__ or exc  # optuna's StorageInternalError wraps SQLAlchemy's, which wraps the driver's
+        reason = str(getattr(cause, "orig", None) or cause).strip().partition("\n")[0] or type(cause).__name__
+        reason = reason.replace(storage, what)  # SQLAlchemy quotes a URL it cannot parse, password and all
+        raise UserError(f"storage {what}: not a readable Optuna storage ({reason})") from None
+    return opened
+
+
 def serve(storage: str, host: str = "127.0.0.1", port: int = 8080, quiet: bool = False) -> WSGIServer:
     """A started-but-not-serving HTTP server for optuna-dashboard on `storage`; call `serve_forever()`
     (in a thread, for tests) and `shutdown()`. Port 0 picks a free port (`server.server_port`)."""
     import optuna_dashboard
 
-    try:
-        app = optuna_dashboard.wsgi(storage)
-    except Exception as exc:  # the storage URL is the user's: a bad one is their mistake to fix
-        raise UserError(f"storage {storage}: cannot open it ({str(exc).splitlines()[0]})") from None
+    app = optuna_dashboard.wsgi(open_storage(storage))
     try:
         return make_server(host, port, app, server_class=_ThreadingServer,
                            handler_class=_QuietHandler if quiet else WSGIRequestHandler)

@@ -15,8 +15,12 @@ Accuracies in the table are fractions (0.853); the report shows percent.
 from __future__ import annotations
 
 import base64
+import errno
 import html
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -24,7 +28,7 @@ from typing import Iterable
 import pandas as pd
 
 from effscale.errors import UserError
-from effscale.files import write_atomically
+from effscale.files import first_new_folder, write_atomically
 from effscale.results import SINGLE_DIMENSIONS, best_first, from_compare, megabytes
 
 TRIALS = "trials.csv"
@@ -658,19 +662,45 @@ def check_metric(df: pd.DataFrame, metric: str) -> None:
 
 def write_report(folder: str | Path, out: str | Path | None = None, metric: str = "val_acc") -> list[Path]:
     """Read `folder/trials.csv`; write `plots/*.png`, `report.md` and `report.html` into `out`
-    (default: the sweep folder). Returns the files written."""
+    (default: the sweep folder). Returns the files written.
+
+    Everything is drawn into a hidden folder in `out` and renamed into place at the end, so an error or
+    Ctrl-C on the way leaves the previous report as it was, and no file half-written."""
     folder = Path(folder)
     df = load_trials(folder)
     check_metric(df, metric)  # before anything is written
     out = Path(out) if out is not None else (folder if folder.suffix != ".csv" else folder.parent)
     name = (folder if folder.suffix != ".csv" else folder.parent).resolve().name
+    new = first_new_folder(out / "plots")  # removed again if the report fails: nothing left behind
+    for where in (out, out / "plots"):  # before anything is drawn
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # --out names a file, or a folder this user cannot write
+            raise UserError(f"{where}: cannot write the report there ({exc.strerror})") from None
+        if not os.access(where, os.W_OK | os.X_OK):
+            raise UserError(f"{where}: cannot write the report there ({os.strerror(errno.EACCES)})")
     try:
-        (out / "plots").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # --out names a file, or a folder this user cannot write
-        raise UserError(f"{out}: cannot write the report there ({exc.strerror})") from None
-    report = build_report(df, out / "plots", f"effscale report — {name}", metric)
-    markdown, page = to_markdown(report), to_html(report, out)
-    for path, text in ((out / "report.md", markdown), (out / "report.html", page)):
-        write_atomically(path, lambda f, text=text: f.write(text))
-        report.files.append(path)
-    return report.files
+        return _draw_and_move(df, out, f"effscale report — {name}", metric)
+    except BaseException as exc:  # Ctrl-C included
+        if new is not None:
+            shutil.rmtree(new, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, or the folder changed while drawing
+            raise UserError(f"{out}: cannot write the report there ({exc.strerror or exc})") from None
+        raise
+
+
+def _draw_and_move(df: pd.DataFrame, out: Path, title: str, metric: str) -> list[Path]:
+    """The report drawn in a new hidden folder in `out`, then each file renamed over its place in `out`."""
+    staging = Path(tempfile.mkdtemp(prefix=".report.", dir=out))
+    try:
+        report = build_report(df, staging / "plots", title, metric)
+        markdown, page = to_markdown(report), to_html(report, staging)
+        for path, text in ((staging / "report.md", markdown), (staging / "report.html", page)):
+            write_atomically(path, lambda f, text=text: f.write(text))
+            report.files.append(path)
+        placed = [out / path.relative_to(staging) for path in report.files]
+        for path, place in zip(report.files, placed):
+            os.replace(path, place)
+        return placed
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

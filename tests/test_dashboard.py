@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import os
 import threading
 import urllib.request
 
@@ -121,3 +122,31 @@ def test_dashboard_without_a_folder_or_storage_or_on_a_taken_port_is_one_line(sw
         assert cli.main(["dashboard", str(sweep), "--port", str(taken.server_port)]) == 2
     assert capsys.readouterr().err == (f"effscale dashboard: --host 127.0.0.1 --port {taken.server_port}: "
                                        "cannot listen there (Address already in use)\n")
+
+
+def test_a_missing_or_corrupt_storage_is_one_line_and_no_file_is_created(tmp_path, capsys):
+    from effscale import cli
+
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(bytes(range(256)) * 16)
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "study.db").write_bytes(garbage.read_bytes())
+    missing_db, missing_log = tmp_path / "missing.db", tmp_path / "missing.log"
+    not_optuna = "not a readable Optuna storage (file is not a database)"
+    cases = [(["--storage", f"sqlite:///{missing_db}"], f"storage sqlite:///{missing_db}: no such SQLite file"),
+             (["--storage", f"sqlite:///{garbage}"], f"storage sqlite:///{garbage}: {not_optuna}"),
+             ([str(sweep)], f"storage sqlite:///{sweep / 'study.db'}: {not_optuna}"),
+             (["--storage", f"journal://{missing_log}"], f"storage {missing_log}: no such journal file"),
+             (["--storage", str(missing_log)], f"storage {missing_log}: no such journal file")]
+    for args, message in cases:
+        assert cli.main(["dashboard", *args, "--port", "0"]) == 2
+        assert capsys.readouterr().err == f"effscale dashboard: {message}\n"
+    assert sorted(os.listdir(tmp_path)) == ["garbage.db", "sweep"] and os.listdir(sweep) == ["study.db"]
+
+
+def test_an_unreachable_postgres_is_one_line_without_its_password():
+    out = run_cli("dashboard", "--storage", "postgresql://user:secret@127.0.0.1:1/db", "--port", "0", timeout=120)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "secret" not in out.stderr
+    assert out.stderr.startswith("effscale dashboard: storage postgresql://user:***@127.0.0.1:1/db: "
+                                 "not a readable Optuna storage (")

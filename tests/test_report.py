@@ -1,8 +1,12 @@
 """`effscale report` on small hand-made results tables: the numbers, the files, and partial tables."""
 
+import errno
 import itertools
 import math
+import os
+import re
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -53,6 +57,11 @@ def search_table_rows() -> pd.DataFrame:
 def write(tmp_path, df):
     df.to_csv(tmp_path / "trials.csv", index=False)
     return tmp_path
+
+
+def files_in(folder):
+    """Every file under `folder`, hidden ones included, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_t_interval_matches_the_t_table():
@@ -296,3 +305,70 @@ def test_a_table_with_a_word_where_a_number_belongs_is_one_line_naming_the_cell(
     with pytest.raises(UserError, match=r"trials.csv: column val_acc, row 3: 'abc' is not a number$"):
         write_report(tmp_path)
     assert not (tmp_path / "plots").exists()
+
+
+def test_an_unwritable_plots_folder_is_one_line_naming_it_before_anything_is_drawn(tmp_path, monkeypatch, capsys):
+    from effscale import cli, report
+
+    write(tmp_path, compare_table())
+    plots = tmp_path / "plots"
+    plots.mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root writes anyway: the folder reads as unwritable instead
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != plots and access(path, mode, **kw))
+    drawn = []
+    monkeypatch.setattr(report, "plot_accuracy_vs_cost", lambda *args: drawn.append(args[-1]))
+    try:
+        assert cli.main(["report", str(tmp_path)]) == 2
+    finally:
+        plots.chmod(0o755)
+    assert capsys.readouterr().err == f"effscale report: {plots}: cannot write the report there (Permission denied)\n"
+    assert drawn == [] and sorted(os.listdir(tmp_path)) == ["plots", "trials.csv"] and not list(plots.iterdir())
+
+
+def test_a_full_disk_while_drawing_is_one_line_and_leaves_the_previous_report(tmp_path, monkeypatch):
+    from effscale import report
+
+    write(tmp_path, compare_table())
+    write_report(tmp_path)
+    write(tmp_path, compare_table().assign(val_acc=lambda df: df["val_acc"] - 0.1))
+    before = files_in(tmp_path)
+    written = []
+
+    def fills_the_disk(path, write, binary=False):  # the first plot fits, the second does not
+        written.append(path)
+        if len(written) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, write, binary)
+
+    real = report.write_atomically
+    monkeypatch.setattr(report, "write_atomically", fills_the_disk)
+    with pytest.raises(UserError, match=f"^{re.escape(str(tmp_path))}: cannot write the report there \\(No space "):
+        write_report(tmp_path)
+    assert files_in(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["plots", "report.html", "report.md",
+                                                                             "trials.csv"]
+    with pytest.raises(UserError, match="No space left on device"):
+        write_report(tmp_path, tmp_path / "new" / "report")
+    assert not (tmp_path / "new").exists()
+
+
+def test_ctrl_c_while_drawing_leaves_the_previous_report_as_it_was_and_no_new_folder(tmp_path, monkeypatch):
+    from effscale import report
+
+    write(tmp_path, pd.concat([compare_table(), search_table_rows()], ignore_index=True))
+    write_report(tmp_path)
+    write(tmp_path, pd.concat([compare_table().assign(val_acc=lambda df: df["val_acc"] - 0.1), search_table_rows()],
+                              ignore_index=True))
+    before = files_in(tmp_path)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "plot_search_heatmap", interrupted)  # after the accuracy curves are drawn
+    with pytest.raises(KeyboardInterrupt):
+        write_report(tmp_path)
+    assert files_in(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["plots", "report.html", "report.md",
+                                                                             "trials.csv"]
+    with pytest.raises(KeyboardInterrupt):
+        write_report(tmp_path, tmp_path / "new" / "report")
+    assert not (tmp_path / "new").exists()
