@@ -16,6 +16,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from effscale.errors import UserError
+from effscale.storages import server_options, without_password
 
 SQLITE_FILE = "study.db"
 JOURNAL_FILES = ("*.journal", "journal.log")
@@ -58,7 +59,7 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def open_storage(storage: str) -> Any:
+def read_storage(storage: str) -> Any:
     """`storage` (an RDB URL or a journal file's path, as `find_storage` gives it) opened and read once,
     so that one that is missing, unreachable or not Optuna's is a UserError before any server starts.
     Nothing is created: SQLite would make a missing file an empty database and serve that."""
@@ -75,11 +76,7 @@ def open_storage(storage: str) -> Any:
         if not path or not Path(path).is_file():
             raise UserError(f"storage {storage}: no such SQLite file")
     else:
-        from effscale.search import CONNECT_TIMEOUT_S, without_password
-
-        what = without_password(storage)
-        if storage.startswith(("postgresql", "mysql")):  # a server that does not answer costs seconds, not minutes
-            engine = {"engine_kwargs": {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}}
+        what, engine = without_password(storage), server_options(storage)
     try:
         if "://" not in storage:
             opened = JournalStorage(JournalFileBackend(storage))
@@ -99,7 +96,7 @@ def serve(storage: str, host: str = "127.0.0.1", port: int = 8080, quiet: bool =
     (in a thread, for tests) and `shutdown()`. Port 0 picks a free port (`server.server_port`)."""
     import optuna_dashboard
 
-    app = optuna_dashboard.wsgi(open_storage(storage))
+    app = optuna_dashboard.wsgi(read_storage(storage))
     try:
         return make_server(host, port, app, server_class=_ThreadingServer,
                            handler_class=_QuietHandler if quiet else WSGIRequestHandler)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import socket
@@ -44,6 +43,7 @@ from effscale.files import first_new_folder, log_to
 from effscale.measure import Measurement, architecture_key, measure_table, measure_tables
 from effscale.models import build_model
 from effscale.scaling import ScalingError, compound_grid, compound_multipliers, constraint_value, scale_stage_table
+from effscale.storages import open_storage, without_password
 
 log = logging.getLogger("effscale.search")
 STRATEGY = "compound"
@@ -161,46 +161,6 @@ def _budget_terms(cost: Measurement, budget: dict[str, Any]) -> list[tuple[str, 
 
 
 # --- storage and study ----------------------------------------------------------------------------
-
-
-def open_storage(url: str | None, sweep_dir: Path) -> Any:
-    """`None`: SQLite file `study.db` in the sweep folder. `journal:///path/file.log`: Optuna's
-    JournalStorage on one file (workers on a shared file system). Anything else: an RDB URL."""
-    if not url:
-        return f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
-    if url.startswith("journal://"):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        path = Path(url[len("journal://"):])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith(("postgresql", "mysql")):
-        # A server that does not answer should cost seconds, not the driver's default of minutes.
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}})
-    return url
-
-
-CONNECT_TIMEOUT_S = 10
-
-
-def without_password(url: str, masked: bool = True) -> str:
-    """An RDB URL fit to print (`postgresql://user:***@host/db`) or, with `masked=False`, to write
-    down (`postgresql://user@host/db`). Journal and SQLite URLs come back as they are. The password
-    runs from the user's ":" to the first "@", or on to the last "@" before the "/" or "?" after it:
-    URL readers differ on a password with "@" in it, so all that any of them could take is hidden.
-    A `password=` in the query string is masked or dropped alike."""
-    if "://" not in url or url.startswith(("journal:", "sqlite:")):
-        return url
-    scheme, _, rest = url.partition("://")
-    rest = re.sub(r"([?&])password=[^&]*&?", r"\1password=***&" if masked else r"\1", rest).rstrip("?&")
-    first_at = rest.find("@")
-    if first_at < 0 or ":" not in rest[:first_at]:
-        return f"{scheme}://{rest}"
-    after = [i for i in (rest.find("/", first_at), rest.find("?", first_at)) if i >= 0]
-    at = rest.rfind("@", 0, min(after, default=len(rest)))
-    user = rest[:first_at].partition(":")[0]
-    return f"{scheme}://{user}{':***' if masked else ''}@{rest[at + 1:]}"
 
 
 class FeasibleGridSampler(optuna.samplers.GridSampler):

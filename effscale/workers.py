@@ -41,7 +41,8 @@ from effscale import slurm
 from effscale.config import model_table
 from effscale.devices import available_cores, resolve_device
 from effscale.errors import UserError
-from effscale.search import Job, Search, fail_stale_trials, mark_stale, without_password
+from effscale.search import Job, Search, fail_stale_trials, mark_stale
+from effscale.storages import without_password
 
 if TYPE_CHECKING:
     import pandas as pd

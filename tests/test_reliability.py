@@ -68,16 +68,16 @@ def test_a_storage_server_that_never_answers_fails_within_the_connect_timeout(tm
 
     from sqlalchemy.exc import OperationalError
 
-    from effscale import search
+    from effscale import storages
 
-    monkeypatch.setattr(search, "CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setattr(storages, "CONNECT_TIMEOUT_S", 2)
     with socket.socket() as server:  # accepts the TCP connection (kernel backlog), never says a word
         server.bind(("127.0.0.1", 0))
         server.listen()
         url = f"postgresql+psycopg://u:p@127.0.0.1:{server.getsockname()[1]}/db"
         started = time.monotonic()
         with pytest.raises(OperationalError, match="timeout"):
-            search.open_storage(url, tmp_path)
+            storages.open_storage(url, tmp_path)
     assert time.monotonic() - started < 20
 
 

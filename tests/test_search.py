@@ -453,7 +453,7 @@ def test_a_trial_is_stale_when_its_process_here_is_gone_or_its_heartbeat_elsewhe
 
 
 def test_storage_passwords_are_masked_when_printed_and_dropped_when_recorded():
-    from effscale.search import without_password
+    from effscale.storages import without_password
 
     url = "postgresql+psycopg://optuna:s3cret@db.cluster:5432/effscale"
     assert without_password(url) == "postgresql+psycopg://optuna:***@db.cluster:5432/effscale"
