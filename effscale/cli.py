@@ -77,7 +77,8 @@ def _dashboard(args: list[str]) -> None:
     parser = _ArgumentParser(prog="effscale dashboard", description="optuna-dashboard on a sweep's Optuna study.")
     parser.add_argument("sweep", nargs="?", help="the sweep folder, e.g. results/quick (its study.db, journal or "
                                                  "storage.txt)")
-    parser.add_argument("--storage", help="an Optuna storage URL instead of a sweep folder")
+    parser.add_argument("--storage", help="an Optuna storage URL, a SQLite file or a journal file, instead "
+                                             "of a sweep folder")
     parser.add_argument("--port", type=_port, default=8080, help="default 8080; 0 picks a free one")
     parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only); 0.0.0.0 exposes it "
                                                             "to the network")

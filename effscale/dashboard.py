@@ -43,9 +43,22 @@ def find_storage(folder: str | Path) -> str:
 
 
 def dashboard_url(url: str) -> str:
-    """A `search.storage` value as optuna-dashboard takes it: `journal:///path/file.log` is the
-    journal file's path; RDB URLs pass unchanged."""
-    return url[len("journal://"):] if url.startswith("journal://") else url
+    """A `search.storage` value or `--storage` as optuna-dashboard takes it: `journal:///path/file.log`
+    is the journal file's path, and so is a plain path, unless it is a SQLite file (`study.db`); RDB URLs
+    pass unchanged."""
+    if url.startswith("journal://"):
+        return url[len("journal://"):]
+    if "://" not in url and _is_sqlite(Path(url)):
+        return f"sqlite:///{Path(url).resolve()}"
+    return url
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
 
 
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):

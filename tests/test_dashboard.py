@@ -65,6 +65,15 @@ def test_storage_is_found_as_sqlite_journal_or_recorded_url(tmp_path):
     assert find_storage(tmp_path) == "/shared/sweeps/quick.log"
 
 
+def test_a_sqlite_file_given_as_a_plain_path_is_served_as_sqlite(sweep):
+    from effscale.dashboard import dashboard_url
+
+    assert dashboard_url(str(sweep / "study.db")) == f"sqlite:///{(sweep / 'study.db').resolve()}"
+    with serving(dashboard_url(str(sweep / "study.db"))) as server:
+        studies = get_json(server.server_port, "/api/studies")["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["quick"]
+
+
 def test_dashboard_serves_a_journal_file_study(tmp_path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
