@@ -24,6 +24,7 @@ if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
     os.environ["GOMP_SPINCOUNT"] = "3000"
 
 USAGE = """usage: effscale <command> [overrides...] [--debug]
+       effscale --version
 
 commands:
   measure     params, MACs, activations, memory, latency of a model (no training)
@@ -159,6 +160,11 @@ def _main(argv: list[str] | None) -> int:
         return 2
     if argv[0] in ("-h", "--help", "help"):
         print(USAGE)
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from effscale import __version__
+
+        print(f"effscale {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
