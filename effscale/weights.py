@@ -39,6 +39,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from effscale.checks import Check, check_mapping, check_scaled_table, check_values, count, number_list, one_of
 from effscale.config import CONF_DIR, available_options
 from effscale.errors import UserError
 from effscale.files import write_atomically
@@ -94,7 +95,15 @@ class Preprocessing:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+    def from_dict(cls, d: Any) -> Preprocessing:
+        """What `as_dict` wrote; a UserError naming the first entry missing or of a value no transform takes."""
+        from torchvision.transforms import InterpolationMode
+
+        check_mapping(d, "preprocessing", {"resize": count(1), "crop": count(1), "mean": number_list(),
+                                           "std": number_list(0),
+                                           "interpolation": one_of(*(mode.value for mode in InterpolationMode))})
+        if len(d["std"]) != len(d["mean"]):
+            raise UserError(f"preprocessing.std: {len(d['std'])} values for {len(d['mean'])} means")
         return cls(int(d["resize"]), int(d["crop"]), tuple(d["mean"]), tuple(d["std"]), str(d["interpolation"]))
 
 
@@ -544,14 +553,10 @@ def _from_effscale_checkpoint(state_dict: dict[str, Tensor], meta: dict[str, Any
         raise UserError(f"{path}: effscale checkpoint version {meta['version']} is newer than this effscale reads "
                         f"({CHECKPOINT_VERSION}); upgrade effscale")
 
-    def entry(key: str, read: Callable[[Any], Any]) -> Any:
-        try:
-            return read(meta[key])
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{path}: effscale checkpoint without a valid '{key}' entry") from None
-
-    table, names = entry("table", dict), entry("class_names", list)
-    preprocessing = entry("preprocessing", Preprocessing.from_dict)
+    try:
+        table, names, preprocessing = _checked_entries(meta)
+    except UserError as exc:
+        raise UserError(f"{path}: effscale checkpoint: {exc}") from None
     model = build_model(table, len(names), preprocessing.in_channels)
     try:
         check_fits(model, state_dict, {})
@@ -560,6 +565,25 @@ def _from_effscale_checkpoint(state_dict: dict[str, Tensor], meta: dict[str, Any
     model.load_state_dict(state_dict)
     extra = {k: v for k, v in meta.items() if k not in ("table", "class_names", "preprocessing")}
     return Pretrained(model.eval(), table, names, preprocessing, CHECKPOINT_FORMAT, str(path), extra)
+
+
+CLASS_NAMES: Check = ((lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(n, str) for n in v)),
+                      "a list of one or more class names")
+
+
+def _checked_entries(meta: dict[str, Any]) -> tuple[dict[str, Any], list[str], Preprocessing]:
+    """An effscale checkpoint's stage table, class names and preprocessing, or a UserError naming the
+    first entry missing or damaged (`table.stages[2].repeats: expected …`)."""
+    from effscale.models.blocks import ACTIVATIONS
+
+    missing = next((k for k in ("table", "class_names", "preprocessing") if k not in meta), None)
+    if missing:
+        raise UserError(f"{missing}: missing")
+    check_values(meta, "", {"class_names": CLASS_NAMES})
+    table = meta["table"]
+    check_scaled_table(table, "table")
+    check_values(table, "table", {"activation": one_of(*ACTIVATIONS)})
+    return table, meta["class_names"], Preprocessing.from_dict(meta["preprocessing"])
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, table: dict[str, Any], class_names: list[str],

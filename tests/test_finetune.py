@@ -129,6 +129,27 @@ def test_finetune_missing_weights_file_one_line_exit_2(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.parametrize("key, change, field", [
+    ("preprocessing", lambda p: {**p, "interpolation": "nope"}, "preprocessing.interpolation: expected one of "),
+    ("table", lambda t: {k: v for k, v in t.items() if k != "stages"}, "table.stages: missing"),
+])
+def test_finetune_from_a_checkpoint_with_damaged_preprocessing_or_table_is_one_line_exit_2(tmp_path, capsys, key,
+                                                                                           change, field):
+    from effscale.cli import main
+    from effscale.weights import Preprocessing, save_checkpoint
+
+    table = architecture("efficientnet_lite0")
+    path = save_checkpoint(tmp_path / "in" / "model.pt", build_model(table, num_classes=2), table, ["a", "b"],
+                           Preprocessing(72, 64, IMAGENET_MEAN, IMAGENET_STD, "bilinear"))
+    payload = torch.load(path, weights_only=True)
+    payload[key] = change(payload[key])
+    torch.save(payload, path)
+    assert main(["finetune", f"out={tmp_path / 'out'}", f"finetune.weights={path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"effscale finetune: {path}: effscale checkpoint: {field}") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow  # about a minute on 2 idle cores, longer on a busy machine
 def test_pretrained_lite0_beats_training_from_scratch_with_the_same_steps(tmp_path, fashion_mnist_dir):
     """800 Fashion-MNIST images at 64 px, 2 epochs of 25 steps each: the ImageNet features of Lite0 with a

@@ -280,16 +280,52 @@ def test_effscale_checkpoint_round_trip_keeps_names_and_preprocessing(tmp_path):
         load_pretrained(str(path), variant="b3")
 
 
-@pytest.mark.parametrize("key, value", [("class_names", None), ("preprocessing", {"resize": 64}), ("table", None)])
-def test_an_effscale_checkpoint_with_a_broken_entry_names_that_entry(tmp_path, key, value):
+def lite0_checkpoint(path, **changes):
+    """An effscale checkpoint of a 3-class Lite0, with `changes` made to what it records."""
     from effscale.models import build_model
     from effscale.weights import architecture
 
     table = architecture("efficientnet_lite0")
-    path = save_checkpoint(tmp_path / "model.pt", build_model(table, num_classes=3), table, ["a", "b", "c"],
-                           Preprocessing(64, 64, (0.5,) * 3, (0.25,) * 3, "bilinear"))
+    save_checkpoint(path, build_model(table, num_classes=3), table, ["a", "b", "c"],
+                    Preprocessing(64, 64, (0.5,) * 3, (0.25,) * 3, "bilinear"))
     payload = torch.load(path, weights_only=True)
-    payload[key] = value
+    for key, change in changes.items():
+        payload[key] = change(payload[key]) if callable(change) else change
     torch.save(payload, path)
-    with pytest.raises(UserError, match=f"model.pt: effscale checkpoint without a valid '{key}' entry$"):
+    return path
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("class_names", None, "class_names: expected a list of one or more class names, got None"),
+    ("class_names", [], "class_names: expected a list of one or more class names, got []"),
+    ("preprocessing", {"resize": 64}, "preprocessing.crop: missing"),
+    ("table", None, "table: expected a mapping of keys, got None"),
+])
+def test_an_effscale_checkpoint_with_a_broken_entry_names_that_entry(tmp_path, key, value, message):
+    path = lite0_checkpoint(tmp_path / "model.pt", **{key: value})
+    with pytest.raises(UserError) as err:
         load_pretrained(str(path))
+    assert str(err.value) == f"{path}: effscale checkpoint: {message}"
+
+
+@pytest.mark.parametrize("key, change, message", [
+    ("preprocessing", lambda p: {**p, "interpolation": "nope"}, "preprocessing.interpolation: expected one of "
+     "nearest, nearest-exact, bilinear, bicubic, box, hamming, lanczos, got 'nope'"),
+    ("preprocessing", lambda p: {**p, "resize": 0}, "preprocessing.resize: expected an integer of at least 1, got 0"),
+    ("preprocessing", lambda p: {**p, "crop": -64}, "preprocessing.crop: expected an integer of at least 1, got -64"),
+    ("preprocessing", lambda p: {**p, "std": [0.25, 0.0, 0.25]},
+     "preprocessing.std: expected a list of one or more numbers above 0, got [0.25, 0.0, 0.25]"),
+    ("preprocessing", lambda p: {k: v for k, v in p.items() if k != "mean"}, "preprocessing.mean: missing"),
+    ("table", lambda t: {k: v for k, v in t.items() if k != "family"}, "table.family: missing"),
+    ("table", lambda t: {k: v for k, v in t.items() if k != "stages"}, "table.stages: missing"),
+    ("table", lambda t: {**t, "stages": t["stages"][:2] + [{**t["stages"][2], "repeats": -1}]},
+     "table.stages[2].repeats: expected an integer of at least 1, got -1"),
+    ("table", lambda t: {**t, "activation": "gelu"},
+     "table.activation: expected one of silu, relu, relu6, hardswish, got 'gelu'"),
+])
+def test_damaged_preprocessing_or_stage_table_is_one_line_naming_the_checkpoint_and_field(tmp_path, key, change,
+                                                                                          message):
+    path = lite0_checkpoint(tmp_path / "model.pt", **{key: change})
+    with pytest.raises(UserError) as err:
+        load_pretrained(str(path))
+    assert str(err.value).startswith(f"{path}: effscale checkpoint: {message}") and "\n" not in str(err.value)
