@@ -61,6 +61,7 @@ TF_CROP_PADDING = 32
 
 CHECKPOINT_FORMAT = "effscale"
 CHECKPOINT_VERSION = 1
+CHECKPOINT_ENTRIES = ("table", "class_names", "preprocessing")  # what marks a file as an effscale checkpoint
 
 
 @dataclass(frozen=True)
@@ -167,10 +168,16 @@ def state_dict_of(obj: Any, path: str | Path) -> tuple[dict[str, Tensor], dict[s
 
     Accepts a bare state dict, the common {"state_dict": …} / {"model": …} wrappers (Lightning
     checkpoints among them), and a prefix every key shares ("module." of DataParallel, "network." of
-    effscale's Lightning module) when the keys are not recognised with it.
+    effscale's Lightning module) when the keys are not recognised with it. A dict with an effscale
+    checkpoint's entries but another format marker, or none, is refused rather than read as a wrapper.
     """
     meta: dict[str, Any] = {}
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+    if isinstance(obj, dict) and (obj.get("format") == CHECKPOINT_FORMAT or any(k in obj for k in CHECKPOINT_ENTRIES)):
+        if obj.get("format") != CHECKPOINT_FORMAT:
+            found = ", ".join(k for k in CHECKPOINT_ENTRIES if k in obj)
+            what = f"format {obj['format']!r}" if "format" in obj else "no format"
+            raise UserError(f"{path}: an effscale checkpoint's entries ({found}) with {what}; "
+                            f"expected format '{CHECKPOINT_FORMAT}'")
         meta = {k: v for k, v in obj.items() if k != "state_dict"}
         obj = obj.get("state_dict")
     elif isinstance(obj, dict):
@@ -549,8 +556,11 @@ def load_pretrained(spec: str, baseline: str | None = None, variant: str | None 
 def _from_effscale_checkpoint(state_dict: dict[str, Tensor], meta: dict[str, Any], path: Path) -> Pretrained:
     from effscale.models import build_model
 
-    if int(meta.get("version", 0)) > CHECKPOINT_VERSION:
-        raise UserError(f"{path}: effscale checkpoint version {meta['version']} is newer than this effscale reads "
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UserError(f"{path}: effscale checkpoint: version: expected an integer of at least 1, got {version!r}")
+    if version > CHECKPOINT_VERSION:
+        raise UserError(f"{path}: effscale checkpoint version {version} is newer than this effscale reads "
                         f"({CHECKPOINT_VERSION}); upgrade effscale")
 
     try:
@@ -576,7 +586,7 @@ def _checked_entries(meta: dict[str, Any]) -> tuple[dict[str, Any], list[str], P
     first entry missing or damaged (`table.stages[2].repeats: expected …`)."""
     from effscale.models.blocks import ACTIVATIONS
 
-    missing = next((k for k in ("table", "class_names", "preprocessing") if k not in meta), None)
+    missing = next((k for k in CHECKPOINT_ENTRIES if k not in meta), None)
     if missing:
         raise UserError(f"{missing}: missing")
     check_values(meta, "", {"class_names": CLASS_NAMES})

@@ -176,3 +176,12 @@ def test_a_checkpoint_with_damaged_preprocessing_or_table_is_one_line_exit_2(tmp
     out = capsys.readouterr()
     assert out.out == "" and out.err.startswith(f"effscale predict: {path}: effscale checkpoint: {field}")
     assert len(out.err.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_with_a_wrong_format_marker_is_one_line_not_read_as_torchvision_weights(tmp_path, capsys, photos):
+    path = lite0_checkpoint_with(tmp_path, "format", lambda _: "torchvision")
+    assert main(["predict", str(photos / "coffee.png"), "--weights", str(path)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == (f"effscale predict: {path}: an effscale checkpoint's entries (table, "
+                                         "class_names, preprocessing) with format 'torchvision'; expected format "
+                                         "'effscale'\n")

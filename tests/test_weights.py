@@ -329,3 +329,32 @@ def test_damaged_preprocessing_or_stage_table_is_one_line_naming_the_checkpoint_
     with pytest.raises(UserError) as err:
         load_pretrained(str(path))
     assert str(err.value).startswith(f"{path}: effscale checkpoint: {message}") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"format": "effscal"}, "an effscale checkpoint's entries (table, class_names, preprocessing) with format "
+                            "'effscal'; expected format 'effscale'"),
+    ({"format": 1}, "an effscale checkpoint's entries (table, class_names, preprocessing) with format 1; "
+                    "expected format 'effscale'"),
+    ({"version": "x"}, "effscale checkpoint: version: expected an integer of at least 1, got 'x'"),
+    ({"version": 0}, "effscale checkpoint: version: expected an integer of at least 1, got 0"),
+    ({"version": 2}, "effscale checkpoint version 2 is newer than this effscale reads (1); upgrade effscale"),
+])
+def test_an_effscale_checkpoint_of_another_format_or_version_is_refused_not_read_as_torchvision(tmp_path, changes,
+                                                                                               message):
+    path = lite0_checkpoint(tmp_path / "model.pt", **changes)
+    with pytest.raises(UserError) as err:
+        load_pretrained(str(path))
+    assert str(err.value) == f"{path}: {message}"
+
+
+def test_an_effscale_checkpoint_without_format_or_version_is_refused(tmp_path):
+    path = lite0_checkpoint(tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    torch.save({k: v for k, v in payload.items() if k != "format"}, path)
+    with pytest.raises(UserError, match=r"model.pt: an effscale checkpoint's entries .* with no format; expected "):
+        load_pretrained(str(path))
+    torch.save({k: v for k, v in payload.items() if k != "version"}, path)
+    with pytest.raises(UserError, match="model.pt: effscale checkpoint: version: expected an integer of at least 1, "
+                                        "got None$"):
+        load_pretrained(str(path))
