@@ -534,6 +534,9 @@ def load_pretrained(spec: str, baseline: str | None = None, variant: str | None 
         raise UserError(f"--variant {variant}: expected one of {', '.join(OFFICIAL_VARIANTS)}")
     path = weights_file(spec, baseline, variant)
     state_dict, meta = state_dict_of(read_checkpoint(path), path)
+    bad = next((k for k, v in state_dict.items() if v.is_floating_point() and not v.isfinite().all()), None)
+    if bad is not None:
+        raise UserError(f"{path}: non-finite weights: {bad} holds NaN or infinity")
     fmt = CHECKPOINT_FORMAT if meta else detect_format(state_dict)
     if fmt is None:
         raise UserError(f"{path}: unrecognised weights (first keys: {', '.join(list(state_dict)[:3])}); expected "

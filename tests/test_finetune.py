@@ -150,6 +150,18 @@ def test_finetune_from_a_checkpoint_with_damaged_preprocessing_or_table_is_one_l
     assert not (tmp_path / "out").exists()
 
 
+def test_finetune_from_weights_with_nan_is_one_line_exit_2(tmp_path, capsys):
+    from effscale.cli import main
+
+    state = random_b0().state_dict()
+    state["features.1.0.block.0.1.running_mean"][5] = float("nan")
+    torch.save(state, tmp_path / "b0.pth")
+    assert main(["finetune", f"out={tmp_path / 'out'}", f"finetune.weights={tmp_path / 'b0.pth'}"]) == 2
+    assert capsys.readouterr().err == (f"effscale finetune: {tmp_path / 'b0.pth'}: non-finite weights: "
+                                       "features.1.0.block.0.1.running_mean holds NaN or infinity\n")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow  # about a minute on 2 idle cores, longer on a busy machine
 def test_pretrained_lite0_beats_training_from_scratch_with_the_same_steps(tmp_path, fashion_mnist_dir):
     """800 Fashion-MNIST images at 64 px, 2 epochs of 25 steps each: the ImageNet features of Lite0 with a

@@ -185,3 +185,15 @@ def test_a_checkpoint_with_a_wrong_format_marker_is_one_line_not_read_as_torchvi
     assert out.out == "" and out.err == (f"effscale predict: {path}: an effscale checkpoint's entries (table, "
                                          "class_names, preprocessing) with format 'torchvision'; expected format "
                                          "'effscale'\n")
+
+
+def test_a_checkpoint_with_non_finite_weights_is_one_line_where_it_printed_nan_percent(tmp_path, capsys, photos):
+    def poisoned(state):
+        state["classifier.1.weight"][1, 7] = float("inf")
+        return state
+
+    path = lite0_checkpoint_with(tmp_path, "state_dict", poisoned)
+    assert main(["predict", str(photos / "coffee.png"), "--weights", str(path)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == (f"effscale predict: {path}: non-finite weights: classifier.1.weight holds "
+                                         "NaN or infinity\n")

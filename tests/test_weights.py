@@ -258,6 +258,17 @@ def test_se_weights_into_lite_baseline_say_what_differs(tmp_path):
         load_pretrained(str(tmp_path / "w.pth"), baseline="efficientnet_lite0")
 
 
+def test_weights_with_nan_or_inf_are_refused_naming_the_first_such_tensor(tmp_path):
+    state = torchvision_efficientnet("b0").state_dict()
+    state["features.2.0.block.1.1.running_var"][3] = float("inf")
+    state["classifier.1.bias"][0] = float("nan")
+    torch.save(state, tmp_path / "b0.pth")
+    with pytest.raises(UserError) as err:
+        load_pretrained(str(tmp_path / "b0.pth"))
+    assert str(err.value) == f"{tmp_path / 'b0.pth'}: non-finite weights: features.2.0.block.1.1.running_var holds " \
+                             "NaN or infinity"
+
+
 # --- effscale's own checkpoints -----------------------------------------------------------------------
 
 
@@ -357,4 +368,14 @@ def test_an_effscale_checkpoint_without_format_or_version_is_refused(tmp_path):
     torch.save({k: v for k, v in payload.items() if k != "version"}, path)
     with pytest.raises(UserError, match="model.pt: effscale checkpoint: version: expected an integer of at least 1, "
                                         "got None$"):
+        load_pretrained(str(path))
+
+
+def test_an_effscale_checkpoint_with_nan_weights_is_refused(tmp_path):
+    def poisoned(state):
+        state["features.0.0.weight"][0, 0, 0, 0] = float("nan")
+        return state
+
+    path = lite0_checkpoint(tmp_path / "model.pt", state_dict=poisoned)
+    with pytest.raises(UserError, match=r"model.pt: non-finite weights: features\.0\.0\.weight holds NaN or infinity$"):
         load_pretrained(str(path))
