@@ -97,7 +97,7 @@ def test_ctrl_c_while_fine_tuning_is_an_interrupt_and_writes_no_checkpoint(tmp_p
                           "data.resolution=32", "finetune.head_epochs=1")
     with pytest.raises(KeyboardInterrupt):
         effscale.finetune.finetune(cfg)
-    assert not list(tmp_path.rglob("*.pt"))
+    assert not list(tmp_path.rglob("*.pt")) and not (tmp_path / "finetune-procedural").exists()
 
 
 def test_finetune_cli_writes_a_checkpoint_predict_reads_with_the_data_class_names(tmp_path):
@@ -160,6 +160,29 @@ def test_finetune_from_weights_with_nan_is_one_line_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err == (f"effscale finetune: {tmp_path / 'b0.pth'}: non-finite weights: "
                                        "features.1.0.block.0.1.running_mean holds NaN or infinity\n")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where, message", [
+    (lambda p: [f"out={p / 'a-file'}"], "finetune.checkpoint: cannot write {p}/a-file/finetune-procedural/model.pt ("),
+    (lambda p: [f"out={p / 'a-file' / 'deeper'}", "name=x"], "finetune.checkpoint: cannot write {p}/a-file/deeper/x/"),
+    (lambda p: [f"finetune.checkpoint={p}"], "finetune.checkpoint: {p} is a folder; expected a file to write, such as "
+                                             "{p}/model.pt"),
+])
+def test_a_checkpoint_path_that_cannot_be_written_is_one_line_before_any_training(tmp_path, capsys, monkeypatch,
+                                                                                 where, message):
+    import effscale.finetune
+    from effscale.cli import main
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(effscale.finetune, "make_trainer", no_training)
+    (tmp_path / "a-file").write_text("not a folder")
+    assert main(["finetune", *where(tmp_path), "data=procedural", "data.train_size=64", "data.val_size=32",
+                 "data.test_size=32", "data.resolution=32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"effscale finetune: {message.format(p=tmp_path)}") and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
 @pytest.mark.slow  # about a minute on 2 idle cores, longer on a busy machine
