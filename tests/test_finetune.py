@@ -185,6 +185,30 @@ def test_a_checkpoint_path_that_cannot_be_written_is_one_line_before_any_trainin
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: (s / "val" / "dog").rename(s / "val" / "dogs"),
+     "{s}/val/dogs: a class folder {s}/train lacks; train, val and test need the same class folders"),
+    (lambda s: [image.unlink() for image in (s / "train" / "cat").iterdir()],
+     "{s}/train/cat: no images (.jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp); every class folder needs "
+     "at least one"),
+])
+def test_finetune_on_image_folders_whose_classes_differ_or_are_empty_is_one_line(tmp_path, capsys, edit, message):
+    from PIL import Image
+
+    from effscale.cli import main
+
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (tmp_path / "set" / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (24, 20), (40 * i, 90, 200)).save(tmp_path / "set" / split / name / f"{i}.png")
+    edit(tmp_path / "set")
+    assert main(["finetune", f"out={tmp_path / 'out'}", "data=imagefolder", f"data.root={tmp_path / 'set'}",
+                 "data.resolution=32", "finetune.head_epochs=1", "finetune.batch_size=2"]) == 2
+    assert capsys.readouterr().err == f"effscale finetune: {message.format(s=tmp_path / 'set')}\n"
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow  # about a minute on 2 idle cores, longer on a busy machine
 def test_pretrained_lite0_beats_training_from_scratch_with_the_same_steps(tmp_path, fashion_mnist_dir):
     """800 Fashion-MNIST images at 64 px, 2 epochs of 25 steps each: the ImageNet features of Lite0 with a
