@@ -50,6 +50,13 @@ def one_of(*options: str) -> Check:
         (" or ".join(options) if len(options) == 2 else "one of " + ", ".join(options))
 
 
+def number_list(low: float | None = None) -> Check:
+    """A list of one or more numbers, each above `low` when given."""
+    ok = _real if low is None else above(low)[0]
+    return (lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(map(ok, v))), \
+        "a list of one or more numbers" + ("" if low is None else f" above {low:g}")
+
+
 def optional(check: Check) -> Check:
     ok, expected = check
     return (lambda v: v is None or ok(v)), f"null or {expected}"
@@ -162,27 +169,57 @@ BLOCK_KEYS = {"mbconv": {"expand", "kernel", "se"}, "inverted_residual": {"expan
 FAMILIES = ("efficientnet", "mobilenet_v2", "resnet")  # module layouts effscale/models/network.py builds
 
 
-def check_stage_table(table: dict[str, Any]) -> None:
-    """Every key of a baseline's stage table is one the builder reads, and every key it needs is
-    there; else one UserError naming the key as `baseline.<where>`. (`SECTIONS` checks the values.)"""
-    _check_keys("baseline", table, TABLE_KEYS, TABLE_OPTIONAL)
-    _check_keys("baseline.stem", table["stem"], STEM_KEYS, STEM_OPTIONAL)
+def check_stage_table(table: dict[str, Any], section: str = "baseline",
+                      recorded: frozenset[str] = frozenset()) -> None:
+    """Every key of a baseline's stage table is one the builder reads (or one of `recorded`), and every
+    key it needs is there; else one UserError naming the key as `<section>.<key>`. (`SECTIONS` checks the
+    values.)"""
+    _check_keys(section, table, TABLE_KEYS, TABLE_OPTIONAL | recorded)
+    _check_keys(f"{section}.stem", table["stem"], STEM_KEYS, STEM_OPTIONAL)
     if table["family"] not in FAMILIES:
-        raise UserError(f"baseline.family: unknown {table['family']!r}; expected {', '.join(FAMILIES)}")
+        raise UserError(f"{section}.family: unknown {table['family']!r}; expected {', '.join(FAMILIES)}")
     head = table.get("head")
     if head is None and table["family"] != "resnet":
-        raise UserError(f"baseline.head: required for family {table['family']} (a 1×1 conv of head.channels)")
+        raise UserError(f"{section}.head: required for family {table['family']} (a 1×1 conv of head.channels)")
     if head is not None and table["family"] == "resnet":
-        raise UserError("baseline.head: a resnet has no head conv (its last stage feeds the classifier); "
+        raise UserError(f"{section}.head: a resnet has no head conv (its last stage feeds the classifier); "
                         "set head: null")
     if head is not None:
-        _check_keys("baseline.head", head, {"channels"}, {"scale"})
+        _check_keys(f"{section}.head", head, {"channels"}, {"scale"})
     for i, stage in enumerate(table["stages"] if isinstance(table["stages"], list) else []):
-        where = f"baseline.stages[{i}]"
+        where = f"{section}.stages[{i}]"
         block = stage.get("block") if isinstance(stage, dict) else None
         if block not in BLOCK_KEYS:
             raise UserError(f"{where}.block: unknown block {block!r}; expected one of {', '.join(BLOCK_KEYS)}")
         _check_keys(where, stage, STAGE_KEYS, BLOCK_KEYS[block], f"a {block} block")
+
+
+# What `scaling.scaled_baseline` records in the table it returns, beside the baseline's own keys.
+SCALING_RECORD = frozenset({"width_mult", "depth_mult", "resolution_mult", "variant"})
+NAME: Check = (lambda v: isinstance(v, str) and v.strip() != ""), "a name"
+BN: dict[str, Check] = {"eps": above(0), "momentum": optional(at_least(0))}
+
+
+def check_scaled_table(table: Any, section: str) -> None:
+    """A scaled stage table read back from a file (an effscale checkpoint's): the keys and values
+    `check_config` checks in a baseline, named as `<section>.<key>`."""
+    _check_keys(section, table, TABLE_KEYS, TABLE_OPTIONAL | SCALING_RECORD)
+    check_values(table, section, {"name": NAME, **SECTIONS["baseline"]})
+    for part in ("stem", "head"):
+        if isinstance(table.get(part), dict):
+            check_values(table[part], f"{section}.{part}", SECTIONS[f"baseline.{part}"])
+    check_stage_table(table, section, SCALING_RECORD)
+    for i, stage in enumerate(table["stages"]):
+        check_values(stage, f"{section}.stages[{i}]", STAGE)
+    if table.get("bn") is not None:
+        _check_keys(f"{section}.bn", table["bn"], set(), set(BN))
+        check_values(table["bn"], f"{section}.bn", BN)
+
+
+def check_mapping(values: Any, where: str, checks: dict[str, Check]) -> None:
+    """`values` is a mapping of the keys of `checks`, none missing and no other, each one its check accepts."""
+    _check_keys(where, values, set(checks), set())
+    check_values(values, where, checks)
 
 
 def _check_keys(where: str, part: Any, required: set[str], optional: set[str], what: str = "") -> None:

@@ -524,7 +524,12 @@ class ImageFolderDataModule(DataModule):
         if self._classes is None:
             if self.root is None and self._num_classes is not None:
                 return [f"class {index}" for index in range(self._num_classes)]
-            self._classes = self._find_classes(self._split_dirs()["train"])
+            dirs = self._split_dirs()
+            classes = self._find_classes(dirs["train"])
+            for split in ("val", "test"):
+                if dirs[split] is not None:
+                    self._same_classes(dirs[split], classes, dirs["train"])
+            self._classes = classes
         return list(self._classes)
 
     @property
@@ -550,15 +555,34 @@ class ImageFolderDataModule(DataModule):
             raise UserError(f"{folder}: one class folder ({classes[0]}); a classifier needs two or more")
         return classes
 
+    @staticmethod
+    def _same_classes(folder: Path, classes: list[str], train: Path) -> None:
+        """`folder` (val/ or test/) has the class folders of `train`, no more and no fewer."""
+        found = {entry.name for entry in os.scandir(folder) if entry.is_dir()}
+        extra, missing = sorted(found - set(classes)), sorted(set(classes) - found)
+        if extra:
+            raise UserError(f"{folder / extra[0]}: a class folder {train} lacks; train, val and test need the "
+                            "same class folders")
+        if missing:
+            raise UserError(f"{folder}: no class folder {missing[0]}, which {train} has; train, val and test "
+                            "need the same class folders")
+
     def _images(self, folder: Path) -> list[Sample]:
-        """Every image file under `folder`/<class>/, recursively, in a fixed order."""
-        samples = []
+        """Every image file under `folder`/<class>/, recursively, in a fixed order; each class folder
+        must hold one."""
+        samples, empty = [], None
         for label, name in enumerate(self.class_names):
+            before = len(samples)
             for directory, _, files in sorted(os.walk(folder / name, followlinks=True)):
                 samples += [(os.path.join(directory, file), label) for file in sorted(files)
                             if file.lower().endswith(IMAGE_EXTENSIONS)]
+            if len(samples) == before and empty is None:
+                empty = name
         if not samples:
             raise UserError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
+        if empty is not None:
+            raise UserError(f"{folder / empty}: no images ({', '.join(IMAGE_EXTENSIONS)}); every class folder "
+                            "needs at least one")
         return samples
 
     def setup(self, stage: str | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -57,3 +58,19 @@ def first_new_folder(path: Path) -> Path | None:
     """The outermost folder that creating `path` would create (None if it exists): what to remove
     again so that a refused run leaves nothing behind."""
     return next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+
+
+def writable_folder(folder: Path) -> Path | None:
+    """Create `folder` if need be and check that a file can be written in it (one is made and removed
+    again); OSError if not. Returns the outermost folder this created (None if it existed), for the
+    caller to remove again should it end up writing nothing there."""
+    new = first_new_folder(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        if new is not None:
+            shutil.rmtree(new, ignore_errors=True)
+        raise
+    return new

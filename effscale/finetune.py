@@ -20,6 +20,8 @@ normalisation (`adapt_stem`), which also turns an RGB stem into a greyscale one.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
@@ -29,6 +31,7 @@ from torch import nn
 from effscale.devices import resolve_device
 from effscale.data import EVAL_CROP, build_datamodule
 from effscale.errors import UserError
+from effscale.files import writable_folder
 from effscale.train import Classifier, interruptible, make_trainer, set_threads
 from effscale.weights import Preprocessing, Pretrained, load_pretrained, save_checkpoint
 
@@ -138,7 +141,6 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune `finetune.weights` on the `data` config, save an effscale checkpoint and return
     `val_acc` after each phase, `test_acc` and the `checkpoint` path."""
     opts = cfg["finetune"]
-    head_epochs, unfreeze_epochs = int(opts["head_epochs"]), int(opts["unfreeze_epochs"])
     device = resolve_device(cfg["device"])
     recipe = dict(opts["recipe"])
     set_threads(recipe.get("threads"))
@@ -151,9 +153,40 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
     if recipe.get("channels_last", True):
         network = network.to(memory_format=torch.channels_last)
 
-    phases = [("head", head_epochs, None)]
-    if unfreeze_epochs:
-        phases.append(("all", unfreeze_epochs, float(opts["backbone_lr_mult"])))
+    checkpoint = Path(str(opts["checkpoint"])).expanduser()
+    made = checkpoint_folder(checkpoint)  # before training: a folder it cannot write would lose the run
+    try:
+        result = train_phases(network, data, opts, recipe, device)
+        table = {**pretrained.table, "resolution": resolution}
+        result["checkpoint"] = str(save_checkpoint(
+            checkpoint, network.to(memory_format=torch.contiguous_format), table, data.class_names,
+            data_preprocessing(data), val_acc=result["val_acc"], test_acc=result["test_acc"],
+            data=str(cfg["data"]["name"]), weights=pretrained.source))
+    except BaseException:  # refused, diverged or interrupted: no checkpoint, and no folder of this run's
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    return result
+
+
+def checkpoint_folder(checkpoint: Path) -> Path | None:
+    """Create the checkpoint's folder and check it can be written; the outermost folder this made, if any."""
+    if checkpoint.is_dir():
+        raise UserError(f"finetune.checkpoint: {checkpoint} is a folder; expected a file to write, "
+                        f"such as {checkpoint / 'model.pt'}")
+    try:
+        return writable_folder(checkpoint.parent)
+    except OSError as exc:
+        raise UserError(f"finetune.checkpoint: cannot write {checkpoint} ({exc.strerror or exc})") from None
+
+
+def train_phases(network: nn.Module, data: Any, opts: dict[str, Any], recipe: dict[str, Any],
+                 device: str) -> dict[str, Any]:
+    """Train the new classifier on the frozen network, then everything when `finetune.unfreeze_epochs`
+    asks; `val_acc_<phase>` after each phase, the last as `val_acc`, and `test_acc`."""
+    phases = [("head", int(opts["head_epochs"]), None)]
+    if int(opts["unfreeze_epochs"]):
+        phases.append(("all", int(opts["unfreeze_epochs"]), float(opts["backbone_lr_mult"])))
     result: dict[str, Any] = {}
     for phase, epochs, lr_mult in phases:
         network.train()  # the callback below puts the backbone back in eval mode where it should be
@@ -171,12 +204,6 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
     if data.has_test_split:  # else test_acc stays None: the validation images are all that was held out
         interruptible(trainer, trainer.test, module, datamodule=data, verbose=False)
     result.update(val_acc=module.val_history[-1], test_acc=module.test_acc)
-
-    table = {**pretrained.table, "resolution": resolution}
-    result["checkpoint"] = str(save_checkpoint(
-        opts["checkpoint"], network.to(memory_format=torch.contiguous_format), table, data.class_names,
-        data_preprocessing(data), val_acc=result["val_acc"], test_acc=result["test_acc"],
-        data=str(cfg["data"]["name"]), weights=pretrained.source))
     return result
 
 

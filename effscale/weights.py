@@ -39,6 +39,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from effscale.checks import Check, check_mapping, check_scaled_table, check_values, count, number_list, one_of
 from effscale.config import CONF_DIR, available_options
 from effscale.errors import UserError
 from effscale.files import write_atomically
@@ -60,6 +61,7 @@ TF_CROP_PADDING = 32
 
 CHECKPOINT_FORMAT = "effscale"
 CHECKPOINT_VERSION = 1
+CHECKPOINT_ENTRIES = ("table", "class_names", "preprocessing")  # what marks a file as an effscale checkpoint
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,15 @@ class Preprocessing:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+    def from_dict(cls, d: Any) -> Preprocessing:
+        """What `as_dict` wrote; a UserError naming the first entry missing or of a value no transform takes."""
+        from torchvision.transforms import InterpolationMode
+
+        check_mapping(d, "preprocessing", {"resize": count(1), "crop": count(1), "mean": number_list(),
+                                           "std": number_list(0),
+                                           "interpolation": one_of(*(mode.value for mode in InterpolationMode))})
+        if len(d["std"]) != len(d["mean"]):
+            raise UserError(f"preprocessing.std: {len(d['std'])} values for {len(d['mean'])} means")
         return cls(int(d["resize"]), int(d["crop"]), tuple(d["mean"]), tuple(d["std"]), str(d["interpolation"]))
 
 
@@ -158,10 +168,16 @@ def state_dict_of(obj: Any, path: str | Path) -> tuple[dict[str, Tensor], dict[s
 
     Accepts a bare state dict, the common {"state_dict": …} / {"model": …} wrappers (Lightning
     checkpoints among them), and a prefix every key shares ("module." of DataParallel, "network." of
-    effscale's Lightning module) when the keys are not recognised with it.
+    effscale's Lightning module) when the keys are not recognised with it. A dict with an effscale
+    checkpoint's entries but another format marker, or none, is refused rather than read as a wrapper.
     """
     meta: dict[str, Any] = {}
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+    if isinstance(obj, dict) and (obj.get("format") == CHECKPOINT_FORMAT or any(k in obj for k in CHECKPOINT_ENTRIES)):
+        if obj.get("format") != CHECKPOINT_FORMAT:
+            found = ", ".join(k for k in CHECKPOINT_ENTRIES if k in obj)
+            what = f"format {obj['format']!r}" if "format" in obj else "no format"
+            raise UserError(f"{path}: an effscale checkpoint's entries ({found}) with {what}; "
+                            f"expected format '{CHECKPOINT_FORMAT}'")
         meta = {k: v for k, v in obj.items() if k != "state_dict"}
         obj = obj.get("state_dict")
     elif isinstance(obj, dict):
@@ -518,6 +534,9 @@ def load_pretrained(spec: str, baseline: str | None = None, variant: str | None 
         raise UserError(f"--variant {variant}: expected one of {', '.join(OFFICIAL_VARIANTS)}")
     path = weights_file(spec, baseline, variant)
     state_dict, meta = state_dict_of(read_checkpoint(path), path)
+    bad = next((k for k, v in state_dict.items() if v.is_floating_point() and not v.isfinite().all()), None)
+    if bad is not None:
+        raise UserError(f"{path}: non-finite weights: {bad} holds NaN or infinity")
     fmt = CHECKPOINT_FORMAT if meta else detect_format(state_dict)
     if fmt is None:
         raise UserError(f"{path}: unrecognised weights (first keys: {', '.join(list(state_dict)[:3])}); expected "
@@ -540,18 +559,17 @@ def load_pretrained(spec: str, baseline: str | None = None, variant: str | None 
 def _from_effscale_checkpoint(state_dict: dict[str, Tensor], meta: dict[str, Any], path: Path) -> Pretrained:
     from effscale.models import build_model
 
-    if int(meta.get("version", 0)) > CHECKPOINT_VERSION:
-        raise UserError(f"{path}: effscale checkpoint version {meta['version']} is newer than this effscale reads "
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UserError(f"{path}: effscale checkpoint: version: expected an integer of at least 1, got {version!r}")
+    if version > CHECKPOINT_VERSION:
+        raise UserError(f"{path}: effscale checkpoint version {version} is newer than this effscale reads "
                         f"({CHECKPOINT_VERSION}); upgrade effscale")
 
-    def entry(key: str, read: Callable[[Any], Any]) -> Any:
-        try:
-            return read(meta[key])
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{path}: effscale checkpoint without a valid '{key}' entry") from None
-
-    table, names = entry("table", dict), entry("class_names", list)
-    preprocessing = entry("preprocessing", Preprocessing.from_dict)
+    try:
+        table, names, preprocessing = _checked_entries(meta)
+    except UserError as exc:
+        raise UserError(f"{path}: effscale checkpoint: {exc}") from None
     model = build_model(table, len(names), preprocessing.in_channels)
     try:
         check_fits(model, state_dict, {})
@@ -560,6 +578,25 @@ def _from_effscale_checkpoint(state_dict: dict[str, Tensor], meta: dict[str, Any
     model.load_state_dict(state_dict)
     extra = {k: v for k, v in meta.items() if k not in ("table", "class_names", "preprocessing")}
     return Pretrained(model.eval(), table, names, preprocessing, CHECKPOINT_FORMAT, str(path), extra)
+
+
+CLASS_NAMES: Check = ((lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(n, str) for n in v)),
+                      "a list of one or more class names")
+
+
+def _checked_entries(meta: dict[str, Any]) -> tuple[dict[str, Any], list[str], Preprocessing]:
+    """An effscale checkpoint's stage table, class names and preprocessing, or a UserError naming the
+    first entry missing or damaged (`table.stages[2].repeats: expected …`)."""
+    from effscale.models.blocks import ACTIVATIONS
+
+    missing = next((k for k in CHECKPOINT_ENTRIES if k not in meta), None)
+    if missing:
+        raise UserError(f"{missing}: missing")
+    check_values(meta, "", {"class_names": CLASS_NAMES})
+    table = meta["table"]
+    check_scaled_table(table, "table")
+    check_values(table, "table", {"activation": one_of(*ACTIVATIONS)})
+    return table, meta["class_names"], Preprocessing.from_dict(meta["preprocessing"])
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, table: dict[str, Any], class_names: list[str],

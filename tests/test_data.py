@@ -352,6 +352,39 @@ def test_an_image_folder_of_one_class_is_a_user_error(tmp_path):
         build_datamodule(_folder_cfg(tmp_path / "set"), 16, 4).setup()
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: shutil.copytree(s / "val" / "cat", s / "val" / "bird"),
+     "{s}/val/bird: a class folder {s}/train lacks; train, val and test need the same class folders"),
+    (lambda s: shutil.rmtree(s / "val" / "dog"),
+     "{s}/val: no class folder dog, which {s}/train has; train, val and test need the same class folders"),
+    (lambda s: (s / "val" / "dog").rename(s / "val" / "Dog"),
+     "{s}/val/Dog: a class folder {s}/train lacks; train, val and test need the same class folders"),
+    (lambda s: (_image_tree(s / "test", per_class=1), shutil.rmtree(s / "test" / "cat")),
+     "{s}/test: no class folder cat, which {s}/train has; train, val and test need the same class folders"),
+])
+def test_splits_whose_class_folders_differ_are_one_line_naming_the_class(tmp_path, edit, message):
+    _image_tree(tmp_path / "set" / "train", per_class=2)
+    _image_tree(tmp_path / "set" / "val", per_class=1)
+    edit(tmp_path / "set")
+    module = build_datamodule(_folder_cfg(tmp_path / "set"), 16, 4)
+    with pytest.raises(UserError) as raised:
+        module.num_classes  # what a model is built for: refused before any image is opened
+    assert str(raised.value) == message.format(s=tmp_path / "set")
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_an_empty_class_folder_is_one_line_naming_it(tmp_path, split):
+    _image_tree(tmp_path / "set" / "train", per_class=2)
+    _image_tree(tmp_path / "set" / "val", per_class=1)
+    for image in (tmp_path / "set" / split / "dog").iterdir():
+        image.unlink()
+    (tmp_path / "set" / split / "dog" / "notes.txt").write_text("no image here")
+    with pytest.raises(UserError) as raised:
+        build_datamodule(_folder_cfg(tmp_path / "set"), 16, 4).setup()
+    assert str(raised.value) == (f"{tmp_path / 'set' / split / 'dog'}: no images (.jpg, .jpeg, .png, .ppm, .bmp, "
+                                 ".pgm, .tif, .tiff, .webp); every class folder needs at least one")
+
+
 def test_imagenet_shape_config_needs_no_files():
     from omegaconf import OmegaConf
 

@@ -97,7 +97,7 @@ def test_ctrl_c_while_fine_tuning_is_an_interrupt_and_writes_no_checkpoint(tmp_p
                           "data.resolution=32", "finetune.head_epochs=1")
     with pytest.raises(KeyboardInterrupt):
         effscale.finetune.finetune(cfg)
-    assert not list(tmp_path.rglob("*.pt"))
+    assert not list(tmp_path.rglob("*.pt")) and not (tmp_path / "finetune-procedural").exists()
 
 
 def test_finetune_cli_writes_a_checkpoint_predict_reads_with_the_data_class_names(tmp_path):
@@ -127,6 +127,86 @@ def test_finetune_missing_weights_file_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip().endswith("nope.pt: no such file") and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("key, change, field", [
+    ("preprocessing", lambda p: {**p, "interpolation": "nope"}, "preprocessing.interpolation: expected one of "),
+    ("table", lambda t: {k: v for k, v in t.items() if k != "stages"}, "table.stages: missing"),
+])
+def test_finetune_from_a_checkpoint_with_damaged_preprocessing_or_table_is_one_line_exit_2(tmp_path, capsys, key,
+                                                                                           change, field):
+    from effscale.cli import main
+    from effscale.weights import Preprocessing, save_checkpoint
+
+    table = architecture("efficientnet_lite0")
+    path = save_checkpoint(tmp_path / "in" / "model.pt", build_model(table, num_classes=2), table, ["a", "b"],
+                           Preprocessing(72, 64, IMAGENET_MEAN, IMAGENET_STD, "bilinear"))
+    payload = torch.load(path, weights_only=True)
+    payload[key] = change(payload[key])
+    torch.save(payload, path)
+    assert main(["finetune", f"out={tmp_path / 'out'}", f"finetune.weights={path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"effscale finetune: {path}: effscale checkpoint: {field}") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_finetune_from_weights_with_nan_is_one_line_exit_2(tmp_path, capsys):
+    from effscale.cli import main
+
+    state = random_b0().state_dict()
+    state["features.1.0.block.0.1.running_mean"][5] = float("nan")
+    torch.save(state, tmp_path / "b0.pth")
+    assert main(["finetune", f"out={tmp_path / 'out'}", f"finetune.weights={tmp_path / 'b0.pth'}"]) == 2
+    assert capsys.readouterr().err == (f"effscale finetune: {tmp_path / 'b0.pth'}: non-finite weights: "
+                                       "features.1.0.block.0.1.running_mean holds NaN or infinity\n")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where, message", [
+    (lambda p: [f"out={p / 'a-file'}"], "finetune.checkpoint: cannot write {p}/a-file/finetune-procedural/model.pt ("),
+    (lambda p: [f"out={p / 'a-file' / 'deeper'}", "name=x"], "finetune.checkpoint: cannot write {p}/a-file/deeper/x/"),
+    (lambda p: [f"finetune.checkpoint={p}"], "finetune.checkpoint: {p} is a folder; expected a file to write, such as "
+                                             "{p}/model.pt"),
+])
+def test_a_checkpoint_path_that_cannot_be_written_is_one_line_before_any_training(tmp_path, capsys, monkeypatch,
+                                                                                 where, message):
+    import effscale.finetune
+    from effscale.cli import main
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(effscale.finetune, "make_trainer", no_training)
+    (tmp_path / "a-file").write_text("not a folder")
+    assert main(["finetune", *where(tmp_path), "data=procedural", "data.train_size=64", "data.val_size=32",
+                 "data.test_size=32", "data.resolution=32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"effscale finetune: {message.format(p=tmp_path)}") and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: (s / "val" / "dog").rename(s / "val" / "dogs"),
+     "{s}/val/dogs: a class folder {s}/train lacks; train, val and test need the same class folders"),
+    (lambda s: [image.unlink() for image in (s / "train" / "cat").iterdir()],
+     "{s}/train/cat: no images (.jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp); every class folder needs "
+     "at least one"),
+])
+def test_finetune_on_image_folders_whose_classes_differ_or_are_empty_is_one_line(tmp_path, capsys, edit, message):
+    from PIL import Image
+
+    from effscale.cli import main
+
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (tmp_path / "set" / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (24, 20), (40 * i, 90, 200)).save(tmp_path / "set" / split / name / f"{i}.png")
+    edit(tmp_path / "set")
+    assert main(["finetune", f"out={tmp_path / 'out'}", "data=imagefolder", f"data.root={tmp_path / 'set'}",
+                 "data.resolution=32", "finetune.head_epochs=1", "finetune.batch_size=2"]) == 2
+    assert capsys.readouterr().err == f"effscale finetune: {message.format(s=tmp_path / 'set')}\n"
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow  # about a minute on 2 idle cores, longer on a busy machine

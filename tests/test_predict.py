@@ -149,3 +149,51 @@ def test_refused_weights_file_one_line_exit_2(tmp_path, capsys, photos):
     err = capsys.readouterr().err
     assert "refused: not a plain weights file" in err and len(err.strip().splitlines()) == 1
     assert not marker.exists()
+
+
+def lite0_checkpoint_with(tmp_path, key, change):
+    """A 2-class Lite0 checkpoint whose recorded `key` entry is changed by `change`."""
+    from effscale.models import build_model
+
+    table = architecture("efficientnet_lite0")
+    path = save_checkpoint(tmp_path / "model.pt", build_model(table, num_classes=2), table, ["plate", "mug"],
+                           Preprocessing(72, 64, IMAGENET_MEAN, IMAGENET_STD, "bilinear"))
+    payload = torch.load(path, weights_only=True)
+    payload[key] = change(payload[key])
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize("key, change, field", [
+    ("preprocessing", lambda p: {**p, "interpolation": "nope"}, "preprocessing.interpolation: expected one of "),
+    ("preprocessing", lambda p: {**p, "resize": 0}, "preprocessing.resize: expected an integer of at least 1, got 0"),
+    ("table", lambda t: {k: v for k, v in t.items() if k != "family"}, "table.family: missing"),
+])
+def test_a_checkpoint_with_damaged_preprocessing_or_table_is_one_line_exit_2(tmp_path, capsys, photos, key, change,
+                                                                             field):
+    path = lite0_checkpoint_with(tmp_path, key, change)
+    assert main(["predict", str(photos / "coffee.png"), "--weights", str(path)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith(f"effscale predict: {path}: effscale checkpoint: {field}")
+    assert len(out.err.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_with_a_wrong_format_marker_is_one_line_not_read_as_torchvision_weights(tmp_path, capsys, photos):
+    path = lite0_checkpoint_with(tmp_path, "format", lambda _: "torchvision")
+    assert main(["predict", str(photos / "coffee.png"), "--weights", str(path)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == (f"effscale predict: {path}: an effscale checkpoint's entries (table, "
+                                         "class_names, preprocessing) with format 'torchvision'; expected format "
+                                         "'effscale'\n")
+
+
+def test_a_checkpoint_with_non_finite_weights_is_one_line_where_it_printed_nan_percent(tmp_path, capsys, photos):
+    def poisoned(state):
+        state["classifier.1.weight"][1, 7] = float("inf")
+        return state
+
+    path = lite0_checkpoint_with(tmp_path, "state_dict", poisoned)
+    assert main(["predict", str(photos / "coffee.png"), "--weights", str(path)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == (f"effscale predict: {path}: non-finite weights: classifier.1.weight holds "
+                                         "NaN or infinity\n")

@@ -258,6 +258,17 @@ def test_se_weights_into_lite_baseline_say_what_differs(tmp_path):
         load_pretrained(str(tmp_path / "w.pth"), baseline="efficientnet_lite0")
 
 
+def test_weights_with_nan_or_inf_are_refused_naming_the_first_such_tensor(tmp_path):
+    state = torchvision_efficientnet("b0").state_dict()
+    state["features.2.0.block.1.1.running_var"][3] = float("inf")
+    state["classifier.1.bias"][0] = float("nan")
+    torch.save(state, tmp_path / "b0.pth")
+    with pytest.raises(UserError) as err:
+        load_pretrained(str(tmp_path / "b0.pth"))
+    assert str(err.value) == f"{tmp_path / 'b0.pth'}: non-finite weights: features.2.0.block.1.1.running_var holds " \
+                             "NaN or infinity"
+
+
 # --- effscale's own checkpoints -----------------------------------------------------------------------
 
 
@@ -280,16 +291,91 @@ def test_effscale_checkpoint_round_trip_keeps_names_and_preprocessing(tmp_path):
         load_pretrained(str(path), variant="b3")
 
 
-@pytest.mark.parametrize("key, value", [("class_names", None), ("preprocessing", {"resize": 64}), ("table", None)])
-def test_an_effscale_checkpoint_with_a_broken_entry_names_that_entry(tmp_path, key, value):
+def lite0_checkpoint(path, **changes):
+    """An effscale checkpoint of a 3-class Lite0, with `changes` made to what it records."""
     from effscale.models import build_model
     from effscale.weights import architecture
 
     table = architecture("efficientnet_lite0")
-    path = save_checkpoint(tmp_path / "model.pt", build_model(table, num_classes=3), table, ["a", "b", "c"],
-                           Preprocessing(64, 64, (0.5,) * 3, (0.25,) * 3, "bilinear"))
+    save_checkpoint(path, build_model(table, num_classes=3), table, ["a", "b", "c"],
+                    Preprocessing(64, 64, (0.5,) * 3, (0.25,) * 3, "bilinear"))
     payload = torch.load(path, weights_only=True)
-    payload[key] = value
+    for key, change in changes.items():
+        payload[key] = change(payload[key]) if callable(change) else change
     torch.save(payload, path)
-    with pytest.raises(UserError, match=f"model.pt: effscale checkpoint without a valid '{key}' entry$"):
+    return path
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("class_names", None, "class_names: expected a list of one or more class names, got None"),
+    ("class_names", [], "class_names: expected a list of one or more class names, got []"),
+    ("preprocessing", {"resize": 64}, "preprocessing.crop: missing"),
+    ("table", None, "table: expected a mapping of keys, got None"),
+])
+def test_an_effscale_checkpoint_with_a_broken_entry_names_that_entry(tmp_path, key, value, message):
+    path = lite0_checkpoint(tmp_path / "model.pt", **{key: value})
+    with pytest.raises(UserError) as err:
+        load_pretrained(str(path))
+    assert str(err.value) == f"{path}: effscale checkpoint: {message}"
+
+
+@pytest.mark.parametrize("key, change, message", [
+    ("preprocessing", lambda p: {**p, "interpolation": "nope"}, "preprocessing.interpolation: expected one of "
+     "nearest, nearest-exact, bilinear, bicubic, box, hamming, lanczos, got 'nope'"),
+    ("preprocessing", lambda p: {**p, "resize": 0}, "preprocessing.resize: expected an integer of at least 1, got 0"),
+    ("preprocessing", lambda p: {**p, "crop": -64}, "preprocessing.crop: expected an integer of at least 1, got -64"),
+    ("preprocessing", lambda p: {**p, "std": [0.25, 0.0, 0.25]},
+     "preprocessing.std: expected a list of one or more numbers above 0, got [0.25, 0.0, 0.25]"),
+    ("preprocessing", lambda p: {k: v for k, v in p.items() if k != "mean"}, "preprocessing.mean: missing"),
+    ("table", lambda t: {k: v for k, v in t.items() if k != "family"}, "table.family: missing"),
+    ("table", lambda t: {k: v for k, v in t.items() if k != "stages"}, "table.stages: missing"),
+    ("table", lambda t: {**t, "stages": t["stages"][:2] + [{**t["stages"][2], "repeats": -1}]},
+     "table.stages[2].repeats: expected an integer of at least 1, got -1"),
+    ("table", lambda t: {**t, "activation": "gelu"},
+     "table.activation: expected one of silu, relu, relu6, hardswish, got 'gelu'"),
+])
+def test_damaged_preprocessing_or_stage_table_is_one_line_naming_the_checkpoint_and_field(tmp_path, key, change,
+                                                                                          message):
+    path = lite0_checkpoint(tmp_path / "model.pt", **{key: change})
+    with pytest.raises(UserError) as err:
+        load_pretrained(str(path))
+    assert str(err.value).startswith(f"{path}: effscale checkpoint: {message}") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"format": "effscal"}, "an effscale checkpoint's entries (table, class_names, preprocessing) with format "
+                            "'effscal'; expected format 'effscale'"),
+    ({"format": 1}, "an effscale checkpoint's entries (table, class_names, preprocessing) with format 1; "
+                    "expected format 'effscale'"),
+    ({"version": "x"}, "effscale checkpoint: version: expected an integer of at least 1, got 'x'"),
+    ({"version": 0}, "effscale checkpoint: version: expected an integer of at least 1, got 0"),
+    ({"version": 2}, "effscale checkpoint version 2 is newer than this effscale reads (1); upgrade effscale"),
+])
+def test_an_effscale_checkpoint_of_another_format_or_version_is_refused_not_read_as_torchvision(tmp_path, changes,
+                                                                                               message):
+    path = lite0_checkpoint(tmp_path / "model.pt", **changes)
+    with pytest.raises(UserError) as err:
+        load_pretrained(str(path))
+    assert str(err.value) == f"{path}: {message}"
+
+
+def test_an_effscale_checkpoint_without_format_or_version_is_refused(tmp_path):
+    path = lite0_checkpoint(tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    torch.save({k: v for k, v in payload.items() if k != "format"}, path)
+    with pytest.raises(UserError, match=r"model.pt: an effscale checkpoint's entries .* with no format; expected "):
+        load_pretrained(str(path))
+    torch.save({k: v for k, v in payload.items() if k != "version"}, path)
+    with pytest.raises(UserError, match="model.pt: effscale checkpoint: version: expected an integer of at least 1, "
+                                        "got None$"):
+        load_pretrained(str(path))
+
+
+def test_an_effscale_checkpoint_with_nan_weights_is_refused(tmp_path):
+    def poisoned(state):
+        state["features.0.0.weight"][0, 0, 0, 0] = float("nan")
+        return state
+
+    path = lite0_checkpoint(tmp_path / "model.pt", state_dict=poisoned)
+    with pytest.raises(UserError, match=r"model.pt: non-finite weights: features\.0\.0\.weight holds NaN or infinity$"):
         load_pretrained(str(path))
