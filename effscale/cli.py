@@ -170,8 +170,9 @@ def _main(argv: list[str] | None) -> int:
     if command not in COMMANDS:
         print(f"effscale: unknown command {command!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    saved = warnings.formatwarning
     if not debug:
-        warnings.showwarning = _warning_line(command)
+        warnings.formatwarning = _warning_line(command)
     try:
         if ("-h" in rest or "--help" in rest) and command not in ARGPARSE_COMMANDS:
             from effscale.commands import print_help
@@ -187,6 +188,8 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"effscale {command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = saved
     return 0
 
 
@@ -194,11 +197,11 @@ def _warning_line(command: str):
     """Python's warnings (effscale's, Hydra's, Lightning's) as one line each, like the errors, not two
     lines naming the library's source file."""
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
+    def format_warning(message, category, filename, lineno, line=None) -> str:
         text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
-        print(f"effscale {command}: warning: {text or category.__name__}", file=file or sys.stderr)
+        return f"effscale {command}: warning: {text or category.__name__}\n"
 
-    return show
+    return format_warning
 
 
 if __name__ == "__main__":
