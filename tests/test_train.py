@@ -62,6 +62,18 @@ def test_the_optimizer_updates_every_tensor_with_fused_kernels(optimizer):
     assert all(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_gradient_clipping_under_mixed_precision_trains_with_foreach_kernels(optimizer):
+    # Lightning refuses to clip a fused optimizer's gradients under mixed precision (the fused step
+    # unscales them itself): on CUDA, where precision is mixed by default, the fine-tuning's clipped
+    # second phase stopped with that error.
+    recipe = {**RECIPE, "max_epochs": 1, "optimizer": optimizer, "precision": "bf16-mixed", "gradient_clip_val": 1.0}
+    module = Classifier(_tiny_network(), recipe)
+    trainer = make_trainer(recipe)
+    trainer.fit(module, datamodule=build_datamodule(DATA, resolution=16, batch_size=16))
+    (opt,) = trainer.optimizers
+    assert not opt.defaults["fused"] and module.val_history
+
 
 def test_a_trial_without_a_validation_epoch_fails_rather_than_completing_unranked():
     from types import SimpleNamespace
