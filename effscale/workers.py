@@ -205,7 +205,8 @@ def run_local(search: Search, overrides: list[str], workers: int) -> tuple["pd.D
     if not search.recipe.get("threads"):
         overrides = [*overrides, f"trainer.threads={local_threads(workers)}"]
     record_storage(search)
-    failed = run_workers([[sys.executable, "-m", "effscale.worker_process", str(i), *overrides] for i in range(workers)])
+    commands = [[sys.executable, "-m", "effscale.worker_process", str(i), *overrides] for i in range(workers)]
+    failed = run_workers(commands)
     return results.read_trials(search.table), failed
 
 

@@ -134,7 +134,8 @@ def test_num_classes_and_in_channels_from_config():
 
 def test_unknown_family_is_the_config_checks_line():
     table = {**scaled_baseline(baseline("efficientnet_b0"), {}), "family": "vgg"}
-    with pytest.raises(UserError, match="^baseline.family: unknown 'vgg'; expected efficientnet, mobilenet_v2, resnet$"):
+    expected = "^baseline.family: unknown 'vgg'; expected efficientnet, mobilenet_v2, resnet$"
+    with pytest.raises(UserError, match=expected):
         build_model(table)
 
 
