@@ -60,17 +60,32 @@ def first_new_folder(path: Path) -> Path | None:
     return next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
 
 
+def remove_created(new: Path | None, own: Path) -> None:
+    """Undo the folders a refused or interrupted run created: `own`, the run's own folder, with all in
+    it, and then each folder above it up to `new` (its `first_new_folder`) while that is empty. A
+    folder such as results/ that another command wrote into meanwhile stays, with what it holds."""
+    if new is None or not (own == new or new in own.parents):
+        return  # `own` was there before the run
+    shutil.rmtree(own, ignore_errors=True)
+    folder = own
+    while folder != new:
+        folder = folder.parent
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: someone else's files are in it
+            return
+
+
 def writable_folder(folder: Path) -> Path | None:
     """Create `folder` if need be and check that a file can be written in it (one is made and removed
     again); OSError if not. Returns the outermost folder this created (None if it existed), for the
-    caller to remove again should it end up writing nothing there."""
+    caller to pass to `remove_created` should it end up writing nothing there."""
     new = first_new_folder(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError:
-        if new is not None:
-            shutil.rmtree(new, ignore_errors=True)
+        remove_created(new, folder)
         raise
     return new

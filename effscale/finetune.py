@@ -20,7 +20,6 @@ normalisation (`adapt_stem`), which also turns an RGB stem into a greyscale one.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,7 +30,7 @@ from torch import nn
 from effscale.devices import resolve_device
 from effscale.data import EVAL_CROP, build_datamodule
 from effscale.errors import UserError
-from effscale.files import writable_folder
+from effscale.files import remove_created, writable_folder
 from effscale.train import Classifier, interruptible, make_trainer, set_threads
 from effscale.weights import Preprocessing, Pretrained, load_pretrained, save_checkpoint
 
@@ -163,8 +162,7 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
             data_preprocessing(data), val_acc=result["val_acc"], test_acc=result["test_acc"],
             data=str(cfg["data"]["name"]), weights=pretrained.source))
     except BaseException:  # refused, diverged or interrupted: no checkpoint, and no folder of this run's
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
+        remove_created(made, checkpoint.parent)
         raise
     return result
 

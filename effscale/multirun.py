@@ -28,7 +28,7 @@ from effscale.checks import check_config
 from effscale.config import CONF_DIR, compose, model_table, to_dict
 from effscale.devices import resolve_device
 from effscale.errors import UserError
-from effscale.files import first_new_folder
+from effscale.files import first_new_folder, remove_created
 
 if TYPE_CHECKING:
     from effscale.search import Search
@@ -185,8 +185,7 @@ def launch(cfg: dict[str, Any], launcher: str, overrides: list[str], sweep_dir: 
         if refused:
             if not search.study.trials:  # nothing ran: leave no study and no new folder behind
                 optuna.delete_study(study_name=search.study.study_name, storage=search.study._storage)
-                if new is not None:
-                    shutil.rmtree(new, ignore_errors=True)
+                remove_created(new, search.sweep_dir)
             hint = "; for nodes without GPUs set cluster.gpus_per_node=0" if "gres" in refused.lower() else ""
             raise UserError(f"hydra/launcher={launcher}: sbatch refused the jobs ({refused}){hint}") from None
         traceback.print_exc()  # a job that raised, or one the cluster killed

@@ -28,7 +28,7 @@ from typing import Iterable
 import pandas as pd
 
 from effscale.errors import UserError
-from effscale.files import first_new_folder, write_atomically
+from effscale.files import first_new_folder, remove_created, write_atomically
 from effscale.results import SINGLE_DIMENSIONS, best_first, from_compare, megabytes
 
 TRIALS = "trials.csv"
@@ -672,21 +672,31 @@ def write_report(folder: str | Path, out: str | Path | None = None, metric: str 
     out = Path(out) if out is not None else (folder if folder.suffix != ".csv" else folder.parent)
     name = (folder if folder.suffix != ".csv" else folder.parent).resolve().name
     new = first_new_folder(out / "plots")  # removed again if the report fails: nothing left behind
-    for where in (out, out / "plots"):  # before anything is drawn
-        try:
-            where.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # --out names a file, or a folder this user cannot write
-            raise UserError(f"{where}: cannot write the report there ({exc.strerror})") from None
-        if not os.access(where, os.W_OK | os.X_OK):
-            raise UserError(f"{where}: cannot write the report there ({os.strerror(errno.EACCES)})")
     try:
+        for where in (out, out / "plots"):  # before anything is drawn
+            try:
+                where.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # --out names a file, or a folder this user cannot write
+                raise UserError(f"{where}: cannot write the report there ({exc.strerror})") from None
+            if not os.access(where, os.W_OK | os.X_OK):
+                raise UserError(f"{where}: cannot write the report there ({os.strerror(errno.EACCES)})")
         return _draw_and_move(df, out, f"effscale report — {name}", metric)
     except BaseException as exc:  # Ctrl-C included
-        if new is not None:
-            shutil.rmtree(new, ignore_errors=True)
+        remove_created(new, out / "plots")
         if isinstance(exc, OSError):  # a full disk, or the folder changed while drawing
             raise UserError(f"{out}: cannot write the report there ({exc.strerror or exc})") from None
         raise
+
+
+def _move(path: Path, place: Path) -> None:
+    """Rename `path` over `place`; where `place` is on another file system (plots/ a link to another
+    disk), write a copy beside it and rename that."""
+    try:
+        os.replace(path, place)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        write_atomically(place, lambda f: f.write(path.read_bytes()), binary=True)
 
 
 def _draw_and_move(df: pd.DataFrame, out: Path, title: str, metric: str) -> list[Path]:
@@ -700,7 +710,7 @@ def _draw_and_move(df: pd.DataFrame, out: Path, title: str, metric: str) -> list
             report.files.append(path)
         placed = [out / path.relative_to(staging) for path in report.files]
         for path, place in zip(report.files, placed):
-            os.replace(path, place)
+            _move(path, place)
         return placed
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -39,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from effscale import results
 from effscale.errors import UserError
-from effscale.files import first_new_folder, log_to
+from effscale.files import first_new_folder, log_to, remove_created
 from effscale.measure import Measurement, architecture_key, measure_table, measure_tables
 from effscale.models import build_model
 from effscale.scaling import ScalingError, compound_grid, compound_multipliers, constraint_value, scale_stage_table
@@ -539,8 +538,7 @@ class Search:
                 load_if_exists=True, sampler=make_sampler(self.opts["sampler"], points, self.seed),
                 pruner=self.pruner())
         except (ImportError, ValueError, OSError, SQLAlchemyError) as exc:
-            if new is not None:
-                shutil.rmtree(new, ignore_errors=True)
+            remove_created(new, self.sweep_dir)
             what = f"search.storage={without_password(url)}" if url else f"{self.sweep_dir / 'study.db'}"
             reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
             raise UserError(f"{what}: cannot open the study ({reason[:200]})") from None
@@ -560,8 +558,7 @@ class Search:
         except UserError:
             if created:
                 optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)
-                if new is not None:
-                    shutil.rmtree(new, ignore_errors=True)
+                remove_created(new, self.sweep_dir)
             raise
 
     def _start_launch(self, new_launch: bool) -> None:

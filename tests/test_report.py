@@ -352,6 +352,21 @@ def test_a_full_disk_while_drawing_is_one_line_and_leaves_the_previous_report(tm
     assert not (tmp_path / "new").exists()
 
 
+def test_plots_on_another_file_system_are_copied_into_place(tmp_path, monkeypatch):
+    write(tmp_path, compare_table())
+    real = os.replace
+
+    def across_disks(src, dst):  # plots/ a link to another disk: no rename from the staging folder
+        if ".report." in str(src) and ".report." not in str(dst) and dst.parent.name == "plots":
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", across_disks)
+    files = write_report(tmp_path)
+    assert [p.name for p in files if p.parent.name == "plots"] and all(p.stat().st_size > 0 for p in files)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_ctrl_c_while_drawing_leaves_the_previous_report_as_it_was_and_no_new_folder(tmp_path, monkeypatch):
     from effscale import report
 
