@@ -61,7 +61,7 @@ TF_CROP_PADDING = 32
 
 CHECKPOINT_FORMAT = "effscale"
 CHECKPOINT_VERSION = 1
-CHECKPOINT_ENTRIES = ("table", "class_names", "preprocessing")  # what marks a file as an effscale checkpoint
+CHECKPOINT_ENTRIES = ("table", "class_names", "preprocessing")  # what an effscale checkpoint records
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,10 @@ def state_dict_of(obj: Any, path: str | Path) -> tuple[dict[str, Tensor], dict[s
     checkpoint's entries but another format marker, or none, is refused rather than read as a wrapper.
     """
     meta: dict[str, Any] = {}
-    if isinstance(obj, dict) and (obj.get("format") == CHECKPOINT_FORMAT or any(k in obj for k in CHECKPOINT_ENTRIES)):
+    # Every entry of an effscale checkpoint's marks one without its format marker; a wrapper such as
+    # {"model": …, "class_names": […]} of a training script of one's own is read as a wrapper.
+    effscale_entries = isinstance(obj, dict) and all(k in obj for k in ("state_dict", *CHECKPOINT_ENTRIES))
+    if isinstance(obj, dict) and (obj.get("format") == CHECKPOINT_FORMAT or effscale_entries):
         if obj.get("format") != CHECKPOINT_FORMAT:
             found = ", ".join(k for k in CHECKPOINT_ENTRIES if k in obj)
             what = f"format {obj['format']!r}" if "format" in obj else "no format"

@@ -371,6 +371,15 @@ def test_an_effscale_checkpoint_without_format_or_version_is_refused(tmp_path):
         load_pretrained(str(path))
 
 
+def test_a_wrapper_of_ones_own_with_class_names_is_read_as_a_wrapper(tmp_path):
+    from effscale.models import build_model
+    from effscale.weights import architecture
+
+    state = build_model(architecture("efficientnet_lite0"), num_classes=1000).state_dict()
+    torch.save({"model": state, "class_names": ["cat", "dog"]}, tmp_path / "wrapped.pth")
+    assert load_pretrained(str(tmp_path / "wrapped.pth")).format == "torchvision"
+
+
 def test_an_effscale_checkpoint_with_nan_weights_is_refused(tmp_path):
     def poisoned(state):
         state["features.0.0.weight"][0, 0, 0, 0] = float("nan")
