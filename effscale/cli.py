@@ -170,9 +170,9 @@ def _main(argv: list[str] | None) -> int:
     if command not in COMMANDS:
         print(f"effscale: unknown command {command!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    saved = warnings.formatwarning
-    if not debug:
-        warnings.formatwarning = _warning_line(command)
+    saved = warnings.showwarning
+    if not debug:  # showwarning, not formatwarning: importing Lightning replaces formatwarning with its own
+        warnings.showwarning = warning_line(command)
     try:
         if ("-h" in rest or "--help" in rest) and command not in ARGPARSE_COMMANDS:
             from effscale.commands import print_help
@@ -189,19 +189,19 @@ def _main(argv: list[str] | None) -> int:
         print(f"effscale {command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        warnings.formatwarning = saved
+        warnings.showwarning = saved
     return 0
 
 
-def _warning_line(command: str):
-    """Python's warnings (effscale's, Hydra's, Lightning's) as one line each, like the errors, not two
-    lines naming the library's source file."""
+def warning_line(command: str) -> Callable[..., None]:
+    """A `warnings.showwarning` that prints Python's warnings (effscale's, Hydra's, Lightning's) as one
+    line each, like the errors, not two lines naming the library's source file."""
 
-    def format_warning(message, category, filename, lineno, line=None) -> str:
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
         text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
-        return f"effscale {command}: warning: {text or category.__name__}\n"
+        print(f"effscale {command}: warning: {text or category.__name__}", file=file or sys.stderr)
 
-    return format_warning
+    return show
 
 
 if __name__ == "__main__":

@@ -33,9 +33,18 @@ from effscale.models import build_model
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
               "lightning.fabric.utilities.seed", "lightning.fabric.utilities.distributed"):
     logging.getLogger(_name).setLevel(logging.WARNING)
-for _message in (r".*does not have many workers.*", r".*`srun` command is available.*",
-                 r".*smaller than the logging interval.*", r".*LeafSpec.*"):
-    warnings.filterwarnings("ignore", message=_message)
+QUIET_WARNINGS = (r".*does not have many workers.*", r".*`srun` command is available.*",
+                  r".*smaller than the logging interval.*", r".*LeafSpec.*")
+
+
+def quiet_lightning_hints() -> None:
+    """Ignore Lightning's hints that say nothing to a user of effscale (set again for each Trainer, since
+    a caller's `warnings.catch_warnings` may have put the filters back)."""
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+quiet_lightning_hints()
 
 # Called after each validation epoch with (epochs trained, val_acc); returning True stops the trial as PRUNED.
 Report = Callable[[int, float], bool]
@@ -260,6 +269,7 @@ def make_trainer(recipe: dict[str, Any], *, device: str = "cpu", loggers: Sequen
                  callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     """The Lightning Trainer a `trainer` recipe describes (epochs, precision, batch limits, progress
     bar, devices: DDP across several)."""
+    quiet_lightning_hints()
     count = trial_devices(recipe, device)
     accelerator, devices = _accelerator(device, count)
     progress = recipe.get("progress", "auto")

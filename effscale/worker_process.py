@@ -5,8 +5,12 @@ ends it as quietly as one during training does, not with an import traceback.
 """
 
 import sys
+import warnings
 
 if __name__ == "__main__":
+    from effscale.cli import warning_line
+
+    warnings.showwarning = warning_line(f"search: worker {sys.argv[1]}")
     try:
         from effscale.workers import main
     except KeyboardInterrupt:  # nothing was started yet

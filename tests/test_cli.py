@@ -266,6 +266,21 @@ def test_a_warning_is_one_line_before_the_error_it_explains(tmp_path):
         "mobilenet_v2, resnet101, resnet152, resnet18, resnet34, resnet50"]
 
 
+def test_a_warning_from_inside_lightning_is_one_line_too(monkeypatch, capsys):
+    import warnings
+
+    import lightning
+
+    from effscale import cli
+
+    def command(overrides):  # Lightning formats warnings from its own files its own way once imported
+        warnings.warn_explicit("a hint", UserWarning, filename=lightning.__file__, lineno=1)
+
+    monkeypatch.setitem(cli.COMMANDS, "measure", command)
+    assert cli.main(["measure"]) == 0
+    assert capsys.readouterr().err == "effscale measure: warning: a hint\n"
+
+
 def test_measure_on_an_image_folder_counts_its_class_folders_for_the_classifier(tmp_path):
     for name in ("bag", "boot", "coat"):
         (tmp_path / name).mkdir()
