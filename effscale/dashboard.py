@@ -124,7 +124,8 @@ def run(folder: str | Path | None, host: str = "127.0.0.1", port: int = 8080, st
     server = serve(dashboard_url(storage) if storage else find_storage(folder), host, port)
     address, port = server.server_address[:2]  # as bound: port 0 has become a free port
     url = f"http://{f'[{address}]' if ':' in address else address}:{port}/dashboard"  # an IPv6 address in []
-    print(f"optuna-dashboard for {storage or folder}: {url}  (Ctrl-C stops)", flush=True)
+    print(f"optuna-dashboard for {without_password(storage) if storage else folder}: {url}  (Ctrl-C stops)",
+          flush=True)
     try:
         server.serve_forever()
     finally:

@@ -122,6 +122,18 @@ def test_cli_dashboard_serves_the_sweep_on_localhost_until_stopped(sweep):
         get_json(port, "/api/studies")
 
 
+def test_the_banner_of_a_database_server_study_hides_its_password(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from effscale import dashboard
+
+    server = SimpleNamespace(server_address=("127.0.0.1", 8080), serve_forever=lambda: None, server_close=lambda: None)
+    monkeypatch.setattr(dashboard, "serve", lambda storage, host, port: server)
+    dashboard.run(None, storage="postgresql://optuna:s3cret@db.cluster/effscale")
+    assert capsys.readouterr().out == ("optuna-dashboard for postgresql://optuna:***@db.cluster/effscale: "
+                                       "http://127.0.0.1:8080/dashboard  (Ctrl-C stops)\n")
+
+
 def test_dashboard_without_a_folder_or_storage_or_on_a_taken_port_is_one_line(sweep, capsys):
     from effscale import cli
 
