@@ -189,7 +189,7 @@ def check_stage_table(table: dict[str, Any], section: str = "baseline",
     for i, stage in enumerate(table["stages"] if isinstance(table["stages"], list) else []):
         where = f"{section}.stages[{i}]"
         block = stage.get("block") if isinstance(stage, dict) else None
-        if block not in BLOCK_KEYS:
+        if not isinstance(block, str) or block not in BLOCK_KEYS:
             raise UserError(f"{where}.block: unknown block {block!r}; expected one of {', '.join(BLOCK_KEYS)}")
         _check_keys(where, stage, STAGE_KEYS, BLOCK_KEYS[block], f"a {block} block")
 

@@ -105,6 +105,7 @@ def _b0_table():
     (lambda t: t["stages"][0].update(block="basic"), "baseline.stages[0].expand: unknown key for a basic block"),
     (lambda t: t["stages"][1].pop("repeats"), "baseline.stages[1].repeats: missing"),
     (lambda t: t["stages"][1].update(block="basik"), "baseline.stages[1].block: unknown block 'basik'; expected one of"),
+    (lambda t: t["stages"][1].update(block=[1]), "baseline.stages[1].block: unknown block [1]; expected one of"),
     (lambda t: t["stages"][3].update(kernel=0), "baseline.stages[3].kernel: expected an integer of at least 1, got 0"),
     (lambda t: t.update(stemm=t.pop("stem")), "baseline.stemm: unknown key; it takes"),
     (lambda t: t["stem"].update(kernal=3), "baseline.stem.kernal: unknown key; it takes channels, kernel, stride, scale"),

@@ -139,6 +139,12 @@ def test_unknown_family_is_the_config_checks_line():
         build_model(table)
 
 
+def test_a_null_batch_norm_momentum_is_a_cumulative_average():
+    table = scaled_baseline(baseline("efficientnet_b0"), {})
+    model = meta(build_model, {**table, "bn": {"eps": 1e-3, "momentum": None}})
+    assert {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {None}
+
+
 def test_stochastic_depth_grows_linearly_to_0_2():
     model = meta(build_model, scaled_baseline(baseline("efficientnet_b0"), {}))
     probs = [m.p for m in model.modules() if type(m).__name__ == "StochasticDepth"]

@@ -101,7 +101,9 @@ def build_model(table: dict[str, Any], num_classes: int = 1000, in_channels: int
     if activation is None:
         raise UserError(f"baseline.activation: unknown {table['activation']!r}; expected one of {sorted(ACTIVATIONS)}")
     bn = table.get("bn") or {}
-    norm = partial(nn.BatchNorm2d, eps=float(bn.get("eps", 1e-5)), momentum=float(bn.get("momentum", 0.1)))
+    momentum = bn.get("momentum", 0.1)  # null: BatchNorm's cumulative average
+    momentum = None if momentum is None else float(momentum)
+    norm = partial(nn.BatchNorm2d, eps=float(bn.get("eps", 1e-5)), momentum=momentum)
     stem = table["stem"]
     stem_channels = stem["channels"]
     dropout = float(table.get("dropout", 0.0))
