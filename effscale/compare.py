@@ -278,6 +278,10 @@ class Comparison:
         # A model outside a bound set on params, peak memory or latency is recorded INFEASIBLE, not trained.
         budget = self.cfg.get("budget") or {}
         self.over_budget = {id(m): "; ".join(over_budget(cost, budget)) for m, cost in zip(self.models, costs)}
+        if all(self.over_budget.values()):
+            first = self.models[0]
+            raise UserError(f"budget: none of the {len(self.models)} models of the comparison fits (the first, "
+                            f"{first.strategy} at phi={first.phi:g}: {self.over_budget[id(first)]})")
         return self.models
 
     def describe_plan(self) -> str:
@@ -320,9 +324,17 @@ class Comparison:
         log_to(log, self.sweep_dir / "compare.log")
         complete = existing[existing["state"] == "COMPLETE"] if not existing.empty else existing
         self.warn_of_selected_runs(complete)
+        # Settled: a COMPLETE row, or an INFEASIBLE one of a model still over the budget (a raised budget trains it).
         done = {row_key(r) for r in complete.to_dict("records")}
-        jobs = [(m, seed) for m in self.models for seed in self.seeds if row_key(self.row(m) | {"seed": seed}) not in done]
-        self.say(f"{len(self.models) * len(self.seeds) - len(jobs)} trainings already complete, {len(jobs)} to run")
+        recorded = set() if existing.empty else \
+            {row_key(r) for r in existing[existing["state"] == "INFEASIBLE"].to_dict("records")}
+        pairs = [(m, seed, row_key(self.row(m) | {"seed": seed})) for m in self.models for seed in self.seeds]
+        jobs = [(m, seed) for m, seed, key in pairs
+                if key not in done and not (self.over_budget[id(m)] and key in recorded)]
+        over = sum(bool(self.over_budget[id(m)]) for m, _, _ in pairs)
+        self.say(f"{len(done & {key for _, _, key in pairs})} trainings already complete, "
+                 f"{sum(not self.over_budget[id(m)] for m, _ in jobs)} to run"
+                 + (f", {over} over the budget (INFEASIBLE, not trained)" if over else ""))
         trial = int(existing["trial"].max()) + 1 if not existing.empty and existing["trial"].notna().any() else 0
         for i, (model, seed) in enumerate(jobs, 1):
             if self.over_budget[id(model)]:

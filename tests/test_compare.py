@@ -266,6 +266,14 @@ def test_a_model_over_the_budget_is_an_infeasible_row_with_its_reason_not_traine
     out = capsys.readouterr().out
     assert f"  over budget: {params['compound']:,} params > budget.max_params=" in out
     assert f"INFEASIBLE ({params['depth']:,} params > budget.max_params={params['baseline']:,})" in out
+    assert "0 trainings already complete, 1 to run, 3 over the budget (INFEASIBLE, not trained)" in out
+    compare([f"out={tmp_path}", "name=bounded", *TINY, "compare.seeds=1", f"budget.max_params={params['baseline']}"])
+    assert "1 trainings already complete, 0 to run, 3 over the budget" in capsys.readouterr().out
+    assert read_trials(tmp_path / "bounded")["trial"].tolist() == table.reset_index()["trial"].tolist()  # no new rows
+    with pytest.raises(UserError, match=r"^budget: none of the 4 models of the comparison fits \(the first, baseline "
+                                        r"at phi=0: [\d,]+ params > budget.max_params=1\)$"):
+        compare([f"out={tmp_path}", "name=nothing", *TINY, "compare.seeds=1", "budget.max_params=1"])
+    assert not (tmp_path / "nothing").exists()
 
 
 @pytest.mark.parametrize("sweep, baseline", [("table3_mobilenetv2", "mobilenet_v2"), ("table3_resnet", "resnet18")])
