@@ -35,6 +35,9 @@ def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConf
         raise UserError(_one_line(exc)) from None
     except yaml.YAMLError as exc:  # a config file of the user's own, on hydra.searchpath
         raise UserError(_yaml_error(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"a config file on the search path is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                        f"offset {exc.start})") from None
     finally:
         GlobalHydra.instance().clear()
     return cfg

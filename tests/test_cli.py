@@ -250,6 +250,10 @@ def test_a_users_own_baseline_on_the_search_path_is_measured_and_a_typo_or_bad_y
     assert typo.returncode == 2 and typo.stderr == (
         "effscale measure: baseline.stages[1].chanels: unknown key for a basic block; it takes block, channels, "
         "repeats, stride\n")
+    (tmp_path / "conf" / "baseline" / "latin.yaml").write_bytes(TINYNET.replace("tinynet", "caf\xe9").encode("latin-1"))
+    latin = run_cli("measure", "baseline=latin", searchpath)
+    assert latin.returncode == 2 and latin.stderr == (
+        "effscale measure: a config file on the search path is not UTF-8 text (byte 0xe9 at offset 9)\n")
     (tmp_path / "conf" / "baseline" / "unclosed.yaml").write_text(TINYNET.replace("stride: 1}", "stride: 1"))
     unclosed = run_cli("measure", "baseline=unclosed", searchpath)
     assert unclosed.returncode == 2 and unclosed.stderr == (
