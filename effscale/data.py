@@ -496,6 +496,11 @@ class _ImageFiles(torch.utils.data.Dataset):
         return self.transform(image), label
 
 
+def _class_folders(folder: Path) -> set[str]:
+    """The class folders in `folder`: its sub-folders but hidden ones (.ipynb_checkpoints, .git)."""
+    return {entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith(".")}
+
+
 class ImageFolderDataModule(DataModule):
     """Any `root/<class>/<image>` tree (torchvision ImageFolder's layout). With `root/train` and
     `root/val` (and optionally `root/test`) those are the splits; otherwise `val_fraction` of the images
@@ -548,7 +553,7 @@ class ImageFolderDataModule(DataModule):
 
     @staticmethod
     def _find_classes(folder: Path) -> list[str]:
-        classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+        classes = sorted(_class_folders(folder))
         if not classes:
             raise UserError(f"{folder}: no class folders (expected {folder}/<class>/<image files>)")
         if len(classes) == 1:
@@ -558,7 +563,7 @@ class ImageFolderDataModule(DataModule):
     @staticmethod
     def _same_classes(folder: Path, classes: list[str], train: Path) -> None:
         """`folder` (val/ or test/) has the class folders of `train`, no more and no fewer."""
-        found = {entry.name for entry in os.scandir(folder) if entry.is_dir()}
+        found = _class_folders(folder)
         extra, missing = sorted(found - set(classes)), sorted(set(classes) - found)
         if extra:
             raise UserError(f"{folder / extra[0]}: a class folder {train} lacks; train, val and test need the "

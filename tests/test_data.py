@@ -372,6 +372,16 @@ def test_splits_whose_class_folders_differ_are_one_line_naming_the_class(tmp_pat
     assert str(raised.value) == message.format(s=tmp_path / "set")
 
 
+def test_hidden_folders_such_as_jupyters_are_not_classes(tmp_path):
+    _image_tree(tmp_path / "set" / "train", per_class=2)
+    _image_tree(tmp_path / "set" / "val", per_class=1)
+    (tmp_path / "set" / "val" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "set" / "train" / ".git").mkdir()
+    module = build_datamodule(_folder_cfg(tmp_path / "set"), 16, 4)
+    module.setup()
+    assert module.class_names == ["cat", "dog"]
+
+
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_an_empty_class_folder_is_one_line_naming_it(tmp_path, split):
     _image_tree(tmp_path / "set" / "train", per_class=2)
