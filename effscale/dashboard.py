@@ -94,7 +94,7 @@ def read_storage(storage: str) -> Any:
         if "://" not in storage:
             opened = JournalStorage(JournalFileBackend(storage))
         else:
-            opened = RDBStorage(storage, skip_compatibility_check=True, skip_table_creation=True, **engine)
+            opened = RDBStorage(storage, skip_table_creation=True, **engine)
         opened.get_all_studies()
     except Exception as exc:  # the storage is the user's: a bad one is their mistake to fix
         cause = exc.__cause__ or exc  # optuna's StorageInternalError wraps SQLAlchemy's, which wraps the driver's

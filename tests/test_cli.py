@@ -104,6 +104,8 @@ def test_the_command_sets_how_openmp_threads_wait_unless_the_user_did(given, exp
 
 
 def test_help_and_version_print_and_a_missing_or_unknown_command_is_exit_2(capsys):
+    import importlib.metadata
+
     from effscale import cli
 
     assert cli.main(["--help"]) == 0 and "commands:\n  measure" in capsys.readouterr().out
@@ -111,7 +113,8 @@ def test_help_and_version_print_and_a_missing_or_unknown_command_is_exit_2(capsy
     assert cli.main(["serach"]) == 2
     assert capsys.readouterr().err == ("effscale: unknown command 'serach'; expected one of measure, search, compare, "
                                        "report, dashboard, predict, finetune\n")
-    assert cli.main(["--version"]) == 0 and capsys.readouterr().out == "effscale 0.1.0\n"
+    installed = importlib.metadata.version("effscale")  # pyproject.toml's, which __version__ must match
+    assert cli.main(["--version"]) == 0 and capsys.readouterr().out == f"effscale {installed}\n"
 
 
 def test_debug_raises_the_user_error_with_its_traceback():
