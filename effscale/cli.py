@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Callable
 
-from effscale.errors import UserError
+from effscale.errors import UserError, warning_line
 
 # How PyTorch's OpenMP threads wait between operations: spin a few microseconds, then sleep. OpenMP's
 # long default spin is fastest alone but starves the working threads of other processes on the same
@@ -191,17 +191,6 @@ def _main(argv: list[str] | None) -> int:
     finally:
         warnings.showwarning = saved
     return 0
-
-
-def warning_line(command: str) -> Callable[..., None]:
-    """A `warnings.showwarning` that prints Python's warnings (effscale's, Hydra's, Lightning's) as one
-    line each, like the errors, not two lines naming the library's source file."""
-
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
-        print(f"effscale {command}: warning: {text or category.__name__}", file=file or sys.stderr)
-
-    return show
 
 
 if __name__ == "__main__":

@@ -1,3 +1,9 @@
+"""How a mistake the user can fix, and a warning, reach the terminal: one line each."""
+
+import sys
+from typing import Callable
+
+
 class UserError(Exception):
     """A mistake the user can fix (bad override, missing file, impossible budget): one line, exit status 2."""
 
@@ -7,3 +13,14 @@ class UserError(Exception):
         if message.startswith("Caught ") and "\nOriginal Traceback" in message:
             message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
         super().__init__(message)
+
+
+def warning_line(command: str) -> Callable[..., None]:
+    """A `warnings.showwarning` that prints Python's warnings (effscale's, Hydra's, Lightning's) as one
+    line each, like the errors, not two lines naming the library's source file."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+        print(f"effscale {command}: warning: {text or category.__name__}", file=file or sys.stderr)
+
+    return show

@@ -8,7 +8,7 @@ import sys
 import warnings
 
 if __name__ == "__main__":
-    from effscale.cli import warning_line
+    from effscale.errors import warning_line
 
     warnings.showwarning = warning_line(f"search: worker {sys.argv[1]}")
     try:
