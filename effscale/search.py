@@ -692,7 +692,13 @@ class Search:
         for i, job in enumerate(todo, 1):
             if job.key in self._finished() or job.key in self._running():
                 continue  # another worker on the same study took it meanwhile
-            self.train(self.start_trial(job), job, f"[{i}/{len(todo)}]")
+            with interrupts_deferred():
+                trial = self.start_trial(job)
+            try:
+                self.train(trial, job, f"[{i}/{len(todo)}]")
+            except KeyboardInterrupt:  # also before or after training itself: none left RUNNING
+                self.abandon(trial, "interrupted")
+                raise
 
     def run_tpe(self) -> None:
         """TPE proposes points from the feasible set; a point it proposes again is answered from the
@@ -804,15 +810,7 @@ class Search:
             # Ctrl-C, or a mistake that would fail every trial alike: stop the sweep. The trial is marked
             # stale, so the next launch runs it again. Lightning answers a Ctrl-C inside trainer.fit with
             # its own shutdown and sys.exit(1); that is the same interrupt, and the CLI's exit 130.
-            try:
-                trial.set_user_attr("stale", True)
-                trial.set_user_attr("reason", str(exc) if isinstance(exc, UserError) else "interrupted")
-                self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # another worker took it over as stale meanwhile: it runs again there
-            except optuna.exceptions.StorageInternalError:
-                # Still RUNNING under this process's id, so the next launch finds it stale all the same.
-                log.warning("trial %s: could not mark it stale; the next launch will", trial.number, exc_info=True)
+            self.abandon(trial, str(exc) if isinstance(exc, UserError) else "interrupted")
             if isinstance(exc, SystemExit):
                 raise KeyboardInterrupt from None
             raise
@@ -822,6 +820,20 @@ class Search:
         summary = {k: metrics.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds", "reason")}
         close_loggers(loggers, summary | {"macs": c.cost.macs, "params": c.cost.params, "state": metrics["state"]})
         self.record(trial, summary, metrics["state"], progress)
+
+    def abandon(self, trial: optuna.Trial, reason: str) -> None:
+        """Mark a trial this process stops working on FAIL and stale, so that the next launch runs its
+        point again; nothing if it is finished already."""
+        with interrupts_deferred():
+            try:
+                trial.set_user_attr("stale", True)
+                trial.set_user_attr("reason", reason)
+                self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # finished, or another worker took it over as stale meanwhile: it runs again there
+            except optuna.exceptions.StorageInternalError:
+                # Still RUNNING under this process's id, so the next launch finds it stale all the same.
+                log.warning("trial %s: could not mark it stale; the next launch will", trial.number, exc_info=True)
 
     def record(self, trial: optuna.Trial, summary: dict[str, Any], state_name: str, progress: str) -> None:
         """Tell the study how `trial` ended and write its results row."""

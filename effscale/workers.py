@@ -41,7 +41,7 @@ from effscale import slurm
 from effscale.config import model_table
 from effscale.devices import available_cores, resolve_device
 from effscale.errors import UserError
-from effscale.search import Job, Search, fail_stale_trials, mark_stale
+from effscale.search import Job, Search, fail_stale_trials, interrupts_deferred, mark_stale
 from effscale.storages import without_password
 
 if TYPE_CHECKING:
@@ -147,10 +147,15 @@ class Worker:
                 continue
             # Start at a different point in each worker, so that claims rarely collide.
             job = free[self.index % len(free)]
-            trial = claim(self.search, job, self.retry_below)
+            with interrupts_deferred():  # a claim is whole, so that a Ctrl-C finds the trial to abandon
+                trial = claim(self.search, job, self.retry_below)
             if trial is not None:
                 started = sum(o is not None for o in owners.values()) + 1  # other workers' included
-                self.search.train(trial, job, f"[{label} {started}/{len(jobs)}]")  # after "worker N: "
+                try:
+                    self.search.train(trial, job, f"[{label} {started}/{len(jobs)}]")  # after "worker N: "
+                except KeyboardInterrupt:  # also before or after training itself: none left RUNNING
+                    self.search.abandon(trial, "interrupted")
+                    raise
 
     def waits(self, job: Job, held: dict[tuple[str, int], list[FrozenTrial]], keys: set[tuple[str, int]]) -> bool:
         """Whether `job`'s point repeats the network of a point not settled yet: it records that
