@@ -692,13 +692,9 @@ class Search:
         for i, job in enumerate(todo, 1):
             if job.key in self._finished() or job.key in self._running():
                 continue  # another worker on the same study took it meanwhile
-            with interrupts_deferred():
+            with interrupts_deferred():  # a trial is created whole, so that a Ctrl-C finds it to abandon
                 trial = self.start_trial(job)
-            try:
-                self.train(trial, job, f"[{i}/{len(todo)}]")
-            except KeyboardInterrupt:  # also before or after training itself: none left RUNNING
-                self.abandon(trial, "interrupted")
-                raise
+            self.train(trial, job, f"[{i}/{len(todo)}]")
 
     def run_tpe(self) -> None:
         """TPE proposes points from the feasible set; a point it proposes again is answered from the
@@ -761,7 +757,15 @@ class Search:
 
     def train(self, trial: optuna.Trial, job: Job, progress: str) -> bool:
         """Train `job` as `trial` and record the result; a point that repeats a network already
-        trained with this seed records that trial's result instead. Whether it trained."""
+        trained with this seed records that trial's result instead. Whether it trained. A Ctrl-C
+        anywhere in it, before or after training too, leaves the trial stale, not RUNNING."""
+        try:
+            return self._train(trial, job, progress)
+        except KeyboardInterrupt:
+            self.abandon(trial, "interrupted")
+            raise
+
+    def _train(self, trial: optuna.Trial, job: Job, progress: str) -> bool:
         c = job.candidate
         attrs, written = self.trial_attrs(job), trial.user_attrs
         for key, value in attrs.items():

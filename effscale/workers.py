@@ -151,11 +151,7 @@ class Worker:
                 trial = claim(self.search, job, self.retry_below)
             if trial is not None:
                 started = sum(o is not None for o in owners.values()) + 1  # other workers' included
-                try:
-                    self.search.train(trial, job, f"[{label} {started}/{len(jobs)}]")  # after "worker N: "
-                except KeyboardInterrupt:  # also before or after training itself: none left RUNNING
-                    self.search.abandon(trial, "interrupted")
-                    raise
+                self.search.train(trial, job, f"[{label} {started}/{len(jobs)}]")  # after "worker N: "
 
     def waits(self, job: Job, held: dict[tuple[str, int], list[FrozenTrial]], keys: set[tuple[str, int]]) -> bool:
         """Whether `job`'s point repeats the network of a point not settled yet: it records that
