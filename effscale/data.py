@@ -629,6 +629,12 @@ class ImageFolderDataModule(DataModule):
         for split, samples in kept.items():
             if not samples:
                 raise UserError(f"{self.root}: no readable images left in the {split} split")
+        trained = {label for _, label in kept["train"]}
+        for label, name in enumerate(self.class_names):
+            lost = sorted(path for path, of in splits["train"] if of == label and path in problems)
+            if label not in trained and lost:
+                raise UserError(f"{self.root}: no readable training image of class {name} is left "
+                                f"({len(lost)} unreadable, the first {lost[0]}: {problems[lost[0]]})")
         return kept
 
     def _transform(self, train: bool) -> Any:

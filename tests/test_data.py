@@ -432,3 +432,16 @@ def test_unknown_source_or_setting_is_a_user_error():
 def test_no_validation_images_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"^data.val_size: expected an integer of at least 1, got 0$"):
         build_datamodule(_fashion_cfg(_tiny_fashion_root(tmp_path / "fm"), val_size=0), 28, 8)
+
+
+def test_a_class_whose_training_images_are_all_unreadable_is_one_line_not_a_class_never_trained(tmp_path):
+    root = tmp_path / "photos"
+    train, _ = _image_tree(root / "train", per_class=3), _image_tree(root / "val", per_class=2)
+    for index in range(3):
+        (train / "dog" / f"{index}.{'png' if index % 2 else 'jpg'}").write_bytes(b"not an image")
+    module = build_datamodule(_folder_cfg(root), resolution=16, batch_size=4)
+    with pytest.warns(UserWarning, match="skipped 3 unreadable"), pytest.raises(UserError) as raised:
+        module.setup()
+    assert str(raised.value).startswith(f"{root}: no readable training image of class dog is left (3 unreadable, "
+                                        f"the first {train / 'dog' / '0.jpg'}: ")
+    assert "\n" not in str(raised.value) and module._samples is None
