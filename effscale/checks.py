@@ -203,12 +203,11 @@ BN: dict[str, Check] = {"eps": above(0), "momentum": optional(at_least(0))}
 def check_scaled_table(table: Any, section: str) -> None:
     """A scaled stage table read back from a file (an effscale checkpoint's): the keys and values
     `check_config` checks in a baseline, named as `<section>.<key>`."""
-    _check_keys(section, table, TABLE_KEYS, TABLE_OPTIONAL | SCALING_RECORD)
+    check_stage_table(table, section, SCALING_RECORD)
     check_values(table, section, {"name": NAME, **SECTIONS["baseline"]})
     for part in ("stem", "head"):
         if isinstance(table.get(part), dict):
             check_values(table[part], f"{section}.{part}", SECTIONS[f"baseline.{part}"])
-    check_stage_table(table, section, SCALING_RECORD)
     for i, stage in enumerate(table["stages"]):
         check_values(stage, f"{section}.stages[{i}]", STAGE)
     if table.get("bn") is not None:

@@ -32,6 +32,7 @@ import pickle
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -560,6 +561,7 @@ def load_pretrained(spec: str, baseline: str | None = None, variant: str | None 
 
 
 def _from_effscale_checkpoint(state_dict: dict[str, Tensor], meta: dict[str, Any], path: Path) -> Pretrained:
+    from effscale.measure import build_on_meta
     from effscale.models import build_model
 
     version = meta.get("version")
@@ -573,11 +575,17 @@ def _from_effscale_checkpoint(state_dict: dict[str, Tensor], meta: dict[str, Any
         table, names, preprocessing = _checked_entries(meta)
     except UserError as exc:
         raise UserError(f"{path}: effscale checkpoint: {exc}") from None
-    model = build_model(table, len(names), preprocessing.in_channels)
+    # A damaged table may ask for millions of channels or blocks: the fit is checked before anything is
+    # allocated (every block holds weights, and the meta device gives shapes without memory).
+    build = partial(build_model, num_classes=len(names), in_channels=preprocessing.in_channels)
+    blocks = sum(stage["repeats"] for stage in table["stages"])
     try:
-        check_fits(model, state_dict, {})
+        if blocks > len(state_dict):
+            raise Mismatch(f"the table has {blocks} blocks, the file {len(state_dict)} tensors")
+        check_fits(build_on_meta(build, table), state_dict, {})
     except Mismatch as exc:
         raise UserError(f"{path}: weights do not fit the checkpoint's own stage table: {exc}") from None
+    model = build(table)
     model.load_state_dict(state_dict)
     extra = {k: v for k, v in meta.items() if k not in ("table", "class_names", "preprocessing")}
     return Pretrained(model.eval(), table, names, preprocessing, CHECKPOINT_FORMAT, str(path), extra)

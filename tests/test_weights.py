@@ -388,3 +388,17 @@ def test_an_effscale_checkpoint_with_nan_weights_is_refused(tmp_path):
     path = lite0_checkpoint(tmp_path / "model.pt", state_dict=poisoned)
     with pytest.raises(UserError, match=r"model.pt: non-finite weights: features\.0\.0\.weight holds NaN or infinity$"):
         load_pretrained(str(path))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("channels", 10**7, r"features\.1\.0\.block\.1\.0\.weight has shape \(16, 32, 1, 1\) in the file, \(10000000, 32, 1, 1\) "),
+    ("repeats", 10**7, "the table has 10000015 blocks, the file 296 tensors$"),
+])
+def test_a_stage_table_asking_for_millions_of_channels_or_blocks_is_refused_before_allocating(tmp_path, key, value,
+                                                                                              message):
+    def enlarged(table):
+        return {**table, "stages": [{**table["stages"][0], key: value}, *table["stages"][1:]]}
+
+    path = lite0_checkpoint(tmp_path / "model.pt", table=enlarged)
+    with pytest.raises(UserError, match=f"model.pt: weights do not fit the checkpoint's own stage table: {message}"):
+        load_pretrained(str(path))
