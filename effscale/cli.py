@@ -61,20 +61,18 @@ def _port(text: str) -> int:
 
 
 def _report(args: list[str]) -> None:
-    from effscale.report import write_report
-
     parser = _ArgumentParser(prog="effscale report", description="Plots and a report from a sweep's results table.")
     parser.add_argument("sweep", help="the sweep folder, e.g. results/quick (reads its trials.csv)")
     parser.add_argument("--out", help="where plots/, report.md and report.html go (default: the sweep folder)")
     parser.add_argument("--metric", default="val_acc", help="accuracy column to report (val_acc or test_acc)")
     opts = parser.parse_args(args)
+    from effscale.report import write_report  # after the arguments are known good
+
     for path in write_report(opts.sweep, opts.out, opts.metric):
         print(path)
 
 
 def _dashboard(args: list[str]) -> None:
-    from effscale.dashboard import run
-
     parser = _ArgumentParser(prog="effscale dashboard", description="optuna-dashboard on a sweep's Optuna study.")
     parser.add_argument("sweep", nargs="?", help="the sweep folder, e.g. results/quick (its study.db, journal or "
                                                  "storage.txt)")
@@ -84,6 +82,8 @@ def _dashboard(args: list[str]) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only); 0.0.0.0 exposes it "
                                                             "to the network")
     opts = parser.parse_args(args)
+    from effscale.dashboard import run  # after the arguments are known good
+
     run(opts.sweep, opts.host, opts.port, opts.storage)
 
 
@@ -94,8 +94,6 @@ def _finetune(overrides: list[str]) -> None:
 
 
 def _predict(args: list[str]) -> None:
-    from effscale.predict import run
-
     parser = _ArgumentParser(prog="effscale predict", description="Top-k classes of photos under pretrained weights.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
     parser.add_argument("--weights", default="imagenet",
@@ -107,6 +105,8 @@ def _predict(args: list[str]) -> None:
     parser.add_argument("--top", type=int, default=5, help="how many classes to list (default 5)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image instead of a table")
     opts = parser.parse_args(args)
+    from effscale.predict import run  # after the arguments are known good
+
     run(opts.images, opts.weights, opts.baseline, opts.variant, opts.top, opts.json)
 
 

@@ -15,10 +15,11 @@ from effscale.errors import UserError
 from effscale.scaling import OFFICIAL_VARIANTS
 
 
-def measure(overrides: list[str]) -> None:
-    from effscale.measure import human, measure_table
-    from effscale.models import build_model
+# Each command checks its config (Hydra, effscale/checks.py, the scaled stage table) before it imports
+# torch: a mistyped override is one line in half a second, not after seconds of imports.
 
+
+def measure(overrides: list[str]) -> None:
     cfg = load("measure", overrides)
     opts = cfg["measure"]
     variants = opts.get("variants")
@@ -28,6 +29,14 @@ def measure(overrides: list[str]) -> None:
         variants = [variants]
     if variants is not None and cfg.get("variant") is not None:  # each value alone is checked by `load`
         raise UserError("variant and measure.variants are both set; measure.variants lists every variant to measure")
+    fmt = cfg.get("format", "table")
+    if fmt not in ("table", "json", "csv"):
+        raise UserError(f"format={fmt}: expected table, json or csv")
+    tables = {variant: model_table(cfg, variant) for variant in variants or [cfg.get("variant")]}
+
+    from effscale.measure import human, measure_table
+    from effscale.models import build_model
+
     device = resolve_device(cfg["device"])
     data = cfg["data"]
     num_classes, in_channels = data["num_classes"], int(data["in_channels"])
@@ -36,8 +45,7 @@ def measure(overrides: list[str]) -> None:
 
         num_classes = build_datamodule(data, int(data.get("resolution") or 224), 1).num_classes
     rows = []
-    for variant in variants or [cfg.get("variant")]:
-        table = model_table(cfg, variant)
+    for variant, table in tables.items():
         name = _variant_name(cfg["baseline"]["name"], variant)
         if (cfg.get("scale") or {}).get("phi") is not None:  # compound-scaled: not the baseline itself
             name += f"-phi{float(cfg['scale']['phi']):g}"
@@ -46,7 +54,6 @@ def measure(overrides: list[str]) -> None:
             batch_size=int(opts["batch_size"]), device=device, memory=bool(opts["memory"]),
             latency=bool(opts["latency"]), optimizer=opts["optimizer"], name=name,
         ).as_dict())
-    fmt = cfg.get("format", "table")
     if fmt == "json":
         for row in rows:  # JSON has no infinity: a step out of the device's memory is null there
             print(json.dumps({k: None if isinstance(v, float) and math.isinf(v) else v for k, v in row.items()}))
@@ -54,23 +61,23 @@ def measure(overrides: list[str]) -> None:
         import pandas as pd
 
         pd.DataFrame(rows).to_csv(sys.stdout, index=False)
-    elif fmt == "table":
-        _print_table(rows, device, int(opts["batch_size"]), human)
     else:
-        raise UserError(f"format={fmt}: expected table, json or csv")
+        _print_table(rows, device, int(opts["batch_size"]), human)
 
 
 def search(overrides: list[str]) -> None:
     """Paper section 3.3, step 1: the alpha, beta, gamma grid search at phi = 1 (see effscale/search.py)."""
     import time
 
+    started = time.perf_counter()
+    cfg = load("search", overrides)
+    architecture = model_table(cfg)
+
     from effscale.results import read_trials
     from effscale.search import Search, exit_if_nothing_completed, outcome
     from effscale.workers import record_storage, run_local
 
-    started = time.perf_counter()
-    cfg = load("search", overrides)
-    run = Search(cfg, model_table(cfg), resolve_device(cfg["device"]))
+    run = Search(cfg, architecture, resolve_device(cfg["device"]))
     run.plan()
     run.open()
     print(run.describe_plan())
@@ -108,12 +115,14 @@ def compare(overrides: list[str]) -> None:
     model's measured MACs, every model trained with the same seeds; ends with the report (effscale/compare.py)."""
     import time
 
+    started = time.perf_counter()
+    cfg = load("compare", overrides)
+    architecture = model_table(cfg)
+
     from effscale.compare import Comparison, outcome
     from effscale.report import write_report
 
-    started = time.perf_counter()
-    cfg = load("compare", overrides)
-    run = Comparison(cfg, model_table(cfg), resolve_device(cfg["device"]))
+    run = Comparison(cfg, architecture, resolve_device(cfg["device"]))
     run.plan()
     print(run.describe_plan())
     table = run.run()
@@ -180,10 +189,11 @@ def refuse_ignored(command: str, overrides: list[str]) -> None:
 
 
 def finetune(overrides: list[str]) -> None:
-    from effscale.finetune import finetune as fit
-
     refuse_ignored("finetune", overrides)
     cfg = load("finetune", overrides)
+
+    from effscale.finetune import finetune as fit
+
     result = fit(cfg)
     print(f"val accuracy, new classifier on the frozen network: {result['val_acc_head']:.4f}")
     if "val_acc_all" in result:

@@ -54,6 +54,19 @@ def test_bad_override_one_line_exit_2(args, needle):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("args", [
+    ["measure", "scale.phi=-1"], ["measure", "format=xml"], ["search", "trainer.lr=abc"],
+    ["search", "baseline=nope"], ["compare", "compare.seeds=0"], ["finetune", "finetune.recipe.momentum=1.5"],
+    ["predict", "photo.jpg", "--top", "many"], ["dashboard", "results/quick", "--port", "70000"],
+])
+def test_a_mistyped_override_or_argument_is_answered_before_torch_is_imported(args):
+    code = ("import sys; from effscale.cli import main; status = main(sys.argv[1:]); "
+            "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(status)")
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith(f"effscale {args[0]}: "), done.stderr
+    assert done.stdout == "no torch\n"
+
+
 def group_lines(help_text: str) -> list[str]:
     """The group names `effscale COMMAND --help` lists under "config groups"."""
     listed = help_text.split("config groups (choose with group=option):\n", 1)[1].split("\n\n", 1)[0]
