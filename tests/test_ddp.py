@@ -57,6 +57,7 @@ def test_two_ranks_measure_the_whole_validation_split_and_hand_the_weights_back(
     assert module.val_history[-1] == correct / seen
 
 
+@pytest.mark.slow  # ~85 s: every trial spawns two ranks that import torch and Lightning
 def test_search_on_two_ranks_trains_each_point_once_with_one_logger_run_per_trial(tmp_path):
     run = rs.cli("search", *rs.TINY_SEARCH, *TWO_RANKS, "logger=wandb", f"out={tmp_path}", "name=ddp")
     assert run.returncode == 0, run.stderr

@@ -226,6 +226,7 @@ def test_tpe_trains_each_network_once_whichever_of_its_points_it_proposes(tmp_pa
     assert set(table["same_as"].dropna()) <= set(trained["point"])
 
 
+@pytest.mark.slow  # ~50 s; the default suite has test_reliability.py's Ctrl-C, kill -9 and rerun
 def test_killed_search_resumes_only_the_unfinished_points(tmp_path):
     """SIGKILL a search in the middle of a trial, run it again: the finished trials are kept as they
     were, the killed one is marked stale and trained again, and every point has exactly one row."""
