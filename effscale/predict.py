@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from effscale.errors import UserError
-from effscale.weights import Pretrained, load_pretrained
+
+if TYPE_CHECKING:  # torch loads once the images are known good: a mistyped path is one line at once
+    from effscale.weights import Pretrained
 
 BATCH = 16
 
@@ -40,16 +40,18 @@ def open_image(path: str | Path) -> Any:
         raise UserError(f"{path}: corrupt or truncated image ({exc})") from None
 
 
-@torch.no_grad()
 def classify(pretrained: Pretrained, images: list[Any], top: int = 5) -> list[list[tuple[int, float]]]:
     """For each image, the `top` (class index, probability) pairs, most probable first."""
+    import torch
+
     transform = pretrained.preprocessing.transform()
     pretrained.model.eval()
     top = min(top, len(pretrained.class_names))
     results = []
     for start in range(0, len(images), BATCH):
         batch = torch.stack([transform(image) for image in images[start:start + BATCH]])
-        probs = pretrained.model(batch).softmax(dim=1)
+        with torch.no_grad():
+            probs = pretrained.model(batch).softmax(dim=1)
         values, indices = probs.topk(top, dim=1)
         results += [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
     return results
@@ -91,6 +93,8 @@ def run(image_paths: list[str], weights: str = "imagenet", baseline: str | None 
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
     images = [open_image(path) for path in image_paths]  # bad paths fail before the weights load
+    from effscale.weights import load_pretrained
+
     pretrained = load_pretrained(weights, baseline, variant)
     results = classify(pretrained, images, top)
     names = pretrained.class_names

@@ -57,7 +57,8 @@ def test_bad_override_one_line_exit_2(args, needle):
 @pytest.mark.parametrize("args", [
     ["measure", "scale.phi=-1"], ["measure", "format=xml"], ["search", "trainer.lr=abc"],
     ["search", "baseline=nope"], ["compare", "compare.seeds=0"], ["finetune", "finetune.recipe.momentum=1.5"],
-    ["predict", "photo.jpg", "--top", "many"], ["dashboard", "results/quick", "--port", "70000"],
+    ["predict", "photo.jpg", "--top", "many"], ["predict", "no-such-photo.jpg"], ["predict", "README.md"],
+    ["dashboard", "results/quick", "--port", "70000"],
 ])
 def test_a_mistyped_override_or_argument_is_answered_before_torch_is_imported(args):
     code = ("import sys; from effscale.cli import main; status = main(sys.argv[1:]); "
