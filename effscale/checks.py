@@ -96,6 +96,7 @@ TRAINER: dict[str, Check] = {
     "label_smoothing": below_one(),
     "gradient_clip_val": optional(above(0)),
     "precision": one_of(*PRECISIONS),
+    "devices": ((lambda v: v in ("auto", None) or count(1)[0](v)), "a positive integer or auto"),
     "threads": optional(count(1)),
     "num_workers": optional(count(0)),
     "limit_train_batches": BATCHES,
