@@ -790,7 +790,9 @@ class Search:
         from effscale.train import fit_candidate
 
         c, seed = job.candidate, job.seed
-        pruning = self.opts.get("pruner") not in (None, "none")
+        # An extra seed is trained in full: it exists to average a leading point, and a pruned one would
+        # leave that point ranked on its one lucky seed (seed_jobs averages COMPLETE trials only).
+        pruning = self.opts.get("pruner") not in (None, "none") and seed == self.seed
 
         def report(epoch: int, val_acc: float) -> bool:
             with interrupts_deferred():

@@ -328,6 +328,19 @@ def test_pruned_trials_stop_after_the_reported_epoch_and_are_rows(tmp_path, monk
     assert trained["reason"].eq("pruned after epoch 1").all()
 
 
+def test_an_extra_seed_of_a_leading_point_is_trained_in_full_never_pruned(tmp_path, monkeypatch):
+    # The pruner would stop every trial but the first; the first point leads, and its extra seed must
+    # finish: a pruned seed would leave the point ranked on its one lucky seed.
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number > 0)
+    table = tiny_search(tmp_path, "search.pruner=median", "trainer.max_epochs=2", "search.top_k=1",
+                        "search.extra_seeds=1")
+    trained = table[table["feasible"]]
+    leader = trained.loc[trained["trial"] == 0, "point"].item()
+    seeds = trained[trained["point"] == leader].sort_values("seed")
+    assert list(seeds["state"]) == ["COMPLETE", "COMPLETE"] and list(seeds["epochs"]) == [2, 2]
+    assert (trained[trained["point"] != leader]["state"] == "PRUNED").all()
+
+
 def test_asha_stops_a_trial_at_epochs_1_3_9_unless_it_is_in_the_best_third_so_far():
     from effscale.search import make_pruner
 
