@@ -56,6 +56,11 @@ def _one_line(exc: Exception) -> str:
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
         return f"{unknown.group(1)}: unknown key (not in the config; check the spelling, or add it with +{unknown.group(1)}=…)"
+    ambiguous = re.search(r"Ambiguous value for argument '([^'=]+)=([^']*)'", text)
+    if ambiguous:  # a comma outside brackets: Hydra's sweep syntax, which a single run does not take
+        key, value = ambiguous.groups()
+        return (f"{key}={value}: a comma outside brackets is Hydra's sweep syntax; write a list as "
+                f"{key}=[{value}], or text in quotes: '{key}=\"{value}\"'")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if isinstance(exc, OverrideParseException):
         return _unparsable(exc.override, lines)

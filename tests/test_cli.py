@@ -45,6 +45,8 @@ def test_measure_compound_phi_uses_alpha_beta_gamma():
     (["variant=b1", "measure.variants=all"], "variant and measure.variants are both set"),
     (["measure.variants=some"], "measure.variants: expected all or a list of b0, b1, b2, b3, b4, b5, b6, b7, got 'some'"),
     (["measure.variants=[b1,b9]"], "measure.variants: expected all or a list of"),
+    (["measure.variants=b0,b1"], "measure.variants=b0,b1: a comma outside brackets is Hydra's sweep syntax; write "
+                                 "a list as measure.variants=[b0,b1], or text in quotes: 'measure.variants=\"b0,b1\"'"),
 ])
 def test_bad_override_one_line_exit_2(args, needle):
     out = run_cli("measure", *args)
