@@ -157,11 +157,14 @@ def _is_pickle(path: Path) -> bool:
 
 def _first_words(exc: BaseException) -> str:
     """The gist of a loader's exception: its first sentence, or its type when it has no message."""
-    text = " ".join(str(exc).split())
+    text = re.sub(r"\s*https?://\S+", "", " ".join(str(exc).split()))  # a link cut short helps no one
     for marker in ("WeightsUnpickler error: ", "Weights only load failed. "):
         text = text.split(marker)[-1]
-    sentence = text.split(". ")[0].strip()
-    return sentence[:160] if sentence and not sentence.isdigit() else type(exc).__name__
+    # torch's advice after the reason is not always set off by a full stop
+    sentence = re.split(r"\. | (?=Check the documentation)", text)[0].strip()
+    if len(sentence) > 160:
+        sentence = sentence[:160].rsplit(" ", 1)[0] + " …"
+    return sentence if sentence and not sentence.isdigit() else type(exc).__name__
 
 
 def state_dict_of(obj: Any, path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:

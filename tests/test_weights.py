@@ -209,6 +209,15 @@ def test_corrupt_file_names_the_file(tmp_path, content, needle):
         load_pretrained(str(tmp_path / "bad.pth"))
 
 
+def test_a_photo_given_as_weights_is_one_short_reason_without_torchs_advice_or_a_cut_link(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    with pytest.raises(UserError) as err:
+        load_pretrained(str(tmp_path / "photo.jpg"))
+    assert str(err.value) == f"{tmp_path / 'photo.jpg'}: not a weights file, or corrupt (Unsupported operand 255)"
+
+
 @pytest.mark.parametrize("obj, needle", [
     ([1, 2, 3], "got a list"),
     ({"lr": 0.1}, "whose 'lr' holds float, not a tensor"),
