@@ -923,6 +923,10 @@ def noise_verdict(summary: pd.DataFrame) -> str:
         return ("noise: unknown, no point was trained with more than one seed "
                 "(search.top_k and search.extra_seeds train the best points again)")
     runner = summary.iloc[1]
+    if noise.sigma == 0:  # every seed of every point scored alike: often a network that predicts one class
+        return (f"noise: unknown, each point trained with several seeds scored the same with every seed "
+                f"({noise.pooled_from} point(s)); the lead over alpha={runner['alpha']:g} beta={runner['beta']:g} "
+                f"gamma={runner['gamma']:g} is {noise.lead:.3f}")
     text = (f"noise: seeds move val acc by ±{noise.sigma:.3f} (std over seeds, {noise.pooled_from} point(s)); "
             f"the lead over alpha={runner['alpha']:g} beta={runner['beta']:g} gamma={runner['gamma']:g} is "
             f"{noise.lead:.3f} against a noise margin of {noise.margin:.3f} (2 standard errors), so ")

@@ -425,6 +425,11 @@ def test_seed_noise_pools_the_std_over_points_and_ties_those_within_two_standard
     assert not results.seed_noise(apart).within
     assert search_module.noise_verdict(apart).endswith("better than the runner-up beyond seed noise.")
 
+    alike = summary_of((0.10, 0.0, 2), (0.10, 0.0, 2))  # seeds that change nothing: no noise to judge by
+    assert search_module.noise_verdict(alike) == ("noise: unknown, each point trained with several seeds scored "
+                                                  "the same with every seed (2 point(s)); the lead over alpha=1.1 "
+                                                  "beta=1 gamma=1 is 0.000")
+
     one_seed_each = summary_of((0.80, None, 1), (0.79, None, 1))
     assert results.seed_noise(one_seed_each) is None
     assert search_module.noise_verdict(one_seed_each).startswith("noise: unknown")
