@@ -17,8 +17,9 @@ import io
 import os
 import shutil
 import sys
+import threading
 import traceback
-from contextlib import contextmanager, redirect_stderr
+from contextlib import contextmanager, nullcontext, redirect_stderr, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -115,7 +116,9 @@ def multirun(overrides: list[str]) -> None:
     sweep_dir = search.sweep_dir.resolve()
     print(f"{search.opts['workers']} worker job(s) through hydra/launcher={launcher}; logs in {sweep_dir / 'logs'}",
           flush=True)
-    failed = launch(cfg, launcher, overrides, sweep_dir, search, new)
+    # The basic launcher runs the jobs in this process, which prints their trials itself.
+    with nullcontext() if launcher == "basic" else trials_followed(search):
+        failed = launch(cfg, launcher, overrides, sweep_dir, search, new)
     table = results.read_trials(sweep_dir)
     print(outcome(table, sweep_dir, search.logger_kind))
     if failed:
@@ -190,6 +193,45 @@ def launch(cfg: dict[str, Any], launcher: str, overrides: list[str], sweep_dir: 
             raise UserError(f"hydra/launcher={launcher}: sbatch refused the jobs ({refused}){hint}") from None
         traceback.print_exc()  # a job that raised, or one the cluster killed
         return 1
+
+
+FOLLOW_S = 15.0  # how often the launching process reads the study for trials the jobs finished
+
+
+@contextmanager
+def trials_followed(search: Search, every_s: float = FOLLOW_S) -> Iterator[None]:
+    """Print each trial the worker jobs finish, as `effscale search` prints its own: their output goes
+    to log files, and a sweep on a cluster runs for hours. Read from the study every `every_s`."""
+    from effscale.search import trial_line
+
+    done, total = search.counts()
+    seen = {t.number for t in search.study.get_trials(deepcopy=False) if t.state.is_finished()}
+
+    def show_new() -> None:
+        nonlocal done
+        for t in search.study.get_trials(deepcopy=False):
+            if t.state.is_finished() and t.number not in seen:
+                seen.add(t.number)
+                # a claim another worker won, or a trial given up as stale: its point is trained elsewhere
+                if not ({"repeat_of", "stale"} & set(t.user_attrs)) and "alpha" in t.user_attrs:
+                    done += 1
+                    print(trial_line(f"[{done}/{total}]", t), flush=True)
+
+    def follow() -> None:
+        while not stop.wait(every_s):
+            with suppress(Exception):  # a storage that does not answer now: the next look tries again
+                show_new()
+
+    stop = threading.Event()
+    thread = threading.Thread(target=follow, name="effscale-trials-followed", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        with suppress(Exception):
+            show_new()
 
 
 @contextmanager

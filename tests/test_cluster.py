@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -317,8 +318,13 @@ def test_submitit_local_launcher_runs_two_worker_jobs_on_a_journal_file_into_one
     assert done.returncode == 0, done.stderr[-3000:]
     sweep = tmp_path / "local"
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    assert_each_point_once(sweep, optuna.load_study(study_name="local", storage=storage).get_trials())
+    trials = optuna.load_study(study_name="local", storage=storage).get_trials()
+    assert_each_point_once(sweep, trials)
     assert len(list((sweep / "logs" / "local").glob("*/*_log.out"))) == 2  # one submitit log per job
+    # The jobs' output is in their logs; the launching terminal follows their trials through the study.
+    followed = [line for line in done.stdout.splitlines() if re.match(r"\[\d+/\d+\] α=", line)]
+    assert len(followed) == sum(t.state.name == "COMPLETE" for t in trials) > 0, done.stdout
+    assert followed[-1].startswith(f"[{len(followed)}/")
     assert sorted(p.name for p in (sweep / "logs" / "hydra").iterdir() if p.is_dir()) == ["0", "1"]
 
 
