@@ -229,7 +229,7 @@ def trials_followed(search: Search, every_s: float = FOLLOW_S) -> Iterator[None]
         yield
     finally:
         stop.set()
-        thread.join()
+        thread.join(every_s)  # not for ever: a storage that hangs must not hold up the command's end
         with suppress(Exception):
             show_new()
 
