@@ -629,12 +629,16 @@ class ImageFolderDataModule(DataModule):
         for split, samples in kept.items():
             if not samples:
                 raise UserError(f"{self.root}: no readable images left in the {split} split")
-        trained = {label for _, label in kept["train"]}
-        for label, name in enumerate(self.class_names):
-            lost = sorted(path for path, of in splits["train"] if of == label and path in problems)
-            if label not in trained and lost:
-                raise UserError(f"{self.root}: no readable training image of class {name} is left "
-                                f"({len(lost)} unreadable, the first {lost[0]}: {problems[lost[0]]})")
+        untrained = set(range(len(self.class_names))) - {label for _, label in kept["train"]}
+        lost: dict[int, list[str]] = {}
+        for path, label in splits["train"]:
+            if label in untrained:  # and so unreadable, each of its training images
+                lost.setdefault(label, []).append(path)
+        if lost:
+            label = min(lost)
+            first = min(lost[label])
+            raise UserError(f"{self.root}: no readable training image of class {self.class_names[label]} is left "
+                            f"({len(lost[label])} unreadable, the first {first}: {problems[first]})")
         return kept
 
     def _transform(self, train: bool) -> Any:
