@@ -692,8 +692,7 @@ class Search:
         for i, job in enumerate(todo, 1):
             if job.key in self._finished() or job.key in self._running():
                 continue  # another worker on the same study took it meanwhile
-            with interrupts_deferred():  # a trial is created whole, so that a Ctrl-C finds it to abandon
-                trial = self.start_trial(job)
+            trial = self.begin(lambda: self.start_trial(job))
             self.train(trial, job, f"[{i}/{len(todo)}]")
 
     def run_tpe(self) -> None:
@@ -705,21 +704,48 @@ class Search:
         for _ in range(20 * n_trials):
             if len(trained) >= n_trials:
                 break
-            trial = self.study.ask()
-            for key, value in {"seed": self.seed, **this_process(), "heartbeat": time.time()}.items():
-                trial.set_user_attr(key, value)
-            point = trial.suggest_categorical("point", self._points())
-            earlier = self._finished().get((point, self.seed))
-            if earlier is not None:
-                trial.set_user_attr("repeat_of", earlier.number)
-                if earlier.state == TrialState.COMPLETE:
-                    self.study.tell(trial, earlier.value)
-                else:
-                    self.study.tell(trial, state=earlier.state)
-                continue
+            trial = self.begin(self._ask)
+            with self.abandoned_on_ctrl_c(trial):
+                point = trial.suggest_categorical("point", self._points())
+                earlier = self._finished().get((point, self.seed))
+                if earlier is not None:
+                    trial.set_user_attr("repeat_of", earlier.number)
+                    if earlier.state == TrialState.COMPLETE:
+                        self.study.tell(trial, earlier.value)
+                    else:
+                        self.study.tell(trial, state=earlier.state)
+                    continue
             # A point that repeats a trained network costs nothing and is not counted.
             if self.train(trial, Job(self.by_point[point], self.seed), f"[{len(trained) + 1}/{n_trials}]"):
                 trained.add(point)
+
+    def _ask(self) -> optuna.Trial:
+        trial = self.study.ask()
+        for key, value in {"seed": self.seed, **this_process(), "heartbeat": time.time()}.items():
+            trial.set_user_attr(key, value)
+        return trial
+
+    def begin(self, create: Callable[[], optuna.Trial | None]) -> optuna.Trial | None:
+        """The trial `create` makes (None when it makes none), written whole: a Ctrl-C meanwhile is
+        held off until it exists, then abandons it rather than leaving it RUNNING."""
+        trial = None
+        try:
+            with interrupts_deferred():
+                trial = create()
+        except KeyboardInterrupt:
+            if trial is not None:
+                self.abandon(trial, "interrupted")
+            raise
+        return trial
+
+    @contextmanager
+    def abandoned_on_ctrl_c(self, trial: optuna.Trial) -> Iterator[None]:
+        """A Ctrl-C in the block leaves `trial` stale (FAIL, run again next launch), not RUNNING."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.abandon(trial, "interrupted")
+            raise
 
     def _points(self) -> list[str]:
         return [c.point for c in self.feasible]
@@ -759,11 +785,8 @@ class Search:
         """Train `job` as `trial` and record the result; a point that repeats a network already
         trained with this seed records that trial's result instead. Whether it trained. A Ctrl-C
         anywhere in it, before or after training too, leaves the trial stale, not RUNNING."""
-        try:
+        with self.abandoned_on_ctrl_c(trial):
             return self._train(trial, job, progress)
-        except KeyboardInterrupt:
-            self.abandon(trial, "interrupted")
-            raise
 
     def _train(self, trial: optuna.Trial, job: Job, progress: str) -> bool:
         c = job.candidate

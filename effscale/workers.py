@@ -41,7 +41,7 @@ from effscale import slurm
 from effscale.config import model_table
 from effscale.devices import available_cores, resolve_device
 from effscale.errors import UserError
-from effscale.search import Job, Search, fail_stale_trials, interrupts_deferred, mark_stale
+from effscale.search import Job, Search, fail_stale_trials, mark_stale
 from effscale.storages import without_password
 
 if TYPE_CHECKING:
@@ -147,8 +147,7 @@ class Worker:
                 continue
             # Start at a different point in each worker, so that claims rarely collide.
             job = free[self.index % len(free)]
-            with interrupts_deferred():  # a claim is whole, so that a Ctrl-C finds the trial to abandon
-                trial = claim(self.search, job, self.retry_below)
+            trial = self.search.begin(lambda: claim(self.search, job, self.retry_below))
             if trial is not None:
                 started = sum(o is not None for o in owners.values()) + 1  # other workers' included
                 self.search.train(trial, job, f"[{label} {started}/{len(jobs)}]")  # after "worker N: "

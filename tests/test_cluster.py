@@ -67,14 +67,15 @@ def background_cli(*args: str) -> subprocess.Popen:
 
 
 def fake_search(study: optuna.Study, points: list[str]) -> SimpleNamespace:
-    """What `claim` uses of a Search: its study, storage setting, feasible points, a trial's first
-    attributes, and Search's own way of starting a trial with them."""
+    """What `claim` and `Worker` use of a Search: its study, storage setting, feasible points, a trial's
+    first attributes, and Search's own ways of starting a trial with them."""
     from effscale.search import Search
 
     search = SimpleNamespace(study=study, opts={"storage": None}, _points=lambda: points,
                              trial_attrs=lambda job: {"point": job.candidate.point, "seed": job.seed,
                                                       **this_process(), "heartbeat": time.time()})
     search.start_trial = lambda job, **attrs: Search.start_trial(search, job, **attrs)
+    search.begin = lambda create: Search.begin(search, create)
     return search
 
 

@@ -294,6 +294,32 @@ def test_ctrl_c_while_a_finished_trial_is_recorded_keeps_it_whole(tmp_path, monk
     assert list(rs.trials(tmp_path / "sweep")["state"]) == ["COMPLETE"]
 
 
+@pytest.mark.parametrize("sampler", ["grid", "tpe"])
+def test_ctrl_c_heard_while_a_trial_is_created_leaves_it_stale_not_running(tmp_path, monkeypatch, sampler):
+    import optuna
+
+    from effscale.search import Search
+
+    def ctrl_c_inside(create):
+        def created(*args, **kwargs):
+            trial = create(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGINT)  # held off until the trial is whole, then raised
+            return trial
+        return created
+
+    monkeypatch.setattr(Search, "start_trial", ctrl_c_inside(Search.start_trial))
+    monkeypatch.setattr(optuna.Study, "ask", ctrl_c_inside(optuna.Study.ask))
+    heard = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            rs.search_in_process(tmp_path, f"search={sampler}", fit=lambda *a, **k: pytest.fail("trained"))
+    finally:
+        signal.signal(signal.SIGINT, heard)
+    [trial] = rs.study_trials(tmp_path / "sweep")
+    assert (trial.state.name, trial.user_attrs.get("stale"), trial.user_attrs.get("reason")) == (
+        "FAIL", True, "interrupted")
+
+
 def test_ctrl_c_still_ends_the_sweep_when_the_storage_cannot_mark_the_trial(tmp_path, monkeypatch):
     from optuna.exceptions import StorageInternalError
     from optuna.trial import Trial
