@@ -44,11 +44,13 @@ def file_mode() -> int:
 def log_to(log: logging.Logger, path: Path) -> None:
     """Send `log` to `path` (a sweep's search.log or compare.log), and no longer to the file it went
     to before: a process that opens a second sweep (the jobs of `search -m` with the basic launcher,
-    one after another) writes each line once, to the sweep it works on."""
+    one after another) writes each line once, to the sweep it works on. The file is created with its
+    first line: what goes there is a failure's traceback or a storage warning, so a run without
+    trouble leaves none."""
     for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
         log.removeHandler(old)
         old.close()
-    handler = logging.FileHandler(path)
+    handler = logging.FileHandler(path, delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)

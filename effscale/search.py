@@ -919,8 +919,9 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, logger_kind: str) -> str:
     lines += ["", results.format_summary(summary), ""]
     storage = sweep_dir / "storage.txt"  # written when search.storage names another study than study.db
     study = storage.read_text().strip() if storage.exists() else sweep_dir / "study.db"
+    problems = f", {sweep_dir / 'search.log'}" if (sweep_dir / "search.log").exists() else ""
     files = [f"table  {sweep_dir / 'trials.csv'}", f"study  {study}",
-             f"logs   {sweep_dir / 'logs'}/trial_*/metrics.csv, {sweep_dir / 'search.log'}"]
+             f"logs   {sweep_dir / 'logs'}/trial_*/metrics.csv{problems}"]
     if logger_kind == "wandb":
         runs = sweep_dir / "wandb"
         files.append(f"W&B    {runs} (offline; `wandb sync {runs}/offline-run-*` uploads)")
