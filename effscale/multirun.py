@@ -206,16 +206,19 @@ def trials_followed(search: Search, every_s: float = FOLLOW_S) -> Iterator[None]
 
     done, total = search.counts()
     seen = {t.number for t in search.study.get_trials(deepcopy=False) if t.state.is_finished()}
+    shown = threading.Lock()  # the last look, at the end, may run beside a late one of the thread's
 
     def show_new() -> None:
         nonlocal done
-        for t in search.study.get_trials(deepcopy=False):
-            if t.state.is_finished() and t.number not in seen:
-                seen.add(t.number)
-                # a claim another worker won, or a trial given up as stale: its point is trained elsewhere
-                if not ({"repeat_of", "stale"} & set(t.user_attrs)) and "alpha" in t.user_attrs:
-                    done += 1
-                    print(trial_line(f"[{done}/{total}]", t), flush=True)
+        trials = search.study.get_trials(deepcopy=False)
+        with shown:
+            for t in trials:
+                if t.state.is_finished() and t.number not in seen:
+                    seen.add(t.number)
+                    # a claim another worker won, or a trial given up as stale: its point is trained elsewhere
+                    if not ({"repeat_of", "stale"} & set(t.user_attrs)) and "alpha" in t.user_attrs:
+                        done += 1
+                        print(trial_line(f"[{done}/{total}]", t), flush=True)
 
     def follow() -> None:
         while not stop.wait(every_s):
