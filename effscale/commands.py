@@ -74,7 +74,7 @@ def search(overrides: list[str]) -> None:
     architecture = model_table(cfg)
 
     from effscale.results import read_trials
-    from effscale.search import Search, exit_if_nothing_completed, outcome
+    from effscale.search import Search, exit_if_nothing_completed, outcome, stops_as_interrupt
     from effscale.workers import record_storage, run_local
 
     run = Search(cfg, architecture, resolve_device(cfg["device"]))
@@ -99,7 +99,8 @@ def search(overrides: list[str]) -> None:
     elif workers > 1:
         table, failed = run_local(run, overrides, workers)
     else:
-        table = run.run()
+        with stops_as_interrupt():  # `kill`, a closed terminal, scancel: wound down as a Ctrl-C is
+            table = run.run()
     print(outcome(table, run.sweep_dir, run.logger_kind))
     print(f"total {time.perf_counter() - started:.0f} s")
     if failed:

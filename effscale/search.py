@@ -242,25 +242,64 @@ def _alive(pid: int) -> bool:
     return True
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """A Ctrl-C during the block is raised when the block is done. A KeyboardInterrupt in the middle of
-    a storage write can leave SQLite's write lock with a connection nobody closes, and the writes that
-    mark the interrupted trial stale then fail on "database is locked". Main thread only, where Python
-    runs its signal handlers."""
+    """A Ctrl-C (or a SIGTERM or SIGHUP) during the block takes effect when the block is done. A
+    KeyboardInterrupt in the middle of a storage write can leave SQLite's write lock with a connection
+    nobody closes, and the writes that mark the interrupted trial stale then fail on "database is
+    locked". Main thread only, where Python runs its signal handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     heard: list[int] = []
-    handler = signal.signal(signal.SIGINT, lambda signum, _frame: heard.append(signum))
+    saved = {s: signal.signal(s, lambda signum, _frame: heard.append(signum))
+             for s in STOP_SIGNALS if signal.getsignal(s) not in (signal.SIG_IGN, None)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, handler)
-        if heard and callable(handler):
-            handler(signal.SIGINT, None)
-        elif heard and handler == signal.SIG_DFL:
-            os.kill(os.getpid(), signal.SIGINT)
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(heard):  # each signal once, in the order they came
+            if callable(saved[signum]):
+                saved[signum](signum, None)
+            elif saved[signum] == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
+
+
+@contextmanager
+def stops_as_interrupt() -> Iterator[None]:
+    """SIGHUP and SIGTERM raise KeyboardInterrupt in the block, as Ctrl-C does, so that what a closed
+    terminal, `kill` or SLURM's scancel stops is wound down as a Ctrl-C is; one this process ignores
+    (SIGHUP under nohup) stays ignored."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    stops = [s for s in (signal.SIGHUP, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
+    saved = {s: signal.signal(s, interrupt) for s in stops}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+def stop_reason(exc: BaseException) -> str | None:
+    """Why `exc` ends this process's part of the sweep rather than one trial, as the reason its
+    unfinished trial is recorded with; None for an exception that fails that trial alone. A stop is a
+    Ctrl-C (and what `stops_as_interrupt` raises as one), an exit (submitit's on a SLURM preemption),
+    submitit's UncompletedJobError at a job's last time limit, or a mistake that would fail every trial
+    alike (a UserError)."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return "interrupted"
+    submitit = sys.modules.get("submitit.core.utils")  # loaded when a submitit job runs this process
+    if submitit is not None and isinstance(exc, submitit.UncompletedJobError):
+        return f"interrupted: {exc}"
+    return None
 
 
 def this_process() -> dict[str, Any]:
@@ -387,6 +426,7 @@ class Search:
         self.opts, self.budget, self.recipe = cfg["search"], cfg["budget"], dict(cfg["trainer"])
         self.stale_after_s = float(self.opts["stale_after_s"])
         self.retry_below: int | None = None  # set by `open`
+        self.working: optuna.Trial | None = None  # the trial this process has started and not yet recorded
         self.device_costs_from = device  # the device that measured latency and peak memory (`open`)
         self.seed = int(cfg["seed"])
         self.sweep_dir = Path(cfg["out"]) / str(cfg["name"])
@@ -675,12 +715,12 @@ class Search:
         return min(first_done, first) + min(extra_done, extra), first + extra
 
     def run(self) -> pd.DataFrame:
-        first = self.first_jobs()
-        if self.opts["sampler"] == "tpe":
-            self.run_tpe()
-        else:
-            self.run_jobs(first)
-        self.run_seed_rounds(lambda jobs: self.run_jobs(jobs, label="extra seeds for the best points"))
+        with self.abandoned_on_stop():
+            if self.opts["sampler"] == "tpe":
+                self.run_tpe()
+            else:
+                self.run_jobs(self.first_jobs())
+            self.run_seed_rounds(lambda jobs: self.run_jobs(jobs, label="extra seeds for the best points"))
         return results.read_trials(self.table)
 
     def run_jobs(self, jobs: list[Job], label: str = "grid points") -> None:
@@ -692,8 +732,7 @@ class Search:
         for i, job in enumerate(todo, 1):
             if job.key in self._finished() or job.key in self._running():
                 continue  # another worker on the same study took it meanwhile
-            trial = self.begin(lambda: self.start_trial(job))
-            self.train(trial, job, f"[{i}/{len(todo)}]")
+            self.train(self.begin(lambda: self.start_trial(job)), job, f"[{i}/{len(todo)}]")
 
     def run_tpe(self) -> None:
         """TPE proposes points from the feasible set; a point it proposes again is answered from the
@@ -705,16 +744,17 @@ class Search:
             if len(trained) >= n_trials:
                 break
             trial = self.begin(self._ask)
-            with self.abandoned_on_ctrl_c(trial):
-                point = trial.suggest_categorical("point", self._points())
-                earlier = self._finished().get((point, self.seed))
-                if earlier is not None:
+            point = trial.suggest_categorical("point", self._points())
+            earlier = self._finished().get((point, self.seed))
+            if earlier is not None:
+                with interrupts_deferred():
                     trial.set_user_attr("repeat_of", earlier.number)
                     if earlier.state == TrialState.COMPLETE:
                         self.study.tell(trial, earlier.value)
                     else:
                         self.study.tell(trial, state=earlier.state)
-                    continue
+                    self.working = None
+                continue
             # A point that repeats a trained network costs nothing and is not counted.
             if self.train(trial, Job(self.by_point[point], self.seed), f"[{len(trained) + 1}/{n_trials}]"):
                 trained.add(point)
@@ -726,25 +766,23 @@ class Search:
         return trial
 
     def begin(self, create: Callable[[], optuna.Trial | None]) -> optuna.Trial | None:
-        """The trial `create` makes (None when it makes none), written whole: a Ctrl-C meanwhile is
-        held off until it exists, then abandons it rather than leaving it RUNNING."""
-        trial = None
-        try:
-            with interrupts_deferred():
-                trial = create()
-        except KeyboardInterrupt:
-            if trial is not None:
-                self.abandon(trial, "interrupted")
-            raise
-        return trial
+        """The trial `create` makes (None when it makes none), written whole, and from then on the one
+        this process works on (`working`) until it is recorded: a Ctrl-C meanwhile is held off until
+        `working` is set, so that `abandoned_on_stop` finds it."""
+        with interrupts_deferred():
+            self.working = create()
+        return self.working
 
     @contextmanager
-    def abandoned_on_ctrl_c(self, trial: optuna.Trial) -> Iterator[None]:
-        """A Ctrl-C in the block leaves `trial` stale (FAIL, run again next launch), not RUNNING."""
+    def abandoned_on_stop(self) -> Iterator[None]:
+        """A stop anywhere in the block (`stop_reason`: Ctrl-C, SIGTERM, the cluster ending the job)
+        leaves the trial this process works on stale (FAIL, run again next launch), not RUNNING."""
         try:
             yield
-        except KeyboardInterrupt:
-            self.abandon(trial, "interrupted")
+        except BaseException as exc:
+            reason = stop_reason(exc)
+            if reason is not None and self.working is not None:
+                self.abandon(self.working, reason)
             raise
 
     def _points(self) -> list[str]:
@@ -783,12 +821,8 @@ class Search:
 
     def train(self, trial: optuna.Trial, job: Job, progress: str) -> bool:
         """Train `job` as `trial` and record the result; a point that repeats a network already
-        trained with this seed records that trial's result instead. Whether it trained. A Ctrl-C
-        anywhere in it, before or after training too, leaves the trial stale, not RUNNING."""
-        with self.abandoned_on_ctrl_c(trial):
-            return self._train(trial, job, progress)
-
-    def _train(self, trial: optuna.Trial, job: Job, progress: str) -> bool:
+        trained with this seed records that trial's result instead. Whether it trained. Called inside
+        `abandoned_on_stop`, so that a Ctrl-C anywhere in it leaves the trial stale, not RUNNING."""
         c = job.candidate
         attrs, written = self.trial_attrs(job), trial.user_attrs
         for key, value in attrs.items():
@@ -835,20 +869,15 @@ class Search:
             with heartbeat(self.study, trial._trial_id, every_s):
                 metrics = fit_candidate(c.table, self.data, self.recipe, seed=seed, device=self.device,
                                         loggers=loggers, report=report)
-        except (KeyboardInterrupt, SystemExit, UserError) as exc:
-            # Ctrl-C, or a mistake that would fail every trial alike: stop the sweep. The trial is marked
-            # stale, so the next launch runs it again. Lightning answers a Ctrl-C inside trainer.fit with
-            # its own shutdown and sys.exit(1); that is the same interrupt, and the CLI's exit 130.
-            self.abandon(trial, str(exc) if isinstance(exc, UserError) else "interrupted")
-            if isinstance(exc, SystemExit):
-                raise KeyboardInterrupt from None
-            raise
-        except Exception as exc:  # one broken candidate must not end the sweep; the log keeps the traceback
+        except Exception as exc:
+            if stop_reason(exc) is not None:
+                raise  # it stops the sweep, and the trial is marked stale: the next launch runs it again
+            # One broken candidate must not end the sweep; the log keeps the traceback.
             log.exception("trial %s (%s, seed %s) failed", trial.number, c.point, seed)
             metrics = {"state": "FAIL", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
         summary = {k: metrics.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds", "reason")}
+        self.record(trial, summary, metrics["state"], progress)  # first: a Ctrl-C while closing keeps it
         close_loggers(loggers, summary | {"macs": c.cost.macs, "params": c.cost.params, "state": metrics["state"]})
-        self.record(trial, summary, metrics["state"], progress)
 
     def abandon(self, trial: optuna.Trial, reason: str) -> None:
         """Mark a trial this process stops working on FAIL and stale, so that the next launch runs its
@@ -863,6 +892,7 @@ class Search:
             except optuna.exceptions.StorageInternalError:
                 # Still RUNNING under this process's id, so the next launch finds it stale all the same.
                 log.warning("trial %s: could not mark it stale; the next launch will", trial.number, exc_info=True)
+            self.working = None
 
     def record(self, trial: optuna.Trial, summary: dict[str, Any], state_name: str, progress: str) -> None:
         """Tell the study how `trial` ended and write its results row."""
@@ -875,6 +905,7 @@ class Search:
                                          state=state, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:
                 frozen = None
+            self.working = None
             if frozen is None or frozen.user_attrs.get("stale"):
                 # Another worker found this trial abandoned (no heartbeat for search.stale_after_s: a
                 # hung process, or a storage it could not reach) and marked it stale; the point is

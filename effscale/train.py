@@ -309,11 +309,16 @@ def zero_init_residuals(network: nn.Module) -> int:
 def interruptible(trainer: L.Trainer, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run `trainer.fit` or `trainer.test`, keeping Ctrl-C a KeyboardInterrupt. Lightning answers it
     by ignoring SIGINT from then on and calling sys.exit(1), which would end a whole sweep with status 1
-    and leave a second Ctrl-C unheard; the caller decides what an interrupt means."""
+    and leave a second Ctrl-C unheard; the caller decides what an interrupt means. A SIGTERM, which
+    Lightning turns into a SIGTERMException (an exit), is an interrupt too. Another exit (such as
+    submitit's when SLURM preempts the job) stays what it is."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         return step(*args, **kwargs)
-    except SystemExit:
-        if not trainer.interrupted:
+    except SystemExit as exc:
+        lightnings = isinstance(exc, SIGTERMException) or isinstance(exc.__context__, KeyboardInterrupt)
+        if not (trainer.interrupted and lightnings):
             raise
         signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt from None

@@ -4,10 +4,14 @@ A module of its own so that a Ctrl-C reaching the worker while it still imports 
 ends it as quietly as one during training does, not with an import traceback.
 """
 
+import signal
 import sys
 import warnings
 
 if __name__ == "__main__":
+    # The search passes its stops on as SIGINT, which a search started in the background by a script
+    # (`effscale search … &`) would have passed down ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from effscale.errors import warning_line
 
     warnings.showwarning = warning_line(f"search: worker {sys.argv[1]}")

@@ -32,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -41,7 +41,7 @@ from effscale import slurm
 from effscale.config import model_table
 from effscale.devices import available_cores, resolve_device
 from effscale.errors import UserError
-from effscale.search import Job, Search, fail_stale_trials, mark_stale
+from effscale.search import Job, Search, fail_stale_trials, interrupts_deferred, mark_stale, stops_as_interrupt
 from effscale.storages import without_password
 
 if TYPE_CHECKING:
@@ -128,9 +128,10 @@ class Worker:
         self.asked_slurm = 0.0
 
     def run(self) -> None:
-        self.run_jobs(self.search.first_jobs(), "grid points")
-        # Every worker waits for the whole grid, so all of them pick the same best points.
-        self.search.run_seed_rounds(lambda jobs: self.run_jobs(jobs, "extra seeds for the best points"))
+        with self.search.abandoned_on_stop():
+            self.run_jobs(self.search.first_jobs(), "grid points")
+            # Every worker waits for the whole grid, so all of them pick the same best points.
+            self.search.run_seed_rounds(lambda jobs: self.run_jobs(jobs, "extra seeds for the best points"))
 
     def run_jobs(self, jobs: list[Job], label: str) -> None:
         while True:
@@ -219,10 +220,11 @@ def run_workers(commands: list[list[str]], stop_s: float = 30.0) -> int:
     A worker still running `stop_s` later, or at a second stop signal, is terminated with the
     processes it started."""
     procs: list[subprocess.Popen] = []
-    with _stops_as_interrupt():
+    with stops_as_interrupt():
         try:
             for command in commands:
-                procs.append(subprocess.Popen(command, start_new_session=True))
+                with interrupts_deferred():  # a worker that was started is one `_stop` knows of
+                    procs.append(subprocess.Popen(command, start_new_session=True))
             return sum(p.wait() != 0 for p in procs)
         except BaseException:
             _stop(procs, stop_s)
@@ -243,22 +245,6 @@ def _stop(procs: list[subprocess.Popen], stop_s: float) -> None:
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGTERM)  # its group: the data loader's processes too
-
-
-@contextlib.contextmanager
-def _stops_as_interrupt() -> Iterator[None]:
-    """SIGHUP and SIGTERM raise KeyboardInterrupt in the block, as Ctrl-C does; one this process
-    ignores (SIGHUP under nohup) stays ignored."""
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    stops = [s for s in (signal.SIGHUP, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
-    saved = {s: signal.signal(s, interrupt) for s in stops}
-    try:
-        yield
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
 
 
 def main(argv: list[str]) -> int:

@@ -320,6 +320,47 @@ def test_ctrl_c_heard_while_a_trial_is_created_leaves_it_stale_not_running(tmp_p
         "FAIL", True, "interrupted")
 
 
+def test_a_sigterm_between_trainings_winds_the_search_down_as_a_ctrl_c_does(tmp_path):
+    # `kill`, or scancel on a search run inside an sbatch job, while no trainer.fit (whose Lightning
+    # handles SIGTERM itself) is running: the trial it stops runs again next launch.
+    def fit(table, data, recipe, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)
+        return {"state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.5, "epochs": 1, "train_seconds": 0.1,
+                "val_history": [0.5], "reason": None}
+
+    def terminated(signum, frame):  # SIGTERM's default, which would end pytest, as an exception
+        raise RuntimeError("terminated")
+
+    saved = signal.signal(signal.SIGTERM, terminated)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # the CLI's "effscale search: interrupted", exit 130
+            rs.search_in_process(tmp_path, fit=fit)
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+    [trial] = rs.study_trials(tmp_path / "sweep")
+    assert (trial.state.name, trial.user_attrs["stale"], trial.user_attrs["reason"]) == ("FAIL", True, "interrupted")
+
+
+@pytest.mark.parametrize("stop", ["time limit", "preemption"])
+def test_the_cluster_ending_a_job_mid_trial_leaves_the_trial_to_run_again_not_failed(tmp_path, stop):
+    # What submitit raises in a SLURM job at its last time limit (no requeue left), or on a preemption
+    # once it has requeued the job.
+    from submitit.core.utils import UncompletedJobError
+
+    ended = {"time limit": UncompletedJobError("Job not requeued because: timed-out too many times."),
+             "preemption": SystemExit(-1)}[stop]
+
+    def fit(table, data, recipe, **kwargs):
+        raise ended
+
+    with pytest.raises(type(ended)):  # as it came: submitit's own handling of the job's end follows
+        rs.search_in_process(tmp_path, fit=fit)
+    [trial] = rs.study_trials(tmp_path / "sweep")
+    assert trial.state.name == "FAIL" and trial.user_attrs["stale"]
+    assert trial.user_attrs["reason"].startswith("interrupted")
+
+
 def test_ctrl_c_still_ends_the_sweep_when_the_storage_cannot_mark_the_trial(tmp_path, monkeypatch):
     from optuna.exceptions import StorageInternalError
     from optuna.trial import Trial

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -73,6 +74,38 @@ def test_gradient_clipping_under_mixed_precision_trains_with_foreach_kernels(opt
     trainer.fit(module, datamodule=build_datamodule(DATA, resolution=16, batch_size=16))
     (opt,) = trainer.optimizers
     assert not opt.defaults["fused"] and module.val_history
+
+
+def test_lightnings_exit_on_a_ctrl_c_is_a_keyboardinterrupt_again_and_any_other_exit_stays_one():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from effscale.train import interruptible
+
+    def ctrl_c_answered():  # what Lightning's trainer.fit does with a Ctrl-C
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.exit(1)
+
+    def terminated():  # what Lightning's loops raise once its SIGTERM handler has run
+        raise SIGTERMException
+
+    def preempted():  # submitit, on SLURM's preemption signal, once it has requeued the job
+        sys.exit(-1)
+
+    trainer = SimpleNamespace(interrupted=True)  # Lightning marks the trainer interrupted in each case
+    saved = signal.getsignal(signal.SIGINT)
+    try:
+        for stop in (ctrl_c_answered, terminated):
+            with pytest.raises(KeyboardInterrupt):
+                interruptible(trainer, stop)
+    finally:
+        signal.signal(signal.SIGINT, saved)
+    with pytest.raises(SystemExit) as exited:
+        interruptible(trainer, preempted)
+    assert exited.value.code == -1
 
 
 def test_a_trial_without_a_validation_epoch_fails_rather_than_completing_unranked():
