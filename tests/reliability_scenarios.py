@@ -317,6 +317,12 @@ def hear_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def ignore_ctrl_c() -> None:
+    """In the child, before it starts: Ctrl-C ignored, as a shell leaves it for a command it starts
+    in the background."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def trial_states(db: Path) -> list[str]:
     """The state of every trial in a study file, read with plain SQL so that polling stays cheap."""
     if not db.exists():

@@ -47,13 +47,14 @@ def assert_each_point_once(sweep_dir: Path, trials: list[optuna.trial.FrozenTria
     assert set(done["trial"]) == {t.number for t in trials if t.state == TrialState.COMPLETE}
 
 
-def _just_started(trials: list[optuna.trial.FrozenTrial] | None, within_s: float = 2.0):
-    """The RUNNING trials of SLURM jobs that started less than `within_s` ago, newest first: those
-    that hold their point (a claim that lost to another for the same point is not training)."""
+def _just_started(trials: list[optuna.trial.FrozenTrial] | None, within_s: float = 4.0):
+    """The RUNNING trials of SLURM jobs in their first epoch that started less than `within_s` ago,
+    newest first: those that hold their point (a claim that lost to another for the same point is not
+    training)."""
     now = datetime.datetime.now()
     held = holders(trials or [])
     fresh = [t for t in trials or [] if t.state == TrialState.RUNNING and t.user_attrs.get("slurm_job")
-             and (now - t.datetime_start).total_seconds() < within_s
+             and (now - t.datetime_start).total_seconds() < within_s and not t.intermediate_values
              and owner(held.get((t.user_attrs.get("point"), int(t.user_attrs.get("seed", -1))), [])) is t]
     return sorted(fresh, key=lambda t: t.datetime_start, reverse=True)
 
@@ -137,12 +138,16 @@ def test_a_training_trial_beats_from_a_thread_until_its_block_ends_or_it_is_fini
     study = optuna.create_study()
     trial = study.ask()
     trial.set_user_attr("heartbeat", 0.0)
-    with heartbeat(study, trial._trial_id, every_s=0.05):
-        time.sleep(0.5)  # a long epoch: no report, but the heartbeat moves on
-        beat = study.trials[0].user_attrs["heartbeat"]
-        assert time.time() - beat < 0.3
+
+    def beat():
+        return study.trials[0].user_attrs["heartbeat"]
+
+    with heartbeat(study, trial._trial_id, every_s=0.05):  # a long epoch: no report, but the heartbeat moves on
+        first = wait_for(lambda: beat() or None, 10, "a first heartbeat")
+        wait_for(lambda: beat() > first, 10, "a second heartbeat")
+    last = beat()
     time.sleep(0.2)
-    assert study.trials[0].user_attrs["heartbeat"] <= time.time() - 0.15  # stopped with the block
+    assert beat() == last  # stopped with the block
 
     real, calls = study._storage.set_trial_user_attr, []
 
@@ -154,8 +159,8 @@ def test_a_training_trial_beats_from_a_thread_until_its_block_ends_or_it_is_fini
 
     study._storage.set_trial_user_attr = flaky
     with heartbeat(study, trial._trial_id, every_s=0.05):
-        time.sleep(0.3)
-        assert "heartbeat not written; trying again" in caplog.text and len(calls) >= 3  # it went on
+        wait_for(lambda: len(calls) >= 3, 10, "beats after a failed one")  # it went on
+        assert "heartbeat not written; trying again" in caplog.text
         study.tell(trial, state=TrialState.FAIL)  # another worker marked it stale
         beats = len(calls)
         time.sleep(0.3)
@@ -186,7 +191,7 @@ def test_slurm_tells_a_running_job_from_a_gone_one_and_says_nothing_when_unsure(
 def test_two_local_workers_train_each_grid_point_exactly_once(tmp_path):
     done = run_cli("search", *TINY, f"out={tmp_path}", "name=two", "search.workers=2")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "worker 0:" in done.stdout and "worker 1:" in done.stdout
+    assert "worker 0:" in done.stdout or "worker 1:" in done.stdout  # one may have found every point taken
     assert_each_point_once(tmp_path / "two", study_trials(f"sqlite:///{tmp_path}/two/study.db", "two"))
 
 
@@ -230,8 +235,11 @@ except KeyboardInterrupt:
 
 
 def start_run_workers(tmp_path, how="plain"):
+    import reliability_scenarios as rs
+
     search = subprocess.Popen([sys.executable, "-c", RUN_WORKERS, SLOW_TO_STOP, str(tmp_path), how], cwd=REPO,
-                              start_new_session=True)  # a group of its own, like a command at a terminal
+                              start_new_session=True,  # a group of its own, like a command at a terminal
+                              preexec_fn=rs.hear_ctrl_c)
     wait_for(lambda: all((tmp_path / f"{i}.ready").exists() for i in range(2)), 60, "the workers start", search)
     return search
 
@@ -256,13 +264,18 @@ def test_a_hang_up_leaves_a_search_under_nohup_running(tmp_path):
     assert search.wait(timeout=30) == 130
 
 
-def test_a_worker_stopped_while_it_still_imports_says_interrupted_without_a_traceback(tmp_path):
+@pytest.mark.parametrize("started", ["at a terminal", "in the background"])
+def test_a_worker_stopped_while_it_still_imports_says_interrupted_without_a_traceback(tmp_path, started):
+    import reliability_scenarios as rs
+
     # An `optuna` that stops half-way through the worker's imports, as they do for a second or two.
     (tmp_path / "optuna").mkdir()
     (tmp_path / "optuna" / "__init__.py").write_text(
         f"import pathlib, time\npathlib.Path({str(tmp_path / 'importing')!r}).touch()\ntime.sleep(60)\n")
+    # A search a script starts with `&` has SIGINT ignored, and its workers with it unless they undo that.
     worker = subprocess.Popen([sys.executable, "-m", "effscale.worker_process", "3", "logger=csv"], cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(tmp_path)}, stderr=subprocess.PIPE, text=True)
+                              env={**os.environ, "PYTHONPATH": str(tmp_path)}, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=rs.hear_ctrl_c if started == "at a terminal" else rs.ignore_ctrl_c)
     wait_for(lambda: (tmp_path / "importing").exists(), 60, "the worker imports optuna", worker)
     worker.send_signal(signal.SIGINT)  # what run_workers passes on
     assert worker.wait(timeout=30) == 130
@@ -422,7 +435,7 @@ def test_scancel_mid_trial_then_relaunch_finishes_the_grid_without_losing_or_rep
         before = wait_for(trial_to_cancel, 240, "a trial to cancel", search)
         victim = _just_started(before)[0]
         subprocess.run(["scancel", victim.user_attrs["slurm_job"].split(".")[0]], check=True)
-        search.wait(timeout=240)
+        search.wait(timeout=600)  # a requeued or relaunched job imports, plans and trains again
     finally:
         search.kill()
     assert search.returncode == 1  # the cancelled job produced no result: the command says so
@@ -450,7 +463,7 @@ def test_requeued_slurm_job_runs_its_interrupted_trial_again(tmp_path, slurm_clu
         victim = next(t for t in before if t.state == TrialState.RUNNING and t.user_attrs.get("slurm_job"))
         job_id = victim.user_attrs["slurm_job"].split(".")[0]
         subprocess.run(["scontrol", "requeue", job_id], check=True)
-        search.wait(timeout=240)
+        search.wait(timeout=600)  # a requeued or relaunched job imports, plans and trains again
     finally:
         search.kill()
     output = search.stdout.read()
