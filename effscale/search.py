@@ -242,12 +242,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+def stop_signals() -> list[int]:
+    """The signals that stop a search: Ctrl-C, SIGTERM, a hang-up, and the one submitit sends a SLURM
+    job before its time limit or on a preemption (SIGUSR2, or what SUBMITIT_PREEMPT_SIGNAL names)."""
+    submitit = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+    return list(dict.fromkeys([signal.SIGINT, signal.SIGTERM, signal.SIGHUP, submitit]))
 
 
 @contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """A Ctrl-C (or a SIGTERM or SIGHUP) during the block takes effect when the block is done. A
+    """A stop (`stop_signals`) during the block takes effect when the block is done. A
     KeyboardInterrupt in the middle of a storage write can leave SQLite's write lock with a connection
     nobody closes, and the writes that mark the interrupted trial stale then fail on "database is
     locked". Main thread only, where Python runs its signal handlers."""
@@ -255,9 +259,11 @@ def interrupts_deferred() -> Iterator[None]:
         yield
         return
     heard: list[int] = []
-    saved = {s: signal.signal(s, lambda signum, _frame: heard.append(signum))
-             for s in STOP_SIGNALS if signal.getsignal(s) not in (signal.SIG_IGN, None)}
-    try:
+    saved: dict[int, Any] = {}
+    try:  # a stop while the handlers are swapped finds each one that was swapped put back
+        for signum in stop_signals():
+            if signal.getsignal(signum) not in (signal.SIG_IGN, None):
+                saved[signum] = signal.signal(signum, lambda s, _frame: heard.append(s))
         yield
     finally:
         for signum, handler in saved.items():
@@ -744,7 +750,8 @@ class Search:
             if len(trained) >= n_trials:
                 break
             trial = self.begin(self._ask)
-            point = trial.suggest_categorical("point", self._points())
+            with interrupts_deferred():
+                point = trial.suggest_categorical("point", self._points())
             earlier = self._finished().get((point, self.seed))
             if earlier is not None:
                 with interrupts_deferred():
@@ -825,13 +832,14 @@ class Search:
         `abandoned_on_stop`, so that a Ctrl-C anywhere in it leaves the trial stale, not RUNNING."""
         c = job.candidate
         attrs, written = self.trial_attrs(job), trial.user_attrs
-        for key, value in attrs.items():
-            # A trial created with its attributes (grid and workers) has them already: one storage
-            # transaction then, rather than one per attribute here.
-            if key not in written or written[key] != value:
-                trial.set_user_attr(key, value)
-        for key, value in c.constraints.items():
-            trial.set_constraint(key, value)
+        with interrupts_deferred():
+            for key, value in attrs.items():
+                # A trial created with its attributes (grid and workers) has them already: one storage
+                # transaction then, rather than one per attribute here.
+                if key not in written or written[key] != value:
+                    trial.set_user_attr(key, value)
+            for key, value in c.constraints.items():
+                trial.set_constraint(key, value)
         original = self.original(job)
         if original is not None:
             # Nothing trains, so nothing to time: train_seconds 0, and epochs those of the result.

@@ -253,19 +253,24 @@ def test_ctrl_c_inside_a_trial_marks_it_interrupted_and_the_rerun_trains_it(tmp_
     assert calls == pytest.approx([1.85, 1.9, 1.9, 1.95, 2.0])  # the interrupted point again, none twice
 
 
-def test_ctrl_c_during_a_storage_write_is_raised_once_the_write_is_done():
+# Ctrl-C; SIGTERM as `effscale search` raises it; submitit's time-limit and preemption signal in a SLURM job.
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2], ids=lambda s: s.name)
+def test_a_stop_during_a_storage_write_is_raised_once_the_write_is_done(signum):
     from effscale.search import interrupts_deferred
 
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
     done = []
-    heard = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background shell may ignore it
+    heard = signal.signal(signum, stop)
     try:
         with pytest.raises(KeyboardInterrupt):
             with interrupts_deferred():
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(0.05)  # an undeferred Ctrl-C would have been raised here
+                os.kill(os.getpid(), signum)
+                time.sleep(0.05)  # an undeferred stop would have been raised here
                 done.append("written")
     finally:
-        signal.signal(signal.SIGINT, heard)
+        signal.signal(signum, heard)
     assert done == ["written"]
 
 
@@ -320,7 +325,7 @@ def test_ctrl_c_heard_while_a_trial_is_created_leaves_it_stale_not_running(tmp_p
         "FAIL", True, "interrupted")
 
 
-def test_a_sigterm_between_trainings_winds_the_search_down_as_a_ctrl_c_does(tmp_path):
+def test_a_sigterm_outside_lightnings_fit_winds_the_search_down_as_a_ctrl_c_does(tmp_path):
     # `kill`, or scancel on a search run inside an sbatch job, while no trainer.fit (whose Lightning
     # handles SIGTERM itself) is running: the trial it stops runs again next launch.
     def fit(table, data, recipe, **kwargs):
