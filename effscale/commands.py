@@ -122,6 +122,7 @@ def compare(overrides: list[str]) -> None:
 
     from effscale.compare import Comparison, outcome
     from effscale.report import write_report
+    from effscale.search import exit_if_nothing_completed
 
     run = Comparison(cfg, architecture, resolve_device(cfg["device"]))
     run.plan()
@@ -129,6 +130,7 @@ def compare(overrides: list[str]) -> None:
     table = run.run()
     print(outcome(table, run.sweep_dir, write_report(run.sweep_dir)))
     print(f"total {time.perf_counter() - started:.0f} s")
+    exit_if_nothing_completed(table, run.sweep_dir, "compare", table["point"].isin(run.points()))
 
 
 def _variant_name(baseline: str, variant: str | None) -> str:

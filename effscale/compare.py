@@ -133,10 +133,11 @@ def matched_models(base: dict[str, Any], strategies: list[str], phi: float, alph
 
 
 def best_point(trials: pd.DataFrame, metric: str = "val_acc") -> tuple[float, float, float]:
-    """The (α, β, γ) of a search's best grid point: compound at φ = 1, highest mean `metric` over its
-    completed seeds (ties as `results.best_first` breaks them). A point that only repeats another's
-    network at φ = 1 (`same_as`) has that point's first seed alone, so it is left out."""
-    rows = trials[(trials["strategy"] == "compound") & (trials["phi"] == 1) & (trials["state"] == "COMPLETE")]
+    """The (α, β, γ) of a search's best grid point: the highest mean `metric` over its completed seeds
+    (ties as `results.best_first` breaks them). A point that only repeats another's network (`same_as`)
+    has that point's first seed alone, so it is left out."""
+    rows = results.search_trials(trials)
+    rows = rows[rows["state"] == "COMPLETE"]
     rows = results.trained(rows).dropna(subset=[metric])
     if rows.empty:
         raise ValueError("no completed compound trial at phi = 1")
@@ -149,15 +150,13 @@ def best_point(trials: pd.DataFrame, metric: str = "val_acc") -> tuple[float, fl
 # --- the command: plan every model, then train each (strategy, φ, seed) not yet in the table ---------
 
 SUMMARY_KEYS = ("val_acc", "test_acc", "macs", "params", "train_seconds")
-# The model a row holds: resuming keeps a row only when it is the model this run planned (another
-# compare.macs_tolerance or scale.resolution_multiple can match another one to the same compound point).
-MODEL_COLUMNS = ("depth_mult", "width_mult", "resolution")
 log = logging.getLogger("effscale.compare")
 
 
 def row_key(row: dict[str, Any]) -> tuple:
     """What makes a row the training of one planned model: its results-table key and the model."""
-    return (row["point"], int(row["seed"]), row["strategy"], *(round(float(row[c]), 6) for c in MODEL_COLUMNS))
+    model = (round(float(row[c]), 6) for c in results.MODEL_COLUMNS)
+    return (row["point"], int(row["seed"]), row["strategy"], *model)
 
 
 def compare_point(phi: float, alpha: float, beta: float, gamma: float) -> str:
@@ -191,7 +190,7 @@ def coefficients(cfg: dict[str, Any]) -> Coefficients:
         try:
             alpha, beta, gamma = best_point(searched)
         except (KeyError, ValueError):
-            raise UserError(f"compare.from_search={source}: no completed search trial at phi=1 in {table}") from None
+            raise UserError(f"compare.from_search={source}: no completed search trial in {table}") from None
         origin, seeds = f"best point of {source}", tuple(sorted({int(s) for s in searched["seed"].dropna()}))
     else:
         scale = cfg.get("scale") or {}
@@ -248,9 +247,10 @@ class Comparison:
         from effscale.measure import measure_tables
         from effscale.models import build_model
         from effscale.search import measure_options, over_budget
-        from effscale.train import set_threads
+        from effscale.train import set_threads, trial_devices
 
         set_threads(self.recipe.get("threads"))
+        trial_devices(self.recipe, self.device)  # more GPUs than this process sees: one error, nothing written
         chosen = coefficients(self.cfg)
         self.alpha, self.beta, self.gamma, self.origin = chosen.alpha, chosen.beta, chosen.gamma, chosen.origin
         self.search_seeds = chosen.search_seeds
@@ -318,9 +318,9 @@ class Comparison:
     def run(self) -> pd.DataFrame:
         """Train every (model, seed) whose row is not already COMPLETE, updating the table after each."""
         self.table = self.sweep_dir / "trials.csv"
+        existing = results.read_trials(self.table)  # a table that cannot be read: one error, nothing written
         settings = results.trained_with(self.baseline, self.cfg["data"], self.recipe)
         results.check_settings(self.sweep_dir, "compare", settings)
-        existing = results.read_trials(self.table)
         log_to(log, self.sweep_dir / "compare.log")
         complete = existing[existing["state"] == "COMPLETE"] if not existing.empty else existing
         self.warn_of_selected_runs(complete)
@@ -350,13 +350,16 @@ class Comparison:
             trial += 1
         return results.read_trials(self.table)
 
+    def points(self) -> set[str]:
+        """The point ids of this comparison's rows (a sweep's table may hold other comparisons')."""
+        return {self.row(m)["point"] for m in self.models}
+
     def warn_of_selected_runs(self, complete: pd.DataFrame) -> None:
         """Rows of an earlier comparison (before its seeds started past the search's) that trained
         compound on the seeds the search chose its point on: the report would count them."""
         if complete.empty or not self.search_seeds:
             return
-        points = {self.row(m)["point"] for m in self.models}
-        selected = complete[(complete["strategy"] == "compound") & complete["point"].isin(points)
+        selected = complete[(complete["strategy"] == "compound") & complete["point"].isin(self.points())
                             & complete["seed"].isin(self.search_seeds)]
         if not selected.empty:
             seeds = ", ".join(str(int(s)) for s in sorted(selected["seed"].unique()))
@@ -399,12 +402,14 @@ def _seed_range(seeds: list[int]) -> str:
 def outcome(table: pd.DataFrame, sweep_dir: Path, files: list[Path]) -> str:
     """What a comparison found, for the terminal: accuracy per strategy and φ, compound's margin over
     the best single dimension (and whether it is within noise), and where the report is."""
-    from effscale.report import compound_margin, margin_sentences, strategy_summary
+    from effscale.report import compound_margin, margin_sentences, other_comparisons, strategy_summary
 
     summary = strategy_summary(table)
     if summary.empty:
         return "no model completed: nothing to compare"
-    lines = ["", f"{'strategy':<12} {'phi':>4} {'MACs x':>7} {'seeds':>5}  val acc (mean ± 95 % CI)"]
+    others = other_comparisons(table)
+    lines = ["", *([others] if others else []),
+             f"{'strategy':<12} {'phi':>4} {'MACs x':>7} {'seeds':>5}  val acc (mean ± 95 % CI)"]
     for r in summary.itertuples():
         ci = "" if math.isnan(r.ci95) else f" ± {r.ci95:.3f}"
         lines.append(f"{r.strategy:<12} {r.phi:>4g} {r.macs_ratio:>7.2f} {r.n:>5}  {r.mean:.3f}{ci}")

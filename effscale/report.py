@@ -4,7 +4,7 @@ The last step of the chain (config → candidates → budget → trial → resul
 the table and nothing else, with pandas, SciPy and matplotlib's Agg backend only, so it runs on a laptop
 without torch, on a copy of someone else's results.
 
-What it draws depends on what the table holds: a search (compound rows at φ = 1 over an α/β grid)
+What it draws depends on what the table holds: a search (compound rows over an α/β grid at φ = 1)
 gives the grid heatmap; a comparison (several strategies, or compound at several φ) gives the
 accuracy-vs-MACs curves of the paper's figures 3 and 8 and the margin table. A table with only one
 of the two gets only its own plots.
@@ -29,7 +29,8 @@ import pandas as pd
 
 from effscale.errors import UserError
 from effscale.files import first_new_folder, remove_created, write_atomically
-from effscale.results import SINGLE_DIMENSIONS, best_first, from_compare, megabytes
+from effscale.results import (MODEL_COLUMNS, SINGLE_DIMENSIONS, best_first, from_compare, megabytes, read_table,
+                              search_trials)
 
 TRIALS = "trials.csv"
 COEFFICIENTS = ["alpha", "beta", "gamma"]
@@ -70,6 +71,7 @@ def mean_ci(values: Iterable[float]) -> tuple[float, float, int]:
 
 NUMERIC_COLUMNS = {"phi", "seed", "alpha", "beta", "gamma", "val_acc", "test_acc", "macs", "macs_ratio", "params",
                    "train_seconds", "peak_mem_mb", "depth_mult", "width_mult", "resolution"}
+ACCURACY_COLUMNS = {"val_acc", "test_acc"}  # fractions, as effscale writes them
 
 
 def load_trials(folder: str | Path) -> pd.DataFrame:
@@ -79,25 +81,22 @@ def load_trials(folder: str | Path) -> pd.DataFrame:
         path = path / TRIALS
     if not path.is_file():
         raise UserError(f"{path}: no results table here (run `effscale search` or `effscale compare` first)")
-    try:
-        df = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise UserError(f"{path}: the results table is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a readable CSV table ({str(exc).splitlines()[0]})") from None
-    except OSError as exc:  # a file this user may not read
-        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    df = read_table(path)
     if df.empty:
         raise UserError(f"{path}: the results table has no rows")
     missing = [c for c in ("strategy", "phi", "state", "val_acc") if c not in df.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}; is this an effscale trials.csv?")
-    for column in NUMERIC_COLUMNS & set(df.columns):
+    for column in sorted(NUMERIC_COLUMNS & set(df.columns)):
         numbers = pd.to_numeric(df[column], errors="coerce")
-        bad = df[column].notna() & numbers.isna()
+        bad, what = df[column].notna() & numbers.isna(), "a number"
+        if column in ACCURACY_COLUMNS and not bad.any():
+            bad, what = numbers.notna() & ~numbers.between(0, 1), "an accuracy between 0 and 1"
         if bad.any():
             row = int(bad.to_numpy().nonzero()[0][0])
-            raise UserError(f"{path}: column {column}, row {row + 1}: {df[column].iloc[row]!r} is not a number")
+            value = df[column].iloc[row]
+            shown = repr(value) if isinstance(value, str) else f"{value:g}"
+            raise UserError(f"{path}: column {column}, row {row + 1}: {shown} is not {what}")
     return df
 
 
@@ -106,12 +105,13 @@ def completed(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
 
 
 def search_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the φ = 1 grid search: compound at φ = 1, one group per (α, β, γ). Empty unless the
-    table holds at least two grid points (a comparison alone has just its one coefficient set)."""
+    """Rows of the grid search: the compound rows `effscale search` wrote, at its φ (1, as in the
+    paper, unless search.phi said otherwise), one group per (α, β, γ). Empty unless the table holds at
+    least two grid points (a comparison alone has just its one coefficient set)."""
     if not set(COEFFICIENTS) <= set(df.columns):
         return df.iloc[0:0]
-    rows = df[(df["strategy"] == "compound") & (df["phi"] == 1) & ~from_compare(df)]
-    if len(rows[["alpha", "beta"]].drop_duplicates()) < 2:
+    rows = search_trials(df)
+    if len(rows[COEFFICIENTS].drop_duplicates()) < 2:
         return rows.iloc[0:0]
     return rows
 
@@ -123,7 +123,7 @@ def comparison_rows(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     search point. Empty when the table compares nothing (one strategy at one φ)."""
     done = completed(df, metric).copy()
     if from_compare(done).any():
-        done = done[from_compare(done)]
+        done = latest_comparison(done[from_compare(done)])
     if done.empty:
         return done
     done.loc[done["phi"] == 0, "strategy"] = "baseline"
@@ -135,6 +135,42 @@ def comparison_rows(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     if done["strategy"].nunique() < 2 and done["phi"].nunique() < 2:
         return done.iloc[0:0]
     return done
+
+
+def latest_comparison(rows: pd.DataFrame) -> pd.DataFrame:
+    """Of the rows `effscale compare` wrote, those of the comparison it wrote last (its coefficients),
+    and at each (strategy, φ) those of the model it trained last. One sweep folder can hold several
+    comparisons (other α, β, γ), or the same one planned again (another compare.macs_tolerance matches
+    another model): pooled, the same seed of the same model would count twice, and a strategy's mean
+    would mix models matched to different compound models."""
+    if rows.empty or not set(COEFFICIENTS) <= set(rows.columns):
+        return rows
+    order = rows["trial"].astype(float) if "trial" in rows and rows["trial"].notna().all() \
+        else pd.Series(range(len(rows)), index=rows.index, dtype=float)
+    latest = rows.loc[order.idxmax(), COEFFICIENTS].astype(float).round(6)
+    rows = rows[(rows[COEFFICIENTS].astype(float).round(6) == latest).all(axis=1)]
+    models = [c for c in MODEL_COLUMNS if c in rows]
+    if not models:
+        return rows
+    model = rows[models].astype(float).round(6).astype(str).agg(" ".join, axis=1)
+    last = model.groupby([rows["strategy"], rows["phi"]]).transform(lambda m: m[order[m.index].idxmax()])
+    return rows[model == last]
+
+
+def other_comparisons(df: pd.DataFrame, metric: str = "val_acc") -> str:
+    """A sentence on the completed rows of `effscale compare` that `latest_comparison` leaves out, or ''."""
+    rows = completed(df, metric)
+    rows = rows[from_compare(rows)]
+    left = rows.drop(latest_comparison(rows).index)
+    if left.empty:
+        return ""
+    shown = latest_comparison(rows).iloc[0]
+    others = left[COEFFICIENTS].drop_duplicates()
+    sets = "; ".join(f"α={a:g} β={b:g} γ={g:g}" for a, b, g in others.itertuples(index=False))
+    return (f"The strategies compared are the comparison written last (α={shown['alpha']:g} β={shown['beta']:g} "
+            f"γ={shown['gamma']:g}), with the models it trained last. Left out: {len(left)} completed trainings "
+            f"of other comparisons or earlier plans ({sets}); compare into another sweep (name=…) to keep them "
+            "apart.")
 
 
 def _compare_coefficients(compound: pd.DataFrame, metric: str) -> dict[str, float]:
@@ -204,8 +240,9 @@ def compound_margin(summary: pd.DataFrame) -> pd.DataFrame:
             verdict = "within noise"
         else:
             verdict = "compound ahead" if margin > 0 else "compound behind"
-        out.append({"phi": phi, "compound": c["mean"], "compound_ci95": c["ci95"], "best_single": best["strategy"],
-                    "best_single_mean": best["mean"], "best_single_ci95": best["ci95"], "margin": margin,
+        out.append({"phi": phi, "compound": c["mean"], "compound_ci95": c["ci95"], "compound_n": c["n"],
+                    "best_single": best["strategy"], "best_single_mean": best["mean"],
+                    "best_single_ci95": best["ci95"], "best_single_n": best["n"], "margin": margin,
                     "margin_ci95": half, "verdict": verdict,
                     "best_single_macs_vs_compound": best.get("macs_vs_compound", math.nan)})
     return pd.DataFrame(out)
@@ -254,7 +291,7 @@ def paper_comparison(summary: pd.DataFrame) -> pd.DataFrame:
     if summary.empty or "macs_ratio" not in summary:
         return pd.DataFrame()
     target = PAPER_TABLE7["paper_gflops"].iloc[-1] / PAPER_TABLE7["paper_gflops"].iloc[0]
-    scaled = summary[summary["phi"] > 0]
+    scaled = summary[(summary["phi"] > 0) & summary["macs_ratio"].notna()]
     if scaled.empty:
         return pd.DataFrame()
     phi = scaled.loc[(scaled["macs_ratio"] - target).abs().idxmin(), "phi"]
@@ -349,9 +386,9 @@ def heatmap_label(cell: pd.Series) -> str:
     return f"{cell['mean'] * 100:.1f}\nγ={cell['gamma']:.2f}{seeds}"
 
 
-def plot_search_heatmap(table: pd.DataFrame, path: Path) -> None:
-    """Accuracy over the α (rows) × β (columns) grid at φ = 1; γ follows from α·β²·γ² ≈ 2. Points outside
-    the budget are hatched ×, points that failed are marked –, the best point is outlined."""
+def plot_search_heatmap(table: pd.DataFrame, path: Path, phi: float = 1, metric: str = "val_acc") -> None:
+    """Accuracy (`metric`) over the α (rows) × β (columns) grid searched at φ; γ follows from α·β²·γ² ≈ 2.
+    Points outside the budget are hatched ×, points that failed are marked –, the best point is outlined."""
     plt = _pyplot()
     from matplotlib.patches import Rectangle
 
@@ -361,7 +398,8 @@ def plot_search_heatmap(table: pd.DataFrame, path: Path) -> None:
     grid = cells.pivot(index="alpha", columns="beta", values="mean").reindex(index=alphas, columns=betas) * 100
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(betas) + 1.5, 1.0 + 0.6 * len(alphas) + 1.2))
     image = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis", origin="lower", aspect="auto")
-    fig.colorbar(image, ax=ax, label="validation accuracy (%), mean over seeds")
+    what = {"val_acc": "validation accuracy", "test_acc": "test accuracy"}.get(metric, metric)
+    fig.colorbar(image, ax=ax, label=f"{what} (%), mean over seeds")
     best = cells.dropna(subset=["mean"]).head(1)
     for _, cell in cells.iterrows():
         i, j = alphas.index(cell["alpha"]), betas.index(cell["beta"])
@@ -380,7 +418,8 @@ def plot_search_heatmap(table: pd.DataFrame, path: Path) -> None:
     ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
     ax.set_xlabel("β (width coefficient)")
     ax.set_ylabel("α (depth coefficient)")
-    ax.set_title("Grid search at φ = 1: accuracy per (α, β)\nred box: best; hatched ×: outside the budget (INFEASIBLE)")
+    ax.set_title(f"Grid search at φ = {phi:g}: accuracy per (α, β)\n"
+                 "red box: best; hatched ×: outside the budget (INFEASIBLE)")
     _save(fig, path)
 
 
@@ -535,7 +574,9 @@ def margin_sentences(margin: pd.DataFrame) -> str:
             lines.append(f"At φ = {m['phi']:g} compound is {gap}, {noise}: the best single dimension wins "
                          "beyond noise.")
         else:
-            lines.append(f"At φ = {m['phi']:g} compound is {gap} (one seed each: no interval, no verdict).")
+            seeds = "one seed each" if m["compound_n"] == m["best_single_n"] == 1 else \
+                f"{'compound' if m['compound_n'] == 1 else m['best_single']} has one seed"
+            lines.append(f"At φ = {m['phi']:g} compound is {gap} ({seeds}: no interval, no verdict).")
     return " ".join(lines)
 
 
@@ -554,8 +595,10 @@ def build_report(df: pd.DataFrame, plots: Path, title: str, metric: str = "val_a
                 plot_accuracy_vs_cost(summary, x, xlabel, f"{metric} vs {x.replace('macs', 'MACs')} "
                                       "by scaling strategy", path)
                 report.files.append(path)
+        shown = " ".join(filter(None, ["Mean ± 95 % t-interval over seeds (n seeds per row).",
+                                       other_comparisons(df, metric)]))
         report.sections.append(Section(
-            "Strategies at matched MACs", "Mean ± 95 % t-interval over seeds (n seeds per row).",
+            "Strategies at matched MACs", shown,
             _summary_view(summary, metric), _relative(report.files, "accuracy_vs_macs")))
         params_plot = _relative(report.files, "accuracy_vs_params")
         if params_plot:
@@ -571,11 +614,12 @@ def build_report(df: pd.DataFrame, plots: Path, title: str, metric: str = "val_a
             report.sections.append(Section("Beside the paper (table 7, ImageNet)", PAPER_NOTE, _paper_view(paper)))
 
     if not grid.empty:
+        phi = float(search_rows(df)["phi"].iloc[0])
         path = plots / "search_heatmap.png"
-        plot_search_heatmap(grid, path)
+        plot_search_heatmap(grid, path, phi, metric)
         report.files.append(path)
         report.sections.append(Section(
-            "Grid search at φ = 1",
+            f"Grid search at φ = {phi:g}",
             "Best first; mean ± 95 % t-interval over seeds (n per row; one seed, no interval). INFEASIBLE "
             "points were outside the budget (MACs ratio off 2^φ by more than the tolerance, or a bound "
             "exceeded) and never trained.",

@@ -13,7 +13,9 @@ trained with, so that a sweep is resumed only with the same baseline, data and r
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -36,6 +38,9 @@ STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE")
 INTEGER = ["trial", "resolution", "params", "macs", "flops", "activations", "seed", "epochs"]
 SINGLE_DIMENSIONS = ("width", "depth", "resolution")  # the strategies compound scaling is compared with
 COMPARE_PREFIX = "compare_"  # the point ids of the rows `effscale compare` writes
+# The model a compare row holds: resuming keeps a row only when it is the model this run planned (another
+# compare.macs_tolerance or scale.resolution_multiple can match another one to the same compound point).
+MODEL_COLUMNS = ("depth_mult", "width_mult", "resolution")
 
 
 def from_compare(df: pd.DataFrame) -> pd.Series:
@@ -45,12 +50,44 @@ def from_compare(df: pd.DataFrame) -> pd.Series:
     return df["point"].astype(str).str.startswith(COMPARE_PREFIX)
 
 
+def search_trials(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows `effscale search` wrote: compound, at the φ it searched (1, as in the paper, unless
+    search.phi said otherwise; of tables from several searches put together, φ = 1's or the most rows')."""
+    rows = df[(df["strategy"] == "compound") & ~from_compare(df)]
+    if rows["phi"].nunique() > 1:
+        rows = rows[rows["phi"] == (1 if (rows["phi"] == 1).any() else rows["phi"].mode().iloc[0])]
+    return rows
+
+
 def read_trials(path: str | Path) -> pd.DataFrame:
-    """The table at `path` (a trials.csv or the sweep folder holding it); empty if there is none."""
+    """The table at `path` (a trials.csv or the sweep folder holding it); empty if there is none. One
+    that cannot be read as written is a UserError (`read_table`)."""
     path = _table_path(path)
     if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
-    return _typed(pd.read_csv(path))
+    return _typed(read_table(path))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """The CSV file at `path` as written, or a one-line UserError saying what is wrong with it: it cannot
+    be read, it is not a CSV table, or a row has fewer fields than the header. pandas would fill such a
+    row's last fields with blanks, and a table cut off mid-row (a full disk, an editor) would then be
+    read as a trial with a wrong accuracy or none."""
+    try:
+        text = path.read_text()
+        table = pd.read_csv(io.StringIO(text))
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: the results table is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a readable CSV table ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:  # a file this user may not read
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    header, *rows = (len(fields) for fields in csv.reader(io.StringIO(text)))
+    short = next((i for i, n in enumerate(rows, 1) if 0 < n < header), None)
+    if short is not None:
+        raise UserError(f"{path}: row {short} has {rows[short - 1]} of the header's {header} fields "
+                        "(cut off, or edited by hand?)")
+    return table
 
 
 def write_trials(table: pd.DataFrame, path: str | Path) -> Path:

@@ -161,13 +161,13 @@ def compound_grid(
                 gamma = math.sqrt(target / (alpha * beta**2))
                 if gamma_multiple:
                     gamma = round(round(gamma / gamma_multiple) * gamma_multiple, 10)
-                candidates = [round(gamma, 4)]
+                candidates = [(round(gamma, 4), gamma)]  # a solved γ meets the constraint before it is rounded
             else:
-                candidates = list(gamma_values)
-            for gamma in candidates:
+                candidates = [(gamma, gamma) for gamma in gamma_values]
+            for gamma, exact in candidates:
                 if gamma < 1:
                     continue
-                if abs(constraint_value(alpha, beta, gamma) / target - 1) <= tolerance + 1e-12:
+                if abs(constraint_value(alpha, beta, exact) / target - 1) <= tolerance + 1e-12:
                     points.append(GridPoint(alpha, beta, gamma))
     if not points:
         raise ScalingError(

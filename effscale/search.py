@@ -599,6 +599,7 @@ class Search:
                 self.adopt_device_costs()
                 self._require_feasible()
             self.check_same_points()
+            results.read_trials(self.sweep_dir)  # one that cannot be read (cut off, edited): refused before use
             results.check_settings(self.sweep_dir, "search", results.trained_with(
                 self.baseline, self.cfg["data"], self.recipe, phi=float(self.opts["phi"])))
         except UserError:
@@ -967,13 +968,15 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, logger_kind: str) -> str:
     return "\n".join(lines + files)
 
 
-def exit_if_nothing_completed(table: pd.DataFrame, sweep_dir: Path) -> None:
-    """Exit 1, with where to look, when every trial of the search failed: nothing to rank, and a
-    script must see it."""
-    states = set(table.loc[~results.from_compare(table), "state"]) if "state" in table else set()
+def exit_if_nothing_completed(table: pd.DataFrame, sweep_dir: Path, command: str = "search",
+                              mine: pd.Series | None = None) -> None:
+    """Exit 1, with where to look, when every trial of the command failed: nothing to rank or compare,
+    and a script must see it. `mine`: which rows are the command's (by default the search's)."""
+    mine = ~results.from_compare(table) if mine is None else mine
+    states = set(table.loc[mine, "state"]) if "state" in table else set()
     if "FAIL" in states and "COMPLETE" not in states:
-        print(f"effscale search: no trial completed (why each failed: the reason column of {sweep_dir / 'trials.csv'}, "
-              f"tracebacks in {sweep_dir / 'search.log'})", file=sys.stderr)
+        print(f"effscale {command}: no trial completed (why each failed: the reason column of "
+              f"{sweep_dir / 'trials.csv'}, tracebacks in {sweep_dir / f'{command}.log'})", file=sys.stderr)
         raise SystemExit(1)
 
 

@@ -276,6 +276,55 @@ def test_a_model_over_the_budget_is_an_infeasible_row_with_its_reason_not_traine
     assert not (tmp_path / "nothing").exists()
 
 
+def test_compare_takes_the_best_point_of_a_search_run_at_another_phi(tmp_path):
+    from effscale.compare import coefficients
+
+    rows = [dict(strategy="compound", phi=2, alpha=a, beta=b, gamma=g, state="COMPLETE", val_acc=acc, seed=0,
+                 point=f"a{a}_b{b}_g{g}") for a, b, g, acc in [(1.0, 1.2, 1.18, 0.60), (1.4, 1.1, 1.1, 0.70)]]
+    pd.DataFrame(rows).to_csv(tmp_path / "trials.csv", index=False)
+    chosen = coefficients({"compare": {"from_search": str(tmp_path)}})
+    assert (chosen.alpha, chosen.beta, chosen.gamma) == (1.4, 1.1, 1.1)
+
+
+def test_a_comparison_whose_every_training_fails_exits_1_saying_where_to_look(tmp_path, monkeypatch, capsys):
+    import effscale.train
+    from effscale.commands import compare
+    from effscale.results import read_trials
+
+    broken = {"yes": False}
+
+    def fit(table, data, recipe, **kw):
+        if broken["yes"]:
+            raise RuntimeError("diverged")
+        return {"state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.4, "epochs": 1, "train_seconds": 1.0}
+
+    monkeypatch.setattr(effscale.train, "fit_candidate", fit)
+    compare([f"out={tmp_path}", "name=sweep", *TINY, "compare.strategies=[compound]", "compare.seeds=1"])
+    # Another comparison in the same sweep, every training of which fails: the first one's rows do not hide it.
+    broken["yes"] = True
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        compare([f"out={tmp_path}", "name=sweep", *TINY, "compare.strategies=[compound]", "compare.seeds=1",
+                 "scale.alpha=1.4", "scale.beta=1.05", "scale.gamma=1.1"])
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert "effscale compare: no trial completed" in err and str(tmp_path / "sweep" / "compare.log") in err
+    assert sorted(read_trials(tmp_path / "sweep")["state"]) == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+
+
+def test_more_gpus_than_the_process_sees_is_refused_by_the_plan_before_anything_is_written(tmp_path, monkeypatch):
+    import torch
+
+    from effscale.compare import Comparison
+    from effscale.config import load, model_table
+
+    cfg = load("compare", [f"out={tmp_path}", "name=gpus", *TINY, "trainer.devices=2"])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match=r"^trainer.devices=2: this process sees 1 GPU from cuda:0 on$"):
+        Comparison(cfg, model_table(cfg), "cuda:0").plan()
+    assert not (tmp_path / "gpus").exists()
+
+
 @pytest.mark.parametrize("sweep, baseline", [("table3_mobilenetv2", "mobilenet_v2"), ("table3_resnet", "resnet18")])
 def test_table3_presets_compare_every_dimension_of_their_baseline(sweep, baseline):
     from effscale.config import compose, to_dict

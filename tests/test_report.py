@@ -307,6 +307,76 @@ def test_a_table_with_a_word_where_a_number_belongs_is_one_line_naming_the_cell(
     assert not (tmp_path / "plots").exists()
 
 
+@pytest.mark.parametrize("second, message", [
+    ("compound,1,0.7,COMP", r"row 2 has 4 of the header's 5 fields \(cut off, or edited by hand\?\)$"),
+    ("compound,1,0.7,COMPLETE,1,x\n", r"not a readable CSV table \(Error tokenizing data"),
+    ("compound,1,inf,COMPLETE,1\n", r"column val_acc, row 2: inf is not an accuracy between 0 and 1$"),
+    ("compound,1,85,COMPLETE,1\n", r"column val_acc, row 2: 85 is not an accuracy between 0 and 1$"),
+])
+def test_a_table_cut_off_or_edited_into_nonsense_is_one_line_for_the_report_search_and_compare(tmp_path, second,
+                                                                                                message):
+    from effscale.results import read_trials
+
+    (tmp_path / "trials.csv").write_text("strategy,phi,val_acc,state,seed\ncompound,1,0.8,COMPLETE,0\n" + second)
+    with pytest.raises(UserError, match=message):
+        write_report(tmp_path)
+    if "accuracy" not in message:  # what search and compare read their table with
+        with pytest.raises(UserError, match=message):
+            read_trials(tmp_path)
+    assert not (tmp_path / "plots").exists()
+
+
+def test_a_table_of_two_comparisons_reports_the_one_written_last_and_says_what_it_left_out(tmp_path):
+    first = compare_table().assign(point=lambda d: [f"compare_phi{p:g}_a1.2" for p in d["phi"]])
+    # The same sweep compared again with other coefficients: its models all 0.1 points below the first's.
+    second = first.assign(alpha=1.4, beta=1.05, gamma=1.1, val_acc=first["val_acc"] - 0.1,
+                          trial=first["trial"] + len(first), point=lambda d: d["point"].str.replace("a1.2", "a1.4"))
+    # And a width model at φ = 2 planned again (another compare.macs_tolerance) for seed 0 only: it replaces
+    # the seeds of the model before it rather than joining them.
+    replanned = second[(second["strategy"] == "width") & (second["phi"] == 2)].head(1).assign(
+        width_mult=1.5, val_acc=0.5, trial=100, seed=0)
+    second = second[~((second["strategy"] == "width") & (second["phi"] == 2) & (second["seed"] == 0))]
+    summary = strategy_summary(pd.concat([first, second, replanned], ignore_index=True)).set_index(["strategy", "phi"])
+    assert summary.loc[("compound", 1), "n"] == 3 and summary.loc[("compound", 1), "mean"] == pytest.approx(0.72)
+    assert summary.loc[("baseline", 0), "n"] == 3 and summary.loc[("baseline", 0), "mean"] == pytest.approx(0.61)
+    assert summary.loc[("width", 2), "n"] == 1 and summary.loc[("width", 2), "mean"] == pytest.approx(0.5)
+    write_report(write(tmp_path, pd.concat([first, second, replanned], ignore_index=True)))
+    md = (tmp_path / "report.md").read_text()
+    assert "The strategies compared are the comparison written last (α=1.4 β=1.05 γ=1.1)" in md
+    assert "Left out: 29 completed trainings of other comparisons or earlier plans (α=1.2 β=1.1 γ=1.15; " \
+           "α=1.4 β=1.05 γ=1.1)" in md
+
+
+def test_a_search_run_at_another_phi_gets_its_grid_and_heatmap(tmp_path):
+    files = write_report(write(tmp_path, search_table_rows().assign(phi=2)))
+    assert "search_heatmap.png" in {p.name for p in files}
+    assert "## Grid search at φ = 2" in (tmp_path / "report.md").read_text()
+
+
+def test_the_heatmaps_colour_bar_names_the_metric_it_shows(tmp_path, monkeypatch):
+    from effscale import report
+
+    labels = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: labels.append(fig.axes[-1].get_ylabel()))
+    grid = search_table(search_table_rows(), "val_acc")
+    report.plot_search_heatmap(grid, tmp_path / "a.png", 1, "test_acc")
+    report.plot_search_heatmap(grid, tmp_path / "b.png")
+    assert labels == ["test accuracy (%), mean over seeds", "validation accuracy (%), mean over seeds"]
+
+
+def test_a_single_seed_on_one_side_only_is_named_in_the_margin_sentence():
+    df = compare_table()
+    df = df[~((df["strategy"] == "depth") & (df["phi"] == 2) & (df["seed"] > 0))]
+    sentences = margin_sentences(compound_margin(strategy_summary(df)))
+    assert "At φ = 2 compound is 6.00 points ahead of depth (depth has one seed: no interval, no verdict)." \
+        in sentences
+
+
+def test_paper_table_is_left_out_when_no_model_has_a_macs_ratio(tmp_path):
+    write_report(write(tmp_path, compare_table().assign(macs_ratio=None)))
+    assert "Beside the paper" not in (tmp_path / "report.md").read_text()
+
+
 def test_an_unwritable_plots_folder_is_one_line_naming_it_before_anything_is_drawn(tmp_path, monkeypatch, capsys):
     from effscale import cli, report
 

@@ -75,6 +75,11 @@ def test_grid_points_all_satisfy_constraint_within_tolerance():
     assert point.gamma == pytest.approx(1.1736, abs=1e-4)
 
 
+def test_a_zero_tolerance_keeps_every_point_whose_gamma_is_solved_from_the_constraint():
+    exact = s.compound_grid((1.0, 2.0), (1.0, 2.0), step=0.05, tolerance=0)
+    assert exact == s.compound_grid((1.0, 2.0), (1.0, 2.0), step=0.05, tolerance=0.05)  # all 84: γ is rounded after
+
+
 def test_grid_with_gridded_gamma_keeps_only_points_near_constraint():
     grid = s.compound_grid((1.0, 1.4), (1.0, 1.2), step=0.1, gamma_values=[1.0, 1.1, 1.2, 1.3], tolerance=0.05)
     assert {(p.alpha, p.beta, p.gamma) for p in grid} >= {(1.2, 1.1, 1.2)}  # 1.2·1.21·1.44 = 2.09

@@ -133,7 +133,8 @@ def test_unknown_baseline_is_one_line_and_exit_2(tmp_path):
     (["search.pruner=asha", "search.min_epochs=3"],
      "search.min_epochs: expected an integer of at least 1 and below trainer.max_epochs=1, got 3"),
     (["logger=nope"], "logger=nope: no such option"),
-    (["search.grid.step=0.5", "search.grid.tolerance=0"], "search.grid: no (alpha, beta, gamma) in the grid"),
+    (["search.grid.step=0.5", "search.grid.gamma_values=[1.05]", "search.grid.tolerance=0.01"],
+     "search.grid: no (alpha, beta, gamma) in the grid"),
     (["search=tpe", "search.workers=2"], "search.sampler=tpe: workers share a grid search only"),
 ])
 def test_bad_search_settings_are_user_errors_before_anything_is_written(args, needle, tmp_path):
