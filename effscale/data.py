@@ -38,6 +38,7 @@ from effscale.checks import check_values, count
 from effscale.devices import available_cores
 from effscale.errors import UserError
 from effscale.procedural import PROCEDURAL_CLASSES, generate_procedural
+from effscale.weights import to_8bit
 
 # --- shared helpers -------------------------------------------------------------------------------
 
@@ -489,7 +490,7 @@ class _ImageFiles(torch.utils.data.Dataset):
         path, label = self.samples[index]
         try:
             with Image.open(path) as image:
-                image = image.convert(self.mode)  # decodes it
+                image = to_8bit(image, self.mode)  # decodes it
         except Exception as exc:  # every trial would meet it: stop, naming the file
             raise UserError(f"{path}: unreadable image ({type(exc).__name__}: {exc}); "
                             "data.verify=true skips such files") from None

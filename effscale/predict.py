@@ -36,8 +36,8 @@ def open_image(path: str | Path) -> Any:
         raise UserError(f"{path}: not an image (Pillow cannot identify it)") from None
     except Image.DecompressionBombError as exc:  # Pillow's guard against a file that decodes to gigabytes
         raise UserError(f"{path}: image too large to open ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"{path}: corrupt or truncated image ({exc})") from None
+    except Exception as exc:  # damaged files also raise TypeError, struct.error, IndexError, ... from the decoders
+        raise UserError(f"{path}: corrupt or truncated image ({str(exc) or type(exc).__name__})") from None
 
 
 def classify(pretrained: Pretrained, images: list[Any], top: int = 5) -> list[list[tuple[int, float]]]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -65,6 +65,22 @@ CHECKPOINT_VERSION = 1
 CHECKPOINT_ENTRIES = ("table", "class_names", "preprocessing")  # what an effscale checkpoint records
 
 
+def to_8bit(image: Any, mode: str) -> Any:
+    """A PIL image as `mode` ("L" or "RGB") with its value range kept: Pillow's own convert clips 16- and
+    32-bit greyscale at 255, which turns a 16-bit photo almost white."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        import numpy as np
+        from PIL import Image
+
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
+            values = values / 257  # 65535 → 255
+        elif image.mode == "F" and values.min(initial=0) >= 0 and values.max(initial=0) <= 1:
+            values = values * 255
+        image = Image.fromarray(np.clip(np.nan_to_num(values), 0, 255).round().astype(np.uint8))
+    return image.convert(mode)
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How images were prepared when the weights were trained: resize the shorter side to `resize`,
@@ -86,7 +102,7 @@ class Preprocessing:
 
         mode = "L" if self.in_channels == 1 else "RGB"
         return transforms.Compose([
-            transforms.Lambda(lambda image: image.convert(mode)),
+            transforms.Lambda(partial(to_8bit, mode=mode)),
             transforms.Resize(self.resize, interpolation=transforms.InterpolationMode(self.interpolation)),
             transforms.CenterCrop(self.crop),
             transforms.ToTensor(),
@@ -319,11 +335,19 @@ def to_effscale_keys(state_dict: dict[str, Tensor], fmt: str, model: nn.Module) 
     return renamed, origin
 
 
+def may_be_missing(key: str) -> bool:
+    """BatchNorm's num_batches_tracked: files saved before PyTorch 0.4.1 lack it, torch's own strict load
+    accepts that, and evaluation never reads it."""
+    return key.rpartition(".")[2] == "num_batches_tracked"
+
+
 def check_fits(model: nn.Module, state_dict: dict[str, Tensor], origin: dict[str, str]) -> None:
     """Raise Mismatch naming the first key the model and the weights disagree on."""
     expected = model.state_dict()
     for key, tensor in expected.items():
         if key not in state_dict:
+            if may_be_missing(key):
+                continue
             raise Mismatch(f"{key} is missing from the file")
         if state_dict[key].shape != tensor.shape:
             theirs = f" ({origin[key]})" if origin.get(key, key) != key else ""
@@ -332,6 +356,12 @@ def check_fits(model: nn.Module, state_dict: dict[str, Tensor], origin: dict[str
     extra = next((k for k in state_dict if k not in expected), None)
     if extra is not None:
         raise Mismatch(f"the file has {origin.get(extra, extra)}, which the model lacks")
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
+    """Load weights `check_fits` accepted; keys the file may lack (`may_be_missing`) keep the model's values."""
+    own = {k: v for k, v in model.state_dict().items() if may_be_missing(k) and k not in state_dict}
+    model.load_state_dict({**state_dict, **own})
 
 
 # --- choosing the architecture ----------------------------------------------------------------------
@@ -411,7 +441,7 @@ def build_for(state_dict: dict[str, Tensor], fmt: str, baseline: str | None, var
             first_error = first_error or f"do not fit {_label(name, var)}: {exc}"
             continue
         model, renamed = fit(table, state_dict, fmt, device="cpu")
-        model.load_state_dict(renamed)
+        load_weights(model, renamed)
         return model.eval(), table
     if len(candidates) > 1:
         first_error = f"fit none of {_label(*candidates[0])} … {_label(*candidates[-1])}; {first_error}"
@@ -558,7 +588,13 @@ def load_pretrained(spec: str, baseline: str | None = None, variant: str | None 
     model, table = build_for(state_dict, fmt, baseline, variant, eps, str(path))
     preprocessing = {"torchvision": torchvision_preprocessing, "efficientnet_pytorch": tf_preprocessing,
                      "timm": timm_preprocessing}[fmt](table)
-    num_classes = _io_of(model.state_dict(), table["family"])[0]
+    num_classes, in_channels = _io_of(model.state_dict(), table["family"])
+    if in_channels not in (1, 3):
+        raise UserError(f"{path}: the weights' stem takes {in_channels} input channels; "
+                        "images give 1 (greyscale) or 3 (RGB)")
+    if in_channels == 1:  # a greyscale stem: its one channel normalised by the average of the RGB values
+        mean, std = preprocessing.mean, preprocessing.std
+        preprocessing = replace(preprocessing, mean=(sum(mean) / len(mean),), std=(sum(std) / len(std),))
     names = imagenet_categories() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
     return Pretrained(model, table, names, preprocessing, fmt, str(path))
 
@@ -589,7 +625,7 @@ def _from_effscale_checkpoint(state_dict: dict[str, Tensor], meta: dict[str, Any
     except Mismatch as exc:
         raise UserError(f"{path}: weights do not fit the checkpoint's own stage table: {exc}") from None
     model = build(table)
-    model.load_state_dict(state_dict)
+    load_weights(model, state_dict)
     extra = {k: v for k, v in meta.items() if k not in ("table", "class_names", "preprocessing")}
     return Pretrained(model.eval(), table, names, preprocessing, CHECKPOINT_FORMAT, str(path), extra)
 

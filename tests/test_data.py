@@ -331,6 +331,24 @@ def test_imagefolder_uses_train_and_val_folders_when_present(tmp_path):
     assert build_datamodule(_folder_cfg(tmp_path / "set"), 12, 4).has_test_split
 
 
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_a_16_bit_png_gives_the_tensor_of_its_8_bit_version_not_white(tmp_path, in_channels):
+    grey = np.random.default_rng(0).integers(0, 256, (30, 40), np.uint8)
+    batches = {}
+    for bits, pixels in ((8, grey), (16, grey.astype(np.uint16) * 257)):
+        for split in ("train", "val"):
+            for name in ("cat", "dog"):
+                (tmp_path / f"{bits}" / split / name).mkdir(parents=True)
+                Image.fromarray(pixels).save(tmp_path / f"{bits}" / split / name / "0.png")
+        cfg = _folder_cfg(tmp_path / f"{bits}", in_channels=in_channels, mean=[0.0] * in_channels,
+                          std=[1.0] * in_channels)
+        batches[bits] = next(iter(build_datamodule(cfg, 16, 2).val_dataloader()))[0]
+    with Image.open(tmp_path / "16" / "val" / "cat" / "0.png") as image:
+        assert image.mode == "I;16"
+    assert batches[8].shape == (2, in_channels, 16, 16) and 0.3 < batches[8].mean() < 0.7
+    assert (batches[16] - batches[8]).abs().max() <= 1 / 255
+
+
 def test_imagefolder_missing_or_empty_root_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=f"^data.root: {tmp_path / 'nowhere'} is not a directory$"):
         build_datamodule(_folder_cfg(tmp_path / "nowhere"), 16, 4).setup()

@@ -104,16 +104,68 @@ def truncated_png(tmp_path):
     return tmp_path / "cut.png"
 
 
+def tiff_with_fractional_strip_offsets(tmp_path):
+    """A TIFF whose StripOffsets tag (273) claims the RATIONAL type (5): Pillow's decoder then raises
+    TypeError, not one of the OSError/SyntaxError/ValueError it raises for most damaged files."""
+    import struct
+
+    from PIL import Image
+
+    Image.fromarray(skimage_data.coffee()[:16, :16]).save(tmp_path / "bad.tif")
+    data = bytearray((tmp_path / "bad.tif").read_bytes())
+    ifd = struct.unpack_from("<I", data, 4)[0]  # little-endian ("II"), as Pillow writes it
+    entries = range(ifd + 2, ifd + 2 + 12 * struct.unpack_from("<H", data, ifd)[0], 12)
+    entry = next(e for e in entries if struct.unpack_from("<H", data, e)[0] == 273)
+    struct.pack_into("<H", data, entry + 2, 5)
+    (tmp_path / "bad.tif").write_bytes(data)
+    return tmp_path / "bad.tif"
+
+
 @pytest.mark.parametrize("make, needle", [
     (lambda p: p / "missing.jpg", "missing.jpg: no such file"),
     (lambda p: p, "not a file"),
     (lambda p: (p / "notes.txt", (p / "notes.txt").write_text("hello"))[0], "notes.txt: not an image"),
     (truncated_png, "cut.png: corrupt or truncated image"),
+    (tiff_with_fractional_strip_offsets, "bad.tif: corrupt or truncated image"),
 ])
 def test_bad_image_one_line_exit_2(tmp_path, capsys, make, needle):
     assert main(["predict", str(make(tmp_path)), "--weights", "lite0"]) == 2
     out = capsys.readouterr()
     assert out.out == "" and len(out.err.strip().splitlines()) == 1 and needle in out.err, out.err
+
+
+def test_a_16_bit_png_is_prepared_as_its_8_bit_version_not_white(tmp_path):
+    from PIL import Image
+
+    from effscale.predict import open_image
+
+    camera = skimage_data.camera()
+    Image.fromarray(camera).save(tmp_path / "8.png")
+    Image.fromarray(camera.astype("uint16") * 257).save(tmp_path / "16.png")
+    assert open_image(tmp_path / "16.png").mode == "I;16"
+    for channels in (1, 3):
+        transform = Preprocessing(256, 224, (0.0,) * channels, (1.0,) * channels, "bicubic").transform()
+        eight, sixteen = (transform(open_image(tmp_path / f"{bits}.png")) for bits in (8, 16))
+        assert eight.shape == (channels, 224, 224) and 0.3 < eight.mean() < 0.7
+        assert (sixteen - eight).abs().max() <= 1 / 255
+
+
+def test_torchvision_weights_with_a_greyscale_stem_predict_an_rgb_photo_with_one_mean_and_std(tmp_path, capsys,
+                                                                                              photos):
+    import torchvision
+    from torch import nn
+
+    model = torchvision.models.efficientnet_b0(num_classes=10)
+    model.features[0][0] = nn.Conv2d(1, 32, 3, 2, 1, bias=False)
+    torch.save(model.state_dict(), tmp_path / "grey.pth")
+    assert main(["predict", str(photos / "coffee.png"), "--weights", str(tmp_path / "grey.pth"), "--top", "10",
+                 "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)["top"]
+    assert len(top) == 10 and sum(t["prob"] for t in top) == pytest.approx(1, abs=1e-4)
+    preprocessing = load_pretrained(str(tmp_path / "grey.pth")).preprocessing
+    assert preprocessing.in_channels == 1
+    assert preprocessing.mean == pytest.approx((sum(IMAGENET_MEAN) / 3,))
+    assert preprocessing.std == pytest.approx((sum(IMAGENET_STD) / 3,))
 
 
 def test_an_image_too_large_to_open_or_an_unknown_variant_is_one_line_exit_2(tmp_path, capsys, monkeypatch, photos):

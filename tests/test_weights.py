@@ -5,13 +5,15 @@ import builtins
 import pickle
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 from effscale.errors import UserError
-from effscale.weights import (Preprocessing, imagenet_file, load_pretrained, read_checkpoint, save_checkpoint)
+from effscale.weights import (Preprocessing, imagenet_file, load_pretrained, read_checkpoint, save_checkpoint,
+                              to_8bit)
 
 
 def randomised(model: nn.Module) -> nn.Module:
@@ -147,6 +149,22 @@ def test_torchvision_mobilenet_v2_is_recognised_by_its_shapes(tmp_path):
     assert loaded.table["name"] == "mobilenet_v2" and same_logits(loaded.model, theirs)
 
 
+def test_a_file_without_num_batches_tracked_loads_as_torchs_strict_load_does(tmp_path):
+    """Files saved before PyTorch 0.4.1 have no BatchNorm num_batches_tracked; any other missing tensor is refused."""
+    theirs = torchvision_efficientnet("b0")
+    state = {k: v for k, v in theirs.state_dict().items() if not k.endswith(".num_batches_tracked")}
+    assert len(state) < len(theirs.state_dict())
+    torchvision.models.efficientnet_b0().load_state_dict(state)  # strict
+    torch.save(state, tmp_path / "old.pth")
+    loaded = load_pretrained(str(tmp_path / "old.pth"))
+    assert (loaded.format, loaded.table["name"], loaded.table["variant"]) == ("torchvision", "efficientnet_b0", "b0")
+    assert same_logits(loaded.model, theirs)
+    del state["features.1.0.block.0.1.running_mean"]
+    torch.save(state, tmp_path / "old.pth")
+    with pytest.raises(UserError, match=r"b0: features\.1\.0\.block\.0\.1\.running_mean is missing from the file$"):
+        load_pretrained(str(tmp_path / "old.pth"), baseline="efficientnet_b0", variant="b0")
+
+
 # --- refusals --------------------------------------------------------------------------------------
 
 
@@ -265,6 +283,16 @@ def test_se_weights_into_lite_baseline_say_what_differs(tmp_path):
     torch.save(state, tmp_path / "w.pth")
     with pytest.raises(UserError, match="block 0 has layers conv_bn/se/conv_bn in the file, conv_bn/conv_bn in the model"):
         load_pretrained(str(tmp_path / "w.pth"), baseline="efficientnet_lite0")
+
+
+def test_a_stem_of_neither_1_nor_3_channels_is_refused_in_one_line(tmp_path):
+    theirs = torchvision.models.efficientnet_b0(num_classes=10)
+    theirs.features[0][0] = nn.Conv2d(4, 32, 3, 2, 1, bias=False)
+    torch.save(theirs.state_dict(), tmp_path / "rgba.pth")
+    with pytest.raises(UserError) as err:
+        load_pretrained(str(tmp_path / "rgba.pth"))
+    assert str(err.value) == (f"{tmp_path / 'rgba.pth'}: the weights' stem takes 4 input channels; "
+                              "images give 1 (greyscale) or 3 (RGB)")
 
 
 def test_weights_with_nan_or_inf_are_refused_naming_the_first_such_tensor(tmp_path):
@@ -411,3 +439,25 @@ def test_a_stage_table_asking_for_millions_of_channels_or_blocks_is_refused_befo
     path = lite0_checkpoint(tmp_path / "model.pt", table=enlarged)
     with pytest.raises(UserError, match=f"model.pt: weights do not fit the checkpoint's own stage table: {message}"):
         load_pretrained(str(path))
+
+
+# --- images of more than 8 bits -------------------------------------------------------------------------
+
+GREY = np.arange(256, dtype=np.uint8).reshape(16, 16)  # every 8-bit value once
+
+
+@pytest.mark.parametrize("pixels, mode", [
+    (GREY.astype(np.uint16) * 257, "I;16"),
+    ((GREY.astype(np.uint16) * 257).astype(">u2"), "I;16B"),
+    (GREY.astype(np.int32) * 257, "I"),
+    (GREY.astype(np.int32), "I"),  # values within 0…255 are 8-bit values already
+    (GREY.astype(np.float32) / 255, "F"),
+    (GREY.astype(np.float32), "F"),
+], ids=["I;16", "I;16B", "I 16-bit", "I 8-bit", "F 0-1", "F 0-255"])
+def test_16_and_32_bit_greyscale_keep_their_range_in_8_bits(pixels, mode):
+    from PIL import Image
+
+    image = Image.fromarray(pixels)
+    assert image.mode == mode
+    assert np.array_equal(np.asarray(to_8bit(image, "L")), GREY)
+    assert np.array_equal(np.asarray(to_8bit(image, "RGB")), np.stack([GREY] * 3, axis=-1))
