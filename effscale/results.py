@@ -18,6 +18,7 @@ import fcntl
 import io
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -155,6 +156,22 @@ def locked(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def set_aside_search_rows(sweep_dir: str | Path) -> tuple[int, Path] | None:
+    """Copy the table to `trials.before-<time>.csv` beside it and keep only compare's rows in it: for a
+    search whose study is new, the search rows already there are another study's (a copied folder, a
+    deleted or moved study). How many rows went, and where; None when there were none."""
+    path = _table_path(sweep_dir)
+    with locked(path):
+        table = read_trials(path)
+        searched = ~from_compare(table)
+        if not searched.any():
+            return None
+        aside = path.with_name(f"trials.before-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+        write_trials(table, aside)
+        write_trials(table[~searched], path)
+    return int(searched.sum()), aside
 
 
 def upsert_trials(path: str | Path, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:

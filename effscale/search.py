@@ -551,7 +551,11 @@ class Search:
         this process starts a launch (a `search` command), not one of its workers."""
         new = first_new_folder(self.sweep_dir)  # removed again if this run is refused: nothing left behind
         self.study = self._create_study(new)
-        self._check_against_record(new)
+        if self._check_against_record(new):
+            moved = results.set_aside_search_rows(self.sweep_dir)
+            if moved:
+                self.say(f"{self.sweep_dir / 'trials.csv'} held {moved[0]} search rows the new study did not train "
+                         f"(a copied folder, or a deleted study): moved to {moved[1]}, not ranked with this study's")
         log_to(log, self.sweep_dir / "search.log")
         for key, value in {**self.context, "strategy": STRATEGY, "phi": float(self.opts["phi"])}.items():
             self.study.set_user_attr(key, value)
@@ -589,10 +593,10 @@ class Search:
             reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
             raise UserError(f"{what}: cannot open the study ({reason[:200]})") from None
 
-    def _check_against_record(self, new: Path | None) -> None:
+    def _check_against_record(self, new: Path | None) -> bool:
         """What the study and the sweep folder recorded must agree with this run: the device costs a
         budget is judged on, the feasible points, the settings the trials were trained with. A study
-        this run created and then refused is deleted again."""
+        this run created and then refused is deleted again. Whether this run created the study."""
         created = not self.study.user_attrs  # every effscale run that opened it has left its context there
         try:
             if self.device_budget:
@@ -607,6 +611,7 @@ class Search:
                 optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)
                 remove_created(new, self.sweep_dir)
             raise
+        return created
 
     def _start_launch(self, new_launch: bool) -> None:
         """Record where this launch's trials begin (the workers of one launch read it, however late each

@@ -43,6 +43,23 @@ def tiny_table(tmp_path_factory):
     return out / "tiny", results.read_trials(out / "tiny")
 
 
+def test_a_table_copied_without_its_study_is_set_aside_not_ranked_with_the_new_studys_trials(tiny_table, tmp_path,
+                                                                                                capsys):
+    _, table = tiny_table  # seeds 0 and 1 (extra_seeds=1); the search below trains seed 0 only
+    compared = table.iloc[[0]].assign(point="compare_phi0_a1.2_b1.1_g1.15", strategy="baseline", phi=0)
+    (tmp_path / "copied").mkdir()
+    results.write_trials(pd.concat([table, compared]), tmp_path / "copied")
+    capsys.readouterr()
+    new = tiny_search(tmp_path, name="copied")
+    [aside] = (tmp_path / "copied").glob("trials.before-*.csv")
+    assert f"held {len(table)} search rows the new study did not train (a copied folder, or a deleted study): " \
+           f"moved to {aside}" in capsys.readouterr().out
+    assert len(results.read_trials(aside)) == len(table) + 1
+    searched = new[~results.from_compare(new)]
+    assert set(searched["seed"]) == {0} and len(searched) == len(table[table["seed"] == 0])
+    assert new[results.from_compare(new)]["point"].tolist() == ["compare_phi0_a1.2_b1.1_g1.15"]
+
+
 def test_table_has_one_row_per_grid_point_and_seed_with_contract_columns(tiny_table):
     sweep, table = tiny_table
     assert set(results.CONTRACT) <= set(table.columns)
