@@ -77,6 +77,8 @@ GAMMAS: Check = ((lambda v: v is None or (isinstance(v, list) and len(v) > 0 and
                  "null or a list of one or more numbers above 0")
 STAGES: Check = ((lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(s, dict) for s in v)),
                  "a list of one or more stages")
+SCALE_RULE = one_of("width", "width_up", "none")  # whether channels follow the width multiplier (scaling.py)
+FILE_PATH: Check = (lambda v: isinstance(v, str) and v.strip() != ""), "a file path"
 # `name` is one folder inside `out` (results/<name>): not a path that leaves it.
 FOLDER_NAME: Check = ((lambda v: isinstance(v, (str, int)) and not isinstance(v, bool)
                        and str(v).strip() not in ("", ".", "..") and "/" not in str(v) and "\\" not in str(v)),
@@ -121,9 +123,9 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "search.grid": {"alpha": RANGE, "beta": RANGE, "step": above(0), "tolerance": at_least(0), "gamma_values": GAMMAS,
                     "gamma_multiple": optional(at_least(0))},
     "baseline": {"stages": STAGES, "resolution": count(1), "divisor": count(1), "dropout": below_one(),
-                 "stochastic_depth": below_one()},
-    "baseline.stem": {"channels": count(1), "kernel": count(1), "stride": count(1)},
-    "baseline.head": {"channels": count(1)},
+                 "stochastic_depth": below_one(), "channel_scale": SCALE_RULE},
+    "baseline.stem": {"channels": count(1), "kernel": count(1), "stride": count(1), "scale": SCALE_RULE},
+    "baseline.head": {"channels": count(1), "scale": SCALE_RULE},
     "scale": {"resolution_multiple": optional(count(0))},
     "budget": {"macs_tolerance": optional(at_least(0)), "max_params": optional(count(1)),
                "max_peak_mem_mb": optional(above(0)), "max_latency_ms": optional(above(0))},
@@ -132,7 +134,8 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "compare": {"phis": PHIS, "seeds": count(1), "macs_tolerance": at_least(0)},
     "compare.trainer": TRAINER,
     "finetune": {"head_epochs": count(1), "unfreeze_epochs": count(0), "backbone_lr_mult": above(0),
-                 "unfreeze_grad_clip": optional(above(0)), "train_bn": FLAG, "batch_size": count(1)},
+                 "unfreeze_grad_clip": optional(above(0)), "train_bn": FLAG, "batch_size": count(1),
+                 "min_resolution": count(1), "checkpoint": FILE_PATH},
     "finetune.recipe": TRAINER,
 }
 
@@ -187,6 +190,9 @@ def check_stage_table(table: dict[str, Any], section: str = "baseline",
                         "set head: null")
     if head is not None:
         _check_keys(f"{section}.head", head, {"channels"}, {"scale"})
+    if table.get("bn") is not None:
+        _check_keys(f"{section}.bn", table["bn"], set(), set(BN))
+        check_values(table["bn"], f"{section}.bn", BN)
     for i, stage in enumerate(table["stages"] if isinstance(table["stages"], list) else []):
         where = f"{section}.stages[{i}]"
         block = stage.get("block") if isinstance(stage, dict) else None
@@ -211,9 +217,6 @@ def check_scaled_table(table: Any, section: str) -> None:
             check_values(table[part], f"{section}.{part}", SECTIONS[f"baseline.{part}"])
     for i, stage in enumerate(table["stages"]):
         check_values(stage, f"{section}.stages[{i}]", STAGE)
-    if table.get("bn") is not None:
-        _check_keys(f"{section}.bn", table["bn"], set(), set(BN))
-        check_values(table["bn"], f"{section}.bn", BN)
 
 
 def check_mapping(values: Any, where: str, checks: dict[str, Check]) -> None:

@@ -163,7 +163,7 @@ def print_help(command: str, overrides: list[str]) -> None:
     """List the config groups and their options, then the composed config."""
     cfg = compose(command, overrides, hydra=True)
     groups = [g for g in reversed(list(cfg.hydra.runtime.choices)) if not g.startswith("hydra")]  # defaults order
-    if command == "search":
+    if command in ("search", "compare") and "sweep" not in groups:
         groups.append("sweep")  # a preset added with +sweep=…
     print(f"effscale {command} [overrides...]\n\nconfig groups (choose with group=option):")
     for group in groups:

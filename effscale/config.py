@@ -55,7 +55,12 @@ def _one_line(exc: Exception) -> str:
         return f"{group}={option}: no such option" + (f"; available: {', '.join(options)}" if options else "")
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
-        return f"{unknown.group(1)}: unknown key (not in the config; check the spelling, or add it with +{unknown.group(1)}=…)"
+        key = unknown.group(1)
+        inner = re.search(r"full_key: (\S+)", str(exc.__cause__ or ""))
+        if inner and inner.group(1).startswith(f"{key}."):  # a mapping that holds no keys until told to
+            return (f"{key}: has no key {inner.group(1)[len(key) + 1:]} (add keys to it with "
+                    f"'++{key}={{key: value}}')")
+        return f"{key}: unknown key (not in the config; check the spelling, or add it with +{key}=…)"
     ambiguous = re.search(r"Ambiguous value for argument '([^'=]+)=([^']*)'", text)
     if ambiguous:  # a comma outside brackets: Hydra's sweep syntax, which a single run does not take
         key, value = ambiguous.groups()

@@ -146,9 +146,10 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
     L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
 
     pretrained = load_pretrained(str(opts["weights"]))
-    resolution = int(cfg["data"]["resolution"])
+    resolution = input_size(cfg["data"].get("resolution"), pretrained, int(opts["min_resolution"]))
     data = build_datamodule(cfg["data"], resolution, int(opts["batch_size"]), seed=int(cfg["seed"]))
     network = transferred(pretrained, data)
+    check_features_vary(network, data)
     if recipe.get("channels_last", True):
         network = network.to(memory_format=torch.channels_last)
 
@@ -165,6 +166,38 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
         remove_created(made, checkpoint.parent)
         raise
     return result
+
+
+def input_size(requested: int | None, pretrained: Pretrained, minimum: int) -> int:
+    """The input size to fine-tune at: data.resolution (null: the weights' own), raised to `minimum`.
+    An ImageNet network's last stage sees a 1×1 map at 32 px, the size the small data sets' configs
+    give a search, and Lite0's features there are all zero (ReLU6 over 1×1 maps): a new classifier on
+    them stays at chance. 64 px leaves it 2×2."""
+    size = int(requested or pretrained.table["resolution"])
+    if size < minimum:
+        print(f"input size {minimum} px: data.resolution={size} is below finetune.min_resolution={minimum}, "
+              "what pretrained features need (finetune.min_resolution=1 keeps it)")
+    return max(size, minimum)
+
+
+@torch.no_grad()
+def check_features_vary(network: nn.Module, data: Any) -> None:
+    """Refuse to train a classifier on features that are the same for every image (all zero, as
+    Lite0's are at 32 px): it could only learn the class frequencies, and would report chance."""
+    features: list[torch.Tensor] = []
+    hook = classifier_of(network).register_forward_pre_hook(lambda module, args: features.append(args[0]))
+    with torch.random.fork_rng(devices=[]):  # a loader draws a seed: training's random numbers stay as they were
+        images = next(iter(data.val_dataloader()))[0]
+    was_training = network.training
+    try:
+        network.eval()(images[:16])
+    finally:
+        hook.remove()
+        network.train(was_training)
+    if len(images) > 1 and features and float(features[0].std(dim=0).max()) == 0.0:
+        raise UserError(f"finetune: at {data.resolution} px the pretrained network gives every image the same "
+                        "features (as Lite0 does when its last stage sees 1×1); fine-tune at a larger input, "
+                        "data.resolution=64 or more")
 
 
 def checkpoint_folder(checkpoint: Path) -> Path | None:
@@ -211,8 +244,9 @@ def transferred(pretrained: Pretrained, data: Any) -> nn.Module:
     network = pretrained.model
     trained_channels = pretrained.preprocessing.in_channels
     if data.in_channels not in (1, trained_channels):
+        either = "" if trained_channels == 1 else " or 1"
         raise UserError(f"data.in_channels={data.in_channels}: the weights take {trained_channels} channel(s); "
-                        f"use data.in_channels={trained_channels} or 1")
+                        f"use data.in_channels={trained_channels}{either}")
     adapt_stem(network, pretrained.preprocessing.mean, pretrained.preprocessing.std, data.mean, data.std)
     replace_classifier(network, data.num_classes)
     return network

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -56,6 +57,18 @@ def test_bad_override_one_line_exit_2(args, needle):
     assert "Traceback" not in out.stderr
 
 
+def test_a_key_given_to_a_launcher_mapping_that_holds_none_yet_says_how_to_add_it():
+    from effscale.config import compose
+    from effscale.errors import UserError
+
+    key = "hydra.launcher.additional_parameters"
+    with pytest.raises(UserError, match=re.escape(f"{key}: has no key mail-type (add keys to it with "
+                                                  f"'++{key}={{key: value}}')")):
+        compose("search", ["+sweep=slurm", f"{key}={{mail-type:END}}"], hydra=True)
+    cfg = compose("search", ["+sweep=slurm", f"++{key}={{mail-type:END}}"], hydra=True)  # as the README writes it
+    assert dict(cfg.hydra.launcher.additional_parameters) == {"mail-type": "END"}
+
+
 @pytest.mark.parametrize("args", [
     ["measure", "scale.phi=-1"], ["measure", "format=xml"], ["search", "trainer.lr=abc"],
     ["search", "baseline=nope"], ["compare", "compare.seeds=0"], ["finetune", "finetune.recipe.momentum=1.5"],
@@ -79,6 +92,7 @@ def group_lines(help_text: str) -> list[str]:
 @pytest.mark.parametrize("command, groups", [
     ("measure", ["baseline", "data"]),
     ("search", ["baseline", "data", "budget", "search", "strategy", "trainer", "logger", "sweep"]),
+    ("compare", ["baseline", "data", "budget", "search", "strategy", "trainer", "logger", "sweep"]),
     ("finetune", ["data"]),  # the architecture comes from the weights
 ])
 def test_help_lists_the_groups_the_command_reads(command, groups, capsys):
@@ -95,6 +109,8 @@ def test_help_with_multirun_is_the_help(capsys):
     from effscale import cli
 
     assert cli.main(["search", "-m", "--help"]) == 0 and "sweep     " in capsys.readouterr().out
+    assert cli.main(["compare", "+sweep=quick", "--help"]) == 0
+    assert group_lines(capsys.readouterr().out).count("sweep") == 1
 
 
 def test_finetune_refuses_settings_it_does_not_read(capsys):
