@@ -658,8 +658,17 @@ class ImageFolderDataModule(DataModule):
         self.setup()
         dataset = _ImageFiles(self._samples[split], self._transform(train), "L" if self.in_channels == 1 else "RGB")
         workers = self.num_workers
+        rank, world = _rank_and_world()
+        sampler = None
+        if world > 1 and not train:
+            # Lightning's own DistributedSampler pads each rank's shard with repeated images, which the
+            # accuracy would count: every image once, on one rank or another.
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
         return torch.utils.data.DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=train, drop_last=train and len(dataset) > self.batch_size,
+            dataset, batch_size=self.batch_size, shuffle=train, sampler=sampler,
+            drop_last=train and len(dataset) // world > self.batch_size,  # each rank trains on its share
             num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(self.seed))
 

@@ -17,9 +17,9 @@ import sys
 import tempfile
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import lightning as L
 import torch
@@ -93,6 +93,8 @@ class Classifier(L.LightningModule):
             self.failure = (f"loss is {value if not math.isfinite(value) else 'not finite'} "
                             f"at epoch {self.current_epoch} step {batch_idx}")
             self.trainer.should_stop = True
+            if self.trainer.world_size > 1:  # Lightning refuses a skipped step under DDP: take one that adds nothing
+                return sum(p.sum() * 0 for p in self.parameters())
             return None
         self.log("train_loss", loss, on_step=False, on_epoch=True)
         return loss
@@ -217,8 +219,9 @@ def _precision(device: str, requested: str) -> str:
     """Mixed precision only pays (and only exists for BatchNorm-heavy nets without surprises) on CUDA."""
     if requested != "auto":
         return requested
-    if device.startswith("cuda"):
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if device.startswith("cuda"):  # bf16 where the GPU computes in it (Ampere on), not where it is emulated
+        with torch.cuda.device(device):
+            return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
     return "32-true"
 
 
@@ -353,13 +356,30 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
     with tempfile.TemporaryDirectory(prefix="effscale-ranks-") if spawned else nullcontext() as folder:
         module.outcome_path = str(Path(folder) / "outcome.json") if spawned else None
         start = time.perf_counter()
-        interruptible(trainer, trainer.fit, module, datamodule=datamodule)
+        with errors_of_ranks():
+            interruptible(trainer, trainer.fit, module, datamodule=datamodule)
         seconds = time.perf_counter() - start
         module.read_outcome()
         if spawned and report is not None:
             for epoch, acc in enumerate(module.val_history, start=1):
                 report(epoch, acc)
         return _outcome(trainer, module, datamodule, seconds)
+
+
+@contextmanager
+def errors_of_ranks() -> Iterator[None]:
+    """What a spawned DDP rank raised reaches this process as torch's ProcessRaisedException, whose
+    message is the rank's traceback as text and whose first line is empty: raise its last line, a
+    UserError (a corrupt image, say) as a UserError, so that a sweep stops on it as on one device."""
+    try:
+        yield
+    except torch.multiprocessing.ProcessRaisedException as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        last = lines[-1].strip() if lines else type(exc).__name__
+        kind, _, message = last.partition(": ")
+        if kind.rpartition(".")[2] == "UserError":
+            raise UserError(message) from None
+        raise RuntimeError(f"in a DDP rank: {last}") from None
 
 
 def _outcome(trainer: L.Trainer, module: Classifier, datamodule: L.LightningDataModule,
@@ -374,7 +394,8 @@ def _outcome(trainer: L.Trainer, module: Classifier, datamodule: L.LightningData
     elif not module.val_history:  # a trial is ranked by its validation accuracy: without one it has none
         state, reason = "FAIL", "no validation epoch ran (trainer settings skip validation)"
     if state == "COMPLETE" and getattr(datamodule, "has_test_split", True):
-        interruptible(trainer, trainer.test, module, datamodule=datamodule, verbose=False)
+        with errors_of_ranks():
+            interruptible(trainer, trainer.test, module, datamodule=datamodule, verbose=False)
         module.read_outcome()
     return {
         "state": state,

@@ -319,6 +319,25 @@ def test_an_unreadable_image_met_without_verify_stops_in_one_line_naming_it(tmp_
     assert str(raised.value).endswith("; data.verify=true skips such files") and "\n" not in str(raised.value)
 
 
+def test_imagefolder_shards_under_ddp_hold_every_evaluation_image_once_and_train_on_a_small_share(tmp_path,
+                                                                                                   monkeypatch):
+    import effscale.data
+
+    root = _image_tree(tmp_path / "photos", per_class=5)  # 10 images: 5 for training, 5 for validation
+    module = build_datamodule(_folder_cfg(root, val_fraction=0.5), resolution=16, batch_size=2)
+    module.setup()
+    seen = []
+    for rank in (0, 1):
+        monkeypatch.setattr(effscale.data, "_rank_and_world", lambda rank=rank: (rank, 2))
+        seen += [index for batch in module.val_dataloader().batch_sampler for index in batch]
+    assert sorted(seen) == list(range(5))  # Lightning's own sampler would pad to 6, counting one image twice
+    module.batch_size = 3
+    assert not module.train_dataloader().drop_last  # a rank's share, 5 // 2 = 2 images, is one short batch
+    monkeypatch.setattr(effscale.data, "_rank_and_world", lambda: (0, 1))
+    module.batch_size = 2
+    assert module.train_dataloader().drop_last
+
+
 def test_imagefolder_uses_train_and_val_folders_when_present(tmp_path):
     _image_tree(tmp_path / "set" / "train", per_class=4)
     _image_tree(tmp_path / "set" / "val", per_class=2)

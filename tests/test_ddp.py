@@ -26,11 +26,14 @@ RECIPE = {"max_epochs": 2, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.
 TWO_RANKS = ["search.grid.alpha=[1.95,2.0]", "trainer.devices=2", "device=cpu"]
 
 
-def _tiny_network() -> torch.nn.Module:
+def _tiny_network_table() -> dict:
     from effscale.config import compose, to_dict
 
-    cfg = to_dict(compose("measure", rs.TINY_NETWORK))
-    return build_model({**scaled_baseline(cfg["baseline"]), "resolution": 16}, DATA["num_classes"], 3)
+    return scaled_baseline(to_dict(compose("measure", rs.TINY_NETWORK))["baseline"])
+
+
+def _tiny_network() -> torch.nn.Module:
+    return build_model({**_tiny_network_table(), "resolution": 16}, DATA["num_classes"], 3)
 
 
 def test_two_ranks_measure_the_whole_validation_split_and_hand_the_weights_back(tmp_path):
@@ -55,6 +58,29 @@ def test_two_ranks_measure_the_whole_validation_split_and_hand_the_weights_back(
             seen += len(y)
     assert seen == DATA["val_size"]
     assert module.val_history[-1] == correct / seen
+
+
+def test_a_trial_that_diverges_on_two_ranks_fails_with_its_reason_and_a_rank_s_user_error_is_one(tmp_path):
+    from PIL import Image
+
+    from effscale.errors import UserError
+    from effscale.train import fit_candidate
+
+    table = {**_tiny_network_table(), "resolution": 16}
+    data = build_datamodule(DATA, resolution=16, batch_size=16)
+    outcome = fit_candidate(table, data, {**RECIPE, "optimizer": "sgd", "lr": 1e30, "max_epochs": 1})
+    # Lightning refuses a skipped step under DDP: the trial used to end in an empty ProcessRaisedException.
+    assert outcome["state"] == "FAIL" and outcome["reason"].startswith("loss is "), outcome
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            Image.new("RGB", (20, 20), (60 * i, 90, 200)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "dog" / "3.png").write_bytes(b"not a png")
+    folder = build_datamodule({"name": "imagefolder", "root": str(tmp_path), "num_classes": None, "in_channels": 3,
+                               "native_resolution": 224, "mean": [0.5] * 3, "std": [0.25] * 3, "num_workers": 0,
+                               "verify": False, "val_fraction": 0.5}, resolution=16, batch_size=2)
+    with pytest.raises(UserError, match=r"dog/3.png: unreadable image \(UnidentifiedImageError: "):
+        fit_candidate(table, folder, {**RECIPE, "max_epochs": 1})
 
 
 @pytest.mark.slow  # ~85 s: every trial spawns two ranks that import torch and Lightning

@@ -133,3 +133,16 @@ def test_a_trial_on_data_without_a_test_split_of_its_own_reports_no_test_accurac
     assert outcome["state"] == "COMPLETE" and outcome["val_acc"] == 0.7 and outcome["test_acc"] is None and not tested
     outcome = _outcome(trainer, module, SimpleNamespace(has_test_split=True), seconds=1.0)
     assert outcome["test_acc"] == 0.7 and tested == [1]
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16-mixed"), (False, "16-mixed")])
+def test_auto_precision_on_cuda_is_bf16_only_where_the_gpu_computes_in_it(monkeypatch, native, expected):
+    import contextlib
+
+    from effscale.train import _precision
+
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    # A V100 or T4 "supports" bf16 by emulation: torch says yes unless emulation is left out.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert _precision("cuda:0", "auto") == expected
+    assert _precision("cpu", "auto") == "32-true" and _precision("cuda", "16-mixed") == "16-mixed"
