@@ -140,7 +140,7 @@ def best_point(trials: pd.DataFrame, metric: str = "val_acc") -> tuple[float, fl
     rows = rows[rows["state"] == "COMPLETE"]
     rows = results.trained(rows).dropna(subset=[metric])
     if rows.empty:
-        raise ValueError("no completed compound trial at phi = 1")
+        raise ValueError("no completed search trial")
     columns = {metric: (metric, "mean")} | ({"macs_ratio": ("macs_ratio", "first")} if "macs_ratio" in rows else {})
     means = rows.groupby(["alpha", "beta", "gamma"], sort=False).agg(**columns).reset_index()
     best = results.best_first(means, metric).iloc[0]

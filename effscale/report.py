@@ -161,10 +161,11 @@ def other_comparisons(df: pd.DataFrame, metric: str = "val_acc") -> str:
     """A sentence on the completed rows of `effscale compare` that `latest_comparison` leaves out, or ''."""
     rows = completed(df, metric)
     rows = rows[from_compare(rows)]
-    left = rows.drop(latest_comparison(rows).index)
+    kept = latest_comparison(rows)
+    left = rows.drop(kept.index)
     if left.empty:
         return ""
-    shown = latest_comparison(rows).iloc[0]
+    shown = kept.iloc[0]
     others = left[COEFFICIENTS].drop_duplicates()
     sets = "; ".join(f"α={a:g} β={b:g} γ={g:g}" for a, b, g in others.itertuples(index=False))
     return (f"The strategies compared are the comparison written last (α={shown['alpha']:g} β={shown['beta']:g} "

@@ -370,7 +370,8 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
 def errors_of_ranks() -> Iterator[None]:
     """What a spawned DDP rank raised reaches this process as torch's ProcessRaisedException, whose
     message is the rank's traceback as text and whose first line is empty: raise its last line, a
-    UserError (a corrupt image, say) as a UserError, so that a sweep stops on it as on one device."""
+    UserError (a corrupt image, say) as a UserError and a Ctrl-C as a KeyboardInterrupt, so that a
+    sweep stops on them as on one device."""
     try:
         yield
     except torch.multiprocessing.ProcessRaisedException as exc:
@@ -379,6 +380,8 @@ def errors_of_ranks() -> Iterator[None]:
         kind, _, message = last.partition(": ")
         if kind.rpartition(".")[2] == "UserError":
             raise UserError(message) from None
+        if kind == "KeyboardInterrupt":
+            raise KeyboardInterrupt from None
         raise RuntimeError(f"in a DDP rank: {last}") from None
 
 

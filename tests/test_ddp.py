@@ -83,6 +83,21 @@ def test_a_trial_that_diverges_on_two_ranks_fails_with_its_reason_and_a_rank_s_u
         fit_candidate(table, folder, {**RECIPE, "max_epochs": 1})
 
 
+@pytest.mark.parametrize("last, raised, message", [
+    ("effscale.errors.UserError: photos/3.png: unreadable image", "UserError", "photos/3.png: unreadable image"),
+    ("KeyboardInterrupt", "KeyboardInterrupt", ""),
+    ("ValueError: bad shape", "RuntimeError", "in a DDP rank: ValueError: bad shape"),
+])
+def test_what_a_rank_raised_is_raised_again_from_its_traceback_text(last, raised, message):
+    from effscale.train import errors_of_ranks
+
+    text = f"\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n  ...\n{last}\n"
+    with pytest.raises(BaseException) as caught:
+        with errors_of_ranks():
+            raise torch.multiprocessing.ProcessRaisedException(text, 1, 4242)
+    assert (type(caught.value).__name__, str(caught.value)) == (raised, message)
+
+
 @pytest.mark.slow  # ~85 s: every trial spawns two ranks that import torch and Lightning
 def test_search_on_two_ranks_trains_each_point_once_with_one_logger_run_per_trial(tmp_path):
     run = rs.cli("search", *rs.TINY_SEARCH, *TWO_RANKS, "logger=wandb", f"out={tmp_path}", "name=ddp")
