@@ -707,9 +707,9 @@ class Search:
 
     def counts(self) -> tuple[int, int]:
         """(trials settled, trials this sweep will have): the grid points (TPE: `n_trials` of them)
-        with the base seed, then `extra_seeds` more for each of the best `top_k`. Both count the first
-        round of extra seeds only: a point that moves up among the best after it (`seed_jobs`) is
-        trained beyond `total`."""
+        with the base seed, then `extra_seeds` more for each of the best `top_k`. `total` foresees the
+        first round of extra seeds only: a point that moves up among the best after it (`seed_jobs`) is
+        trained beyond it, and once trained is counted in both."""
         finished = self._finished()
         if self.opts["sampler"] == "tpe":
             n_trials = int(self.opts.get("n_trials") or max(1, len(self.feasible) // 2))
@@ -724,7 +724,7 @@ class Search:
         else:
             first_done = sum(1 for p, s in finished if s == self.seed and p in feasible)
         extra_done = sum(1 for p, s in finished if s != self.seed and p in feasible)
-        return min(first_done, first) + min(extra_done, extra), first + extra
+        return min(first_done, first) + extra_done, first + max(extra, extra_done)
 
     def run(self) -> pd.DataFrame:
         with self.abandoned_on_stop():

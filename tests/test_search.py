@@ -751,6 +751,10 @@ def test_a_search_resumed_after_its_first_round_of_extra_seeds_trains_the_point_
     assert "6 trials already complete, 0 to run, and 1 extra seed(s) for points that moved up among the best" in out
     assert sorted(calls) == sorted(accuracy)
     assert "best: alpha=1.95 beta=1 gamma=1 " in out
+    # Once trained, the seed of the point that moved up is counted with the others.
+    search(argv)
+    assert "7 trials already complete, 0 to run\n" in capsys.readouterr().out
+    assert sorted(calls) == sorted(accuracy)
 
 
 def test_a_waiting_trial_someone_else_enqueued_is_left_alone(tmp_path, monkeypatch):
