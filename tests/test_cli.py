@@ -183,6 +183,45 @@ def test_cuda_where_there_is_none_is_one_line(monkeypatch):
         resolve_device("cuda:1")
 
 
+def _cgroups(tmp_path, membership, files):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "self").write_text(membership)
+    return tmp_path, tmp_path / "self"
+
+
+@pytest.mark.parametrize("membership, files, quota", [
+    # v2: the smallest quota from the process's cgroup up to the root
+    ("0::/pod/job\n", {"pod/job/cpu.max": "max 100000\n", "pod/cpu.max": "150000 100000\n"}, 1.5),
+    ("0::/job\n", {"job/cpu.max": "200000 50000\n", "cpu.max": "max 100000\n"}, 4.0),
+    # a container's own cgroup is the mount's root, under a name that does not exist there
+    ("0::/docker/abc\n", {"cpu.max": "300000 100000\n"}, 3.0),
+    # v1, with cpu and cpuacct mounted together; -1 is no quota
+    ("4:memory:/x\n2:cpu,cpuacct:/x\n",
+     {"cpu,cpuacct/x/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/x/cpu.cfs_period_us": "100000\n"}, 0.5),
+    ("2:cpu,cpuacct:/\n", {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
+     None),
+    ("0::/\n", {}, None),
+])
+def test_a_cgroup_cpu_quota_is_read_from_the_process_cgroup_up(tmp_path, membership, files, quota):
+    from effscale.devices import cgroup_cpu_quota
+
+    assert cgroup_cpu_quota(*_cgroups(tmp_path, membership, files)) == quota
+
+
+def test_threads_and_workers_fit_a_cpu_quota_below_the_cores_the_process_may_run_on(monkeypatch):
+    from effscale import devices
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(devices, "cgroup_cpu_quota", lambda: 1.5)
+    assert devices.available_cores() == 2
+    monkeypatch.setattr(devices, "cgroup_cpu_quota", lambda: None)
+    assert devices.available_cores() == 64
+    monkeypatch.setattr(devices, "cgroup_cpu_quota", lambda: 0.2)
+    assert devices.available_cores() == 1
+
+
 def test_measure_all_variants_as_csv_has_the_json_keys_and_b0_to_b7():
     import csv
     import io
