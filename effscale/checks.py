@@ -108,28 +108,33 @@ TRAINER: dict[str, Check] = {
     "nesterov": FLAG, "zero_init_residual": FLAG, "channels_last": FLAG, "deterministic": FLAG,
 }
 
+# A convolution's kernel: odd, so its padding keeps the map's size and a residual adds alike shapes.
+KERNEL: Check = (lambda v: _integer(v) and v >= 1 and v % 2 == 1), "an odd integer of at least 1"
 # One stage of `baseline.stages`, checked as baseline.stages[i].
-STAGE: dict[str, Check] = {"channels": count(1), "repeats": count(1), "stride": count(1), "kernel": count(1),
+STAGE: dict[str, Check] = {"channels": count(1), "repeats": count(1), "stride": count(1), "kernel": KERNEL,
                            "expand": above(0), "se": below_one()}
+NAME: Check = (lambda v: isinstance(v, str) and v.strip() != ""), "a name"
+MEASURE_BATCH: Check = (lambda v: _integer(v) and 1 <= v <= 65_536), "an integer from 1 to 65536"
+DEVICE: Check = (lambda v: isinstance(v, str)), "auto, cpu, cuda or cuda:N"
 
 
 # Each section a command may read, by its path in the config. A key a config leaves out keeps its default.
 SECTIONS: dict[str, dict[str, Check]] = {
-    "": {"seed": count(0), "name": FOLDER_NAME},
-    "data": {"resolution": optional(count(1))},
+    "": {"seed": count(0), "name": FOLDER_NAME, "variant": optional(one_of(*OFFICIAL_VARIANTS)), "device": DEVICE},
+    "data": {"resolution": optional(count(1)), "num_classes": optional(count(1)), "in_channels": count(1)},
     "trainer": TRAINER,
     "search": {"phi": at_least(0), "n_trials": optional(count(1)), "top_k": count(0), "extra_seeds": count(0),
                "workers": count(1), "retry_failed": FLAG, "stale_after_s": above(0)},
     "search.grid": {"alpha": RANGE, "beta": RANGE, "step": above(0), "tolerance": at_least(0), "gamma_values": GAMMAS,
                     "gamma_multiple": optional(at_least(0))},
-    "baseline": {"stages": STAGES, "resolution": count(1), "divisor": count(1), "dropout": below_one(),
+    "baseline": {"name": NAME, "stages": STAGES, "resolution": count(1), "divisor": count(1), "dropout": below_one(),
                  "stochastic_depth": below_one(), "channel_scale": SCALE_RULE},
-    "baseline.stem": {"channels": count(1), "kernel": count(1), "stride": count(1), "scale": SCALE_RULE},
+    "baseline.stem": {"channels": count(1), "kernel": KERNEL, "stride": count(1), "scale": SCALE_RULE},
     "baseline.head": {"channels": count(1), "scale": SCALE_RULE},
     "scale": {"resolution_multiple": optional(count(0))},
     "budget": {"macs_tolerance": optional(at_least(0)), "max_params": optional(count(1)),
                "max_peak_mem_mb": optional(above(0)), "max_latency_ms": optional(above(0))},
-    "measure": {"variants": VARIANTS, "batch_size": count(1), "memory": FLAG, "latency": FLAG,
+    "measure": {"variants": VARIANTS, "batch_size": MEASURE_BATCH, "memory": FLAG, "latency": FLAG,
                 "optimizer": one_of("sgd", "adamw")},
     "compare": {"phis": PHIS, "seeds": count(1), "macs_tolerance": at_least(0)},
     "compare.trainer": TRAINER,
@@ -190,6 +195,9 @@ def check_stage_table(table: dict[str, Any], section: str = "baseline",
                         "set head: null")
     if head is not None:
         _check_keys(f"{section}.head", head, {"channels"}, {"scale"})
+    if table.get("stochastic_depth") and table["family"] != "efficientnet":
+        raise UserError(f"{section}.stochastic_depth: only efficientnet blocks drop their residual branch; "
+                        f"a {table['family']} builds none, so set 0")
     if table.get("bn") is not None:
         _check_keys(f"{section}.bn", table["bn"], set(), set(BN))
         check_values(table["bn"], f"{section}.bn", BN)
@@ -203,7 +211,6 @@ def check_stage_table(table: dict[str, Any], section: str = "baseline",
 
 # What `scaling.scaled_baseline` records in the table it returns, beside the baseline's own keys.
 SCALING_RECORD = frozenset({"width_mult", "depth_mult", "resolution_mult", "variant"})
-NAME: Check = (lambda v: isinstance(v, str) and v.strip() != ""), "a name"
 BN: dict[str, Check] = {"eps": above(0), "momentum": optional(at_least(0))}
 
 
@@ -211,7 +218,7 @@ def check_scaled_table(table: Any, section: str) -> None:
     """A scaled stage table read back from a file (an effscale checkpoint's): the keys and values
     `check_config` checks in a baseline, named as `<section>.<key>`."""
     check_stage_table(table, section, SCALING_RECORD)
-    check_values(table, section, {"name": NAME, **SECTIONS["baseline"]})
+    check_values(table, section, SECTIONS["baseline"])
     for part in ("stem", "head"):
         if isinstance(table.get(part), dict):
             check_values(table[part], f"{section}.{part}", SECTIONS[f"baseline.{part}"])

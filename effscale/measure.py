@@ -266,7 +266,7 @@ def _modules_in_mode(model: nn.Module, training: bool) -> Iterator[None]:
 def _peak_train_mb(model: nn.Module, saved_bytes: int, resolution: int, batch_size: int, in_channels: int,
                    optimizer: str) -> float:
     """Peak memory of one training step, estimated from shapes: weights + gradients + optimizer state
-    + the activations autograd saves (`saved_bytes`) + the input batch. Within about 10–20 % of CUDA's
+    + the activations autograd saves (`saved_bytes`, weights and input not among them) + the input batch. Within about 10–20 % of CUDA's
     measured peak (autograd's temporaries and the allocator's rounding are not counted)."""
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     states = 2 + OPTIMIZER_STATES.get(optimizer, 2)
@@ -326,16 +326,20 @@ def count_training_forward(model: nn.Module, resolution: int, batch_size: int,
     FlopCounterMode, module hooks and PyTorch's own meta kernels on every baseline."""
     # Each storage once, held until the count is done: autograd keeps what it saves alive, but a replayed
     # op's saved tensors have no graph to keep them, and a freed storage's address can come back.
+    # Weights, buffers and the input batch are saved too, but a training step holds them anyway:
+    # `_peak_train_mb` counts them once, apart.
     storages: dict[int, torch.UntypedStorage] = {}
+    x = _input_like(model, batch_size, in_channels, resolution)
+    held = {t.untyped_storage()._cdata for t in [x, *model.parameters(), *model.buffers()]}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        storages[storage._cdata] = storage
+        if storage._cdata not in held:
+            storages[storage._cdata] = storage
         return tensor
 
     counting = _CountingPass(pack)
     with _modules_in_mode(model, training=True):
-        x = _input_like(model, batch_size, in_channels, resolution)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), counting:
             model(x)
     return counting.macs // batch_size, counting.activations // batch_size, sum(s.nbytes() for s in storages.values())

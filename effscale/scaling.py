@@ -83,7 +83,7 @@ class Multipliers:
 
 def check_coefficients(alpha: float, beta: float, gamma: float) -> None:
     for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise ScalingError(f"scale.{name} must be a number, got {value!r}")
         if value < 1.0:
             raise ScalingError(f"scale.{name} must be >= 1 (paper eq. 3), got {value}")
@@ -100,7 +100,15 @@ def compound_multipliers(alpha: float, beta: float, gamma: float, phi: float) ->
     """Paper eq. 3: d = α^φ, w = β^φ, r = γ^φ."""
     check_coefficients(alpha, beta, gamma)
     check_phi(phi)
-    return Multipliers(depth=alpha**phi, width=beta**phi, resolution=gamma**phi)
+    return Multipliers(depth=_power(alpha, phi), width=_power(beta, phi), resolution=_power(gamma, phi))
+
+
+def _power(base: float, exponent: float) -> float:
+    """base**exponent, or inf past the largest float (the build limits then refuse it in one line)."""
+    try:
+        return float(base) ** exponent
+    except OverflowError:
+        return math.inf
 
 
 def constraint_value(alpha: float, beta: float, gamma: float) -> float:
@@ -248,13 +256,19 @@ MAX_BLOCKS, MAX_RESOLUTION, MAX_CHANNELS = 10_000, 16_384, 1_000_000
 
 
 def _check_buildable(table: dict[str, Any], mult: Multipliers) -> None:
+    """A (scaled) stage table is within the limits above. Called on the unrounded sizes too, since
+    rounding a size past every float (scale.phi=1e6) would fail without saying why."""
     blocks = sum(stage["repeats"] for stage in table["stages"])
     widest = max(part["channels"] for part in [table["stem"], table.get("head") or table["stem"], *table["stages"]])
-    if blocks > MAX_BLOCKS or widest > MAX_CHANNELS or table["resolution"] > MAX_RESOLUTION:
+    if not (blocks <= MAX_BLOCKS and widest <= MAX_CHANNELS and table["resolution"] <= MAX_RESOLUTION):
         raise ScalingError(
-            f"depth ×{mult.depth:.3g}, width ×{mult.width:.3g}, resolution ×{mult.resolution:.3g} give {blocks:,} "
-            f"blocks, {widest:,} channels and {table['resolution']:,} px; effscale builds up to {MAX_BLOCKS:,} "
-            f"blocks, {MAX_CHANNELS:,} channels and {MAX_RESOLUTION:,} px")
+            f"depth ×{mult.depth:.3g}, width ×{mult.width:.3g}, resolution ×{mult.resolution:.3g} give "
+            f"{_size(blocks)} blocks, {_size(widest)} channels and {_size(table['resolution'])} px; effscale builds "
+            f"up to {MAX_BLOCKS:,} blocks, {MAX_CHANNELS:,} channels and {MAX_RESOLUTION:,} px")
+
+
+def _size(n: float) -> str:
+    return f"{n:,.0f}" if n < 1e12 else f"{n:.3g}"
 
 
 def scale_stage_table(table: dict[str, Any], mult: Multipliers, resolution_multiple: int = 1) -> dict[str, Any]:
@@ -266,27 +280,34 @@ def scale_stage_table(table: dict[str, Any], mult: Multipliers, resolution_multi
       MobileNetV2's head), or 'none' (EfficientNet-Lite keeps stem and head fixed).
       divisor: the channel rounding multiple (8 for all the built-in families).
     """
-    out = copy.deepcopy(dict(table))
-    divisor = int(out.get("divisor", 8))
+    divisor = int(table.get("divisor", 8))
 
-    def scaled(channels: int, rule: str) -> int:
-        if rule == "none":
-            return int(channels)
-        if rule == "width_up":
-            return round_filters(channels, max(1.0, mult.width), divisor)
-        if rule == "width":
-            return round_filters(channels, mult.width, divisor)
-        raise ScalingError(f"unknown scale rule {rule!r}; expected width, width_up or none")
+    def apply(rounded: bool) -> dict[str, Any]:
+        out = copy.deepcopy(dict(table))
 
-    channel_rule = out.get("channel_scale", "width")
-    for part in ("stem", "head"):
-        if out.get(part) and "channels" in out[part]:
-            out[part]["channels"] = scaled(out[part]["channels"], out[part].get("scale", "width"))
-    for stage in out["stages"]:
-        stage["channels"] = scaled(stage["channels"], channel_rule)
-        stage["repeats"] = round_repeats(stage["repeats"], mult.depth)
-    out["resolution"] = round_resolution(out["resolution"] * mult.resolution, resolution_multiple)
-    _check_buildable(out, mult)
+        def scaled(channels: int, rule: str) -> float:
+            if rule not in ("width", "width_up", "none"):
+                raise ScalingError(f"unknown scale rule {rule!r}; expected width, width_up or none")
+            w = {"width": mult.width, "width_up": max(1.0, mult.width), "none": 1.0}[rule]
+            if not rounded:
+                return channels * w
+            return int(channels) if rule == "none" else round_filters(channels, w, divisor)
+
+        channel_rule = out.get("channel_scale", "width")
+        for part in ("stem", "head"):
+            if out.get(part) and "channels" in out[part]:
+                out[part]["channels"] = scaled(out[part]["channels"], out[part].get("scale", "width"))
+        for stage in out["stages"]:
+            stage["channels"] = scaled(stage["channels"], channel_rule)
+            repeats = stage["repeats"]
+            stage["repeats"] = round_repeats(repeats, mult.depth) if rounded else repeats * mult.depth
+        resolution = out["resolution"] * mult.resolution
+        out["resolution"] = round_resolution(resolution, resolution_multiple) if rounded else resolution
+        _check_buildable(out, mult)
+        return out
+
+    apply(rounded=False)  # the sizes before rounding: past the limits, rounding itself would fail
+    out = apply(rounded=True)
     out["width_mult"] = mult.width
     out["depth_mult"] = mult.depth
     out["resolution_mult"] = mult.resolution
@@ -345,5 +366,6 @@ def scaled_baseline(
                                              int(scale.get("resolution_multiple", 1) or 1))
         out["dropout"] = dropout
         out["resolution_mult"] = out["resolution"] / table["resolution"]
+        _check_buildable(out, Multipliers(mult.depth, mult.width, out["resolution_mult"]))
     out["variant"] = variant
     return out

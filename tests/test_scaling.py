@@ -1,6 +1,7 @@
 """The paper's scaling arithmetic, checked against hand-computed values (no torch needed)."""
 
 import math
+import re
 import subprocess
 import sys
 
@@ -158,6 +159,25 @@ def test_a_scale_far_past_any_trainable_network_is_refused_before_anything_is_bu
         s.scale_stage_table(b0, s.Multipliers(depth=1e9, width=1.0, resolution=1.0))
     b7 = s.scale_stage_table(b0, s.Multipliers(depth=3.1, width=2.0, resolution=600 / 224))  # the largest official
     assert b7["resolution"] == 600
+
+
+@pytest.mark.parametrize("scale, variant, message", [
+    ({"phi": 1e6}, None, "depth ×inf, width ×inf, resolution ×inf give inf blocks, inf channels and inf px; "),
+    ({"phi": 5000}, None, "depth ×inf, width ×9.19e+206, resolution ×3.08e+303 give inf blocks, 1.18e+210 channels "
+                      "and 6.91e+305 px; "),
+    ({"width": 1e308}, None, "depth ×1, width ×1e+308, resolution ×1 give 16 blocks, inf channels and 224 px; "),
+    ({"resolution": 70}, "b7",
+     "depth ×3.1, width ×2, resolution ×188 give 55 blocks, 2,560 channels and 42,000 px; "),
+])
+def test_a_scale_past_every_float_or_an_official_variant_past_the_limits_is_refused(scale, variant, message):
+    b0 = yaml.safe_load((REPO / "conf" / "baseline" / "efficientnet_b0.yaml").read_text())
+    with pytest.raises(s.ScalingError, match=f"^{re.escape(message)}effscale builds up to"):
+        s.scaled_baseline(b0, scale, variant)
+
+
+def test_an_infinite_coefficient_is_not_a_number():
+    with pytest.raises(s.ScalingError, match=r"^scale.alpha must be a number, got inf$"):
+        s.compound_multipliers(math.inf, 1.1, 1.15, 1.0)
 
 
 def test_a_grid_step_that_makes_more_pairs_than_can_be_measured_is_refused():

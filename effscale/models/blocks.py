@@ -74,7 +74,7 @@ class InvertedResidual(nn.Module):
                  activation: Callable[..., nn.Module], norm: Norm, **_: object) -> None:
         super().__init__()
         self.use_res_connect = stride == 1 and c_in == c_out
-        hidden = int(round(c_in * expand))
+        hidden = max(1, int(round(c_in * expand)))  # torchvision's rounding; a tiny expand keeps one channel
         layers: list[nn.Module] = []
         if expand != 1:
             layers.append(Conv2dNormActivation(c_in, hidden, 1, norm_layer=norm, activation_layer=activation))
