@@ -27,12 +27,14 @@ test-slow: install
 	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
 
 # Each benchmark prints its ratio and target as its last line (benchmarks/README.md has the figures).
-# `make bench BENCH_ARGS=--quick` is a smoke run of seconds each; BENCH=... picks some.
+# `make bench BENCH_ARGS=--quick` is a smoke run (a few minutes in all); BENCH=... picks some.
 BENCH ?= train_step measure_candidates trial_overhead data_pipeline pruning workers
 BENCH_ARGS ?=
 
 bench: install
-	@for b in $(BENCH); do echo "== benchmarks/$$b.py $(BENCH_ARGS)"; $(PY) benchmarks/$$b.py $(BENCH_ARGS) || exit 1; done
+	@failed=; for b in $(BENCH); do echo "== benchmarks/$$b.py $(BENCH_ARGS)"; \
+		$(PY) benchmarks/$$b.py $(BENCH_ARGS) || failed="$$failed $$b"; done; \
+		test -z "$$failed" || { echo "benchmarks that did not finish:$$failed" >&2; exit 1; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -60,6 +60,43 @@ def median_ratio(numerator: list[float], denominator: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(numerator, denominator))
 
 
+def recipe_optimizer(model: torch.nn.Module, recipe: dict) -> torch.optim.Optimizer:
+    """The optimizer a trial of `recipe` trains with (train.Classifier), for a plain loop: SGD with
+    Nesterov momentum or AdamW, fused kernels, weight decay on conv and linear weights only."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    rest = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": float(recipe["weight_decay"])}, {"params": rest, "weight_decay": 0.0}]
+    if recipe.get("optimizer", "sgd") == "sgd":
+        return torch.optim.SGD(groups, lr=float(recipe["lr"]), momentum=float(recipe["momentum"]),
+                               nesterov=bool(recipe["nesterov"]), fused=True)
+    return torch.optim.AdamW(groups, lr=float(recipe["lr"]), fused=True)
+
+
+class RecipePrecision:
+    """A trial's precision (`trainer.precision`, auto: bf16-mixed, 16-mixed or 32-true) as Lightning
+    runs it, for a plain loop: `with p.autocast():` around the forward pass, `p.step(loss, opt)` after it
+    (fp16 scales the loss; the others step as usual)."""
+
+    def __init__(self, device: torch.device, recipe: dict) -> None:
+        from effscale.train import _precision
+
+        self.name = _precision(str(device), str(recipe.get("precision", "auto")))
+        if self.name not in ("32-true", "bf16-mixed", "16-mixed"):
+            raise SystemExit(f"a plain loop here runs 32-true, bf16-mixed or 16-mixed, not {self.name}")
+        self.device = device
+        self.half = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(self.name)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.name == "16-mixed")
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.half or torch.bfloat16, enabled=self.half is not None)
+
+    def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt)
+        self.scaler.update()
+
+
 def describe_machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"

@@ -1,8 +1,8 @@
 """Data pipeline: images/s the default loader delivers against images/s the default model trains at.
 
 Default setting: `effscale search`'s data config (procedural, batch 128, horizontal flips) and its
-baseline model (EfficientNet-B0 at the data's 32 px, channels_last, SGD with Nesterov momentum),
-with the trainer's thread count. B0 is the fastest model a search trains (every candidate at φ = 1
+baseline model (EfficientNet-B0 at the data's 32 px, channels_last), trained with the trainer's
+optimizer, precision and thread count. B0 is the fastest model a search trains (every candidate at φ = 1
 has about twice its MACs), so it asks the most of the loader. Loader epochs and training chunks
 alternate; medians of each. One-off costs (generating or reading the data, resizing it to the
 candidate's resolution) are printed apart: they are paid once per sweep and once per resolution.
@@ -21,7 +21,7 @@ import _timing  # noqa: F401  (sets how OpenMP threads wait, before torch loads)
 import torch
 from torch import nn
 
-from _timing import FASHION_MNIST, describe_machine, log, pick_device, timed, verdict
+from _timing import FASHION_MNIST, RecipePrecision, describe_machine, log, pick_device, recipe_optimizer, timed, verdict
 from effscale.config import compose, model_table, to_dict
 from effscale.data import build_datamodule
 from effscale.models import build_model
@@ -61,8 +61,9 @@ def main() -> None:
 
     model = build_model(table, data.num_classes, data.in_channels).to(device).train()
     model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    recipe = cfg["trainer"]
+    opt, precision = recipe_optimizer(model, recipe), RecipePrecision(device, recipe)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(recipe["label_smoothing"]))
     fixed = [b for _, b in zip(range(args.train_batches), loader)]
     fixed = [(x.to(device), y.to(device)) for x, y in fixed]
 
@@ -74,10 +75,9 @@ def main() -> None:
     def train() -> None:
         for x, y in fixed:
             x = x.contiguous(memory_format=torch.channels_last)
-            loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            with precision.autocast():
+                loss = loss_fn(model(x), y)
+            precision.step(loss, opt)
 
     train()  # warm-up
     epoch()

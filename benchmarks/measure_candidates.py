@@ -3,12 +3,14 @@
 The search measures every grid point before it trains any (the budget filter), so measuring must
 cost little next to training. Candidates: 100 points spread evenly over the compound grid at
 step 0.02 of the search's default ranges (α, β in [1, 2], α·β²·γ² = 2 ± 5 %), scaled from the quick
-sweep's baseline (EfficientNet-B0 at the data's 32 px), measured as `effscale search` does with
+sweep's baseline (EfficientNet-B0 at half width and depth, 36 px), measured as `effscale search` does with
 `measure.measure_tables` and the search's `measure_options` (meta device; the memory estimate for the
 sweep's batch, on CUDA too, since the quick sweep sets no memory budget). Trial: one
 `train.fit_candidate` of the paper's point (α 1.2, β 1.1, γ 1.15) with the quick sweep's recipe and
-data (`+sweep=quick`: 3 epochs of 3 000 procedural images, validation and test included).
-The 100 candidates are measured before and after the trial; the ratio uses the mean of the two.
+data (`+sweep=quick`: 3 epochs of 2,000 procedural images, validation and test included), after a
+one-batch trial of another point has paid what a sweep pays once (imports, the first set-up of
+Lightning and the data). The 100 candidates are measured before and after the trial; the ratio uses the
+mean of the two.
 
     .venv/bin/python benchmarks/measure_candidates.py           # ~40 s on 2 CPU cores (most of it the trial)
     .venv/bin/python benchmarks/measure_candidates.py --quick   # seconds: 10 candidates, a 2-batch trial
@@ -74,6 +76,10 @@ def main() -> None:
     log(f"  measure_table one at a time:     {one_by_one / len(sample) * 1e3:7.0f} ms each ({len(sample)} timed)")
 
     trial_table = scale_stage_table(base, compound_multipliers(1.2, 1.1, 1.15, 1.0))
+    warm = timed(lambda: fit_candidate(tables[0], data, recipe | {"max_epochs": 1, "limit_train_batches": 1,
+                                                                 "limit_val_batches": 1},
+                                       seed=int(cfg["seed"]), device=str(device)), device)
+    log(f"  once per sweep: a one-batch trial of another point {warm:7.1f} s (not counted)")
     metrics: dict = {}
     trial = timed(lambda: metrics.update(fit_candidate(trial_table, data, recipe, seed=int(cfg["seed"]),
                                                        device=str(device))), device)

@@ -38,7 +38,9 @@ import itertools
 import math
 import random
 import statistics
+import sys
 import tempfile
+from pathlib import Path
 
 import _timing  # noqa: F401  (sets how OpenMP threads wait, before torch loads)
 import optuna
@@ -58,7 +60,7 @@ SETTINGS = ["logger=csv", "trainer.progress=false", "search.top_k=0", "search.ex
             "search.grid={alpha:[1.0,2.0],beta:[1.0,1.4],step:0.1}", "trainer.max_epochs=9",
             "data.train_size=8000", "data.val_size=5000", "data.batch_size=128",
             "baseline.dropout=0.0", "baseline.stochastic_depth=0.0", "trainer.warmup_epochs=0.2"]
-QUICK = ["trainer.max_epochs=3", "data.train_size=256", "data.val_size=128",
+QUICK = ["trainer.max_epochs=3", "data.train_size=256", "data.val_size=128", "data.test_size=128",
          "search.grid={alpha:[1.0,1.2],beta:[1.0,1.2],step:0.2}"]
 
 
@@ -199,6 +201,9 @@ def main() -> None:
                         "folder of an earlier run resumes it, training only what it had not finished")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides for both searches")
     args = parser.parse_args()
+    if args.data == "fashion_mnist" and not Path(args.data_root).is_dir():
+        sys.exit(f"pruning.py: no Fashion-MNIST folder at {args.data_root}: give --data-root DIR, set "
+                 "EFFSCALE_FASHION_MNIST, or run on the embedded data with --data procedural")
     device = str(pick_device(args.device))
     data = [f"data={args.data}"] + ([f"data.root={args.data_root}"] if args.data == "fashion_mnist" else [])
     overrides = [*data, *(QUICK if args.quick else []), *args.overrides]

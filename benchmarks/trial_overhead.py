@@ -6,11 +6,11 @@ default loggers (W&B offline and CSV), Lightning's `fit` with validation each ep
 results row in trials.csv. The search's one-off setup (measuring the grid, opening the study) is timed
 and printed apart.
 
-Bare loop: the same network (`build_model`, the recipe's initialisation, channels_last, bf16 autocast on a
-CUDA device as the trial's `precision: auto`), data module and batches, the recipe's
-optimizer (AdamW, or SGD with Nesterov momentum; fused kernels) with weight decay on weights only, warmup-cosine
-schedule per step, label smoothing, validation accuracy each epoch, test accuracy at the end. Same
-seed, threads and epochs.
+Bare loop: the same network (`build_model`, the recipe's initialisation, channels_last, the trial's
+precision: on CUDA bf16 autocast, or fp16 with a loss scaler where bf16 is not native), data module and
+batches, the recipe's optimizer (AdamW, or SGD with Nesterov momentum; fused kernels) with weight decay
+on weights only, warmup-cosine schedule per step, label smoothing, validation accuracy each epoch, test
+accuracy at the end. Same seed, threads and epochs.
 
 The two run in one process as A B B A (effscale, bare, bare, effscale; the second pair with the next
 seed) so drifting load cancels; the ratio is the sum of effscale times over the sum of bare times.
@@ -33,7 +33,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from _timing import describe_machine, log, pick_device, timed, verdict
+from _timing import RecipePrecision, describe_machine, log, pick_device, recipe_optimizer, timed, verdict
 from effscale import results, train
 from effscale.config import compose, model_table, to_dict
 from effscale.models import build_model
@@ -50,14 +50,7 @@ def bare_trial(table: dict, data, recipe: dict, seed: int, device: torch.device)
     if recipe.get("zero_init_residual", True) and hasattr(train, "zero_init_residuals"):
         train.zero_init_residuals(model)
     model = model.to(device).to(memory_format=torch.channels_last)
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    rest = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": float(recipe["weight_decay"])}, {"params": rest, "weight_decay": 0.0}]
-    if recipe.get("optimizer", "sgd") == "sgd":
-        opt = torch.optim.SGD(groups, lr=float(recipe["lr"]), momentum=float(recipe["momentum"]),
-                              nesterov=bool(recipe["nesterov"]), fused=True)
-    else:
-        opt = torch.optim.AdamW(groups, lr=float(recipe["lr"]), fused=True)
+    opt = recipe_optimizer(model, recipe)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(recipe["label_smoothing"]))
     train_loader, val, test = data.train_dataloader(), data.val_dataloader(), data.test_dataloader()
     epochs = int(recipe["max_epochs"])
@@ -66,26 +59,20 @@ def bare_trial(table: dict, data, recipe: dict, seed: int, device: torch.device)
     total = max(1, per_epoch * epochs)
     warmup = min(total - 1, int(float(recipe["warmup_epochs"]) * total / epochs))
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total))
-    # the trial's precision: bf16 autocast on a CUDA device that has it, as Lightning's bf16-mixed
-    precision = train._precision(str(device), str(recipe.get("precision", "auto")))
-    if precision not in ("32-true", "bf16-mixed"):
-        raise SystemExit(f"the bare loop runs 32-true or bf16-mixed, not {precision}")
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    precision = RecipePrecision(device, recipe)
 
     def accuracy(loader, limit_batches=None) -> float:
         model.eval()
-        correct = seen = 0
+        correct, seen = torch.zeros((), dtype=torch.long, device=device), 0
         with torch.no_grad():
             for i, (x, y) in enumerate(loader):
                 if limit_batches and i >= limit_batches:
                     break
                 x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
-                with autocast():
-                    correct += int((model(x).argmax(1) == y).sum())
+                with precision.autocast():
+                    correct += (model(x).argmax(1) == y).sum()  # read once per split, as the trial does
                 seen += len(y)
-        return correct / max(seen, 1)
+        return int(correct) / max(seen, 1)
 
     val_acc = math.nan
     for _ in range(epochs):
@@ -94,24 +81,16 @@ def bare_trial(table: dict, data, recipe: dict, seed: int, device: torch.device)
             if i >= per_epoch:
                 break
             x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
-            with autocast():
+            with precision.autocast():
                 loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            precision.step(loss, opt)
             schedule.step()
         val_acc = accuracy(val, recipe.get("limit_val_batches"))
     return {"val_acc": val_acc, "test_acc": accuracy(test, recipe.get("limit_val_batches"))}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--quick", action="store_true", help="smoke run: one epoch of 4 batches, A B only")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the sweep config, e.g. logger=csv")
-    args = parser.parse_args()
-    device = pick_device(args.device)
-    out = tempfile.mkdtemp(prefix="effscale-bench-")
+def measure(args: argparse.Namespace, device: torch.device, out: str) -> None:
+    """Time the two side by side, the sweep writing under `out`."""
     # The budget filter is not what is timed here: every grid point may be the trial.
     overrides = ["+sweep=quick", f"out={out}", "search.extra_seeds=0", "budget.macs_tolerance=100",
                  "trainer.progress=false", f"device={device}"]
@@ -161,6 +140,17 @@ def main() -> None:
         f"{point.table['resolution']} px, {threads} threads)")
     verdict("effscale trial/bare loop time", sum(ours) / sum(theirs), "<=", 1.08,
             "(smoke run)" if args.quick else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quick", action="store_true", help="smoke run: one epoch of 4 batches, A B only")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the sweep config, e.g. logger=csv")
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    with tempfile.TemporaryDirectory(prefix="effscale-bench-") as out:
+        measure(args, device, out)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ study's training span, from the first trial's start to the last trial's end: pla
 (measuring every candidate, the same on both sides, done again by each worker process) is left out
 and printed beside it.
 
-    .venv/bin/python benchmarks/workers.py              # ~1.5 minutes on 2 idle CPU cores
-    .venv/bin/python benchmarks/workers.py --repeats 3  # the median of three pairs, ~4 minutes
+    .venv/bin/python benchmarks/workers.py              # the median of three pairs, ~4 minutes on 2 idle cores
+    .venv/bin/python benchmarks/workers.py --repeats 1  # one pair, ~1.5 minutes
     .venv/bin/python benchmarks/workers.py --quick      # smoke run: a quarter of the images
 
 Last line: the median 2-worker / 1-worker ratio of training wall time (ideal 0.5, target <= 0.55).
@@ -53,16 +53,21 @@ def run(workers: int, out: Path, extra: tuple[str, ...] = ()) -> tuple[float, fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=1, help="1-worker/2-worker pairs (default 1)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="1-worker/2-worker pairs, in alternating order (default 3; the median is taken)")
     parser.add_argument("--quick", action="store_true", help="smoke run: a quarter of the images")
     args = parser.parse_args()
     extra = QUICK if args.quick else ()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ratios = []
     with tempfile.TemporaryDirectory(prefix="effscale-workers-") as tmp:
-        for _ in range(args.repeats):
-            one, one_wall, n1 = run(1, Path(tmp), extra)
-            two, two_wall, n2 = run(2, Path(tmp), extra)
+        for i in range(args.repeats):  # A B, B A, ...: a change of load during the run falls on both sides
+            if i % 2:
+                two, two_wall, n2 = run(2, Path(tmp), extra)
+                one, one_wall, n1 = run(1, Path(tmp), extra)
+            else:
+                one, one_wall, n1 = run(1, Path(tmp), extra)
+                two, two_wall, n2 = run(2, Path(tmp), extra)
             assert n1 == n2, (n1, n2)
             log(f"{n1} trials: 1 worker {one:.1f} s training ({one_wall:.0f} s command), "
                 f"2 workers {two:.1f} s training ({two_wall:.0f} s command); "
