@@ -864,12 +864,14 @@ class Search:
         # An extra seed is trained in full: it exists to average a leading point, and a pruned one would
         # leave that point ranked on its one lucky seed (seed_jobs averages COMPLETE trials only).
         pruning = self.opts.get("pruner") not in (None, "none") and seed == self.seed
+        last = int(self.recipe["max_epochs"])
 
         def report(epoch: int, val_acc: float) -> bool:
             with interrupts_deferred():
                 trial.report(val_acc, epoch)
                 trial.set_user_attr("heartbeat", time.time())
-                return pruning and trial.should_prune()
+                # After the last epoch there is nothing left to save: a trained point is COMPLETE and ranked.
+                return pruning and epoch < last and trial.should_prune()
 
         name = f"trial_{trial.number}"
         config = {k: attrs[k] for k in ("point", "alpha", "beta", "gamma", "phi", "depth_mult", "width_mult",

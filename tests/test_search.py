@@ -347,6 +347,15 @@ def test_pruned_trials_stop_after_the_reported_epoch_and_are_rows(tmp_path, monk
     assert trained["reason"].eq("pruned after epoch 1").all()
 
 
+def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path, monkeypatch):
+    # Stopping there saves nothing and would drop a trained point from the ranking (ASHA's rungs at
+    # epochs 1 and 3 with the quick sweep's 3 epochs).
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)
+    table = tiny_search(tmp_path, "search.pruner=asha", "trainer.max_epochs=1")
+    trained = table[table["feasible"]]
+    assert len(trained) > 1 and (trained["state"] == "COMPLETE").all() and (trained["epochs"] == 1).all()
+
+
 def test_an_extra_seed_of_a_leading_point_is_trained_in_full_never_pruned(tmp_path, monkeypatch):
     # The pruner would stop every trial but the first; the first point leads, and its extra seed must
     # finish: a pruned seed would leave the point ranked on its one lucky seed.
