@@ -266,8 +266,9 @@ def _modules_in_mode(model: nn.Module, training: bool) -> Iterator[None]:
 def _peak_train_mb(model: nn.Module, saved_bytes: int, resolution: int, batch_size: int, in_channels: int,
                    optimizer: str) -> float:
     """Peak memory of one training step, estimated from shapes: weights + gradients + optimizer state
-    + the activations autograd saves (`saved_bytes`, weights and input not among them) + the input batch. Within about 10–20 % of CUDA's
-    measured peak (autograd's temporaries and the allocator's rounding are not counted)."""
+    + the activations autograd saves (`saved_bytes`, weights and input not among them) + the input
+    batch. Within about 10–20 % of CUDA's measured peak (autograd's temporaries and the allocator's
+    rounding are not counted)."""
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     states = 2 + OPTIMIZER_STATES.get(optimizer, 2)
     input_bytes = batch_size * in_channels * resolution**2 * 4
