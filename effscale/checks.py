@@ -115,16 +115,25 @@ STAGE: dict[str, Check] = {"channels": count(1), "repeats": count(1), "stride": 
                            "expand": above(0), "se": below_one()}
 NAME: Check = (lambda v: isinstance(v, str) and v.strip() != ""), "a name"
 MEASURE_BATCH: Check = (lambda v: _integer(v) and 1 <= v <= 65_536), "an integer from 1 to 65536"
+# A study every launch and worker can open again: in the sweep folder (null), a journal file or a database.
+STORAGE: Check = ((lambda v: v is None or (isinstance(v, str) and v.strip() not in ("", "sqlite://", "sqlite:///",
+                                                                                   "journal://", "journal:///")
+                                            and not v.endswith(":memory:"))),
+                  "null (study.db in the sweep folder), journal:///FILE or a database URL with a file or server "
+                  "(an in-memory study ends with the process)")
 DEVICE: Check = (lambda v: isinstance(v, str)), "auto, cpu, cuda or cuda:N"
 
 
 # Each section a command may read, by its path in the config. A key a config leaves out keeps its default.
 SECTIONS: dict[str, dict[str, Check]] = {
     "": {"seed": count(0), "name": FOLDER_NAME, "variant": optional(one_of(*OFFICIAL_VARIANTS)), "device": DEVICE},
-    "data": {"resolution": optional(count(1)), "num_classes": optional(count(1)), "in_channels": count(1)},
+    "data": {"resolution": optional(count(1)), "num_classes": optional(count(1)), "in_channels": count(1),
+             "native_resolution": count(1), "batch_size": count(1), "data_seed": count(0), "mean": number_list(),
+             "std": number_list(0), "val_fraction": ((lambda v: _real(v) and 0 < v < 1), "a number in (0, 1)"),
+             "hflip": FLAG, "verify": FLAG, "download": FLAG},
     "trainer": TRAINER,
     "search": {"phi": at_least(0), "n_trials": optional(count(1)), "top_k": count(0), "extra_seeds": count(0),
-               "workers": count(1), "retry_failed": FLAG, "stale_after_s": above(0)},
+               "workers": count(1), "retry_failed": FLAG, "stale_after_s": above(0), "storage": STORAGE},
     "search.grid": {"alpha": RANGE, "beta": RANGE, "step": above(0), "tolerance": at_least(0), "gamma_values": GAMMAS,
                     "gamma_multiple": optional(at_least(0))},
     "baseline": {"name": NAME, "stages": STAGES, "resolution": count(1), "divisor": count(1), "dropout": below_one(),
@@ -160,6 +169,8 @@ def check_config(cfg: dict[str, Any]) -> None:
             values = values.get(part) if isinstance(values, dict) else None
         if isinstance(values, dict):
             check_values(values, path, checks)
+        elif values is not None:  # `scale=abc` on the command line puts text where the keys were
+            raise UserError(f"{path}: expected a mapping of keys, got {values!r}")
     if isinstance(cfg.get("baseline"), dict):
         check_stage_table(cfg["baseline"])
     for i, stage in enumerate((cfg.get("baseline") or {}).get("stages") or []):

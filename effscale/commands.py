@@ -98,6 +98,10 @@ def search(overrides: list[str]) -> None:
         table = read_trials(run.table)
     elif workers > 1:
         table, failed = run_local(run, overrides, workers)
+        if failed and run.settled():  # killed, say: the others took its trial over and finished the sweep
+            print(f"effscale search: {failed} of {workers} workers ended early; the others settled every trial",
+                  file=sys.stderr)
+            failed = 0
     else:
         with stops_as_interrupt():  # `kill`, a closed terminal, scancel: wound down as a Ctrl-C is
             table = run.run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,8 @@ def load(command: str, overrides: list[str]) -> dict[str, Any]:
 
     cfg = to_dict(compose(command, overrides))
     check_config(cfg)
+    if isinstance(cfg.get("out"), str):  # out="~/runs", quoted as Hydra asks, is a folder in the home folder
+        cfg["out"] = os.path.expanduser(cfg["out"])
     return cfg
 
 

@@ -41,6 +41,9 @@ class TrialCSVLogger(CSVLogger):
         return self._experiment
 
 
+_USER_WANDB_CACHE = "WANDB_CACHE_DIR" in os.environ
+
+
 def trial_loggers(kind: str, sweep_dir: Path, run_name: str, *, group: str, job_type: str,
                   config: dict[str, Any], project: str = "effscale") -> list[Logger]:
     """Loggers for one trial: `logs/<run_name>/metrics.csv`, plus a W&B run when `kind` is wandb."""
@@ -48,14 +51,22 @@ def trial_loggers(kind: str, sweep_dir: Path, run_name: str, *, group: str, job_
     if kind == "wandb":
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")
-        import wandb
+        if not _USER_WANDB_CACHE:  # W&B's own debug logs would go to ~/.cache/wandb: a sweep writes in its folder
+            os.environ["WANDB_CACHE_DIR"] = str(sweep_dir / "wandb" / ".cache")
         from lightning.pytorch.loggers import WandbLogger
 
-        run = wandb.init(project=project, dir=str(sweep_dir), name=run_name, group=group, job_type=job_type,
-                         config=config, reinit="finish_previous",
-                         # No system-stats sampler thread or console capture: they cost CPU on small machines.
-                         settings=wandb.Settings(x_disable_stats=True, console="off", save_code=False,
-                                                 disable_git=True))
+        try:
+            import wandb
+
+            run = wandb.init(project=project, dir=str(sweep_dir), name=run_name, group=group, job_type=job_type,
+                             config=config, reinit="finish_previous",
+                             # No system-stats sampler thread or console capture: they cost CPU on small machines.
+                             settings=wandb.Settings(x_disable_stats=True, console="off", save_code=False,
+                                                     disable_git=True))
+        except Exception as exc:  # not logged in online, a broken install: the sweep cannot log as asked
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"logger=wandb: W&B could not start a run ({reason}); WANDB_MODE=offline keeps runs "
+                            "in the sweep folder, logger=csv leaves W&B out") from None
         loggers.append(WandbLogger(experiment=run))
     elif kind != "csv":
         raise UserError(f"logger.name={kind}: expected wandb or csv")

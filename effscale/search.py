@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -42,7 +43,7 @@ from effscale.files import first_new_folder, log_to, remove_created
 from effscale.measure import Measurement, architecture_key, measure_table, measure_tables
 from effscale.models import build_model
 from effscale.scaling import ScalingError, compound_grid, compound_multipliers, constraint_value, scale_stage_table
-from effscale.storages import open_storage, without_password
+from effscale.storages import journal_file, open_storage, without_password
 
 log = logging.getLogger("effscale.search")
 STRATEGY = "compound"
@@ -404,6 +405,20 @@ def candidate_row(c: Candidate, context: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def set_aside_trial_logs(sweep_dir: Path) -> tuple[int, Path] | None:
+    """Move `logs/trial_N/` of an earlier study to `logs/before-<time>/`: a new study numbers its trials
+    from 0 again, and its trial 0's metrics would otherwise continue the old trial 0's file. How many
+    folders went, and where; None when there were none."""
+    old = sorted((sweep_dir / "logs").glob("trial_*"))
+    if not old:
+        return None
+    aside = sweep_dir / "logs" / f"before-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir(parents=True, exist_ok=True)
+    for folder in old:
+        folder.rename(aside / folder.name)
+    return len(old), aside
+
+
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     attrs = trial.user_attrs
     return {"trial": trial.number, "state": trial.state.name, **{k: attrs.get(k) for k in ROW_ATTRS}}
@@ -432,6 +447,7 @@ class Search:
         self.opts, self.budget, self.recipe = cfg["search"], cfg["budget"], dict(cfg["trainer"])
         self.stale_after_s = float(self.opts["stale_after_s"])
         self.retry_below: int | None = None  # set by `open`
+        self.new_journal: Path | None = None  # set by `open`: a journal file (or its folder) it creates
         self.working: optuna.Trial | None = None  # the trial this process has started and not yet recorded
         self.device_costs_from = device  # the device that measured latency and peak memory (`open`)
         self.seed = int(cfg["seed"])
@@ -550,12 +566,18 @@ class Search:
         """Create or load the sweep's study and bring trials.csv up to date with it. `new_launch`:
         this process starts a launch (a `search` command), not one of its workers."""
         new = first_new_folder(self.sweep_dir)  # removed again if this run is refused: nothing left behind
+        journal = journal_file(self.opts.get("storage"))
+        self.new_journal = first_new_folder(journal) if journal else None  # the same, outside the sweep folder
+        new = self._make_folder(new)
         self.study = self._create_study(new)
         if self._check_against_record(new):
             moved = results.set_aside_search_rows(self.sweep_dir)
             if moved:
                 self.say(f"{self.sweep_dir / 'trials.csv'} held {moved[0]} search rows the new study did not train "
                          f"(a copied folder, or a deleted study): moved to {moved[1]}, not ranked with this study's")
+            logs = set_aside_trial_logs(self.sweep_dir)
+            if logs:
+                self.say(f"the logs of {logs[0]} trial(s) of the earlier study: moved to {logs[1]}")
         log_to(log, self.sweep_dir / "search.log")
         for key, value in {**self.context, "strategy": STRATEGY, "phi": float(self.opts["phi"])}.items():
             self.study.set_user_attr(key, value)
@@ -564,34 +586,54 @@ class Search:
             self.say(f"{stale} trial(s) left unfinished by an earlier run: marked FAIL (stale), will run again")
         self._start_launch(new_launch)
         self.table = self.sweep_dir / "trials.csv"
-        rows = [candidate_row(c, self.context) | {"state": "INFEASIBLE", "seed": self.seed}
+        # A point over the budget is one row, whatever the seed (it trains with none): a run with another
+        # `seed` keeps the seed of the row an earlier run wrote.
+        table = results.read_trials(self.table)
+        over = table[(table["state"] == "INFEASIBLE") & (table["strategy"] == STRATEGY)] if len(table) else table
+        seeds = dict(zip(over["point"], over["seed"])) if len(over) else {}
+        rows = [candidate_row(c, self.context) | {"state": "INFEASIBLE", "seed": int(seeds.get(c.point, self.seed))}
                 for c in self.candidates if not c.feasible]
         rows += [trial_row(t) for t in self._finished().values()]
         results.upsert_trials(self.table, rows)
         return self.study
 
-    def _create_study(self, new: Path | None) -> optuna.Study:
-        """The sweep folder and its study, created or loaded; a storage that cannot be opened is one error."""
-        from sqlalchemy.exc import SQLAlchemyError
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    def _make_folder(self, new: Path | None) -> Path | None:
+        """Create the sweep folder. `new` (its first new folder) stays this run's to remove only if this
+        run made the sweep folder: another search started at the same moment may have made it first."""
         try:
-            self.sweep_dir.mkdir(parents=True, exist_ok=True)
+            self.sweep_dir.parent.mkdir(parents=True, exist_ok=True)
+            self.sweep_dir.mkdir()
         except OSError as exc:
+            if isinstance(exc, FileExistsError) and self.sweep_dir.is_dir():
+                return None  # there before, or made by another search meanwhile: not this run's to remove
             raise UserError(f"out={self.cfg['out']}: cannot create the sweep folder {self.sweep_dir} "
                             f"({exc.strerror or exc})") from None
+        return new
+
+    def _create_study(self, new: Path | None) -> optuna.Study:
+        """The sweep's study, created or loaded; a storage that cannot be opened is one error."""
+        from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         url = self.opts.get("storage")
         points = [c.point for c in self.feasible]
-        try:
-            return optuna.create_study(
-                study_name=str(self.cfg["name"]), storage=open_storage(url, self.sweep_dir), direction="maximize",
-                load_if_exists=True, sampler=make_sampler(self.opts["sampler"], points, self.seed),
-                pruner=self.pruner())
-        except (ImportError, ValueError, OSError, SQLAlchemyError) as exc:
-            remove_created(new, self.sweep_dir)
-            what = f"search.storage={without_password(url)}" if url else f"{self.sweep_dir / 'study.db'}"
-            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
-            raise UserError(f"{what}: cannot open the study ({reason[:200]})") from None
+        attempts = 3
+        while True:
+            try:
+                return optuna.create_study(
+                    study_name=str(self.cfg["name"]), storage=open_storage(url, self.sweep_dir),
+                    direction="maximize", load_if_exists=True,
+                    sampler=make_sampler(self.opts["sampler"], points, self.seed), pruner=self.pruner())
+            except (ImportError, ValueError, OSError, SQLAlchemyError) as exc:
+                attempts -= 1
+                # Two searches creating one SQLite study at once: the other's tables appear midway.
+                if attempts and isinstance(exc, OperationalError) and "already exists" in str(exc):
+                    time.sleep(0.5)
+                    continue
+                self._remove_created(new)
+                what = f"search.storage={without_password(url)}" if url else f"{self.sweep_dir / 'study.db'}"
+                reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+                raise UserError(f"{what}: cannot open the study ({reason[:200]})") from None
 
     def _check_against_record(self, new: Path | None) -> bool:
         """What the study and the sweep folder recorded must agree with this run: the device costs a
@@ -609,9 +651,18 @@ class Search:
         except UserError:
             if created:
                 optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)
-                remove_created(new, self.sweep_dir)
+                self._remove_created(new)
             raise
         return created
+
+    def _remove_created(self, new: Path | None) -> None:
+        """Undo what a refused run created: the sweep folder (`files.remove_created`), and a journal
+        file, with the folders made for it, that was not there before."""
+        remove_created(new, self.sweep_dir)
+        if self.new_journal is not None and self.new_journal.is_dir():
+            shutil.rmtree(self.new_journal, ignore_errors=True)
+        elif self.new_journal is not None:
+            self.new_journal.unlink(missing_ok=True)
 
     def _start_launch(self, new_launch: bool) -> None:
         """Record where this launch's trials begin (the workers of one launch read it, however late each
@@ -726,6 +777,12 @@ class Search:
         extra_done = sum(1 for p, s in finished if s != self.seed and p in feasible)
         return min(first_done, first) + extra_done, first + max(extra, extra_done)
 
+    def settled(self) -> bool:
+        """Whether nothing is left to train: every trial `counts` foresees, and the extra seeds of any
+        point that moved up among the best."""
+        done, total = self.counts()
+        return done >= total and not self.seed_jobs()
+
     def run(self) -> pd.DataFrame:
         with self.abandoned_on_stop():
             if self.opts["sampler"] == "tpe":
@@ -736,6 +793,8 @@ class Search:
         return results.read_trials(self.table)
 
     def run_jobs(self, jobs: list[Job], label: str = "grid points") -> None:
+        from effscale.workers import claim
+
         done, running = self._finished(), self._running()
         todo = [j for j in jobs if j.key not in done and j.key not in running]
         if not todo:
@@ -744,7 +803,10 @@ class Search:
         for i, job in enumerate(todo, 1):
             if job.key in self._finished() or job.key in self._running():
                 continue  # another worker on the same study took it meanwhile
-            self.train(self.begin(lambda: self.start_trial(job)), job, f"[{i}/{len(todo)}]")
+            # Claimed as workers claim: another search on the same study may have just started it.
+            trial = self.begin(lambda: claim(self, job, self.retry_below))
+            if trial is not None:
+                self.train(trial, job, f"[{i}/{len(todo)}]")
 
     def run_tpe(self) -> None:
         """TPE proposes points from the feasible set; a point it proposes again is answered from the

@@ -15,17 +15,33 @@ def open_storage(url: str | None, sweep_dir: Path) -> Any:
     JournalStorage on one file (workers on a shared file system). Anything else: an RDB URL."""
     if not url:
         return f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
-    if url.startswith("journal://"):
+    path = journal_file(url)
+    if path is not None:
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        path = Path(url[len("journal://"):])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith(("postgresql", "mysql")):
         from optuna.storages import RDBStorage
 
         return RDBStorage(url, **server_options(url))
+    return url
+
+
+def journal_file(url: str | None) -> Path | None:
+    """The file of a `journal:///path/file.log` storage; None for any other."""
+    return Path(url[len("journal://"):]) if url and url.startswith("journal://") else None
+
+
+def absolute(url: str) -> str:
+    """`url` with a relative journal or SQLite file made absolute, so that it names the same file from
+    any folder (`effscale dashboard` reads it from the sweep folder's storage.txt)."""
+    path = journal_file(url)
+    if path is not None:
+        return f"journal://{path.expanduser().resolve()}"
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        return f"sqlite:///{Path(url[len('sqlite:///'):]).expanduser().resolve()}"
     return url
 
 

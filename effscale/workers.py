@@ -27,6 +27,7 @@ or reaches a non-finite loss is recorded FAIL with its reason by `Search.train`,
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -42,7 +43,7 @@ from effscale.config import model_table
 from effscale.devices import available_cores, resolve_device
 from effscale.errors import UserError
 from effscale.search import Job, Search, fail_stale_trials, interrupts_deferred, mark_stale, stops_as_interrupt
-from effscale.storages import without_password
+from effscale.storages import absolute, without_password
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -193,7 +194,7 @@ def record_storage(search: Search) -> None:
     driver takes it from the usual place (PGPASSWORD or ~/.pgpass for PostgreSQL)."""
     url = search.opts.get("storage")
     if url:
-        (search.sweep_dir / "storage.txt").write_text(without_password(url, masked=False) + "\n")
+        (search.sweep_dir / "storage.txt").write_text(without_password(absolute(url), masked=False) + "\n")
 
 
 def run_local(search: Search, overrides: list[str], workers: int) -> tuple["pd.DataFrame", int]:
@@ -224,11 +225,33 @@ def run_workers(commands: list[list[str]], stop_s: float = 30.0) -> int:
         try:
             for command in commands:
                 with interrupts_deferred():  # a worker that was started is one `_stop` knows of
-                    procs.append(subprocess.Popen(command, start_new_session=True))
+                    procs.append(subprocess.Popen(command, start_new_session=True, preexec_fn=_stop_with(os.getpid())))
             return sum(p.wait() != 0 for p in procs)
         except BaseException:
             _stop(procs, stop_s)
             raise
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_with(parent: int) -> Callable[[], None] | None:
+    """On Linux, what makes a worker get a SIGINT when the search command that started it dies
+    (`kill -9`, the OOM killer): it winds down as on Ctrl-C, its trial marked stale, rather than
+    training on with nobody to print or wait for it while a rerun starts more workers beside it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def in_the_worker() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
+        if os.getppid() != parent:  # it died before the line above: do not start at all
+            os._exit(130)
+
+    return in_the_worker
 
 
 def _stop(procs: list[subprocess.Popen], stop_s: float) -> None:

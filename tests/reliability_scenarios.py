@@ -218,6 +218,8 @@ BAD_INPUTS = [
              "search.storage"),
     BadInput("output under /proc", ("search", *TINY_SEARCH, "out=/proc/effscale", "name=sweep"), "/proc/effscale"),
     BadInput("output is a file", ("search", *TINY_SEARCH, "out={a_file}", "name=sweep"), "a_file"),
+    BadInput("compare: output is a file", ("compare", *TINY_SEARCH, "out={a_file}", "name=sweep"), "a_file"),
+    BadInput("a section given as text", _search("search.grid=abc"), "search.grid"),
     BadInput("predict: no such image", ("predict", "{out}/missing.jpg", "--weights", "{mismatch}"), "missing.jpg"),
     BadInput("predict: not an image", ("predict", "{not_image}"), "notes.jpg"),
     BadInput("report: no results table", ("report", "{empty}"), "empty"),

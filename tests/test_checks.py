@@ -4,12 +4,13 @@ tests/test_reliability.py's bad inputs."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 
 from conftest import REPO
-from effscale.checks import check_config
+from effscale.checks import STORAGE, check_config
 from effscale.config import available_options, compose, load, to_dict
 from effscale.errors import UserError
 
@@ -35,6 +36,16 @@ from effscale.errors import UserError
     ("search", "search.top_k=-1", "search.top_k: expected an integer of at least 0, got -1"),
     ("search", "search.workers=0", "search.workers: expected an integer of at least 1, got 0"),
     ("search", "search.n_trials=0", "search.n_trials: expected null or an integer of at least 1, got 0"),
+    ("search", "search.storage=123", f"search.storage: expected {STORAGE[1]}, got 123"),
+    ("search", "search.storage=sqlite:///", f"search.storage: expected {STORAGE[1]}, got 'sqlite:///'"),
+    ("search", "search.storage=sqlite:///:memory:", f"search.storage: expected {STORAGE[1]}, got 'sqlite:///:memory:'"),
+    ("search", "data.batch_size=abc", "data.batch_size: expected an integer of at least 1, got 'abc'"),
+    ("search", "data.mean=abc", "data.mean: expected a list of one or more numbers, got 'abc'"),
+    ("search", "data.hflip=maybe", "data.hflip: expected true or false, got 'maybe'"),
+    ("search", "data=imagefolder data.val_fraction=1", "data.val_fraction: expected a number in (0, 1), got 1"),
+    ("search", "search.grid=abc", "search.grid: expected a mapping of keys, got 'abc'"),
+    ("measure", "scale=abc", "scale: expected a mapping of keys, got 'abc'"),
+    ("compare", "compare.trainer=abc", "compare.trainer: expected a mapping of keys, got 'abc'"),
     ("search", "search.stale_after_s=abc", "search.stale_after_s: expected a number above 0, got 'abc'"),
     ("search", "budget.max_params=abc", "budget.max_params: expected null or an integer of at least 1, got 'abc'"),
     ("search", "budget.macs_tolerance=-1", "budget.macs_tolerance: expected null or a number of at least 0, got -1"),
@@ -92,6 +103,10 @@ def test_every_shipped_config_passes(command):
             assert load(command, [f"baseline={name}"])["baseline"]["name"] == name
         for name in sources:
             assert load(command, [f"data={name}"])["data"]["name"] in (name, "imagefolder")  # imagenet is one
+
+
+def test_out_may_start_with_the_home_folder_quoted_as_hydra_asks():
+    assert load("search", ['out="~/runs"'])["out"] == os.path.expanduser("~/runs")
 
 
 def test_values_a_user_may_write_in_other_forms_pass():

@@ -65,6 +65,23 @@ def test_storage_is_found_as_sqlite_journal_or_recorded_url(tmp_path):
     assert find_storage(tmp_path) == "/shared/sweeps/quick.log"
 
 
+def test_a_relative_storage_is_recorded_absolute_so_the_dashboard_finds_it_from_any_folder(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from effscale.storages import absolute
+    from effscale.workers import record_storage
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute("journal://runs/s.log") == f"journal://{tmp_path / 'runs' / 's.log'}"
+    assert absolute("sqlite:///runs/s.db") == f"sqlite:///{tmp_path / 'runs' / 's.db'}"
+    assert absolute("sqlite:////abs/s.db") == "sqlite:////abs/s.db"
+    assert absolute("postgresql://u:p@db/x") == "postgresql://u:p@db/x"
+    (tmp_path / "sweep").mkdir()
+    record_storage(SimpleNamespace(opts={"storage": "journal://runs/s.log"}, sweep_dir=tmp_path / "sweep"))
+    monkeypatch.chdir("/")
+    assert find_storage(tmp_path / "sweep") == str(tmp_path / "runs" / "s.log")
+
+
 def test_a_sqlite_file_given_as_a_plain_path_is_served_as_sqlite(sweep):
     from effscale.dashboard import dashboard_url
 

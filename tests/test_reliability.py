@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -440,3 +441,27 @@ def test_a_multirun_search_where_every_trial_failed_exits_1_too(tmp_path, monkey
     assert exited.value.code == 1
     assert capsys.readouterr().err.startswith("effscale search: no trial completed (why each failed: the reason column")
     assert set(pd.read_csv(tmp_path / "sweep" / "trials.csv")["state"]) == {"FAIL"}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a parent's death signal is Linux's prctl")
+def test_workers_are_interrupted_when_the_search_that_started_them_is_killed(tmp_path):
+    """`kill -9` of `effscale search search.workers=2` must not leave its workers training unattended:
+    each gets the SIGINT of a Ctrl-C, which marks its trial stale for the rerun."""
+    import subprocess
+
+    started, interrupted = tmp_path / "started", tmp_path / "interrupted"
+    worker = (f"import pathlib, signal, sys, time; signal.signal(signal.SIGINT, lambda *_: "
+              f"(pathlib.Path({str(interrupted)!r}).touch(), sys.exit(130))); "
+              f"pathlib.Path({str(started)!r}).touch(); time.sleep(120)")
+    search = f"import sys; from effscale.workers import run_workers; run_workers([[sys.executable, '-c', {worker!r}]])"
+    launcher = subprocess.Popen([sys.executable, "-c", search])
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert started.exists()
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 10
+    while not interrupted.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert interrupted.exists()

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,15 +46,24 @@ def tiny_table(tmp_path_factory):
 
 def test_a_table_copied_without_its_study_is_set_aside_not_ranked_with_the_new_studys_trials(tiny_table, tmp_path,
                                                                                                 capsys):
-    _, table = tiny_table  # seeds 0 and 1 (extra_seeds=1); the search below trains seed 0 only
+    sweep, table = tiny_table  # seeds 0 and 1 (extra_seeds=1); the search below trains seed 0 only
     compared = table.iloc[[0]].assign(point="compare_phi0_a1.2_b1.1_g1.15", strategy="baseline", phi=0)
-    (tmp_path / "copied").mkdir()
+    shutil.copytree(sweep / "logs", tmp_path / "copied" / "logs")
     results.write_trials(pd.concat([table, compared]), tmp_path / "copied")
     capsys.readouterr()
     new = tiny_search(tmp_path, name="copied")
     [aside] = (tmp_path / "copied").glob("trials.before-*.csv")
+    [logs_aside] = (tmp_path / "copied" / "logs").glob("before-*")
+    out = capsys.readouterr().out
     assert f"held {len(table)} search rows the new study did not train (a copied folder, or a deleted study): " \
-           f"moved to {aside}" in capsys.readouterr().out
+           f"moved to {aside}" in out
+    assert f"the logs of {len(list((sweep / 'logs').glob('trial_*')))} trial(s) of the earlier study: moved to " \
+           f"{logs_aside}" in out
+    # The new study's trial 0 has a metrics file of its own, not the end of the old trial 0's.
+    old_metrics = (sweep / "logs" / "trial_0" / "metrics.csv").read_text()
+    assert (logs_aside / "trial_0" / "metrics.csv").read_text() == old_metrics
+    new_metrics = (tmp_path / "copied" / "logs" / "trial_0" / "metrics.csv").read_text()
+    assert len(new_metrics.splitlines()) == len(old_metrics.splitlines())
     assert len(results.read_trials(aside)) == len(table) + 1
     searched = new[~results.from_compare(new)]
     assert set(searched["seed"]) == {0} and len(searched) == len(table[table["seed"] == 0])
@@ -167,6 +177,21 @@ def test_rerun_resumes_without_training_again(tmp_path, capsys):
     trained = (first["state"] == "COMPLETE").sum()
     assert f"{trained} trials already complete, 0 to run" in capsys.readouterr().out
     pd.testing.assert_frame_equal(first, again)
+
+
+def test_a_sweep_rerun_with_another_seed_keeps_one_row_per_point_over_the_budget(tmp_path, monkeypatch):
+    from effscale import train
+
+    def fit(table, data, recipe, seed, **kwargs):
+        return {"state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.5, "epochs": 1, "train_seconds": 0.1,
+                "val_history": [0.5], "reason": None}
+
+    monkeypatch.setattr(train, "fit_candidate", fit)
+    first = tiny_search(tmp_path)
+    again = tiny_search(tmp_path, "seed=1")
+    over = again[again["state"] == "INFEASIBLE"]
+    assert len(over) == (first["state"] == "INFEASIBLE").sum() > 0 and set(over["seed"]) == {0}
+    assert set(again.loc[again["state"] == "COMPLETE", "seed"]) == {0, 1}
 
 
 def test_resuming_with_other_training_settings_is_refused_and_runtime_settings_are_not(tmp_path, capsys):
@@ -415,6 +440,43 @@ def test_journal_storage_url(tmp_path):
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == (table["state"] == "COMPLETE").sum()
 
 
+def test_wandb_that_cannot_start_a_run_is_one_line_and_leaves_no_trial_running(tmp_path, monkeypatch):
+    import wandb
+
+    def init(**kwargs):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", init)
+    with pytest.raises(UserError, match=r"^logger=wandb: W&B could not start a run \(No API key configured\. "
+                                        r"Use `wandb login` to log in\.\); WANDB_MODE=offline keeps runs"):
+        tiny_search(tmp_path, "logger=wandb")
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny' / 'study.db'}")
+    assert [t.user_attrs.get("stale") for t in study.trials] == [True]
+
+
+def test_wandb_writes_its_own_logs_in_the_sweep_folder(tmp_path, monkeypatch):
+    from effscale import loggers
+
+    monkeypatch.delenv("WANDB_CACHE_DIR", raising=False)
+    monkeypatch.setattr(loggers, "_USER_WANDB_CACHE", False)
+    for logger in loggers.trial_loggers("wandb", tmp_path, "trial_0", group="g", job_type="grid", config={}):
+        logger.finalize("success")
+    assert os.environ["WANDB_CACHE_DIR"] == str(tmp_path / "wandb" / ".cache")
+
+
+def test_a_refused_run_removes_the_journal_file_and_folders_it_created(tmp_path, monkeypatch):
+    from effscale import train
+
+    monkeypatch.setattr(train, "fit_candidate", lambda *a, **kw: {
+        "state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.5, "epochs": 1, "train_seconds": 0.1,
+        "val_history": [0.5], "reason": None})
+    tiny_search(tmp_path)
+    journal = tmp_path / "new" / "sub" / "study.log"
+    with pytest.raises(UserError, match="trainer"):  # the sweep's trials were trained for one epoch
+        tiny_search(tmp_path, "trainer.max_epochs=2", f"search.storage=journal://{journal}")
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.slow
 def test_fashion_mnist_search_learns_well_above_chance(tmp_path, fashion_mnist_dir):
     """The quick sweep's baseline, one grid point, two epochs on 6,000 real Fashion-MNIST images."""
@@ -607,6 +669,17 @@ def test_a_search_whose_workers_failed_exits_1_and_says_so(tmp_path, monkeypatch
                                        "they finished are kept, and the same command trains what is left\n")
 
 
+def test_a_worker_that_ended_early_while_the_others_settled_every_trial_is_no_failure(tmp_path, monkeypatch,
+                                                                                     capsys):
+    from effscale import workers
+
+    # One worker killed (SIGKILL, OOM): the other took its trial over and trained the whole grid.
+    monkeypatch.setattr(workers, "run_local", lambda run, overrides, n: (run.run(), 1))
+    assert search(overrides(f"out={tmp_path}", "name=tiny", "search.workers=2")) is None
+    assert capsys.readouterr().err.endswith(
+        "effscale search: 1 of 2 workers ended early; the others settled every trial\n")
+
+
 def test_the_papers_own_point_is_outside_the_default_macs_budget_and_inside_with_macs_unbounded(tmp_path):
     """Section 3.3's α = 1.2, β = 1.1 meets α·β²·γ² ≈ 2, but ceil(repeats·1.2) adds a block to every
     stage of B0: at 224 px it measures 2.59× B0's MACs, outside the default 2 ± 10 %."""
@@ -764,6 +837,74 @@ def test_a_search_resumed_after_its_first_round_of_extra_seeds_trains_the_point_
     search(argv)
     assert "7 trials already complete, 0 to run\n" in capsys.readouterr().out
     assert sorted(calls) == sorted(accuracy)
+
+
+def test_two_searches_on_one_study_never_train_the_same_point_twice(tmp_path, monkeypatch):
+    """A second `effscale search` of the same sweep (or a search beside `search.workers`) may read the
+    study just before the other starts a point: it claims the point, as workers do, before training."""
+    import reliability_scenarios as rs
+
+    from effscale import train
+    from effscale.config import load, model_table
+    from effscale.search import Job, Search
+
+    trained = []
+
+    def fit(table, data, recipe, seed, **kwargs):
+        trained.append(table["depth_mult"])
+        return {"state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.5, "epochs": 1, "train_seconds": 0.1,
+                "val_history": [0.5], "reason": None}
+
+    monkeypatch.setattr(train, "fit_candidate", fit)
+    cfg = load("search", [*rs.TINY_SEARCH, f"out={tmp_path}", "name=shared"])
+    first, second = (Search(cfg, model_table(cfg), "cpu", say=lambda line: None) for _ in range(2))
+    for run in (first, second):
+        run.plan()
+        run.open()
+    job = Job(first.feasible[0], 0)
+    held = first.start_trial(job)  # the first search has just started the point ...
+    monkeypatch.setattr(second, "_running", lambda: set())  # ... after the second read what runs
+    second.run_jobs([job])
+    assert trained == []
+    assert [t.number for t in second.study.get_trials() if t.user_attrs.get("repeat_of") == held.number]
+
+
+def test_a_search_started_beside_another_on_a_new_folder_neither_removes_it_nor_fails_on_its_tables(
+        tmp_path, monkeypatch):
+    import sqlite3
+
+    import reliability_scenarios as rs
+    from sqlalchemy.exc import OperationalError
+
+    from effscale import search as search_module
+    from effscale.config import load, model_table
+    from effscale.search import Search
+
+    cfg = load("search", [*rs.TINY_SEARCH, f"out={tmp_path}", "name=shared"])
+    sweep = tmp_path / "shared"
+    real_create = optuna.create_study
+    racing = [OperationalError("CREATE TABLE studies", {}, sqlite3.OperationalError("table studies already exists"))]
+
+    def create_study(**kwargs):  # the other search's schema appears while this one creates it
+        if racing:
+            raise racing.pop()
+        return real_create(**kwargs)
+
+    monkeypatch.setattr(optuna, "create_study", create_study)
+    run = Search(cfg, model_table(cfg), "cpu", say=lambda line: None)
+    run.plan()
+    run.open()
+    assert not racing and (sweep / "study.db").exists()
+
+    # The folder was new when this search looked, and another made it (and its study) just after:
+    # a study this search then cannot open leaves the other's folder alone.
+    monkeypatch.setattr(search_module, "first_new_folder", lambda path: sweep)
+    monkeypatch.setattr(optuna, "create_study", lambda **kw: (_ for _ in ()).throw(ValueError("refused")))
+    late = Search(cfg, model_table(cfg), "cpu", say=lambda line: None)
+    late.plan()
+    with pytest.raises(UserError, match="cannot open the study"):
+        late.open()
+    assert (sweep / "study.db").exists()
 
 
 def test_a_waiting_trial_someone_else_enqueued_is_left_alone(tmp_path, monkeypatch):
