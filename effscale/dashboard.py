@@ -10,6 +10,7 @@ dashboard can edit notes and tell trials, so it is not exposed to the network by
 
 from __future__ import annotations
 
+import socket
 import socketserver
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,12 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+class _ThreadingServer6(_ThreadingServer):
+    """The same on an IPv6 address (--host ::1): WSGIServer's socket is IPv4's."""
+
+    address_family = socket.AF_INET6
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (the stdlib's name)
         pass
@@ -110,8 +117,9 @@ def serve(storage: str, host: str = "127.0.0.1", port: int = 8080, quiet: bool =
     import optuna_dashboard
 
     app = optuna_dashboard.wsgi(read_storage(storage))
+    server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
     try:
-        return make_server(host, port, app, server_class=_ThreadingServer,
+        return make_server(host, port, app, server_class=server_class,
                            handler_class=_QuietHandler if quiet else WSGIRequestHandler)
     except OSError as exc:
         raise UserError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None

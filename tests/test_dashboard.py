@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import socket
 import threading
 import urllib.request
 
@@ -80,6 +81,29 @@ def test_a_relative_storage_is_recorded_absolute_so_the_dashboard_finds_it_from_
     record_storage(SimpleNamespace(opts={"storage": "journal://runs/s.log"}, sweep_dir=tmp_path / "sweep"))
     monkeypatch.chdir("/")
     assert find_storage(tmp_path / "sweep") == str(tmp_path / "runs" / "s.log")
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_dashboard_listens_on_an_ipv6_address(sweep):
+    server = serve(find_storage(sweep), "::1", port=0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{server.server_port}/api/studies", timeout=30) as response:
+            assert [s["study_name"] for s in json.load(response)["study_summaries"]] == ["quick"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def test_a_sqlite_file_given_as_a_plain_path_is_served_as_sqlite(sweep):
