@@ -49,11 +49,12 @@ def _one_line(exc: Exception) -> str:
     from hydra.errors import OverrideParseException
 
     text = str(exc).strip()
-    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+    missing = re.search(r"Could not find '([^']+)/([^'/]*)'", text)
     if missing:
         group, option = missing.groups()
         options = available_options(group)  # Hydra's own groups (hydra/launcher) come from plugins: not listed
-        return f"{group}={option}: no such option" + (f"; available: {', '.join(options)}" if options else "")
+        what = "no such option" if option else "no option given"
+        return f"{group}={option}: {what}" + (f"; available: {', '.join(options)}" if options else "")
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
         key = unknown.group(1)

@@ -37,6 +37,7 @@ def test_measure_compound_phi_uses_alpha_beta_gamma():
 
 @pytest.mark.parametrize("args, needle", [
     (["baseline=nope"], "baseline=nope: no such option"),
+    (["baseline="], "baseline=: no option given; available: efficientnet_b0, efficientnet_lite0, mobilenet_v2,"),
     (["scale.phi=-1"], "scale.phi must be >= 0"),
     (["scale.phi=abc"], "scale.phi must be a number"),
     (["scale.alpha=0.9", "scale.phi=1"], "scale.alpha must be >= 1"),
