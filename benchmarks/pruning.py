@@ -60,7 +60,7 @@ SETTINGS = ["logger=csv", "trainer.progress=false", "search.top_k=0", "search.ex
             "search.grid={alpha:[1.0,2.0],beta:[1.0,1.4],step:0.1}", "trainer.max_epochs=9",
             "data.train_size=8000", "data.val_size=5000", "data.batch_size=128",
             "baseline.dropout=0.0", "baseline.stochastic_depth=0.0", "trainer.warmup_epochs=0.2"]
-QUICK = ["trainer.max_epochs=3", "data.train_size=256", "data.val_size=128", "data.test_size=128",
+QUICK = ["trainer.max_epochs=3", "data.train_size=256", "data.val_size=128",
          "search.grid={alpha:[1.0,1.2],beta:[1.0,1.2],step:0.2}"]
 
 
@@ -206,7 +206,8 @@ def main() -> None:
                  "EFFSCALE_FASHION_MNIST, or run on the embedded data with --data procedural")
     device = str(pick_device(args.device))
     data = [f"data={args.data}"] + ([f"data.root={args.data_root}"] if args.data == "fashion_mnist" else [])
-    overrides = [*data, *(QUICK if args.quick else []), *args.overrides]
+    quick = [*QUICK, *(["data.test_size=128"] if args.data == "procedural" else [])] if args.quick else []
+    overrides = [*data, *quick, *args.overrides]
     out = args.out or tempfile.mkdtemp(prefix="effscale-pruning-")
     log(f"  searches in {out}")
     full, full_best, full_study, cfg = search("none", out, device, overrides)

@@ -103,11 +103,16 @@ def available_options(group: str) -> list[str]:
 
 def load(command: str, overrides: list[str]) -> dict[str, Any]:
     """The resolved config of `command` with `overrides`, every value checked (effscale/checks.py)."""
+    return checked(to_dict(compose(command, overrides)))
+
+
+def checked(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config with every value checked, and `out` with `~` as the home folder (Hydra asks
+    for a value that starts with it to be quoted, out="~/runs", and then leaves it as it is)."""
     from effscale.checks import check_config
 
-    cfg = to_dict(compose(command, overrides))
     check_config(cfg)
-    if isinstance(cfg.get("out"), str):  # out="~/runs", quoted as Hydra asks, is a folder in the home folder
+    if isinstance(cfg.get("out"), str):
         cfg["out"] = os.path.expanduser(cfg["out"])
     return cfg
 

@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from omegaconf import DictConfig, open_dict
 
-from effscale.checks import check_config
-from effscale.config import CONF_DIR, compose, model_table, to_dict
+from effscale.config import CONF_DIR, checked, compose, model_table, to_dict
 from effscale.devices import resolve_device
 from effscale.errors import UserError
 from effscale.files import first_new_folder, remove_created
@@ -136,8 +135,7 @@ def checked_config(overrides: list[str]) -> tuple[dict[str, Any], str]:
     launcher = composed.hydra.runtime.choices.get("hydra/launcher", "basic")
     with open_dict(composed):
         del composed["hydra"]
-    cfg = to_dict(composed)
-    check_config(cfg)
+    cfg = checked(to_dict(composed))
     check_storage(cfg["search"].get("storage"), launcher, int(cfg["search"]["workers"]))
     if launcher == "submitit_slurm" and not shutil.which("srun"):  # what submitit looks for
         raise UserError("hydra/launcher=submitit_slurm: no SLURM on this machine (srun is not on PATH); run "

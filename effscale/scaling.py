@@ -255,12 +255,14 @@ def strategy_multipliers(
 MAX_BLOCKS, MAX_RESOLUTION, MAX_CHANNELS = 10_000, 16_384, 1_000_000
 
 
-def _check_buildable(table: dict[str, Any], mult: Multipliers) -> None:
-    """A (scaled) stage table is within the limits above. Called on the unrounded sizes too, since
-    rounding a size past every float (scale.phi=1e6) would fail without saying why."""
+def _check_buildable(table: dict[str, Any], mult: Multipliers, slack: float = 1.0) -> None:
+    """A (scaled) stage table is within the limits above. Called on the unrounded sizes too, with
+    `slack` for what rounding takes off, since rounding a size past every float (scale.phi=1e6) would
+    fail without saying why."""
     blocks = sum(stage["repeats"] for stage in table["stages"])
     widest = max(part["channels"] for part in [table["stem"], table.get("head") or table["stem"], *table["stages"]])
-    if not (blocks <= MAX_BLOCKS and widest <= MAX_CHANNELS and table["resolution"] <= MAX_RESOLUTION):
+    if not (blocks <= MAX_BLOCKS * slack and widest <= MAX_CHANNELS * slack
+            and table["resolution"] <= MAX_RESOLUTION * slack):
         raise ScalingError(
             f"depth ×{mult.depth:.3g}, width ×{mult.width:.3g}, resolution ×{mult.resolution:.3g} give "
             f"{_size(blocks)} blocks, {_size(widest)} channels and {_size(table['resolution'])} px; effscale builds "
@@ -303,10 +305,10 @@ def scale_stage_table(table: dict[str, Any], mult: Multipliers, resolution_multi
             stage["repeats"] = round_repeats(repeats, mult.depth) if rounded else repeats * mult.depth
         resolution = out["resolution"] * mult.resolution
         out["resolution"] = round_resolution(resolution, resolution_multiple) if rounded else resolution
-        _check_buildable(out, mult)
+        _check_buildable(out, mult, slack=1.0 if rounded else 2.0)
         return out
 
-    apply(rounded=False)  # the sizes before rounding: past the limits, rounding itself would fail
+    apply(rounded=False)  # the sizes before rounding: far past the limits, rounding itself would fail
     out = apply(rounded=True)
     out["width_mult"] = mult.width
     out["depth_mult"] = mult.depth

@@ -566,9 +566,8 @@ class Search:
         """Create or load the sweep's study and bring trials.csv up to date with it. `new_launch`:
         this process starts a launch (a `search` command), not one of its workers."""
         new = first_new_folder(self.sweep_dir)  # removed again if this run is refused: nothing left behind
-        journal = journal_file(self.opts.get("storage"))
-        self.new_journal = first_new_folder(journal) if journal else None  # the same, outside the sweep folder
         new = self._make_folder(new)
+        self.new_journal = self._make_journal(journal_file(self.opts.get("storage")))
         self.study = self._create_study(new)
         if self._check_against_record(new):
             moved = results.set_aside_search_rows(self.sweep_dir)
@@ -608,6 +607,21 @@ class Search:
                 return None  # there before, or made by another search meanwhile: not this run's to remove
             raise UserError(f"out={self.cfg['out']}: cannot create the sweep folder {self.sweep_dir} "
                             f"({exc.strerror or exc})") from None
+        return new
+
+    @staticmethod
+    def _make_journal(journal: Path | None) -> Path | None:
+        """Create a journal file (search.storage=journal://…) that is not there yet, with its folders:
+        the first of them that was new, removed again if this run is refused; None when the file was
+        there, or another search made it meanwhile."""
+        new = first_new_folder(journal) if journal else None
+        if new is None:
+            return None
+        try:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            journal.open("x").close()
+        except OSError:
+            return None  # another search's now, or not to be created: opening the storage says why
         return new
 
     def _create_study(self, new: Path | None) -> optuna.Study:

@@ -30,8 +30,8 @@ def open_storage(url: str | None, sweep_dir: Path) -> Any:
 
 
 def journal_file(url: str | None) -> Path | None:
-    """The file of a `journal:///path/file.log` storage; None for any other."""
-    return Path(url[len("journal://"):]) if url and url.startswith("journal://") else None
+    """The file of a `journal:///path/file.log` storage (`~` is the home folder); None for any other."""
+    return Path(url[len("journal://"):]).expanduser() if url and url.startswith("journal://") else None
 
 
 def absolute(url: str) -> str:
@@ -39,9 +39,9 @@ def absolute(url: str) -> str:
     any folder (`effscale dashboard` reads it from the sweep folder's storage.txt)."""
     path = journal_file(url)
     if path is not None:
-        return f"journal://{path.expanduser().resolve()}"
+        return f"journal://{path.resolve()}"
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        return f"sqlite:///{Path(url[len('sqlite:///'):]).expanduser().resolve()}"
+        return f"sqlite:///{Path(url[len('sqlite:///'):]).resolve()}"
     return url
 
 

@@ -106,7 +106,10 @@ def test_every_shipped_config_passes(command):
 
 
 def test_out_may_start_with_the_home_folder_quoted_as_hydra_asks():
+    from effscale.multirun import checked_config
+
     assert load("search", ['out="~/runs"'])["out"] == os.path.expanduser("~/runs")
+    assert checked_config(['out="~/runs"'])[0]["out"] == os.path.expanduser("~/runs")  # with -m
 
 
 def test_values_a_user_may_write_in_other_forms_pass():

@@ -77,6 +77,7 @@ def test_a_relative_storage_is_recorded_absolute_so_the_dashboard_finds_it_from_
     assert absolute("sqlite:///runs/s.db") == f"sqlite:///{tmp_path / 'runs' / 's.db'}"
     assert absolute("sqlite:////abs/s.db") == "sqlite:////abs/s.db"
     assert absolute("postgresql://u:p@db/x") == "postgresql://u:p@db/x"
+    assert absolute("journal://~/s.log") == f"journal://{os.path.expanduser('~/s.log')}"  # as it is opened
     (tmp_path / "sweep").mkdir()
     record_storage(SimpleNamespace(opts={"storage": "journal://runs/s.log"}, sweep_dir=tmp_path / "sweep"))
     monkeypatch.chdir("/")

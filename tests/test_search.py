@@ -457,7 +457,8 @@ def test_wandb_that_cannot_start_a_run_is_one_line_and_leaves_no_trial_running(t
 def test_wandb_writes_its_own_logs_in_the_sweep_folder(tmp_path, monkeypatch):
     from effscale import loggers
 
-    monkeypatch.delenv("WANDB_CACHE_DIR", raising=False)
+    monkeypatch.setenv("WANDB_CACHE_DIR", "unset")  # so that the test's end restores what was there
+    monkeypatch.delenv("WANDB_CACHE_DIR")
     monkeypatch.setattr(loggers, "_USER_WANDB_CACHE", False)
     for logger in loggers.trial_loggers("wandb", tmp_path, "trial_0", group="g", job_type="grid", config={}):
         logger.finalize("success")
@@ -905,6 +906,15 @@ def test_a_search_started_beside_another_on_a_new_folder_neither_removes_it_nor_
     with pytest.raises(UserError, match="cannot open the study"):
         late.open()
     assert (sweep / "study.db").exists()
+    # The same with the other search's journal file in that folder.
+    journal = sweep / "study.journal"
+    journal.write_text("the other search's\n")
+    cfg = load("search", [*rs.TINY_SEARCH, f"out={tmp_path}", "name=shared", f"search.storage=journal://{journal}"])
+    late = Search(cfg, model_table(cfg), "cpu", say=lambda line: None)
+    late.plan()
+    with pytest.raises(UserError, match="cannot open the study"):
+        late.open()
+    assert journal.read_text() == "the other search's\n"
 
 
 def test_a_waiting_trial_someone_else_enqueued_is_left_alone(tmp_path, monkeypatch):
