@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -565,8 +564,7 @@ class Search:
     def open(self, new_launch: bool = True) -> optuna.Study:
         """Create or load the sweep's study and bring trials.csv up to date with it. `new_launch`:
         this process starts a launch (a `search` command), not one of its workers."""
-        new = first_new_folder(self.sweep_dir)  # removed again if this run is refused: nothing left behind
-        new = self._make_folder(new)
+        new = self._make_folder()  # removed again if this run is refused: nothing left behind
         self.new_journal = self._make_journal(journal_file(self.opts.get("storage")))
         self.study = self._create_study(new)
         if self._check_against_record(new):
@@ -596,9 +594,10 @@ class Search:
         results.upsert_trials(self.table, rows)
         return self.study
 
-    def _make_folder(self, new: Path | None) -> Path | None:
-        """Create the sweep folder. `new` (its first new folder) stays this run's to remove only if this
-        run made the sweep folder: another search started at the same moment may have made it first."""
+    def _make_folder(self) -> Path | None:
+        """Create the sweep folder, and return the first folder that made (`files.first_new_folder`):
+        None when it was there, or another search started at the same moment made it first."""
+        new = first_new_folder(self.sweep_dir)
         try:
             self.sweep_dir.parent.mkdir(parents=True, exist_ok=True)
             self.sweep_dir.mkdir()
@@ -673,10 +672,11 @@ class Search:
         """Undo what a refused run created: the sweep folder (`files.remove_created`), and a journal
         file, with the folders made for it, that was not there before."""
         remove_created(new, self.sweep_dir)
-        if self.new_journal is not None and self.new_journal.is_dir():
-            shutil.rmtree(self.new_journal, ignore_errors=True)
-        elif self.new_journal is not None:
-            self.new_journal.unlink(missing_ok=True)
+        journal = journal_file(self.opts.get("storage"))
+        if journal is not None and self.new_journal == journal:
+            journal.unlink(missing_ok=True)
+        elif journal is not None and self.new_journal is not None:
+            remove_created(self.new_journal, journal.parent)
 
     def _start_launch(self, new_launch: bool) -> None:
         """Record where this launch's trials begin (the workers of one launch read it, however late each
