@@ -22,7 +22,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from effscale import results
-from effscale.files import log_to
+from effscale.files import log_to, make_sweep_folder
 from effscale.scaling import (Multipliers, ScalingError, compound_multipliers, scale_stage_table,
                               strategy_multipliers)
 
@@ -317,15 +317,9 @@ class Comparison:
 
     def run(self) -> pd.DataFrame:
         """Train every (model, seed) whose row is not already COMPLETE, updating the table after each."""
-        from effscale.errors import UserError
-
         self.table = self.sweep_dir / "trials.csv"
         existing = results.read_trials(self.table)  # a table that cannot be read: one error, nothing written
-        try:
-            self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # out= names a file, or a folder this user may not write in
-            raise UserError(f"out={self.cfg['out']}: cannot create the sweep folder {self.sweep_dir} "
-                            f"({exc.strerror or exc})") from None
+        make_sweep_folder(self.sweep_dir, self.cfg["out"])  # out= a file, or a folder this user may not write in
         settings = results.trained_with(self.baseline, self.cfg["data"], self.recipe)
         results.check_settings(self.sweep_dir, "compare", settings)
         log_to(log, self.sweep_dir / "compare.log")

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from effscale.errors import UserError
+
 
 def write_atomically(path: str | Path, write: Callable[[IO[Any]], None], binary: bool = False) -> Path:
     """Call `write` with an open temporary file beside `path` (text, or bytes with `binary`), then
@@ -60,6 +62,21 @@ def first_new_folder(path: Path) -> Path | None:
     """The outermost folder that creating `path` would create (None if it exists): what to remove
     again so that a refused run leaves nothing behind."""
     return next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+
+
+def make_sweep_folder(sweep_dir: Path, out: Any) -> Path | None:
+    """Create a sweep folder and return the first folder that made (`first_new_folder`): None when it
+    was there, or another command started at the same moment made it first, so that only the run
+    that made it removes it. A folder that cannot be made is one error naming `out`."""
+    new = first_new_folder(sweep_dir)
+    try:
+        sweep_dir.parent.mkdir(parents=True, exist_ok=True)
+        sweep_dir.mkdir()
+    except OSError as exc:
+        if isinstance(exc, FileExistsError) and sweep_dir.is_dir():
+            return None
+        raise UserError(f"out={out}: cannot create the sweep folder {sweep_dir} ({exc.strerror or exc})") from None
+    return new
 
 
 def remove_created(new: Path | None, own: Path) -> None:

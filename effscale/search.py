@@ -38,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from effscale import results
 from effscale.errors import UserError
-from effscale.files import first_new_folder, log_to, remove_created
+from effscale.files import first_new_folder, log_to, make_sweep_folder, remove_created
 from effscale.measure import Measurement, architecture_key, measure_table, measure_tables
 from effscale.models import build_model
 from effscale.scaling import ScalingError, compound_grid, compound_multipliers, constraint_value, scale_stage_table
@@ -564,7 +564,7 @@ class Search:
     def open(self, new_launch: bool = True) -> optuna.Study:
         """Create or load the sweep's study and bring trials.csv up to date with it. `new_launch`:
         this process starts a launch (a `search` command), not one of its workers."""
-        new = self._make_folder()  # removed again if this run is refused: nothing left behind
+        new = make_sweep_folder(self.sweep_dir, self.cfg["out"])  # removed again if this run is refused
         self.new_journal = self._make_journal(journal_file(self.opts.get("storage")))
         self.study = self._create_study(new)
         if self._check_against_record(new):
@@ -593,20 +593,6 @@ class Search:
         rows += [trial_row(t) for t in self._finished().values()]
         results.upsert_trials(self.table, rows)
         return self.study
-
-    def _make_folder(self) -> Path | None:
-        """Create the sweep folder, and return the first folder that made (`files.first_new_folder`):
-        None when it was there, or another search started at the same moment made it first."""
-        new = first_new_folder(self.sweep_dir)
-        try:
-            self.sweep_dir.parent.mkdir(parents=True, exist_ok=True)
-            self.sweep_dir.mkdir()
-        except OSError as exc:
-            if isinstance(exc, FileExistsError) and self.sweep_dir.is_dir():
-                return None  # there before, or made by another search meanwhile: not this run's to remove
-            raise UserError(f"out={self.cfg['out']}: cannot create the sweep folder {self.sweep_dir} "
-                            f"({exc.strerror or exc})") from None
-        return new
 
     @staticmethod
     def _make_journal(journal: Path | None) -> Path | None:
