@@ -169,24 +169,27 @@ def _signature(func, args, kwargs, inputs: list[torch.Tensor]) -> tuple | None:
     """What decides a call's output shape and saved tensors; None if an argument is not plain data.
     `inputs` collects the call's distinct tensors, in order."""
     index: dict[int, int] = {}
-
-    def part(value: Any) -> Any:
-        kind = type(value)
-        if kind in _PLAIN:
-            return value
-        if kind is tuple or kind is list or kind is torch.Size:
-            return tuple(map(part, value))
-        if isinstance(value, torch.Tensor) and value.is_meta:
-            same = index.setdefault(id(value), len(inputs))
-            if same == len(inputs):
-                inputs.append(value)
-            return same, value.shape, value.stride(), value.dtype, value.requires_grad
-        raise TypeError
-
     try:
-        return func, torch.is_grad_enabled(), part(args), tuple((k, part(v)) for k, v in sorted(kwargs.items()))
+        return (func, torch.is_grad_enabled(), _part(args, index, inputs),
+                tuple((k, _part(v, index, inputs)) for k, v in sorted(kwargs.items())))
     except TypeError:
         return None
+
+
+def _part(value: Any, index: dict[int, int], inputs: list[torch.Tensor]) -> Any:
+    """One argument of `_signature`. A module-level function, not a closure: a recursive closure is a
+    reference cycle, and each would keep the call's tensors alive until the cycle collector ran."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is tuple or kind is list or kind is torch.Size:
+        return tuple([_part(item, index, inputs) for item in value])
+    if isinstance(value, torch.Tensor) and value.is_meta:
+        same = index.setdefault(id(value), len(inputs))
+        if same == len(inputs):
+            inputs.append(value)
+        return same, value.shape, value.stride(), value.dtype, value.requires_grad
+    raise TypeError
 
 
 def _recording(out: Any, saved: list[torch.Tensor], inputs: list[torch.Tensor]) -> tuple | None:
@@ -239,6 +242,22 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@dataclass(frozen=True)
+class _Weights:
+    """What measuring needs of a model's parameters and buffers, gathered once per model: a grid's
+    model is counted at several input sizes, and every walk over a deep model's modules costs."""
+    params: int
+    param_bytes: int
+    storages: frozenset[int]  # of the parameters and buffers, which a training step holds anyway
+
+    @classmethod
+    def of(cls, model: nn.Module) -> _Weights:
+        params = list(model.parameters())
+        return cls(params=sum(p.numel() for p in params),
+                   param_bytes=sum(p.numel() * p.element_size() for p in params),
+                   storages=frozenset(t.untyped_storage()._cdata for t in [*params, *model.buffers()]))
+
+
 def count_macs_and_activations(model: nn.Module, resolution: int, in_channels: int = 3) -> tuple[int, int]:
     """MACs of one image's forward pass, and its activations: the elements every conv and linear layer
     outputs (the count of Radosavovic et al., "Designing Network Design Spaces", 2020, and pycls)."""
@@ -263,13 +282,12 @@ def _modules_in_mode(model: nn.Module, training: bool) -> Iterator[None]:
             model.train(was_training)
 
 
-def _peak_train_mb(model: nn.Module, saved_bytes: int, resolution: int, batch_size: int, in_channels: int,
+def _peak_train_mb(param_bytes: int, saved_bytes: int, resolution: int, batch_size: int, in_channels: int,
                    optimizer: str) -> float:
     """Peak memory of one training step, estimated from shapes: weights + gradients + optimizer state
     + the activations autograd saves (`saved_bytes`, weights and input not among them) + the input
     batch. Within about 10–20 % of CUDA's measured peak (autograd's temporaries and the allocator's
     rounding are not counted)."""
-    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     states = 2 + OPTIMIZER_STATES.get(optimizer, 2)
     input_bytes = batch_size * in_channels * resolution**2 * 4
     return (param_bytes * states + saved_bytes + input_bytes) / 2**20
@@ -319,8 +337,8 @@ def latency_ms(model: nn.Module, resolution: int, device: str = "cpu", in_channe
     return statistics.median(times)
 
 
-def count_training_forward(model: nn.Module, resolution: int, batch_size: int,
-                           in_channels: int = 3) -> tuple[int, int, int]:
+def count_training_forward(model: nn.Module, resolution: int, batch_size: int, in_channels: int = 3,
+                           weights: _Weights | None = None) -> tuple[int, int, int]:
     """One training-mode forward pass of a batch on the model's (meta) device, counting three things at
     once: MACs and activations per image (as `count_macs_and_activations`) and the bytes autograd
     saves for the batch. tests/test_measure.py checks all three against
@@ -331,7 +349,7 @@ def count_training_forward(model: nn.Module, resolution: int, batch_size: int,
     # `_peak_train_mb` counts them once, apart.
     storages: dict[int, torch.UntypedStorage] = {}
     x = _input_like(model, batch_size, in_channels, resolution)
-    held = {t.untyped_storage()._cdata for t in [x, *model.parameters(), *model.buffers()]}
+    held = (weights or _Weights.of(model)).storages | {x.untyped_storage()._cdata}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
@@ -353,8 +371,9 @@ def measure_table(table: dict[str, Any], build: Callable[[dict[str, Any]], nn.Mo
     On CUDA, peak memory is one real training step's (`peak_on_device`, about 0.4 s a model on an
     H100) or, with peak_on_device=False, the shape estimate used on CPU."""
     meta_model = build_on_meta(build, table)
-    return _measure_built(meta_model, table, build, in_channels=in_channels, batch_size=batch_size, device=device,
-                          memory=memory, latency=latency, optimizer=optimizer, name=name, peak_on_device=peak_on_device)
+    return _measure_built(meta_model, _Weights.of(meta_model), table, build, in_channels=in_channels,
+                          batch_size=batch_size, device=device, memory=memory, latency=latency, optimizer=optimizer,
+                          name=name, peak_on_device=peak_on_device)
 
 
 # Keys `scale_stage_table` records about how a table was scaled; the builder reads none of them, and
@@ -374,7 +393,7 @@ def measure_tables(tables: Sequence[dict[str, Any]], build: Callable[[dict[str, 
     share one model built on the meta device, and tables with the same architecture and input size
     share one count: a compound grid holds many points whose rounded depth, width and resolution
     coincide, and building and counting are what measuring costs."""
-    built: dict[str, nn.Module] = {}
+    built: dict[str, tuple[nn.Module, _Weights]] = {}
     counted: dict[tuple[str, int], Measurement] = {}
     out = []
     with _collector_paused():
@@ -383,8 +402,9 @@ def measure_tables(tables: Sequence[dict[str, Any]], build: Callable[[dict[str, 
             same = counted.get((key, int(table["resolution"])))
             if same is None:
                 if key not in built:
-                    built[key] = build_on_meta(build, table)
-                same = counted[key, int(table["resolution"])] = _measure_built(built[key], table, build, **options)
+                    model = build_on_meta(build, table)
+                    built[key] = model, _Weights.of(model)
+                same = counted[key, int(table["resolution"])] = _measure_built(*built[key], table, build, **options)
             out.append(replace(same, name=options.get("name") or table.get("name", "model"),
                                width_mult=float(table.get("width_mult", 1.0)),
                                depth_mult=float(table.get("depth_mult", 1.0)),
@@ -406,24 +426,24 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _measure_built(meta_model: nn.Module, table: dict[str, Any], build: Callable[[dict[str, Any]], nn.Module], *,
-                   in_channels: int = 3, batch_size: int = 32, device: str = "cpu", memory: bool = True,
-                   latency: bool = False, optimizer: str = "sgd", name: str | None = None,
-                   peak_on_device: bool = True) -> Measurement:
+def _measure_built(meta_model: nn.Module, weights: _Weights, table: dict[str, Any],
+                   build: Callable[[dict[str, Any]], nn.Module], *, in_channels: int = 3, batch_size: int = 32,
+                   device: str = "cpu", memory: bool = True, latency: bool = False, optimizer: str = "sgd",
+                   name: str | None = None, peak_on_device: bool = True) -> Measurement:
     resolution = int(table["resolution"])
     on_device = memory and peak_on_device and device.startswith("cuda")
     count_batch = batch_size if memory and not on_device else 1
-    macs, activations, saved_bytes = count_training_forward(meta_model, resolution, count_batch, in_channels)
+    macs, activations, saved_bytes = count_training_forward(meta_model, resolution, count_batch, in_channels, weights)
     peak = None
     if memory:
         if on_device:
             peak = cuda_peak_train_mb(lambda: build(table), resolution, batch_size, in_channels, device, optimizer)
         else:
-            peak = _peak_train_mb(meta_model, saved_bytes, resolution, batch_size, in_channels, optimizer)
+            peak = _peak_train_mb(weights.param_bytes, saved_bytes, resolution, batch_size, in_channels, optimizer)
     lat = latency_ms(build(table), resolution, device, in_channels) if latency else None
     return Measurement(
         name=name or table.get("name", "model"),
-        params=count_params(meta_model),
+        params=weights.params,
         macs=int(macs),
         flops=int(2 * macs),
         activations=int(activations),

@@ -184,6 +184,25 @@ def test_replay_is_exact_for_aliased_and_in_place_calls():
     assert counts[0] == counts[1] == counts[2] == plain_counts(model, 12, 2)
 
 
+def test_measuring_leaves_no_reference_cycles_behind():
+    """measure_tables pauses the cycle collector, so garbage only it could free would pile up over a grid
+    (and hold the counted tensors alive)."""
+    import gc
+
+    table = baseline("efficientnet_b0") | {"resolution": 32}
+    build = lambda t: build_model(t, 10)  # noqa: E731
+    measure_tables([table], build)  # records the replayable calls (PyTorch's meta kernels leave a few cycles)
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        measure_tables([table], build)  # replays them, as for every grid point but the first few
+        assert gc.collect() == 0
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def test_build_on_meta_skips_values_only_on_the_meta_device():
     from effscale.measure import build_on_meta
 
