@@ -75,6 +75,8 @@ RANGE: Check = ((lambda v: isinstance(v, list) and len(v) == 2 and all(map(_real
                  "[low, high], two numbers with low <= high")
 GAMMAS: Check = ((lambda v: v is None or (isinstance(v, list) and len(v) > 0 and all(_real(g) and g > 0 for g in v))),
                  "null or a list of one or more numbers above 0")
+STRATEGIES: Check = ((lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(s, str) for s in v)),
+                     "a list of one or more strategies, such as [compound, width, depth, resolution]")
 STAGES: Check = ((lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(s, dict) for s in v)),
                  "a list of one or more stages")
 SCALE_RULE = one_of("width", "width_up", "none")  # whether channels follow the width multiplier (scaling.py)
@@ -145,7 +147,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
                "max_peak_mem_mb": optional(above(0)), "max_latency_ms": optional(above(0))},
     "measure": {"variants": VARIANTS, "batch_size": MEASURE_BATCH, "memory": FLAG, "latency": FLAG,
                 "optimizer": one_of("sgd", "adamw")},
-    "compare": {"phis": PHIS, "seeds": count(1), "macs_tolerance": at_least(0)},
+    "compare": {"phis": PHIS, "strategies": STRATEGIES, "seeds": count(1), "macs_tolerance": at_least(0)},
     "compare.trainer": TRAINER,
     "finetune": {"head_epochs": count(1), "unfreeze_epochs": count(0), "backbone_lr_mult": above(0),
                  "unfreeze_grad_clip": optional(above(0)), "train_bn": FLAG, "batch_size": count(1),

@@ -406,9 +406,9 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, files: list[Path]) -> str:
     from effscale.report import compound_margin, margin_sentences, other_comparisons, strategy_summary
 
     summary = strategy_summary(table)
-    if summary.empty:
-        return "no model completed: nothing to compare"
     others = other_comparisons(table)
+    if summary.empty:
+        return " ".join(filter(None, ["nothing to compare: no two strategies or φ have a completed model", others]))
     lines = ["", *([others] if others else []),
              f"{'strategy':<12} {'phi':>4} {'MACs x':>7} {'seeds':>5}  val acc (mean ± 95 % CI)"]
     for r in summary.itertuples():

@@ -138,17 +138,24 @@ def comparison_rows(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
 
 
 def latest_comparison(rows: pd.DataFrame) -> pd.DataFrame:
-    """Of the rows `effscale compare` wrote, those of the comparison it wrote last (its coefficients),
-    and at each (strategy, φ) those of the model it trained last. One sweep folder can hold several
-    comparisons (other α, β, γ), or the same one planned again (another compare.macs_tolerance matches
-    another model): pooled, the same seed of the same model would count twice, and a strategy's mean
-    would mix models matched to different compound models."""
+    """Of the rows `effscale compare` wrote, those of the latest comparison (its coefficients) that has
+    something to compare, two strategies or two φ, and at each (strategy, φ) those of the model it
+    trained last. One sweep folder can hold several comparisons (other α, β, γ), or the same one
+    planned again (another compare.macs_tolerance matches another model): pooled, the same seed of the
+    same model would count twice, and a strategy's mean would mix models matched to different compound
+    models. A newer comparison that has completed only its baseline so far hides nothing."""
     if rows.empty or not set(COEFFICIENTS) <= set(rows.columns):
         return rows
     order = rows["trial"].astype(float) if "trial" in rows and rows["trial"].notna().all() \
         else pd.Series(range(len(rows)), index=rows.index, dtype=float)
-    latest = rows.loc[order.idxmax(), COEFFICIENTS].astype(float).round(6)
-    rows = rows[(rows[COEFFICIENTS].astype(float).round(6) == latest).all(axis=1)]
+    comparison = rows[COEFFICIENTS].astype(float).round(6).astype(str).agg(" ".join, axis=1)
+    newest_first = order.groupby(comparison).max().sort_values(ascending=False).index
+
+    def compares(key: str) -> bool:
+        its = rows[comparison == key]
+        return its["strategy"].nunique() > 1 or its["phi"].nunique() > 1
+
+    rows = rows[comparison == next((key for key in newest_first if compares(key)), newest_first[0])]
     models = [c for c in MODEL_COLUMNS if c in rows]
     if not models:
         return rows
@@ -168,10 +175,10 @@ def other_comparisons(df: pd.DataFrame, metric: str = "val_acc") -> str:
     shown = kept.iloc[0]
     others = left[COEFFICIENTS].drop_duplicates()
     sets = "; ".join(f"α={a:g} β={b:g} γ={g:g}" for a, b, g in others.itertuples(index=False))
-    return (f"The strategies compared are the comparison written last (α={shown['alpha']:g} β={shown['beta']:g} "
-            f"γ={shown['gamma']:g}), with the models it trained last. Left out: {len(left)} completed trainings "
-            f"of other comparisons or earlier plans ({sets}); compare into another sweep (name=…) to keep them "
-            "apart.")
+    return (f"The strategies compared are those of the latest comparison with results to compare "
+            f"(α={shown['alpha']:g} β={shown['beta']:g} γ={shown['gamma']:g}), with the models it trained last. "
+            f"Left out: {len(left)} completed trainings of other comparisons or earlier plans ({sets}); compare "
+            "into another sweep (name=…) to keep them apart.")
 
 
 def _compare_coefficients(compound: pd.DataFrame, metric: str) -> dict[str, float]:
@@ -237,6 +244,8 @@ def compound_margin(summary: pd.DataFrame) -> pd.DataFrame:
         half = welch_half_width(c["std"], c["n"], best["std"], best["n"])
         if math.isnan(half):
             verdict = "one seed: no interval"
+        elif half < 1e-9:  # every seed of both scored alike (to rounding): often networks that predict one class
+            verdict = "no spread: no interval"
         elif abs(margin) <= half:
             verdict = "within noise"
         else:
@@ -265,9 +274,11 @@ def search_table(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     """The grid points of the search, best first: one row per (α, β, γ) with its state and mean ± CI.
     A point that repeats another's network (`same_as`) shows that point's seeds: it is the same network."""
     rows = search_rows(df)
+    if rows.empty:
+        return pd.DataFrame()
     out = []
     for (alpha, beta, gamma), group in rows.groupby(COEFFICIENTS):
-        same = group["same_as"].dropna() if "same_as" in group else ()
+        same = group["same_as"].dropna() if "same_as" in group and "point" in rows else ()
         trained = rows[rows["point"] == same.iloc[0]] if len(same) else group
         done = completed(trained, metric)
         mean, half, n = mean_ci(done[metric])
@@ -574,11 +585,18 @@ def margin_sentences(margin: pd.DataFrame) -> str:
         elif m["verdict"] == "compound behind":
             lines.append(f"At φ = {m['phi']:g} compound is {gap}, {noise}: the best single dimension wins "
                          "beyond noise.")
+        elif m["verdict"] == "no spread: no interval":
+            lines.append(f"At φ = {m['phi']:g} compound is {gap}; every seed of each scored the same (often a "
+                         "network that predicts one class): no interval, no verdict.")
         else:
             seeds = "one seed each" if m["compound_n"] == m["best_single_n"] == 1 else \
                 f"{'compound' if m['compound_n'] == 1 else m['best_single']} has one seed"
             lines.append(f"At φ = {m['phi']:g} compound is {gap} ({seeds}: no interval, no verdict).")
     return " ".join(lines)
+
+
+# The plots a report draws (plots/<name>.png), each when the table supports it.
+PLOTS = ("accuracy_vs_macs", "accuracy_vs_params", "search_heatmap", "cost_vs_macs")
 
 
 def build_report(df: pd.DataFrame, plots: Path, title: str, metric: str = "val_acc") -> Report:
@@ -638,9 +656,9 @@ def build_report(df: pd.DataFrame, plots: Path, title: str, metric: str = "val_a
             "on a GPU, estimated from the tensors autograd saves on a CPU.",
             image=_relative(report.files, "cost_vs_macs")))
     if summary.empty and grid.empty:
-        report.sections.append(Section("Nothing to compare yet",
-                                       "The table has no strategy comparison and no search grid of two or more "
-                                       "completed points."))
+        report.sections.append(Section("Nothing to compare yet", " ".join(filter(None, [
+            "The table has no strategy comparison and no search grid of two or more completed points.",
+            other_comparisons(df, metric)]))))
     return report
 
 
@@ -756,6 +774,8 @@ def _draw_and_move(df: pd.DataFrame, out: Path, title: str, metric: str) -> list
         placed = [out / path.relative_to(staging) for path in report.files]
         for path, place in zip(report.files, placed):
             _move(path, place)
+        for stale in {out / "plots" / f"{stem}.png" for stem in PLOTS} - set(placed):
+            stale.unlink(missing_ok=True)  # drawn by an earlier report; this table no longer supports it
         return placed
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -78,6 +78,10 @@ from effscale.errors import UserError
                                       "got ['abc']"),
     ("compare", "compare.phis=[]", "compare.phis: expected a list of one or more numbers of at least 0, got []"),
     ("compare", "compare.seeds=0", "compare.seeds: expected an integer of at least 1, got 0"),
+    ("compare", "compare.strategies=width", "compare.strategies: expected a list of one or more strategies, such as "
+     "[compound, width, depth, resolution], got 'width'"),
+    ("compare", "compare.strategies=[]", "compare.strategies: expected a list of one or more strategies, such as "
+     "[compound, width, depth, resolution], got []"),
     ("compare", "+compare.trainer.lr=-1", "compare.trainer.lr: expected a number above 0, got -1"),
     ("finetune", "finetune.head_epochs=0", "finetune.head_epochs: expected an integer of at least 1, got 0"),
     ("finetune", "finetune.recipe.lr=abc", "finetune.recipe.lr: expected a number above 0, got 'abc'"),

@@ -342,7 +342,8 @@ def test_a_table_of_two_comparisons_reports_the_one_written_last_and_says_what_i
     assert summary.loc[("width", 2), "n"] == 1 and summary.loc[("width", 2), "mean"] == pytest.approx(0.5)
     write_report(write(tmp_path, pd.concat([first, second, replanned], ignore_index=True)))
     md = (tmp_path / "report.md").read_text()
-    assert "The strategies compared are the comparison written last (α=1.4 β=1.05 γ=1.1)" in md
+    assert "The strategies compared are those of the latest comparison with results to compare "\
+           "(α=1.4 β=1.05 γ=1.1)" in md
     assert "Left out: 29 completed trainings of other comparisons or earlier plans (α=1.2 β=1.1 γ=1.15; " \
            "α=1.4 β=1.05 γ=1.1)" in md
 
@@ -457,3 +458,48 @@ def test_ctrl_c_while_drawing_leaves_the_previous_report_as_it_was_and_no_new_fo
     with pytest.raises(KeyboardInterrupt):
         write_report(tmp_path, tmp_path / "new" / "report")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_newer_comparison_that_has_completed_only_its_baseline_hides_nothing(tmp_path):
+    first = compare_table().assign(point=lambda d: [f"compare_phi{p:g}_a1.2" for p in d["phi"]])
+    # Compared again with other coefficients: the baseline done, every scaled model failed (or still running).
+    second = first.assign(alpha=1.4, beta=1.05, gamma=1.1, trial=first["trial"] + len(first),
+                          point=lambda d: d["point"].str.replace("a1.2", "a1.4"))
+    second.loc[second["phi"] > 0, ["state", "val_acc"]] = ["FAIL", None]
+    df = pd.concat([first, second], ignore_index=True)
+    summary = strategy_summary(df).set_index(["strategy", "phi"])
+    assert summary.loc[("compound", 1), "mean"] == pytest.approx(0.82) and len(summary) == 9
+    write_report(write(tmp_path, df))
+    md = (tmp_path / "report.md").read_text()
+    assert "Nothing to compare yet" not in md and "(α=1.2 β=1.1 γ=1.15)" in md
+    assert "Left out: 3 completed trainings of other comparisons or earlier plans (α=1.4 β=1.05 γ=1.1)" in md
+
+
+def test_seeds_without_spread_give_no_verdict_however_far_apart_the_means():
+    df = compare_table()
+    for (strategy, phi), accuracy in {("compound", 1): 0.10, ("width", 1): 0.11, ("depth", 1): 0.10,
+                                      ("resolution", 1): 0.10}.items():
+        df.loc[(df["strategy"] == strategy) & (df["phi"] == phi), "val_acc"] = accuracy
+    margin = compound_margin(strategy_summary(df)).set_index("phi")
+    assert margin.loc[1, "verdict"] == "no spread: no interval" and margin.loc[2, "verdict"] == "compound ahead"
+    text = margin_sentences(margin.reset_index())
+    assert "At φ = 1 compound is 1.00 points behind width; every seed of each scored the same" in text
+    assert "beyond noise" not in text.split("At φ = 2")[0]
+
+
+@pytest.mark.parametrize("drop", [["alpha", "beta", "gamma", "point"], ["point"]])
+def test_a_table_without_the_coefficient_or_point_columns_still_reports(tmp_path, drop):
+    df = search_table_rows().assign(point=lambda d: [f"p{i}" for i in range(len(d))], same_as=None)
+    df.loc[1, "same_as"] = "p0"
+    files = write_report(write(tmp_path, df.drop(columns=drop)))
+    assert (tmp_path / "report.md").is_file() and "report.html" in {p.name for p in files}
+
+
+def test_plots_an_earlier_report_drew_go_when_the_table_no_longer_supports_them(tmp_path):
+    write_report(write(tmp_path, pd.concat([compare_table(), search_table_rows()], ignore_index=True)))
+    assert (tmp_path / "plots" / "accuracy_vs_macs.png").is_file()
+    (tmp_path / "plots" / "mine.png").write_bytes(PNG)  # not the report's: stays
+    files = write_report(write(tmp_path, search_table_rows()))
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["cost_vs_macs.png", "mine.png",
+                                                                       "search_heatmap.png"]
+    assert "accuracy_vs_macs" not in (tmp_path / "report.md").read_text() and len(files) == 4
