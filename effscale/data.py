@@ -77,8 +77,9 @@ class TensorBatchLoader:
     Lightning accepts any iterable with `__len__` as a dataloader. A shuffled loader draws a new
     permutation each epoch from its own generator seeded with `seed`, so a run is reproducible.
     DistributedSampler is not used: under DDP every rank draws the same permutation and keeps every
-    world_size-th index of it, so ranks see disjoint shards of equal length (up to world_size - 1
-    samples are left out).
+    world_size-th index of it. Shuffled (training) shards are of equal length, leaving out up to
+    world_size - 1 samples an epoch, as gradient steps must match across ranks; evaluation shards keep
+    every sample once, so accuracy is over the whole split.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
@@ -94,7 +95,8 @@ class TensorBatchLoader:
         self._generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        samples = len(self.labels) // _rank_and_world()[1]
+        rank, world = _rank_and_world()
+        samples = len(self.labels) // world if self.shuffle else len(range(rank, len(self.labels), world))
         full, rest = divmod(samples, self.batch_size)
         if self.drop_last:  # BatchNorm cannot train on a last batch of one; a tiny set still gives one batch
             return max(full, 1 if samples else 0)
@@ -109,7 +111,7 @@ class TensorBatchLoader:
         count = len(self.labels)
         order = torch.randperm(count, generator=self._generator) if self.shuffle else torch.arange(count)
         rank, world = _rank_and_world()
-        return order[rank:count - count % world:world]
+        return order[rank:count - count % world:world] if self.shuffle else order[rank::world]
 
     def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.images[index].float().mul(self._scale).sub_(self._shift)
@@ -309,12 +311,16 @@ def _idx_bytes(path: Path) -> tuple[bytes, bool]:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     if path.suffix != ".gz":
         return raw, True
-    stream = zlib.decompressobj(wbits=31)  # 31: a gzip header and trailer around the deflate data
-    try:
-        data = stream.decompress(raw)
-    except zlib.error as exc:
-        raise UserError(f"{path}: not a valid gzip file ({exc})") from None
-    return data, stream.eof
+    parts = []
+    while True:  # a gzip file may hold several members one after another (`cat a.gz b.gz`, bgzip)
+        stream = zlib.decompressobj(wbits=31)  # 31: a gzip header and trailer around the deflate data
+        try:
+            parts.append(stream.decompress(raw))
+        except zlib.error as exc:
+            raise UserError(f"{path}: not a valid gzip file ({exc})") from None
+        raw = stream.unused_data
+        if not (stream.eof and raw.strip(b"\0")):  # some writers pad the last member with zeros
+            return b"".join(parts), stream.eof
 
 
 def read_idx(path: Path | str, magic: int) -> np.ndarray:
@@ -609,11 +615,30 @@ class ImageFolderDataModule(DataModule):
         return {"train": train, "val": val, "test": val if dirs["test"] is None else self._images(dirs["test"])}
 
     def _hold_out(self, samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
-        held = max(1, round(self.val_fraction * len(samples)))
-        if held >= len(samples):
-            raise UserError(f"data.val_fraction: {self.val_fraction} of {len(samples)} images leaves none to train on")
-        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.data_seed)).tolist()
-        return [samples[i] for i in order[held:]], [samples[i] for i in order[:held]]
+        """`val_fraction` of the images for validation, drawn with `data_seed` from each class in
+        proportion to its size (largest remainders), each class keeping one training image at least:
+        drawn from all images at once, a rare class could lose every one."""
+        by_class: dict[int, list[Sample]] = {}
+        for sample in samples:
+            by_class.setdefault(sample[1], []).append(sample)
+        total = max(1, round(self.val_fraction * len(samples)))
+        quota = {label: self.val_fraction * len(members) for label, members in by_class.items()}
+        held = {label: min(int(q), len(by_class[label]) - 1) for label, q in quota.items()}
+        for label in sorted(by_class, key=lambda k: (int(quota[k]) - quota[k], k)):  # largest remainder first
+            if sum(held.values()) < total and held[label] < len(by_class[label]) - 1:
+                held[label] += 1
+        if not any(held.values()):
+            raise UserError(f"data.val_fraction: {self.root} has one image a class, none to hold out for "
+                            "validation; give a val folder")
+        generator = torch.Generator().manual_seed(self.data_seed)
+        train: list[Sample] = []
+        val: list[Sample] = []
+        for label in sorted(by_class):
+            members = by_class[label]
+            order = torch.randperm(len(members), generator=generator).tolist()
+            val += [members[i] for i in order[:held[label]]]
+            train += [members[i] for i in order[held[label]:]]
+        return train, val
 
     def _without_unreadable(self, splits: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
         """Each file opened once, in parallel threads (PIL decodes without the GIL); the unreadable ones

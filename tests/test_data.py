@@ -141,6 +141,17 @@ def test_loader_gives_each_distributed_rank_a_disjoint_equal_shard(monkeypatch):
     assert [len(s) for s in seen] == [3, 3, 3] and len(set(sum(seen, []))) == 9
 
 
+def test_evaluation_shards_under_ddp_hold_every_image_once(monkeypatch):
+    images, labels = torch.zeros(10, 1, 1, 1, dtype=torch.uint8), torch.arange(10)
+    seen = []
+    for rank in range(3):
+        monkeypatch.setattr(data, "_rank_and_world", lambda rank=rank: (rank, 3))
+        loader = TensorBatchLoader(images, labels, batch_size=2, mean=[0], std=[1])
+        seen.append(torch.cat([y for _, y in loader]).tolist())
+        assert len(loader) == 2
+    assert [len(s) for s in seen] == [4, 3, 3] and sorted(sum(seen, [])) == list(range(10))
+
+
 def test_lightning_trains_on_the_tensor_loader(tmp_path):
     import lightning.pytorch as pl
 
@@ -218,6 +229,18 @@ def _tiny_fashion_root(root: Path) -> Path:
 def test_fashion_mnist_reads_gzipped_and_plain_files(tmp_path):
     module = build_datamodule(_fashion_cfg(_tiny_fashion_root(tmp_path / "fm"), val_size=10), 28, 8)
     assert [len(module.tensors(s)[1]) for s in ("train", "val", "test")] == [20, 10, 10]
+
+
+def test_a_gzip_of_several_members_reads_whole_and_one_cut_in_its_last_member_is_truncated(tmp_path):
+    labels = np.arange(30, dtype=np.uint8) % 10
+    content = struct.pack(">ii", IDX_LABELS, 30) + labels.tobytes()
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    members = gzip.compress(content[:20]) + gzip.compress(content[20:])  # as `cat a.gz b.gz` writes
+    path.write_bytes(members + b"\0" * 8)
+    assert read_idx(path, IDX_LABELS).tolist() == labels.tolist()
+    path.write_bytes(members[:-12])
+    with pytest.raises(UserError, match="truncated, expected 38 bytes, found "):
+        read_idx(path, IDX_LABELS)
 
 
 def test_wrong_magic_number_names_the_file(tmp_path):
@@ -482,3 +505,26 @@ def test_a_class_whose_training_images_are_all_unreadable_is_one_line_not_a_clas
     assert str(raised.value).startswith(f"{root}: no readable training image of class dog is left (3 unreadable, "
                                         f"the first {train / 'dog' / '0.jpg'}: ")
     assert "\n" not in str(raised.value) and module._samples is None
+
+
+@pytest.mark.parametrize("data_seed", range(4))
+def test_the_held_out_validation_images_are_drawn_per_class_and_leave_each_class_a_training_image(tmp_path,
+                                                                                                  data_seed):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    for name, count in (("common", 16), ("rare", 1), ("some", 8)):
+        (root / name).mkdir(parents=True)
+        for index in range(count):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), np.uint8)).save(root / name / f"{index}.png")
+    module = build_datamodule(_folder_cfg(root, val_fraction=0.25, data_seed=data_seed), resolution=16, batch_size=4)
+    module.setup()
+    labels = {split: sorted(label for _, label in module._samples[split]) for split in ("train", "val")}
+    assert labels["val"].count(0) == 4 and labels["val"].count(2) == 2 and 1 not in labels["val"]  # 6 of 25
+    assert set(labels["train"]) == {0, 1, 2} and len(labels["train"]) == 19
+
+
+def test_a_folder_of_one_image_a_class_has_nothing_to_hold_out(tmp_path):
+    root = _image_tree(tmp_path / "photos", per_class=1)
+    module = build_datamodule(_folder_cfg(root, val_fraction=0.5), resolution=16, batch_size=4)
+    with pytest.raises(UserError, match="one image a class, none to hold out for validation; give a val folder"):
+        module.setup()
