@@ -118,9 +118,16 @@ def checked(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_dict(cfg: Any) -> Any:
-    """A resolved plain-Python copy of a config node (dicts and lists)."""
+    """A resolved plain-Python copy of a config node (dicts and lists); an interpolation that cannot
+    be resolved (`${oc.env:VAR}` of an unset variable, a key that is not there) is a UserError naming it."""
+    from omegaconf.errors import InterpolationResolutionError
+
     if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
+        try:
+            return OmegaConf.to_container(cfg, resolve=True)
+        except InterpolationResolutionError as exc:
+            why = str(exc.msg).splitlines()[0].removeprefix("KeyError raised while resolving interpolation: ")
+            raise UserError(f"{exc.full_key}: {why.strip(chr(34))}") from None
     return cfg
 
 

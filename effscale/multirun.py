@@ -1,6 +1,6 @@
 """`effscale search -m …`: one Hydra multirun job per worker, through any Hydra launcher.
 
-    effscale search -m hydra/launcher=submitit_slurm search.workers=16 search.storage=postgresql+psycopg://…
+    effscale search -m +sweep=slurm search.workers=16 search.storage=postgresql+psycopg://…
     effscale search -m hydra/launcher=submitit_local search.workers=2     # the same path on one machine
 
 The overrides are first composed and the sweep planned here, so that a bad override or an impossible
@@ -8,7 +8,7 @@ budget is one line and exit status 2 before anything is submitted, and the study
 workers open it. Then a real Hydra app (conf/search.yaml) sweeps `+worker=range(0,N)`: job I runs
 worker I of effscale/workers.py. Everything lands in the sweep folder `<out>/<name>/`: trials.csv,
 the study, wandb/, Hydra's job folders in logs/hydra/ and submitit's logs in logs/slurm/<job id>/
-(logs/local/ for submitit_local).
+(logs/local/ for submitit_local; an array job's id is <array id>_<task>).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from omegaconf import DictConfig, open_dict
 from effscale.config import CONF_DIR, checked, compose, model_table, to_dict
 from effscale.devices import resolve_device
 from effscale.errors import UserError
-from effscale.files import first_new_folder, remove_created
+from effscale.files import first_new_folder
 
 if TYPE_CHECKING:
     from effscale.search import Search
@@ -79,20 +79,28 @@ def submission_refused(exc: BaseException) -> str | None:
 
 def check_storage(storage: str | None, launcher: str, workers: int) -> None:
     """SQLite takes file locks that network file systems honour badly: several SLURM jobs writing
-    one study.db would corrupt it or fail with `database is locked`."""
-    if launcher == "submitit_slurm" and workers > 1 and not storage:
-        raise UserError(f"search.storage: the default SQLite study.db is not safe for {workers} SLURM workers "
+    one study.db (the default, or one a sqlite:/// URL names) would corrupt it or fail with
+    `database is locked`."""
+    if launcher == "submitit_slurm" and workers > 1 and (not storage or storage.startswith("sqlite:")):
+        which = "an SQLite study" if storage else "the default SQLite study.db"
+        raise UserError(f"search.storage: {which} is not safe for {workers} SLURM workers "
                         "(file locks over NFS); set search.storage=journal:///shared/path/study.journal "
                         "or an RDB URL such as postgresql+psycopg://user:pass@host/db")
 
 
 def job_overrides(cfg: dict[str, Any], launcher: str, sweep_dir: Path, overrides: list[str]) -> list[str]:
     """What the cli adds to the user's `overrides`: the worker sweep, absolute paths (jobs may start
-    in another directory), and for workers sharing this machine, a share of its cores each."""
+    in another directory: `out`, and a journal or SQLite file `search.storage` names), and for workers
+    sharing this machine, a share of its cores each."""
+    from effscale.storages import absolute
     from effscale.workers import local_threads
 
     workers = int(cfg["search"]["workers"])
-    extra = [f"out={sweep_dir.parent}", f"+worker=range(0,{workers})", f"hydra.sweep.dir={sweep_dir / 'logs' / 'hydra'}"]
+    extra = [f"out={sweep_dir.parent}", f"+worker=range(0,{workers})",
+             f"hydra.sweep.dir={sweep_dir / 'logs' / 'hydra'}"]
+    storage = cfg["search"].get("storage")
+    if storage and absolute(storage) != storage:  # a relative file; any other URL stays as typed (no password)
+        extra.append(f"search.storage={absolute(storage)}")
     if launcher.startswith("submitit_"):
         kind = "slurm" if launcher == "submitit_slurm" else "local"
         extra += [f"hydra.launcher.submitit_folder={sweep_dir / 'logs' / kind / '%j'}",
@@ -184,9 +192,9 @@ def launch(cfg: dict[str, Any], launcher: str, overrides: list[str], sweep_dir: 
     except Exception as exc:
         refused = submission_refused(exc)
         if refused:
-            if not search.study.trials:  # nothing ran: leave no study and no new folder behind
+            if not search.study.trials:  # nothing ran: leave no study, no new folder or journal behind
                 optuna.delete_study(study_name=search.study.study_name, storage=search.study._storage)
-                remove_created(new, search.sweep_dir)
+                search._remove_created(new)
             hint = "; for nodes without GPUs set cluster.gpus_per_node=0" if "gres" in refused.lower() else ""
             raise UserError(f"hydra/launcher={launcher}: sbatch refused the jobs ({refused}){hint}") from None
         traceback.print_exc()  # a job that raised, or one the cluster killed

@@ -43,7 +43,8 @@ def job_running(job: str) -> bool | None:
         # Purged from the controller (finished long ago), or the controller is unreachable.
         return False if "invalid job id" in (done.stdout + done.stderr).lower() else None
     fields = dict(item.split("=", 1) for item in done.stdout.split() if "=" in item)
-    return fields.get("JobState") == "RUNNING" and fields.get("Restarts", "0") == (restarts or "0")
+    # A suspended job (scontrol suspend, gang scheduling) resumes where it stopped: its trial is not abandoned.
+    return fields.get("JobState") in ("RUNNING", "SUSPENDED") and fields.get("Restarts", "0") == (restarts or "0")
 
 
 def use_squeue_without_accounting() -> None:

@@ -85,6 +85,9 @@ from effscale.errors import UserError
     ("compare", "+compare.trainer.lr=-1", "compare.trainer.lr: expected a number above 0, got -1"),
     ("finetune", "finetune.head_epochs=0", "finetune.head_epochs: expected an integer of at least 1, got 0"),
     ("finetune", "finetune.recipe.lr=abc", "finetune.recipe.lr: expected a number above 0, got 'abc'"),
+    ("search", "search.storage=${oc.env:EFFSCALE_UNSET}", "search.storage: Environment variable 'EFFSCALE_UNSET' "
+     "not found"),
+    ("search", "search.storage=${no.such.key}", "search.storage: Interpolation key 'no.such.key' not found"),
 ])
 def test_a_wrong_value_is_refused_by_its_key_and_what_it_accepts(command, override, message):
     with pytest.raises(UserError, match=f"^{re.escape(message)}$"):

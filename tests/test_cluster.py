@@ -170,6 +170,7 @@ def test_a_training_trial_beats_from_a_thread_until_its_block_ends_or_it_is_fini
 @pytest.mark.parametrize("answer, code, running", [
     ("JobId=7 JobState=RUNNING Restarts=0", 0, True),
     ("JobId=7 JobState=RUNNING Restarts=1", 0, False),  # requeued: another run of the job
+    ("JobId=7 JobState=SUSPENDED Restarts=0", 0, True),  # resumes where it stopped
     ("JobId=7 JobState=COMPLETED Restarts=0", 0, False),
     ("slurm_load_jobs error: Invalid job id specified", 1, False),  # purged: long finished
     ("slurm_load_jobs error: Socket timed out on send/recv operation", 1, None),  # busy controller: unknown
@@ -349,19 +350,42 @@ def test_slurm_workers_on_the_default_sqlite_study_are_refused_in_one_line(tmp_p
     assert not (tmp_path / "default").exists()
 
 
-def test_jobs_sbatch_refuses_are_one_line_with_its_reason_and_leave_no_sweep(tmp_path):
+@pytest.mark.parametrize("storage", [None, "journal"])
+def test_jobs_sbatch_refuses_are_one_line_with_its_reason_and_leave_no_sweep(tmp_path, storage):
     fake = tmp_path / "bin" / "sbatch"
     fake.parent.mkdir()
     fake.write_text("#!/bin/sh\necho 'sbatch: error: Invalid generic resource (gres) specification' >&2\nexit 1\n")
     fake.chmod(0o755)
     (fake.parent / "srun").symlink_to(fake)  # submitit looks for srun before it submits
+    journal = [f"search.storage=journal://{tmp_path / 'shared' / 'study.journal'}"] if storage else []
     done = run_cli("search", "-m", "+sweep=slurm", "search.workers=1", *TINY, f"out={tmp_path / 'out'}",
-                   "name=refused", env={"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"})
+                   "name=refused", *journal, env={"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"})
     assert done.returncode == 2
     assert done.stderr == (
         "effscale search: hydra/launcher=submitit_slurm: sbatch refused the jobs (sbatch: error: Invalid generic "
         "resource (gres) specification); for nodes without GPUs set cluster.gpus_per_node=0\n")
     assert not (tmp_path / "out").exists()  # the folder this launch made is gone again
+    assert not (tmp_path / "shared").exists()  # and so is the journal's
+
+
+def test_slurm_workers_on_an_sqlite_url_are_refused_in_one_line(tmp_path):
+    done = run_cli("search", "-m", "hydra/launcher=submitit_slurm", "search.workers=2", f"out={tmp_path}",
+                   f"search.storage=sqlite:///{tmp_path}/nfs/study.db")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "search.storage: an SQLite study is not safe for 2 SLURM workers" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_jobs_get_a_relative_storage_file_as_an_absolute_path(tmp_path, monkeypatch):
+    from effscale.multirun import job_overrides
+
+    monkeypatch.chdir(tmp_path)
+    cfg = {"search": {"workers": 2, "storage": "journal://rel/study.journal"}, "trainer": {"threads": 1}}
+    extra = job_overrides(cfg, "submitit_local", tmp_path / "out" / "s", [])
+    assert f"search.storage=journal://{tmp_path}/rel/study.journal" in extra
+    url = "postgresql+psycopg://user:secret@host/db"  # as typed, or from the environment: not repeated
+    assert not any("secret" in o for o in job_overrides(cfg | {"search": {"workers": 2, "storage": url}},
+                                                         "submitit_local", tmp_path / "out" / "s", []))
 
 
 def test_the_slurm_launcher_where_there_is_no_slurm_is_one_line_before_anything_is_written(tmp_path):
