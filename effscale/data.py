@@ -38,7 +38,7 @@ from effscale.checks import check_values, count
 from effscale.devices import available_cores
 from effscale.errors import UserError
 from effscale.procedural import PROCEDURAL_CLASSES, generate_procedural
-from effscale.weights import to_8bit
+from effscale.weights import to_8bit, too_elongated, upright
 
 # --- shared helpers -------------------------------------------------------------------------------
 
@@ -478,7 +478,7 @@ def _unreadable(path: str) -> str | None:
             image.load()
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
         return f"{type(exc).__name__}: {exc}"
-    return None
+    return too_elongated(image.size)
 
 
 class _ImageFiles(torch.utils.data.Dataset):
@@ -496,7 +496,10 @@ class _ImageFiles(torch.utils.data.Dataset):
         path, label = self.samples[index]
         try:
             with Image.open(path) as image:
-                image = to_8bit(image, self.mode)  # decodes it
+                why = too_elongated(image.size)
+                if why:
+                    raise ValueError(why)
+                image = to_8bit(upright(image), self.mode)  # decodes it
         except Exception as exc:  # every trial would meet it: stop, naming the file
             raise UserError(f"{path}: unreadable image ({type(exc).__name__}: {exc}); "
                             "data.verify=true skips such files") from None

@@ -58,6 +58,17 @@ def log_to(log: logging.Logger, path: Path) -> None:
     log.setLevel(logging.INFO)
 
 
+def unused_path(path: Path) -> Path:
+    """`path`, or where a file is there already, the first free `<stem>-v1<suffix>`, `-v2`, … beside it
+    (as Lightning's ModelCheckpoint names a checkpoint that would overwrite another)."""
+    version = 0
+    free = path
+    while free.exists():
+        version += 1
+        free = path.with_name(f"{path.stem}-v{version}{path.suffix}")
+    return free
+
+
 def first_new_folder(path: Path) -> Path | None:
     """The outermost folder that creating `path` would create (None if it exists): what to remove
     again so that a refused run leaves nothing behind."""

@@ -30,7 +30,7 @@ from torch import nn
 from effscale.devices import resolve_device
 from effscale.data import EVAL_CROP, build_datamodule
 from effscale.errors import UserError
-from effscale.files import remove_created, writable_folder
+from effscale.files import remove_created, unused_path, writable_folder
 from effscale.train import Classifier, interruptible, make_trainer, set_threads
 from effscale.weights import Preprocessing, Pretrained, load_pretrained, save_checkpoint
 
@@ -111,13 +111,25 @@ def head_module(network: nn.Module) -> nn.Module:
 
 
 class KeepBackboneBatchNormFrozen(L.Callback):
-    """Keeps every module but the classifier in eval mode while training, so BatchNorm normalises with
-    its pretrained running statistics and does not overwrite them with a few batches of a new data set.
+    """Keeps the backbone's BatchNorm in eval mode while training, so it normalises with its pretrained
+    running statistics and does not overwrite them with a few batches of a new data set: with
+    `batch_norm_only` (phase 2, the backbone training) only BatchNorm, so stochastic depth and dropout
+    still regularise it; otherwise (phase 1, the backbone frozen) every module but the classifier.
     Lightning puts modules back in train mode after each validation; this runs at each epoch start."""
 
+    def __init__(self, batch_norm_only: bool = False) -> None:
+        self.batch_norm_only = batch_norm_only
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.network.eval()
-        head_module(pl_module.network).train()
+        network, head = pl_module.network, head_module(pl_module.network)
+        if not self.batch_norm_only:
+            network.eval()
+            head.train()
+            return
+        in_head = set(map(id, head.modules()))
+        for module in network.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and id(module) not in in_head:
+                module.eval()
 
 
 class FineTuner(Classifier):
@@ -158,8 +170,8 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
     try:
         result = train_phases(network, data, opts, recipe, device)
         table = {**pretrained.table, "resolution": resolution}
-        result["checkpoint"] = str(save_checkpoint(
-            checkpoint, network.to(memory_format=torch.contiguous_format), table, data.class_names,
+        result["checkpoint"] = str(save_checkpoint(  # an earlier run's model stays: this one is model-v1.pt
+            unused_path(checkpoint), network.to(memory_format=torch.contiguous_format), table, data.class_names,
             data_preprocessing(data), val_acc=result["val_acc"], test_acc=result["test_acc"],
             data=str(cfg["data"]["name"]), weights=pretrained.source))
     except BaseException:  # refused, diverged or interrupted: no checkpoint, and no folder of this run's
@@ -222,7 +234,7 @@ def train_phases(network: nn.Module, data: Any, opts: dict[str, Any], recipe: di
     for phase, epochs, lr_mult in phases:
         network.train()  # the callback below puts the backbone back in eval mode where it should be
         module = FineTuner(network, recipe, lr_mult)
-        callbacks = [] if phase == "all" and opts.get("train_bn") else [KeepBackboneBatchNormFrozen()]
+        callbacks = [] if phase == "all" and opts.get("train_bn") else [KeepBackboneBatchNormFrozen(phase == "all")]
         phase_recipe = {**recipe, "max_epochs": epochs}
         if phase == "all":
             phase_recipe["gradient_clip_val"] = opts.get("unfreeze_grad_clip")
@@ -245,8 +257,8 @@ def transferred(pretrained: Pretrained, data: Any) -> nn.Module:
     trained_channels = pretrained.preprocessing.in_channels
     if data.in_channels not in (1, trained_channels):
         either = "" if trained_channels == 1 else " or 1"
-        raise UserError(f"data.in_channels={data.in_channels}: the weights take {trained_channels} channel(s); "
-                        f"use data.in_channels={trained_channels}{either}")
+        raise UserError(f"data.in_channels={data.in_channels}: the weights take {trained_channels} channel(s); use "
+                        f"data.in_channels={trained_channels}{either}, with as many values in data.mean and data.std")
     adapt_stem(network, pretrained.preprocessing.mean, pretrained.preprocessing.std, data.mean, data.std)
     replace_classifier(network, data.num_classes)
     return network

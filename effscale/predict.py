@@ -8,8 +8,9 @@ preprocessing they were trained with (see `effscale.weights`).
 from __future__ import annotations
 
 import json
+from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from effscale.errors import UserError
 
@@ -19,8 +20,27 @@ if TYPE_CHECKING:  # torch loads once the images are known good: a mistyped path
 BATCH = 16
 
 
+def check_image(path: str | Path) -> None:
+    """From its header only: whether `path` is an image Pillow opens and preprocessing can resize; a
+    UserError saying why not. Every path is checked before the weights load; pixels are decoded later,
+    a batch at a time, so that a folder of photos never sits decoded in memory at once."""
+    from effscale.weights import too_elongated
+
+    why = too_elongated(_opened(path, lambda image: image.size))
+    if why:
+        raise UserError(f"{path}: {why}")
+
+
 def open_image(path: str | Path) -> Any:
-    """The image at `path`, fully decoded, or a UserError saying why not."""
+    """The image at `path`, fully decoded and turned upright (EXIF orientation), or a UserError saying why not."""
+    from effscale.weights import upright
+
+    check_image(path)
+    return _opened(path, lambda image: upright(image.copy()))  # copy() decodes: a truncated file fails here
+
+
+def _opened(path: str | Path, read: Any) -> Any:
+    """`read(image)` of the image at `path`, with every way the file can be wrong a one-line UserError."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -30,8 +50,7 @@ def open_image(path: str | Path) -> Any:
         raise UserError(f"{path}: not a file")
     try:
         with Image.open(path) as image:
-            image.load()  # decode now: a truncated file fails here, not halfway through a batch
-            return image.copy()
+            return read(image)
     except UnidentifiedImageError:
         raise UserError(f"{path}: not an image (Pillow cannot identify it)") from None
     except Image.DecompressionBombError as exc:  # Pillow's guard against a file that decodes to gigabytes
@@ -40,16 +59,19 @@ def open_image(path: str | Path) -> Any:
         raise UserError(f"{path}: corrupt or truncated image ({str(exc) or type(exc).__name__})") from None
 
 
-def classify(pretrained: Pretrained, images: list[Any], top: int = 5) -> list[list[tuple[int, float]]]:
-    """For each image, the `top` (class index, probability) pairs, most probable first."""
+def classify(pretrained: Pretrained, images: Iterable[Any], top: int = 5) -> list[list[tuple[int, float]]]:
+    """For each image, the `top` (class index, probability) pairs, most probable first. `images` is
+    read a batch at a time (a generator that decodes them holds one batch in memory)."""
     import torch
 
     transform = pretrained.preprocessing.transform()
     pretrained.model.eval()
     top = min(top, len(pretrained.class_names))
     results = []
-    for start in range(0, len(images), BATCH):
-        batch = torch.stack([transform(image) for image in images[start:start + BATCH]])
+    images = iter(images)
+    while chunk := list(islice(images, BATCH)):
+        batch = torch.stack([transform(image) for image in chunk])
+        del chunk
         with torch.no_grad():
             probs = pretrained.model(batch).softmax(dim=1)
         values, indices = probs.topk(top, dim=1)
@@ -92,11 +114,12 @@ def run(image_paths: list[str], weights: str = "imagenet", baseline: str | None 
     """Print the top-k classes of each image: a table, or one JSON object per image."""
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
-    images = [open_image(path) for path in image_paths]  # bad paths fail before the weights load
+    for path in image_paths:  # a wrong path, or a file that is no image, fails before the weights load
+        check_image(path)
     from effscale.weights import load_pretrained
 
     pretrained = load_pretrained(weights, baseline, variant)
-    results = classify(pretrained, images, top)
+    results = classify(pretrained, (open_image(path) for path in image_paths), top)
     names = pretrained.class_names
     if as_json:
         for path, ranked in zip(image_paths, results):

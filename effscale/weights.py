@@ -65,6 +65,28 @@ CHECKPOINT_VERSION = 1
 CHECKPOINT_ENTRIES = ("table", "class_names", "preprocessing")  # what an effscale checkpoint records
 
 
+# The longest a side may be, in multiples of the other: preprocessing resizes the shorter side to a few
+# hundred pixels, which would make a 15000×1 strip gigabytes.
+MAX_ASPECT = 100
+EXIF_ORIENTATION = 0x0112
+
+
+def too_elongated(size: tuple[int, int]) -> str | None:
+    """Why an image of `size` (width, height) cannot be resized for a model, or None."""
+    width, height = size
+    if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
+        return f"{width}×{height} pixels, too elongated to resize (one side over {MAX_ASPECT}× the other)"
+    return None
+
+
+def upright(image: Any) -> Any:
+    """A decoded PIL image turned as its camera's EXIF orientation tag says: phones store photos
+    sideways and tag them, and a model sees what a viewer shows."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image) if image.getexif().get(EXIF_ORIENTATION, 1) != 1 else image
+
+
 def to_8bit(image: Any, mode: str) -> Any:
     """A PIL image as `mode` ("L" or "RGB") with its value range kept: Pillow's own convert clips 16- and
     32-bit greyscale at 255, which turns a 16-bit photo almost white."""

@@ -528,3 +528,24 @@ def test_a_folder_of_one_image_a_class_has_nothing_to_hold_out(tmp_path):
     module = build_datamodule(_folder_cfg(root, val_fraction=0.5), resolution=16, batch_size=4)
     with pytest.raises(UserError, match="one image a class, none to hold out for validation; give a val folder"):
         module.setup()
+
+
+def test_imagefolder_turns_photos_upright_and_skips_a_strip_too_elongated_to_resize(tmp_path):
+    from effscale.data import _ImageFiles
+
+    root = _image_tree(tmp_path / "photos", per_class=3)
+    pixels = np.random.default_rng(1).integers(0, 256, (20, 24, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned; a viewer shows it rotated 90° clockwise
+    Image.fromarray(pixels).transpose(Image.Transpose.ROTATE_90).save(root / "cat" / "turned.png", exif=exif)
+    Image.fromarray(pixels).save(tmp_path / "upright.png")
+    Image.new("RGB", (5000, 2)).save(root / "dog" / "strip.png")
+    module = build_datamodule(_folder_cfg(root, val_fraction=0.25), resolution=16, batch_size=4)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\), the first .*strip.png \(5000×2 pixels, "
+                                         r"too elongated to resize"):
+        module.setup()
+    files = _ImageFiles([(str(root / "cat" / "turned.png"), 0), (str(tmp_path / "upright.png"), 0)],
+                        lambda image: torch.from_numpy(np.array(image)), "RGB")
+    assert torch.equal(files[0][0], files[1][0])
+    with pytest.raises(UserError, match="strip.png: unreadable image .*too elongated"):
+        _ImageFiles([(str(root / "dog" / "strip.png"), 1)], lambda image: image, "RGB")[0]

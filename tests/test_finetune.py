@@ -277,3 +277,36 @@ def test_image_folder_checkpoint_records_class_folders_and_evaluation_crop(tmp_p
     assert loaded.class_names == ["chelsea", "coffee"]
     assert (loaded.preprocessing.resize, loaded.preprocessing.crop) == (73, 64)  # 64 / 0.875, then the centre
     assert loaded.preprocessing.mean == (0.485, 0.456, 0.406)
+
+
+@pytest.mark.parametrize("batch_norm_only", [False, True])
+def test_frozen_batchnorm_leaves_stochastic_depth_on_while_the_backbone_trains(batch_norm_only):
+    from types import SimpleNamespace
+
+    from torch import nn
+    from torchvision.ops import StochasticDepth
+
+    from effscale.finetune import KeepBackboneBatchNormFrozen, head_module
+    from effscale.weights import load_pretrained
+
+    network = load_pretrained("lite0").model.train()
+    KeepBackboneBatchNormFrozen(batch_norm_only).on_train_epoch_start(None, SimpleNamespace(network=network))
+    head = set(map(id, head_module(network).modules()))
+    backbone = [m for m in network.modules() if id(m) not in head]
+    depth = [m for m in backbone if isinstance(m, StochasticDepth)]
+    assert len(depth) > 10 and all(m.training == batch_norm_only for m in depth)
+    assert not any(m.training for m in backbone if isinstance(m, nn.BatchNorm2d))
+    assert all(m.training for m in head_module(network).modules())
+
+
+def test_a_second_fine_tuning_into_the_same_place_keeps_the_first_model(tmp_path):
+    from effscale.finetune import finetune
+
+    cfg = finetune_config(tmp_path, "data=procedural", "data.train_size=64", "data.val_size=32", "data.test_size=32",
+                          "data.resolution=32", "finetune.head_epochs=1", "finetune.recipe.limit_train_batches=1",
+                          "name=same")
+    first = finetune(cfg)["checkpoint"]
+    before = (tmp_path / "same" / "model.pt").read_bytes()
+    second = finetune(cfg)["checkpoint"]
+    assert (first, second) == (str(tmp_path / "same" / "model.pt"), str(tmp_path / "same" / "model-v1.pt"))
+    assert (tmp_path / "same" / "model.pt").read_bytes() == before and (tmp_path / "same" / "model-v1.pt").is_file()

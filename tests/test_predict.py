@@ -249,3 +249,52 @@ def test_a_checkpoint_with_non_finite_weights_is_one_line_where_it_printed_nan_p
     out = capsys.readouterr()
     assert out.out == "" and out.err == (f"effscale predict: {path}: non-finite weights: classifier.1.weight holds "
                                          "NaN or infinity\n")
+
+
+def test_a_photo_stored_sideways_with_an_exif_orientation_is_classified_upright(tmp_path, lite0):
+    from PIL import Image
+
+    from effscale.predict import classify, open_image
+
+    upright = Image.fromarray(skimage_data.chelsea())
+    upright.save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view": the pixels are stored turned the other way
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.png", exif=exif)
+    sideways = open_image(tmp_path / "sideways.png")
+    assert sideways.size == upright.size and list(sideways.getdata()) == list(upright.getdata())
+    assert classify(lite0, [sideways]) == classify(lite0, [open_image(tmp_path / "upright.png")])
+
+
+def test_a_strip_too_elongated_to_resize_is_one_line_before_the_weights_load(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from effscale import weights
+
+    Image.new("RGB", (15000, 1)).save(tmp_path / "strip.png")  # resized to 256 px high: 3.8 million wide
+    monkeypatch.setattr(weights, "load_pretrained", lambda *a: pytest.fail("loaded the weights"))
+    assert main(["predict", str(tmp_path / "strip.png"), "--weights", "lite0"]) == 2
+    assert capsys.readouterr().err == (f"effscale predict: {tmp_path / 'strip.png'}: 15000×1 pixels, too elongated "
+                                       "to resize (one side over 100× the other)\n")
+
+
+def test_images_are_decoded_a_batch_at_a_time(lite0):
+    from PIL import Image
+
+    from effscale import predict
+
+    decoded, held = [], []
+
+    def images():
+        for index in range(2 * predict.BATCH + 3):
+            decoded.append(index)
+            yield Image.new("RGB", (300, 260), (index, 0, 0))
+
+    model = lite0.model
+    forward = model.forward
+    model.forward = lambda x: held.append(len(decoded)) or forward(x)
+    try:
+        results = predict.classify(lite0, images(), top=3)
+    finally:
+        del model.forward
+    assert len(results) == 2 * predict.BATCH + 3 and held == [predict.BATCH, 2 * predict.BATCH, 2 * predict.BATCH + 3]
