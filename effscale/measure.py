@@ -12,8 +12,9 @@ times it against a training trial): one training forward pass counts MACs, activ
 autograd saves (`_CountingPass`); batch norm, whose meta kernel is a Python decomposition (~10 ms a
 call), runs shape-only and saves what the real one saves; the other common ops, whose meta kernels are
 Python references too, run once per distinct call and are replayed after, since a grid repeats the same
-blocks at the same shapes many times over; `build_on_meta` skips initialising values that meta tensors
-do not have; and `measure_tables` builds one model per architecture and counts it once per input size.
+blocks at the same shapes many times over, and so are whole blocks of effscale's builder; `build_on_meta`
+skips initialising values that meta tensors do not have; and `measure_tables` builds one model per
+architecture and counts it once per input size.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from __future__ import annotations
 import gc
 import json
 import math
+import re
 import statistics
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -111,13 +115,57 @@ class _CountingPass(TorchFunctionMode):
     - an op in `_REPLAYED` whose signature (shapes, strides, dtypes, requires_grad, which inputs are
       the same tensor, the other arguments, grad mode) was recorded before is replayed: an empty output
       of the recorded shape, and `pack`, the pass's saved-tensor hook, called with the tensors the real
-      op saved — the same inputs, its output, or new tensors of the same size.
+      op saved — the same inputs, its output, or new tensors of the same size;
+    - a block (`block`) met before with the same input is replayed likewise, with its MACs and
+      activations: one call in place of its dozen or so modules and ops.
+
+    `pack` keeps every storage autograd saves once, but for `held` ones (weights, buffers and the input
+    batch, which a training step holds anyway): `saved_bytes` is what the pass adds to memory.
     """
 
-    def __init__(self, pack: Callable[[torch.Tensor], Any]) -> None:
+    def __init__(self, held: set[int] | frozenset[int] = frozenset()) -> None:
         super().__init__()
-        self.pack = pack
+        self.held = held
+        # Each storage once, held until the count is done: autograd keeps what it saves alive, but a
+        # replayed op's saved tensors have no graph to keep them, and a freed storage's address can come back.
+        self.storages: dict[int, torch.UntypedStorage] = {}
         self.macs = self.activations = 0
+        self._blocks_saved: list[list[torch.Tensor]] = []  # what each block being recorded saved so far
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in self.held:
+            self.storages[storage._cdata] = storage
+            for saved in self._blocks_saved:
+                saved.append(tensor)
+        return tensor
+
+    @property
+    def saved_bytes(self) -> int:
+        return sum(storage.nbytes() for storage in self.storages.values())
+
+    def block(self, block: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
+              x: torch.Tensor) -> torch.Tensor:
+        """`forward(x)` of `block`, or its replay: a block's output shape, counts and saved tensors
+        follow from its layers (its repr), its mode and its input's shape."""
+        key = _block_signature(block, x)
+        recorded = _RECORDED.get(key) if key is not None else None
+        if recorded:
+            replay, macs, activations = recorded
+            self.macs += macs
+            self.activations += activations
+            return self._replay(replay, [x])
+        saved: list[torch.Tensor] = []
+        macs, activations = self.macs, self.activations
+        self._blocks_saved.append(saved)
+        try:
+            out = forward(x)
+        finally:
+            self._blocks_saved.pop()
+        replay = _recording(out, _distinct(saved), [x]) if key is not None else None
+        if replay is not None and len(_RECORDED) < _RECORDED_MAX:
+            _RECORDED[key] = replay, self.macs - macs, self.activations - activations
+        return out
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -192,6 +240,49 @@ def _part(value: Any, index: dict[int, int], inputs: list[torch.Tensor]) -> Any:
     raise TypeError
 
 
+# A block's architecture as text, computed once per block: its repr names every layer and setting, but
+# for how likely stochastic depth drops the block (it grows with the block's index in the network): in
+# training mode any p > 0 runs the same ops on the same shapes.
+_BLOCK_TEXT: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+_DROP_PROBABILITY = re.compile(r"StochasticDepth\(p=([^,]+),")
+
+
+def _block_signature(block: nn.Module, x: Any) -> tuple | None:
+    """What decides a block's output, counts and saved tensors; None unless its input is a meta tensor."""
+    if not isinstance(x, torch.Tensor) or not x.is_meta:
+        return None
+    text = _BLOCK_TEXT.get(block)
+    if text is None:
+        text = _BLOCK_TEXT[block] = _DROP_PROBABILITY.sub(
+            lambda p: f"StochasticDepth(p{'>' if float(p[1]) > 0 else '='}0,", repr(block))
+    return (type(block), text, block.training, torch.is_grad_enabled(), x.shape, x.stride(), x.dtype,
+            x.requires_grad)
+
+
+def _distinct(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One tensor per storage, the first: a block saves its input, or one of its own tensors, in several ops."""
+    seen: dict[int, torch.Tensor] = {}
+    for tensor in tensors:
+        seen.setdefault(tensor.untyped_storage()._cdata, tensor)
+    return list(seen.values())
+
+
+@contextmanager
+def _blocks_replayed(model: nn.Module, counting: _CountingPass) -> Iterator[None]:
+    """The blocks of effscale's builder (models/blocks.py) in `model` run through `counting.block` for the block."""
+    from effscale.models.blocks import BLOCKS
+
+    kinds = tuple(BLOCKS.values())
+    blocks = [m for m in model.modules() if isinstance(m, kinds)]
+    for block in blocks:
+        block.forward = partial(counting.block, block, block.forward)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward
+
+
 def _recording(out: Any, saved: list[torch.Tensor], inputs: list[torch.Tensor]) -> tuple | None:
     """How to replay a call that returned `out` and saved `saved`, or None when it cannot be."""
     if not isinstance(out, torch.Tensor):
@@ -261,7 +352,7 @@ class _Weights:
 def count_macs_and_activations(model: nn.Module, resolution: int, in_channels: int = 3) -> tuple[int, int]:
     """MACs of one image's forward pass, and its activations: the elements every conv and linear layer
     outputs (the count of Radosavovic et al., "Designing Network Design Spaces", 2020, and pycls)."""
-    counting = _CountingPass(pack=lambda tensor: tensor)
+    counting = _CountingPass()
     with _modules_in_mode(model, training=False), torch.no_grad(), counting:
         model(_input_like(model, 1, in_channels, resolution))
     return counting.macs, counting.activations
@@ -343,25 +434,14 @@ def count_training_forward(model: nn.Module, resolution: int, batch_size: int, i
     once: MACs and activations per image (as `count_macs_and_activations`) and the bytes autograd
     saves for the batch. tests/test_measure.py checks all three against
     FlopCounterMode, module hooks and PyTorch's own meta kernels on every baseline."""
-    # Each storage once, held until the count is done: autograd keeps what it saves alive, but a replayed
-    # op's saved tensors have no graph to keep them, and a freed storage's address can come back.
     # Weights, buffers and the input batch are saved too, but a training step holds them anyway:
     # `_peak_train_mb` counts them once, apart.
-    storages: dict[int, torch.UntypedStorage] = {}
     x = _input_like(model, batch_size, in_channels, resolution)
-    held = (weights or _Weights.of(model)).storages | {x.untyped_storage()._cdata}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage._cdata not in held:
-            storages[storage._cdata] = storage
-        return tensor
-
-    counting = _CountingPass(pack)
-    with _modules_in_mode(model, training=True):
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), counting:
+    counting = _CountingPass(held=(weights or _Weights.of(model)).storages | {x.untyped_storage()._cdata})
+    with _modules_in_mode(model, training=True), _blocks_replayed(model, counting):
+        with torch.autograd.graph.saved_tensors_hooks(counting.pack, lambda t: t), counting:
             model(x)
-    return counting.macs // batch_size, counting.activations // batch_size, sum(s.nbytes() for s in storages.values())
+    return counting.macs // batch_size, counting.activations // batch_size, counting.saved_bytes
 
 
 def measure_table(table: dict[str, Any], build: Callable[[dict[str, Any]], nn.Module], *, in_channels: int = 3,

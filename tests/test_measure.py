@@ -158,6 +158,30 @@ def test_a_replayed_count_equals_the_recorded_one_and_the_reference():
         assert first == second == plain_counts(model, 40, 4)
 
 
+def test_a_block_met_again_with_the_same_input_is_replayed_whole_whatever_its_drop_probability(monkeypatch):
+    from effscale import measure
+    from effscale.models.blocks import MBConv
+
+    ran = []
+    forward = MBConv.forward
+    monkeypatch.setattr(MBConv, "forward", lambda self, x: ran.append(self) or forward(self, x))
+    base = baseline("efficientnet_b0") | {"resolution": 40}  # stochastic depth 0.2, growing over the blocks
+    tables = [scale_stage_table(base, compound_multipliers(alpha, 1.0, 1.0, 1)) for alpha in (1.0, 1.3)]
+    with torch.device("meta"):
+        b0, deeper = (build_model(table, 10) for table in tables)
+    measure._RECORDED.clear()
+    counts = [count_training_forward(b0, 40, 4)]
+    assert len(ran) == 12  # of 16 blocks: the same block on the same input is replayed within one pass too
+    counts.append(count_training_forward(b0, 40, 4))
+    assert len(ran) == 12  # every block replayed whole
+    # Deeper: more blocks, each with another drop probability; all but the new ones are replayed.
+    ran.clear()
+    counts.append(count_training_forward(deeper, 40, 4))
+    blocks = sum(isinstance(m, MBConv) for m in deeper.modules())
+    assert blocks > 16 and 0 < len(ran) < blocks - 10
+    assert counts == [plain_counts(b0, 40, 4)] * 2 + [plain_counts(deeper, 40, 4)]
+
+
 class _Odd(nn.Module):
     """Calls a replay must get right: one tensor twice, in-place ops, an op that saves its output."""
 
