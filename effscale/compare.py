@@ -228,8 +228,8 @@ class Comparison:
         self.sweep_dir = Path(self.cfg["out"]) / str(self.cfg["name"])
         # A comparison trains (strategies x phis x seeds) models: compare.trainer may shorten its recipe.
         self.recipe = {**self.cfg["trainer"], **(opts.get("trainer") or {})}
-        self.phis = [float(p) for p in opts["phis"]]
-        self.strategies = list(opts["strategies"])
+        self.phis = list(dict.fromkeys(float(p) for p in opts["phis"]))  # each once, in the order given
+        self.strategies = list(dict.fromkeys(opts["strategies"]))
         self.tolerance = float(opts["macs_tolerance"])
         self.context = {"baseline": self.baseline["name"], "dataset": self.cfg["data"]["name"]}
         self.logger_kind = self.cfg["logger"]["name"]

@@ -334,3 +334,14 @@ def test_table3_presets_compare_every_dimension_of_their_baseline(sweep, baselin
     assert cfg["compare"]["strategies"] == ["compound", "width", "depth", "resolution"]
     assert cfg["compare"]["phis"] == [0, 1, 2] and cfg["compare"]["seeds"] == 3
     assert (cfg["scale"]["alpha"], cfg["scale"]["beta"], cfg["scale"]["gamma"]) == (1.2, 1.1, 1.15)
+
+
+def test_a_strategy_or_phi_given_twice_is_planned_once(tmp_path):
+    from effscale.compare import Comparison
+    from effscale.config import load, model_table
+
+    cfg = load("compare", [f"out={tmp_path}", "name=twice", *TINY, "compare.strategies=[width,compound,width]",
+                           "compare.phis=[1,0,1.0]"])
+    run = Comparison(cfg, model_table(cfg), "cpu")
+    assert (run.strategies, run.phis) == (["width", "compound"], [1.0, 0.0])
+    assert sorted((m.strategy, m.phi) for m in run.plan()) == [("baseline", 0), ("compound", 1), ("width", 1)]
