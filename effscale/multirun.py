@@ -119,6 +119,9 @@ def multirun(overrides: list[str]) -> None:
 
     overrides = [o for o in overrides if o not in MULTIRUN_FLAGS]
     cfg, launcher = checked_config(overrides)
+    if launcher == "submitit_slurm" and "cluster" not in cfg and not any("hydra.launcher." in o for o in overrides):
+        print("effscale search: note: jobs get submitit's defaults (60 min, no GPU, no requeue at the time "
+              "limit); +sweep=slurm sizes them with cluster.* (or set hydra.launcher.*)", file=sys.stderr)
     search, new = planned_study(cfg)
     sweep_dir = search.sweep_dir.resolve()
     print(f"{search.opts['workers']} worker job(s) through hydra/launcher={launcher}; logs in {sweep_dir / 'logs'}",

@@ -368,6 +368,19 @@ def test_jobs_sbatch_refuses_are_one_line_with_its_reason_and_leave_no_sweep(tmp
     assert not (tmp_path / "shared").exists()  # and so is the journal's
 
 
+def test_the_bare_slurm_launcher_says_its_jobs_get_submitits_defaults(tmp_path):
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    (fake.parent / "srun").symlink_to(fake)
+    done = run_cli("search", "-m", "hydra/launcher=submitit_slurm", "search.workers=1", *TINY, f"out={tmp_path / 'o'}",
+                   env={"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"})
+    assert done.returncode == 2
+    assert done.stderr.startswith("effscale search: note: jobs get submitit's defaults (60 min, no GPU, no requeue "
+                                  "at the time limit); +sweep=slurm sizes them with cluster.*")
+
+
 def test_slurm_workers_on_an_sqlite_url_are_refused_in_one_line(tmp_path):
     done = run_cli("search", "-m", "hydra/launcher=submitit_slurm", "search.workers=2", f"out={tmp_path}",
                    f"search.storage=sqlite:///{tmp_path}/nfs/study.db")
