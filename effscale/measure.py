@@ -25,7 +25,6 @@ import math
 import re
 import statistics
 import time
-import weakref
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -144,22 +143,22 @@ class _CountingPass(TorchFunctionMode):
     def saved_bytes(self) -> int:
         return sum(storage.nbytes() for storage in self.storages.values())
 
-    def block(self, block: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
-              x: torch.Tensor) -> torch.Tensor:
-        """`forward(x)` of `block`, or its replay: a block's output shape, counts and saved tensors
-        follow from its layers (its repr), its mode and its input's shape."""
-        key = _block_signature(block, x)
+    def block(self, block: _Block, x: torch.Tensor) -> torch.Tensor:
+        """`block.forward(x)`, or its replay: a block's output shape, counts and saved tensors follow
+        from its architecture, its mode, whether it trains and its input's shape."""
+        key = block.signature(x)
         recorded = _RECORDED.get(key) if key is not None else None
         if recorded:
             replay, macs, activations = recorded
             self.macs += macs
             self.activations += activations
-            return self._replay(replay, [x])
+            # The output needs a gradient when the block trains, whether or not its input does.
+            return self._replay(replay, [x] if block.trainable is None else [x, block.trainable])
         saved: list[torch.Tensor] = []
         macs, activations = self.macs, self.activations
         self._blocks_saved.append(saved)
         try:
-            out = forward(x)
+            out = block.forward(x)
         finally:
             self._blocks_saved.pop()
         replay = _recording(out, _distinct(saved), [x]) if key is not None else None
@@ -240,23 +239,42 @@ def _part(value: Any, index: dict[int, int], inputs: list[torch.Tensor]) -> Any:
     raise TypeError
 
 
-# A block's architecture as text, computed once per block: its repr names every layer and setting, but
-# for how likely stochastic depth drops the block (it grows with the block's index in the network): in
-# training mode any p > 0 runs the same ops on the same shapes.
-_BLOCK_TEXT: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 _DROP_PROBABILITY = re.compile(r"StochasticDepth\(p=([^,]+),")
 
 
-def _block_signature(block: nn.Module, x: Any) -> tuple | None:
-    """What decides a block's output, counts and saved tensors; None unless its input is a meta tensor."""
-    if not isinstance(x, torch.Tensor) or not x.is_meta:
-        return None
-    text = _BLOCK_TEXT.get(block)
-    if text is None:
-        text = _BLOCK_TEXT[block] = _DROP_PROBABILITY.sub(
-            lambda p: f"StochasticDepth(p{'>' if float(p[1]) > 0 else '='}0,", repr(block))
-    return (type(block), text, block.training, torch.is_grad_enabled(), x.shape, x.stride(), x.dtype,
-            x.requires_grad)
+def _blocks_of(model: nn.Module) -> list[nn.Module]:
+    """The blocks of effscale's builder (models/blocks.py) in `model`."""
+    from effscale.models.blocks import BLOCKS
+
+    kinds = tuple(BLOCKS.values())
+    return [m for m in model.modules() if isinstance(m, kinds)]
+
+
+def _architecture(block: nn.Module) -> tuple:
+    """What a block computes: its repr, which names every layer and setting, and its plain attributes
+    (MBConv's use_res_connect); stochastic depth's drop probability, which grows with the block's index
+    in the network, only as zero or not: in training mode any p > 0 runs the same ops on the same shapes."""
+    settings = sorted((k, v) for k, v in vars(block).items() if not k.startswith("_") and type(v) in _PLAIN)
+    text = _DROP_PROBABILITY.sub(lambda p: f"StochasticDepth(p{'>' if float(p[1]) > 0 else '='}0,", repr(block))
+    return type(block), text, tuple(settings)
+
+
+class _Block:
+    """A block of a model being counted, as `_CountingPass.block` keys it, read when the count starts:
+    its `architecture`, its mode, and `trainable`, one of its parameters that requires a gradient."""
+
+    def __init__(self, module: nn.Module, architecture: tuple) -> None:
+        self.forward = module.forward
+        self.training = module.training
+        self.architecture = architecture
+        self.trainable = next((p for p in module.parameters() if p.requires_grad), None)
+
+    def signature(self, x: Any) -> tuple | None:
+        """What decides the block's output, counts and saved tensors; None unless `x` is a meta tensor."""
+        if not isinstance(x, torch.Tensor) or not x.is_meta:
+            return None
+        return (*self.architecture, self.training, self.trainable is not None, torch.is_grad_enabled(), x.shape,
+                x.stride(), x.dtype, x.requires_grad)
 
 
 def _distinct(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -268,19 +286,20 @@ def _distinct(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 @contextmanager
-def _blocks_replayed(model: nn.Module, counting: _CountingPass) -> Iterator[None]:
-    """The blocks of effscale's builder (models/blocks.py) in `model` run through `counting.block` for the block."""
-    from effscale.models.blocks import BLOCKS
-
-    kinds = tuple(BLOCKS.values())
-    blocks = [m for m in model.modules() if isinstance(m, kinds)]
-    for block in blocks:
-        block.forward = partial(counting.block, block, block.forward)
+def _blocks_replayed(model: nn.Module, counting: _CountingPass, facts: _ModelFacts) -> Iterator[None]:
+    """The blocks of effscale's builder in `model` called through `counting.block` for the `with`
+    block; a forward set on a block instance before is put back after."""
+    blocks = _blocks_of(model)
+    own = [m.__dict__.get("forward") for m in blocks]
+    for module in blocks:
+        module.forward = partial(counting.block, _Block(module, facts.blocks[id(module)]))
     try:
         yield
     finally:
-        for block in blocks:
-            del block.forward
+        for module, forward in zip(blocks, own):
+            del module.forward
+            if forward is not None:
+                module.forward = forward
 
 
 def _recording(out: Any, saved: list[torch.Tensor], inputs: list[torch.Tensor]) -> tuple | None:
@@ -334,19 +353,22 @@ def count_params(model: nn.Module) -> int:
 
 
 @dataclass(frozen=True)
-class _Weights:
-    """What measuring needs of a model's parameters and buffers, gathered once per model: a grid's
-    model is counted at several input sizes, and every walk over a deep model's modules costs."""
+class _ModelFacts:
+    """What measuring reads of a model, once per model: a grid's model is counted at several input
+    sizes, and every walk over a deep model's modules costs (a block's repr most, ~0.1 ms). A model is
+    not expected to change between the counts it is read for."""
     params: int
     param_bytes: int
     storages: frozenset[int]  # of the parameters and buffers, which a training step holds anyway
+    blocks: dict[int, tuple]  # each block's `_architecture`, by the block's id
 
     @classmethod
-    def of(cls, model: nn.Module) -> _Weights:
+    def of(cls, model: nn.Module) -> _ModelFacts:
         params = list(model.parameters())
         return cls(params=sum(p.numel() for p in params),
                    param_bytes=sum(p.numel() * p.element_size() for p in params),
-                   storages=frozenset(t.untyped_storage()._cdata for t in [*params, *model.buffers()]))
+                   storages=frozenset(t.untyped_storage()._cdata for t in [*params, *model.buffers()]),
+                   blocks={id(block): _architecture(block) for block in _blocks_of(model)})
 
 
 def count_macs_and_activations(model: nn.Module, resolution: int, in_channels: int = 3) -> tuple[int, int]:
@@ -429,7 +451,7 @@ def latency_ms(model: nn.Module, resolution: int, device: str = "cpu", in_channe
 
 
 def count_training_forward(model: nn.Module, resolution: int, batch_size: int, in_channels: int = 3,
-                           weights: _Weights | None = None) -> tuple[int, int, int]:
+                           facts: _ModelFacts | None = None) -> tuple[int, int, int]:
     """One training-mode forward pass of a batch on the model's (meta) device, counting three things at
     once: MACs and activations per image (as `count_macs_and_activations`) and the bytes autograd
     saves for the batch. tests/test_measure.py checks all three against
@@ -437,8 +459,9 @@ def count_training_forward(model: nn.Module, resolution: int, batch_size: int, i
     # Weights, buffers and the input batch are saved too, but a training step holds them anyway:
     # `_peak_train_mb` counts them once, apart.
     x = _input_like(model, batch_size, in_channels, resolution)
-    counting = _CountingPass(held=(weights or _Weights.of(model)).storages | {x.untyped_storage()._cdata})
-    with _modules_in_mode(model, training=True), _blocks_replayed(model, counting):
+    facts = facts or _ModelFacts.of(model)
+    counting = _CountingPass(held=facts.storages | {x.untyped_storage()._cdata})
+    with _modules_in_mode(model, training=True), _blocks_replayed(model, counting, facts):
         with torch.autograd.graph.saved_tensors_hooks(counting.pack, lambda t: t), counting:
             model(x)
     return counting.macs // batch_size, counting.activations // batch_size, counting.saved_bytes
@@ -451,7 +474,7 @@ def measure_table(table: dict[str, Any], build: Callable[[dict[str, Any]], nn.Mo
     On CUDA, peak memory is one real training step's (`peak_on_device`, about 0.4 s a model on an
     H100) or, with peak_on_device=False, the shape estimate used on CPU."""
     meta_model = build_on_meta(build, table)
-    return _measure_built(meta_model, _Weights.of(meta_model), table, build, in_channels=in_channels,
+    return _measure_built(meta_model, _ModelFacts.of(meta_model), table, build, in_channels=in_channels,
                           batch_size=batch_size, device=device, memory=memory, latency=latency, optimizer=optimizer,
                           name=name, peak_on_device=peak_on_device)
 
@@ -473,7 +496,7 @@ def measure_tables(tables: Sequence[dict[str, Any]], build: Callable[[dict[str, 
     share one model built on the meta device, and tables with the same architecture and input size
     share one count: a compound grid holds many points whose rounded depth, width and resolution
     coincide, and building and counting are what measuring costs."""
-    built: dict[str, tuple[nn.Module, _Weights]] = {}
+    built: dict[str, tuple[nn.Module, _ModelFacts]] = {}
     counted: dict[tuple[str, int], Measurement] = {}
     out = []
     with _collector_paused():
@@ -483,7 +506,7 @@ def measure_tables(tables: Sequence[dict[str, Any]], build: Callable[[dict[str, 
             if same is None:
                 if key not in built:
                     model = build_on_meta(build, table)
-                    built[key] = model, _Weights.of(model)
+                    built[key] = model, _ModelFacts.of(model)
                 same = counted[key, int(table["resolution"])] = _measure_built(*built[key], table, build, **options)
             out.append(replace(same, name=options.get("name") or table.get("name", "model"),
                                width_mult=float(table.get("width_mult", 1.0)),
@@ -506,24 +529,24 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _measure_built(meta_model: nn.Module, weights: _Weights, table: dict[str, Any],
+def _measure_built(meta_model: nn.Module, facts: _ModelFacts, table: dict[str, Any],
                    build: Callable[[dict[str, Any]], nn.Module], *, in_channels: int = 3, batch_size: int = 32,
                    device: str = "cpu", memory: bool = True, latency: bool = False, optimizer: str = "sgd",
                    name: str | None = None, peak_on_device: bool = True) -> Measurement:
     resolution = int(table["resolution"])
     on_device = memory and peak_on_device and device.startswith("cuda")
     count_batch = batch_size if memory and not on_device else 1
-    macs, activations, saved_bytes = count_training_forward(meta_model, resolution, count_batch, in_channels, weights)
+    macs, activations, saved_bytes = count_training_forward(meta_model, resolution, count_batch, in_channels, facts)
     peak = None
     if memory:
         if on_device:
             peak = cuda_peak_train_mb(lambda: build(table), resolution, batch_size, in_channels, device, optimizer)
         else:
-            peak = _peak_train_mb(weights.param_bytes, saved_bytes, resolution, batch_size, in_channels, optimizer)
+            peak = _peak_train_mb(facts.param_bytes, saved_bytes, resolution, batch_size, in_channels, optimizer)
     lat = latency_ms(build(table), resolution, device, in_channels) if latency else None
     return Measurement(
         name=name or table.get("name", "model"),
-        params=weights.params,
+        params=facts.params,
         macs=int(macs),
         flops=int(2 * macs),
         activations=int(activations),

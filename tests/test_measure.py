@@ -182,6 +182,49 @@ def test_a_block_met_again_with_the_same_input_is_replayed_whole_whatever_its_dr
     assert counts == [plain_counts(b0, 40, 4)] * 2 + [plain_counts(deeper, 40, 4)]
 
 
+def test_a_replayed_block_needs_a_gradient_when_it_trains_though_its_input_does_not():
+    from effscale import measure
+    from effscale.models.blocks import MBConv
+
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), *(
+            MBConv(16, 16, expand=4, kernel=3, stride=1, se=0.25, divisor=8, activation=nn.SiLU,
+                   norm=nn.BatchNorm2d, drop_prob=0.0) for _ in range(2)), nn.SiLU(), nn.Conv2d(16, 8, 1))
+    model[0].requires_grad_(False)  # frozen layers before the block: its input needs no gradient
+    measure._RECORDED.clear()
+    counts = [count_training_forward(model, 12, 4) for _ in range(2)]  # recorded, then replayed
+    assert counts[0] == counts[1] == plain_counts(model, 12, 4)
+
+
+def test_a_block_changed_between_two_counts_is_counted_as_it_is_now():
+    from effscale.models.blocks import MBConv
+
+    with torch.device("meta"):
+        model = build_model(baseline("efficientnet_b0") | {"resolution": 32}, 10)
+    before = count_training_forward(model, 32, 2)
+    for block in model.modules():
+        if isinstance(block, MBConv):
+            block.stochastic_depth.p = 0.0  # no noise tensors saved any more
+    after = count_training_forward(model, 32, 2)
+    assert after == plain_counts(model, 32, 2) and after[2] < before[2]
+
+
+def test_counting_puts_back_a_forward_set_on_a_block():
+    from effscale import measure
+    from effscale.models.blocks import MBConv
+
+    with torch.device("meta"):
+        model = build_model(baseline("efficientnet_b0") | {"resolution": 32}, 10)
+    blocks = [m for m in model.modules() if isinstance(m, MBConv)]
+    traced = []
+    blocks[3].forward = lambda x, block=blocks[3]: traced.append(x.shape) or MBConv.forward(block, x)
+    mine = blocks[3].forward
+    measure._RECORDED.clear()  # so that the block runs, through its own forward
+    count_training_forward(model, 32, 2)
+    assert blocks[3].forward is mine and len(traced) == 1
+    assert all("forward" not in vars(block) for block in blocks[:3] + blocks[4:])
+
+
 class _Odd(nn.Module):
     """Calls a replay must get right: one tensor twice, in-place ops, an op that saves its output."""
 
