@@ -95,7 +95,7 @@ class TensorBatchLoader:
         self._generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        rank, world = _rank_and_world()
+        rank, world = self._rank_and_world()
         samples = len(self.labels) // world if self.shuffle else len(range(rank, len(self.labels), world))
         full, rest = divmod(samples, self.batch_size)
         if self.drop_last:  # BatchNorm cannot train on a last batch of one; a tiny set still gives one batch
@@ -110,8 +110,15 @@ class TensorBatchLoader:
     def _order(self) -> torch.Tensor:
         count = len(self.labels)
         order = torch.randperm(count, generator=self._generator) if self.shuffle else torch.arange(count)
-        rank, world = _rank_and_world()
+        rank, world = self._rank_and_world()
         return order[rank:count - count % world:world] if self.shuffle else order[rank::world]
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        rank, world = _rank_and_world()
+        if len(self.labels) < world:  # a rank with no batch at all: Lightning refuses a loader of length zero
+            raise UserError(f"data: a split of {len(self.labels)} image(s) cannot be shared among {world} devices "
+                            "(trainer.devices); give it more images or train on fewer devices")
+        return rank, world
 
     def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.images[index].float().mul(self._scale).sub_(self._shift)
@@ -318,8 +325,8 @@ def _idx_bytes(path: Path) -> tuple[bytes, bool]:
             parts.append(stream.decompress(raw))
         except zlib.error as exc:
             raise UserError(f"{path}: not a valid gzip file ({exc})") from None
-        raw = stream.unused_data
-        if not (stream.eof and raw.strip(b"\0")):  # some writers pad the last member with zeros
+        raw = stream.unused_data.lstrip(b"\0")  # some writers pad members with zeros, as gzip reads
+        if not (stream.eof and raw):
             return b"".join(parts), stream.eof
 
 
@@ -626,10 +633,13 @@ class ImageFolderDataModule(DataModule):
             by_class.setdefault(sample[1], []).append(sample)
         total = max(1, round(self.val_fraction * len(samples)))
         quota = {label: self.val_fraction * len(members) for label, members in by_class.items()}
-        held = {label: min(int(q), len(by_class[label]) - 1) for label, q in quota.items()}
-        for label in sorted(by_class, key=lambda k: (int(quota[k]) - quota[k], k)):  # largest remainder first
-            if sum(held.values()) < total and held[label] < len(by_class[label]) - 1:
-                held[label] += 1
+        spare = {label: len(members) - 1 for label, members in by_class.items()}  # one stays to train on
+        held = {label: min(int(q), spare[label]) for label, q in quota.items()}
+        order = sorted(by_class, key=lambda k: (int(quota[k]) - quota[k], k))  # largest remainder first
+        while sum(held.values()) < total and any(held[k] < spare[k] for k in order):
+            for label in order:
+                if sum(held.values()) < total and held[label] < spare[label]:
+                    held[label] += 1
         if not any(held.values()):
             raise UserError(f"data.val_fraction: {self.root} has one image a class, none to hold out for "
                             "validation; give a val folder")

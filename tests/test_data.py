@@ -150,6 +150,9 @@ def test_evaluation_shards_under_ddp_hold_every_image_once(monkeypatch):
         seen.append(torch.cat([y for _, y in loader]).tolist())
         assert len(loader) == 2
     assert [len(s) for s in seen] == [4, 3, 3] and sorted(sum(seen, [])) == list(range(10))
+    loader = TensorBatchLoader(images[:2], labels[:2], batch_size=2, mean=[0], std=[1])
+    with pytest.raises(UserError, match=r"^data: a split of 2 image\(s\) cannot be shared among 3 devices"):
+        len(loader)  # the third rank would have no batch
 
 
 def test_lightning_trains_on_the_tensor_loader(tmp_path):
@@ -235,7 +238,7 @@ def test_a_gzip_of_several_members_reads_whole_and_one_cut_in_its_last_member_is
     labels = np.arange(30, dtype=np.uint8) % 10
     content = struct.pack(">ii", IDX_LABELS, 30) + labels.tobytes()
     path = tmp_path / "train-labels-idx1-ubyte.gz"
-    members = gzip.compress(content[:20]) + gzip.compress(content[20:])  # as `cat a.gz b.gz` writes
+    members = gzip.compress(content[:20]) + b"\0" * 4 + gzip.compress(content[20:])  # `cat a.gz b.gz`, padded
     path.write_bytes(members + b"\0" * 8)
     assert read_idx(path, IDX_LABELS).tolist() == labels.tolist()
     path.write_bytes(members[:-12])
@@ -521,6 +524,18 @@ def test_the_held_out_validation_images_are_drawn_per_class_and_leave_each_class
     labels = {split: sorted(label for _, label in module._samples[split]) for split in ("train", "val")}
     assert labels["val"].count(0) == 4 and labels["val"].count(2) == 2 and 1 not in labels["val"]  # 6 of 25
     assert set(labels["train"]) == {0, 1, 2} and len(labels["train"]) == 19
+
+
+@pytest.mark.parametrize("sizes, held", [([1, 1, 1, 3], [0, 0, 0, 2]), ([1, 1, 1, 1, 5, 5], [0, 0, 0, 0, 4, 3])])
+def test_small_classes_keep_their_one_image_and_larger_ones_give_what_the_fraction_asks(tmp_path, sizes, held):
+    root = tmp_path / "photos"
+    for label, size in enumerate(sizes):
+        (root / f"c{label}").mkdir(parents=True)
+        for index in range(size):
+            Image.new("RGB", (8, 8), (label, index, 0)).save(root / f"c{label}" / f"{index}.png")
+    module = build_datamodule(_folder_cfg(root, val_fraction=0.5), resolution=8, batch_size=4)
+    module.setup()
+    assert [sum(label == c for _, label in module._samples["val"]) for c in range(len(sizes))] == held
 
 
 def test_a_folder_of_one_image_a_class_has_nothing_to_hold_out(tmp_path):
