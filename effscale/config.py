@@ -127,7 +127,7 @@ def to_dict(cfg: Any) -> Any:
             return OmegaConf.to_container(cfg, resolve=True)
         except InterpolationResolutionError as exc:
             why = str(exc.msg).splitlines()[0].removeprefix("KeyError raised while resolving interpolation: ")
-            raise UserError(f"{exc.full_key}: {why.strip(chr(34))}") from None
+            raise UserError(f"{exc.full_key}: " + why.strip('"')) from None
     return cfg
 
 

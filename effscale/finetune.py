@@ -170,7 +170,7 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
     try:
         result = train_phases(network, data, opts, recipe, device)
         table = {**pretrained.table, "resolution": resolution}
-        result["checkpoint"] = str(save_checkpoint(  # an earlier run's model stays: this one is model-v1.pt
+        result["checkpoint"] = str(save_checkpoint(  # beside an earlier run's model, not over it (model-v1.pt)
             unused_path(checkpoint), network.to(memory_format=torch.contiguous_format), table, data.class_names,
             data_preprocessing(data), val_acc=result["val_acc"], test_acc=result["test_acc"],
             data=str(cfg["data"]["name"]), weights=pretrained.source))

@@ -197,7 +197,7 @@ def launch(cfg: dict[str, Any], launcher: str, overrides: list[str], sweep_dir: 
         if refused:
             if not search.study.trials:  # nothing ran: leave no study, no new folder or journal behind
                 optuna.delete_study(study_name=search.study.study_name, storage=search.study._storage)
-                search._remove_created(new)
+                search.remove_created(new)
             hint = "; for nodes without GPUs set cluster.gpus_per_node=0" if "gres" in refused.lower() else ""
             raise UserError(f"hydra/launcher={launcher}: sbatch refused the jobs ({refused}){hint}") from None
         traceback.print_exc()  # a job that raised, or one the cluster killed

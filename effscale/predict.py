@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from effscale.errors import UserError
 
@@ -18,28 +18,34 @@ if TYPE_CHECKING:  # torch loads once the images are known good: a mistyped path
     from effscale.weights import Pretrained
 
 BATCH = 16
+T = TypeVar("T")
 
 
 def check_image(path: str | Path) -> None:
     """From its header only: whether `path` is an image Pillow opens and preprocessing can resize; a
     UserError saying why not. Every path is checked before the weights load; pixels are decoded later,
     a batch at a time, so that a folder of photos never sits decoded in memory at once."""
-    from effscale.weights import too_elongated
-
-    why = too_elongated(_opened(path, lambda image: image.size))
-    if why:
-        raise UserError(f"{path}: {why}")
+    _opened(path, lambda image: _resizable(path, image))
 
 
 def open_image(path: str | Path) -> Any:
     """The image at `path`, fully decoded and turned upright (EXIF orientation), or a UserError saying why not."""
     from effscale.weights import upright
 
-    check_image(path)
-    return _opened(path, lambda image: upright(image.copy()))  # copy() decodes: a truncated file fails here
+    # copy() decodes: a truncated file fails here
+    return _opened(path, lambda image: upright(_resizable(path, image).copy()))
 
 
-def _opened(path: str | Path, read: Any) -> Any:
+def _resizable(path: str | Path, image: Any) -> Any:
+    from effscale.weights import too_elongated
+
+    why = too_elongated(image.size)
+    if why:
+        raise UserError(f"{path}: {why}")
+    return image
+
+
+def _opened(path: str | Path, read: Callable[[Any], T]) -> T:
     """`read(image)` of the image at `path`, with every way the file can be wrong a one-line UserError."""
     from PIL import Image, UnidentifiedImageError
 
@@ -51,6 +57,8 @@ def _opened(path: str | Path, read: Any) -> Any:
     try:
         with Image.open(path) as image:
             return read(image)
+    except UserError:
+        raise
     except UnidentifiedImageError:
         raise UserError(f"{path}: not an image (Pillow cannot identify it)") from None
     except Image.DecompressionBombError as exc:  # Pillow's guard against a file that decodes to gigabytes

@@ -629,7 +629,7 @@ class Search:
                 if attempts and isinstance(exc, OperationalError) and "already exists" in str(exc):
                     time.sleep(0.5)
                     continue
-                self._remove_created(new)
+                self.remove_created(new)
                 what = f"search.storage={without_password(url)}" if url else f"{self.sweep_dir / 'study.db'}"
                 reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
                 raise UserError(f"{what}: cannot open the study ({reason[:200]})") from None
@@ -650,11 +650,11 @@ class Search:
         except UserError:
             if created:
                 optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)
-                self._remove_created(new)
+                self.remove_created(new)
             raise
         return created
 
-    def _remove_created(self, new: Path | None) -> None:
+    def remove_created(self, new: Path | None) -> None:
         """Undo what a refused run created: the sweep folder (`files.remove_created`), and a journal
         file, with the folders made for it, that was not there before."""
         remove_created(new, self.sweep_dir)

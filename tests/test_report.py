@@ -13,8 +13,8 @@ import pytest
 
 from conftest import REPO, run_cli
 from effscale.errors import UserError
-from effscale.report import (compound_margin, margin_sentences, mean_ci, paper_comparison, search_table, strategy_summary,
-                             t_critical, write_report)
+from effscale.report import (PLOTS, compound_margin, margin_sentences, mean_ci, paper_comparison, search_table,
+                             strategy_summary, t_critical, write_report)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -140,6 +140,7 @@ def test_report_writes_plots_and_documents_with_the_numbers(tmp_path):
     names = sorted(p.name for p in files)
     assert names == ["accuracy_vs_macs.png", "accuracy_vs_params.png", "cost_vs_macs.png", "report.html",
                      "report.md", "search_heatmap.png"]
+    assert {name[:-4] for name in names if name.endswith(".png")} == set(PLOTS)  # what a later report replaces
     for png in (folder / "plots").glob("*.png"):
         data = png.read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000
