@@ -42,7 +42,7 @@ from effscale.files import first_new_folder, log_to, make_sweep_folder, remove_c
 from effscale.measure import Measurement, architecture_key, measure_table, measure_tables
 from effscale.models import build_model
 from effscale.scaling import ScalingError, compound_grid, compound_multipliers, constraint_value, scale_stage_table
-from effscale.storages import journal_file, open_storage, without_password
+from effscale.storages import open_storage, storage_file, without_password
 
 log = logging.getLogger("effscale.search")
 STRATEGY = "compound"
@@ -446,7 +446,7 @@ class Search:
         self.opts, self.budget, self.recipe = cfg["search"], cfg["budget"], dict(cfg["trainer"])
         self.stale_after_s = float(self.opts["stale_after_s"])
         self.retry_below: int | None = None  # set by `open`
-        self.new_journal: Path | None = None  # set by `open`: a journal file (or its folder) it creates
+        self.new_storage: Path | None = None  # set by `open`: a journal or SQLite file (or its folder) it creates
         self.working: optuna.Trial | None = None  # the trial this process has started and not yet recorded
         self.device_costs_from = device  # the device that measured latency and peak memory (`open`)
         self.seed = int(cfg["seed"])
@@ -565,7 +565,7 @@ class Search:
         """Create or load the sweep's study and bring trials.csv up to date with it. `new_launch`:
         this process starts a launch (a `search` command), not one of its workers."""
         new = make_sweep_folder(self.sweep_dir, self.cfg["out"])  # removed again if this run is refused
-        self.new_journal = self._make_journal(journal_file(self.opts.get("storage")))
+        self.new_storage = self._make_storage_file(storage_file(self.opts.get("storage")))
         self.study = self._create_study(new)
         if self._check_against_record(new):
             moved = results.set_aside_search_rows(self.sweep_dir)
@@ -595,16 +595,17 @@ class Search:
         return self.study
 
     @staticmethod
-    def _make_journal(journal: Path | None) -> Path | None:
-        """Create a journal file (search.storage=journal://…) that is not there yet, with its folders:
-        the first of them that was new, removed again if this run is refused; None when the file was
-        there, or another search made it meanwhile."""
-        new = first_new_folder(journal) if journal else None
+    def _make_storage_file(file: Path | None) -> Path | None:
+        """Create the file of a journal or SQLite storage (search.storage=journal://… or sqlite:///…) that
+        is not there yet, with its folders (an empty file is an empty SQLite database): the first of them
+        that was new, removed again if this run is refused; None when the file was there, or another
+        search made it meanwhile."""
+        new = first_new_folder(file) if file else None
         if new is None:
             return None
         try:
-            journal.parent.mkdir(parents=True, exist_ok=True)
-            journal.open("x").close()
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.open("x").close()
         except OSError:
             return None  # another search's now, or not to be created: opening the storage says why
         return new
@@ -655,14 +656,14 @@ class Search:
         return created
 
     def remove_created(self, new: Path | None) -> None:
-        """Undo what a refused run created: the sweep folder (`files.remove_created`), and a journal
-        file, with the folders made for it, that was not there before."""
+        """Undo what a refused run created: the sweep folder (`files.remove_created`), and a journal or
+        SQLite file, with the folders made for it, that was not there before."""
         remove_created(new, self.sweep_dir)
-        journal = journal_file(self.opts.get("storage"))
-        if journal is not None and self.new_journal == journal:
-            journal.unlink(missing_ok=True)
-        elif journal is not None and self.new_journal is not None:
-            remove_created(self.new_journal, journal.parent)
+        file = storage_file(self.opts.get("storage"))
+        if file is not None and self.new_storage == file:
+            file.unlink(missing_ok=True)
+        elif file is not None and self.new_storage is not None:
+            remove_created(self.new_storage, file.parent)
 
     def _start_launch(self, new_launch: bool) -> None:
         """Record where this launch's trials begin (the workers of one launch read it, however late each

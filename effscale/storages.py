@@ -34,6 +34,16 @@ def journal_file(url: str | None) -> Path | None:
     return Path(url[len("journal://"):]).expanduser() if url and url.startswith("journal://") else None
 
 
+def storage_file(url: str | None) -> Path | None:
+    """The file a `journal://` or `sqlite:///` storage keeps its study in; None for a database server,
+    and for no URL (the sweep folder's study.db)."""
+    path = journal_file(url)
+    if path is not None or not url or not url.startswith("sqlite:///"):
+        return path
+    name = url[len("sqlite:///"):].split("?")[0]
+    return Path(name) if name and name != ":memory:" else None
+
+
 def absolute(url: str) -> str:
     """`url` with a relative journal or SQLite file made absolute, so that it names the same file from
     any folder (`effscale dashboard` reads it from the sweep folder's storage.txt)."""

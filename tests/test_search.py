@@ -465,17 +465,20 @@ def test_wandb_writes_its_own_logs_in_the_sweep_folder(tmp_path, monkeypatch):
     assert os.environ["WANDB_CACHE_DIR"] == str(tmp_path / "wandb" / ".cache")
 
 
-def test_a_refused_run_removes_the_journal_file_and_folders_it_created(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+@pytest.mark.parametrize("folder", [True, False])
+def test_a_refused_run_removes_the_storage_file_and_folders_it_created(tmp_path, monkeypatch, kind, folder):
     from effscale import train
 
     monkeypatch.setattr(train, "fit_candidate", lambda *a, **kw: {
         "state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.5, "epochs": 1, "train_seconds": 0.1,
         "val_history": [0.5], "reason": None})
     tiny_search(tmp_path)
-    journal = tmp_path / "new" / "sub" / "study.log"
+    file = tmp_path / "new" / "sub" / "study.db" if folder else tmp_path / "study.db"
+    url = f"journal://{file}" if kind == "journal" else f"sqlite:///{file}"
     with pytest.raises(UserError, match="trainer"):  # the sweep's trials were trained for one epoch
-        tiny_search(tmp_path, "trainer.max_epochs=2", f"search.storage=journal://{journal}")
-    assert not (tmp_path / "new").exists()
+        tiny_search(tmp_path, "trainer.max_epochs=2", f"search.storage={url}")
+    assert not (tmp_path / "new").exists() and not file.exists()
 
 
 @pytest.mark.slow
