@@ -33,7 +33,7 @@ def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConf
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=command):
             cfg = hydra_compose(config_name=command, overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UserError(_one_line(exc)) from None
+        raise UserError(_one_line(exc, command)) from None
     except yaml.YAMLError as exc:  # a config file of the user's own, on hydra.searchpath
         raise UserError(_yaml_error(exc)) from None
     except UnicodeDecodeError as exc:
@@ -44,7 +44,7 @@ def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConf
     return cfg
 
 
-def _one_line(exc: Exception) -> str:
+def _one_line(exc: Exception, command: str) -> str:
     """Hydra's messages span lines (with option lists); keep what names the key and what is wrong."""
     from hydra.errors import OverrideParseException
 
@@ -62,7 +62,8 @@ def _one_line(exc: Exception) -> str:
         if inner and inner.group(1).startswith(f"{key}."):  # a mapping that holds no keys until told to
             return (f"{key}: has no key {inner.group(1)[len(key) + 1:]} (add keys to it with "
                     f"'++{key}={{key: value}}')")
-        return f"{key}: unknown key (not in the config; check the spelling, or add it with +{key}=…)"
+        # not "+key=…": nothing would read a key the config does not have
+        return f"{key}: unknown key (check the spelling; effscale {command} --help shows every key)"
     ambiguous = re.search(r"Ambiguous value for argument '([^'=]+)=([^']*)'", text)
     if ambiguous:  # a comma outside brackets: Hydra's sweep syntax, which a single run does not take
         key, value = ambiguous.groups()
