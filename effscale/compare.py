@@ -290,7 +290,8 @@ class Comparison:
             seeds += ", past those the search chose its point on"
         lines = [f"{self.context['baseline']} on {self.context['dataset']} at {self.baseline['resolution']} px; "
                  f"compound alpha={self.alpha:g} beta={self.beta:g} gamma={self.gamma:g} ({self.origin}); "
-                 f"{len(self.models)} models x {len(self.seeds)} seeds ({seeds}), MACs matched within "
+                 f"{len(self.models)} models x {len(self.seeds)} seed{'s' * (len(self.seeds) != 1)} ({seeds}), "
+                 "MACs matched within "
                  f"{self.tolerance:.0%} of compound's",
                  f"{'strategy':<12} {'phi':>4} {'depth':>6} {'width':>6} {'res':>4} {'MACs x':>7}  matched"]
         for m in self.models:
@@ -410,10 +411,10 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, files: list[Path]) -> str:
     if summary.empty:
         return " ".join(filter(None, ["nothing to compare: no two strategies or φ have a completed model", others]))
     lines = ["", *([others] if others else []),
-             f"{'strategy':<12} {'phi':>4} {'MACs x':>7} {'seeds':>5}  val acc (mean ± 95 % CI)"]
+             f"{'strategy':<12} {'phi':>4} {'MACs x':>7}  {'seeds':>5}  val acc (mean ± 95 % CI)"]
     for r in summary.itertuples():
         ci = "" if math.isnan(r.ci95) else f" ± {r.ci95:.3f}"
-        lines.append(f"{r.strategy:<12} {r.phi:>4g} {r.macs_ratio:>7.2f} {r.n:>5}  {r.mean:.3f}{ci}")
+        lines.append(f"{r.strategy:<12} {r.phi:>4g} {r.macs_ratio:>7.2f}  {r.n:>5}  {r.mean:.3f}{ci}")
     margin = compound_margin(summary)
     if not margin.empty:
         lines += ["", margin_sentences(margin)]

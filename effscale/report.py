@@ -576,7 +576,7 @@ def margin_sentences(margin: pd.DataFrame) -> str:
         gap = f"{points:.2f} points {'ahead of' if m['margin'] >= 0 else 'behind'} {m['best_single']}"
         off = m.get("best_single_macs_vs_compound", math.nan)
         if not pd.isna(off) and round(abs(off) * 100, 1) > 0:  # rounding left no model of that strategy closer
-            gap += f" (at {abs(off) * 100:.1f} % {'more' if off > 0 else 'fewer'} MACs)"
+            gap += f" (whose model has {abs(off) * 100:.1f} % {'more' if off > 0 else 'fewer'} MACs)"
         noise = f"± {m['margin_ci95'] * 100:.2f} points (95 % interval of the difference)"
         if m["verdict"] == "within noise":
             lines.append(f"At φ = {m['phi']:g} compound is {gap}, {noise}: within noise.")

@@ -552,7 +552,8 @@ class Search:
         phi, tolerance = float(self.opts["phi"]), self.budget["macs_tolerance"]
         bounds = [f"MACs ratio {2 ** phi:g} ± {float(tolerance):.0%}" if tolerance is not None
                   else "MACs unbounded: alpha*beta^2*gamma^2 of the grid only"]
-        bounds += [f"{k}={v:,g}" for k, v in self.budget.items() if k.startswith("max_") and v is not None]
+        bounds += [f"{k}={v:,}" if isinstance(v, int) else f"{k}={v:,g}"  # max_params=1,300,000, not 1.3e+06
+                   for k, v in self.budget.items() if k.startswith("max_") and v is not None]
         if self.device_budget:
             bounds.append(f"latency and peak memory as measured on {self.device_costs_from}")
         copies = sum(1 for c in self.feasible if c.same_as)

@@ -107,7 +107,8 @@ def test_margin_sentence_says_when_the_best_single_dimension_missed_compounds_ma
     df = compare_table()
     df.loc[(df["strategy"] == "depth") & (df["phi"] == 2), "macs"] *= 0.9
     text = margin_sentences(compound_margin(strategy_summary(df)))
-    assert "At φ = 2 compound is 6.00 points ahead of depth (at 10.0 % fewer MACs), ± 2.48 points" in text
+    assert ("At φ = 2 compound is 6.00 points ahead of depth (whose model has 10.0 % fewer MACs), ± 2.48 points"
+            in text)
     assert "At φ = 1 compound is 2.00 points ahead of width, ± 4.16 points" in text  # width hit compound's MACs
 
 
