@@ -520,9 +520,9 @@ def _class_folders(folder: Path) -> set[str]:
 
 class ImageFolderDataModule(DataModule):
     """Any `root/<class>/<image>` tree (torchvision ImageFolder's layout). With `root/train` and
-    `root/val` (and optionally `root/test`) those are the splits; otherwise `val_fraction` of the images
-    is held out with `data_seed`. Without a test split, `test` is `val` (and `has_test_split` False:
-    the commands then report no test accuracy). Every image is opened once at
+    `root/val` (and optionally `root/test`) those are the splits; otherwise `val_fraction` of each
+    class's images is held out with `data_seed`. Without a test split, `test` is `val` (and
+    `has_test_split` False: the commands then report no test accuracy). Every image is opened once at
     setup (`verify: true`) so that a corrupt file is skipped with one warning, not met mid-epoch."""
 
     def __init__(self, *, val_fraction: float = 0.1, verify: bool = True, **common: Any) -> None:
