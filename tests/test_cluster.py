@@ -350,35 +350,39 @@ def test_slurm_workers_on_the_default_sqlite_study_are_refused_in_one_line(tmp_p
     assert not (tmp_path / "default").exists()
 
 
-@pytest.mark.parametrize("storage", [None, "journal"])
-def test_jobs_sbatch_refuses_are_one_line_with_its_reason_and_leave_no_sweep(tmp_path, storage):
+def fake_sbatch(tmp_path, message: str) -> dict[str, str]:
+    """A PATH on which sbatch refuses every job with `message` (and srun, which submitit looks for, is there)."""
     fake = tmp_path / "bin" / "sbatch"
     fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho 'sbatch: error: Invalid generic resource (gres) specification' >&2\nexit 1\n")
+    fake.write_text(f"#!/bin/sh\necho '{message}' >&2\nexit 1\n")
     fake.chmod(0o755)
-    (fake.parent / "srun").symlink_to(fake)  # submitit looks for srun before it submits
-    journal = [f"search.storage=journal://{tmp_path / 'shared' / 'study.journal'}"] if storage else []
+    (fake.parent / "srun").symlink_to(fake)
+    return {"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_jobs_sbatch_refuses_are_one_line_with_its_reason_and_leave_no_sweep(tmp_path):
+    env = fake_sbatch(tmp_path, "sbatch: error: Invalid generic resource (gres) specification")
     done = run_cli("search", "-m", "+sweep=slurm", "search.workers=1", *TINY, f"out={tmp_path / 'out'}",
-                   "name=refused", *journal, env={"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"})
+                   "name=refused", env=env)
     assert done.returncode == 2
     assert done.stderr == (
         "effscale search: hydra/launcher=submitit_slurm: sbatch refused the jobs (sbatch: error: Invalid generic "
         "resource (gres) specification); for nodes without GPUs set cluster.gpus_per_node=0\n")
     assert not (tmp_path / "out").exists()  # the folder this launch made is gone again
-    assert not (tmp_path / "shared").exists()  # and so is the journal's
 
 
-def test_the_bare_slurm_launcher_says_its_jobs_get_submitits_defaults(tmp_path):
-    fake = tmp_path / "bin" / "sbatch"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed' >&2\nexit 1\n")
-    fake.chmod(0o755)
-    (fake.parent / "srun").symlink_to(fake)
-    done = run_cli("search", "-m", "hydra/launcher=submitit_slurm", "search.workers=1", *TINY, f"out={tmp_path / 'o'}",
-                   env={"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"})
+def test_the_bare_slurm_launcher_says_its_jobs_get_submitits_defaults_and_a_refusal_leaves_no_journal(tmp_path):
+    env = fake_sbatch(tmp_path, "sbatch: error: Batch job submission failed")
+    journal = tmp_path / "shared" / "study.journal"
+    done = run_cli("search", "-m", "hydra/launcher=submitit_slurm", "search.workers=1", *TINY,
+                   f"out={tmp_path / 'out'}", f"search.storage=journal://{journal}", env=env)
     assert done.returncode == 2
-    assert done.stderr.startswith("effscale search: note: jobs get submitit's defaults (60 min, no GPU, no requeue "
-                                  "at the time limit); +sweep=slurm sizes them with cluster.*")
+    assert done.stderr == (
+        "effscale search: note: jobs get submitit's defaults (60 min, no GPU, no requeue at the time limit); "
+        "+sweep=slurm sizes them with cluster.* (or set hydra.launcher.*)\n"
+        "effscale search: hydra/launcher=submitit_slurm: sbatch refused the jobs (sbatch: error: Batch job "
+        "submission failed)\n")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "shared").exists()
 
 
 def test_slurm_workers_on_an_sqlite_url_are_refused_in_one_line(tmp_path):
