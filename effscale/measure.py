@@ -286,13 +286,13 @@ def _distinct(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 @contextmanager
-def _blocks_replayed(model: nn.Module, counting: _CountingPass, facts: _ModelFacts) -> Iterator[None]:
-    """The blocks of effscale's builder in `model` called through `counting.block` for the `with`
-    block; a forward set on a block instance before is put back after."""
-    blocks = _blocks_of(model)
+def _blocks_replayed(counting: _CountingPass, facts: _ModelFacts) -> Iterator[None]:
+    """The blocks of effscale's builder in the model `facts` were read from, called through
+    `counting.block` for the `with` block; a forward set on a block instance before is put back after."""
+    blocks = [module for module, _ in facts.blocks]
     own = [m.__dict__.get("forward") for m in blocks]
-    for module in blocks:
-        module.forward = partial(counting.block, _Block(module, facts.blocks[id(module)]))
+    for module, architecture in facts.blocks:
+        module.forward = partial(counting.block, _Block(module, architecture))
     try:
         yield
     finally:
@@ -360,7 +360,7 @@ class _ModelFacts:
     params: int
     param_bytes: int
     storages: frozenset[int]  # of the parameters and buffers, which a training step holds anyway
-    blocks: dict[int, tuple]  # each block's `_architecture`, by the block's id
+    blocks: tuple[tuple[nn.Module, tuple], ...]  # each block of effscale's builder, with its `_architecture`
 
     @classmethod
     def of(cls, model: nn.Module) -> _ModelFacts:
@@ -368,7 +368,7 @@ class _ModelFacts:
         return cls(params=sum(p.numel() for p in params),
                    param_bytes=sum(p.numel() * p.element_size() for p in params),
                    storages=frozenset(t.untyped_storage()._cdata for t in [*params, *model.buffers()]),
-                   blocks={id(block): _architecture(block) for block in _blocks_of(model)})
+                   blocks=tuple((block, _architecture(block)) for block in _blocks_of(model)))
 
 
 def count_macs_and_activations(model: nn.Module, resolution: int, in_channels: int = 3) -> tuple[int, int]:
@@ -461,7 +461,7 @@ def count_training_forward(model: nn.Module, resolution: int, batch_size: int, i
     x = _input_like(model, batch_size, in_channels, resolution)
     facts = facts or _ModelFacts.of(model)
     counting = _CountingPass(held=facts.storages | {x.untyped_storage()._cdata})
-    with _modules_in_mode(model, training=True), _blocks_replayed(model, counting, facts):
+    with _modules_in_mode(model, training=True), _blocks_replayed(counting, facts):
         with torch.autograd.graph.saved_tensors_hooks(counting.pack, lambda t: t), counting:
             model(x)
     return counting.macs // batch_size, counting.activations // batch_size, counting.saved_bytes
