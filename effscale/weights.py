@@ -89,7 +89,14 @@ def upright(image: Any) -> Any:
 
 def to_8bit(image: Any, mode: str) -> Any:
     """A PIL image as `mode` ("L" or "RGB") with its value range kept: Pillow's own convert clips 16- and
-    32-bit greyscale at 255, which turns a 16-bit photo almost white."""
+    32-bit greyscale at 255, which turns a 16-bit photo almost white. A transparent image is laid on
+    white, as a viewer shows it: Pillow's convert drops alpha, and a PNG's transparent pixels are often
+    black underneath."""
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+        from PIL import Image
+
+        image = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image)
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         import numpy as np
         from PIL import Image

@@ -461,3 +461,21 @@ def test_16_and_32_bit_greyscale_keep_their_range_in_8_bits(pixels, mode):
     assert image.mode == mode
     assert np.array_equal(np.asarray(to_8bit(image, "L")), GREY)
     assert np.array_equal(np.asarray(to_8bit(image, "RGB")), np.stack([GREY] * 3, axis=-1))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_a_transparent_image_is_laid_on_white_not_on_its_hidden_black(mode):
+    from PIL import Image
+
+    # left half transparent black, right half opaque grey 100: a logo cut out of its background
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[:, 4:] = (100, 100, 100, 255)
+    image = Image.fromarray(rgba, "RGBA")
+    if mode == "P":
+        image = image.convert("RGB").quantize(2)
+        image.info["transparency"] = image.getpixel((0, 0))
+    else:
+        image = image.convert(mode)
+    for out in ("L", "RGB"):
+        pixels = np.asarray(to_8bit(image, out)).astype(int)
+        assert (pixels[:, :4] == 255).all() and (pixels[:, 4:] == 100).all()
