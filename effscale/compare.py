@@ -22,8 +22,9 @@ from typing import Any, Callable
 import pandas as pd
 
 from effscale import results
+from effscale.errors import UserError
 from effscale.files import log_to, make_sweep_folder
-from effscale.scaling import (Multipliers, ScalingError, compound_multipliers, scale_stage_table,
+from effscale.scaling import (Multipliers, ScalingError, check_coefficients, compound_multipliers, scale_stage_table,
                               strategy_multipliers)
 
 
@@ -87,7 +88,7 @@ class ScaledModel:
 
 class MacsCounter:
     """MACs of the model a stage table describes, counted on the meta device and cached per
-    architecture: the bisection revisits the same rounded architecture many times."""
+    architecture and input size: the bisection revisits the same rounded architecture many times."""
 
     def __init__(self, build: Callable[[dict[str, Any]], Any], in_channels: int = 3) -> None:
         self.build = build
@@ -177,8 +178,6 @@ class Coefficients:
 def coefficients(cfg: dict[str, Any]) -> Coefficients:
     """α, β, γ for the comparison and where they came from: the best point of the search in
     `compare.from_search`, or `scale.alpha/beta/gamma`."""
-    from effscale.errors import UserError
-    from effscale.scaling import ScalingError, check_coefficients
 
     source = cfg["compare"].get("from_search")
     if source:
@@ -222,7 +221,6 @@ class Comparison:
     say: Callable[[str], None] = print
 
     def __post_init__(self) -> None:
-        from effscale.errors import UserError
 
         opts = self.cfg["compare"]
         self.sweep_dir = Path(self.cfg["out"]) / str(self.cfg["name"])
@@ -243,7 +241,6 @@ class Comparison:
     def plan(self) -> list[ScaledModel]:
         """Every model of the comparison with its measured cost; nothing is trained or written."""
         from effscale.data import build_datamodule
-        from effscale.errors import UserError
         from effscale.measure import measure_tables
         from effscale.models import build_model
         from effscale.search import measure_options, over_budget
@@ -370,7 +367,6 @@ class Comparison:
                      "another sweep (name=…)")
 
     def train(self, model: ScaledModel, seed: int, trial: int) -> dict[str, Any]:
-        from effscale.errors import UserError
         from effscale.loggers import close_loggers, trial_loggers
         from effscale.train import fit_candidate
 

@@ -13,19 +13,26 @@ import copy
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
-# Official EfficientNet-B0…B7 multipliers (paper table / the reference implementation): they are
-# hand-set, not exactly α^φ. Tuples are (width_mult, depth_mult, resolution, dropout).
-OFFICIAL_VARIANTS: dict[str, tuple[float, float, int, float]] = {
-    "b0": (1.0, 1.0, 224, 0.2),
-    "b1": (1.0, 1.1, 240, 0.2),
-    "b2": (1.1, 1.2, 260, 0.3),
-    "b3": (1.2, 1.4, 300, 0.3),
-    "b4": (1.4, 1.8, 380, 0.4),
-    "b5": (1.6, 2.2, 456, 0.4),
-    "b6": (1.8, 2.6, 528, 0.5),
-    "b7": (2.0, 3.1, 600, 0.5),
+
+class Variant(NamedTuple):
+    width_mult: float
+    depth_mult: float
+    resolution: int
+    dropout: float
+
+
+# Official EfficientNet-B0…B7 (paper table / the reference implementation): hand-set, not exactly α^φ.
+OFFICIAL_VARIANTS: dict[str, Variant] = {
+    "b0": Variant(1.0, 1.0, 224, 0.2),
+    "b1": Variant(1.0, 1.1, 240, 0.2),
+    "b2": Variant(1.1, 1.2, 260, 0.3),
+    "b3": Variant(1.2, 1.4, 300, 0.3),
+    "b4": Variant(1.4, 1.8, 380, 0.4),
+    "b5": Variant(1.6, 2.2, 456, 0.4),
+    "b6": Variant(1.8, 2.6, 528, 0.5),
+    "b7": Variant(2.0, 3.1, 600, 0.5),
 }
 
 # Coefficients the paper's grid search found for B0 on ImageNet (section 4).
@@ -331,8 +338,8 @@ def multipliers_from_config(scale: dict[str, Any], variant: str | None = None) -
             raise ScalingError(f"variant: unknown {variant!r}; expected one of {', '.join(OFFICIAL_VARIANTS)}")
         if phi is not None:
             raise ScalingError("variant and scale.phi both set; choose the official variant or compound scaling")
-        width, depth, _, _ = OFFICIAL_VARIANTS[variant]
-        base = Multipliers(depth=depth, width=width, resolution=1.0)
+        official = OFFICIAL_VARIANTS[variant]
+        base = Multipliers(depth=official.depth_mult, width=official.width_mult, resolution=1.0)
     elif phi is not None:
         base = compound_multipliers(scale.get("alpha", PAPER_ALPHA), scale.get("beta", PAPER_BETA),
                                     scale.get("gamma", PAPER_GAMMA), phi)
@@ -362,11 +369,11 @@ def scaled_baseline(
     mult = multipliers_from_config(scale, variant)
     out = scale_stage_table(table, mult, int(scale.get("resolution_multiple", 1) or 1))
     if variant is not None:
-        _, _, resolution, dropout = OFFICIAL_VARIANTS[variant]
+        official = OFFICIAL_VARIANTS[variant]
         base_res = table["resolution"] * _positive(scale, "resolution")
-        out["resolution"] = round_resolution(resolution * base_res / OFFICIAL_VARIANTS["b0"][2],
+        out["resolution"] = round_resolution(official.resolution * base_res / OFFICIAL_VARIANTS["b0"].resolution,
                                              int(scale.get("resolution_multiple", 1) or 1))
-        out["dropout"] = dropout
+        out["dropout"] = official.dropout
         out["resolution_mult"] = out["resolution"] / table["resolution"]
         _check_buildable(out, Multipliers(mult.depth, mult.width, out["resolution_mult"]))
     out["variant"] = variant

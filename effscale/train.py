@@ -283,7 +283,7 @@ def make_trainer(recipe: dict[str, Any], *, device: str = "cpu", loggers: Sequen
         max_epochs=int(recipe["max_epochs"]), logger=list(loggers) or False,
         limit_train_batches=recipe.get("limit_train_batches") or 1.0,
         limit_val_batches=recipe.get("limit_val_batches") or 1.0,
-        limit_test_batches=recipe.get("limit_val_batches") or 1.0,
+        limit_test_batches=recipe.get("limit_val_batches") or 1.0,  # a test split as large as val's
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
         num_sanity_val_steps=0, log_every_n_steps=int(recipe.get("log_every_n_steps", 50)),
         gradient_clip_val=recipe.get("gradient_clip_val"), deterministic=bool(recipe.get("deterministic", False)),
@@ -332,9 +332,9 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
                   report: Report | None = None) -> dict[str, Any]:
     """Train the network a scaled stage table describes on `datamodule` at the table's resolution.
 
-    `recipe` is the `trainer` config group (max_epochs, optimizer, lr, …). Returns `state`
-    (COMPLETE, PRUNED or FAIL for a non-finite loss), `val_acc` (last epoch), `test_acc`, `epochs`
-    run, `train_seconds` (fit wall time, validation included), `val_history` and `reason`.
+    `recipe` is the `trainer` config group (max_epochs, optimizer, lr, …). Returns `state` (COMPLETE,
+    PRUNED, or FAIL for a non-finite loss or no validation epoch), `val_acc` (last epoch), `test_acc`,
+    `epochs` run, `train_seconds` (fit wall time, validation included), `val_history` and `reason`.
     Exceptions propagate: the caller decides whether one failed trial stops a sweep.
     """
     set_threads(recipe.get("threads"))

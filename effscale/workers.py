@@ -21,7 +21,7 @@ pid namespace: containers that share a host name are told apart), its SLURM job
 no longer running it (effscale/slurm.py), or no heartbeat (one a minute, from a thread beside the
 training) for `search.stale_after_s` — marks it FAIL (stale) and trains its point again. Idle workers
 keep watching while others train, so a survivor takes over a dead worker's point. A trial that raises
-or reaches a non-finite loss is recorded FAIL with its reason by `Search.train`, and the sweep goes on.
+or reaches a non-finite loss is recorded FAIL with its reason by `Search.fit`, and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from effscale import slurm
-from effscale.config import model_table
+from effscale.config import load, model_table
 from effscale.devices import available_cores, resolve_device
 from effscale.errors import UserError
 from effscale.search import Job, Search, fail_stale_trials, interrupts_deferred, mark_stale, stops_as_interrupt
@@ -273,8 +273,6 @@ def _stop(procs: list[subprocess.Popen], stop_s: float) -> None:
 def main(argv: list[str]) -> int:
     index, overrides = int(argv[0]), argv[1:]
     try:
-        from effscale.config import load
-
         work(load("search", overrides), index)
     except UserError as exc:
         print(f"effscale search: worker {index}: {exc}", file=sys.stderr)
