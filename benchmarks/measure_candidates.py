@@ -4,7 +4,7 @@ The search measures every grid point before it trains any (the budget filter), s
 cost little next to training. Candidates: 100 points spread evenly over the compound grid at
 step 0.02 of the search's default ranges (α, β in [1, 2], α·β²·γ² = 2 ± 5 %), scaled from the quick
 sweep's baseline (EfficientNet-B0 at half width and depth, 36 px), measured as `effscale search` does with
-`measure.measure_tables` and the search's `measure_options` (meta device; the memory estimate for the
+`measure.measure_tables` and the budget's `measure_options` (meta device; the memory estimate for the
 sweep's batch, on CUDA too, since the quick sweep sets no memory budget). Trial: one
 `train.fit_candidate` of the paper's point (α 1.2, β 1.1, γ 1.15) with the quick sweep's recipe and
 data (`+sweep=quick`: 3 epochs of 2,000 procedural images, validation and test included), after a
@@ -29,7 +29,7 @@ from effscale.data import build_datamodule
 from effscale.measure import measure_table, measure_tables
 from effscale.models import build_model
 from effscale.scaling import compound_grid, compound_multipliers, scale_stage_table
-from effscale.search import measure_options
+from effscale.budget import measure_options
 from effscale.train import fit_candidate, set_threads
 
 

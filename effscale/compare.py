@@ -243,7 +243,7 @@ class Comparison:
         from effscale.data import build_datamodule
         from effscale.measure import measure_tables
         from effscale.models import build_model
-        from effscale.search import measure_options, over_budget
+        from effscale.budget import measure_options, over_budget
         from effscale.train import set_threads, trial_devices
 
         set_threads(self.recipe.get("threads"))

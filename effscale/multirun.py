@@ -158,7 +158,8 @@ def planned_study(cfg: dict[str, Any]) -> tuple[Search, Path | None]:
     """The sweep planned and its study opened, before any job starts, and the first folder that made
     (removed again if nothing could be submitted). On CPU (a login node has no GPU), unless a latency
     or peak-memory budget needs `device`: this process measures those once for every worker."""
-    from effscale.search import Search, bounds_device_costs
+    from effscale.budget import bounds_device_costs
+    from effscale.search import Search
     from effscale.workers import record_storage
 
     device = resolve_device(cfg["device"]) if bounds_device_costs(cfg["budget"]) else "cpu"

@@ -19,7 +19,6 @@ that point's result with `same_as` naming it (the same network, seed and data tr
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import socket
@@ -37,6 +36,8 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from effscale import results
+from effscale.budget import (DEVICE_BOUNDS, DEVICE_COSTS, bounds_device_costs, budget_terms, check_baseline_budget,
+                             measure_options, over_budget)
 from effscale.errors import UserError
 from effscale.files import first_new_folder, log_to, make_sweep_folder, remove_created
 from effscale.measure import Measurement, architecture_key, measure_table, measure_tables
@@ -46,8 +47,6 @@ from effscale.storages import open_storage, storage_file, without_password
 
 log = logging.getLogger("effscale.search")
 STRATEGY = "compound"
-DEVICE_COSTS = ("latency_ms", "peak_mem_mb")  # measured on a device: recorded once per sweep
-DEVICE_BOUNDS = tuple(f"max_{k}" for k in DEVICE_COSTS)
 BASELINE_KEY = "baseline"  # the baseline's own costs in a sweep's recorded device costs
 
 
@@ -105,16 +104,6 @@ def compound_candidates(baseline: dict[str, Any], grid: dict[str, Any], phi: flo
         raise UserError(f"search.grid: {exc}") from None
 
 
-def check_baseline_budget(base: Measurement, budget: dict[str, Any]) -> None:
-    """A budget the unscaled baseline already breaks can admit nothing: say so before any work."""
-    for key, value, unit in _budget_terms(base, budget):
-        if math.isinf(value):  # measure.cuda_peak_train_mb
-            raise UserError(f"budget.{key}={budget[key]}: the baseline's own training step runs out of the device's "
-                            "memory, so no candidate fits; lower data.batch_size")
-        if value > budget[key]:
-            raise UserError(f"budget.{key}={budget[key]} is below the baseline's own {value:,} {unit}")
-
-
 def judge(candidate: Candidate, cost: Measurement, base: Measurement, budget: dict[str, Any]) -> None:
     """Record the candidate's cost and whether it fits: MACs ratio within `macs_tolerance` of 2^φ
     (paper section 3.3: FLOPs grow by about 2^φ), and every other budget that is set. A null
@@ -128,35 +117,9 @@ def judge(candidate: Candidate, cost: Measurement, base: Measurement, budget: di
         candidate.constraints["macs_ratio"] = off - tolerance
         if off > tolerance:
             candidate.reasons.append(f"MACs ratio {candidate.macs_ratio:.2f} is outside {target:g} ± {tolerance:.0%}")
-    for key, value, _unit in _budget_terms(cost, budget):
+    for key, value, _unit in budget_terms(cost, budget):
         candidate.constraints[key] = value - budget[key]
     candidate.reasons += over_budget(cost, budget)
-
-
-def over_budget(cost: Measurement, budget: dict[str, Any]) -> list[str]:
-    """Why a measured cost breaks the bounds that are set on params, peak memory and latency (none: it fits)."""
-    reasons = []
-    for key, value, unit in _budget_terms(cost, budget):
-        if math.isinf(value):  # measure.cuda_peak_train_mb: the step ran out of the device's memory
-            reasons.append(f"out of device memory, budget.{key}={_number(budget[key])}")
-        elif value > budget[key]:
-            reasons.append(f"{_number(value)} {unit} > budget.{key}={_number(budget[key])}")
-    return reasons
-
-
-def bounds_device_costs(budget: dict[str, Any]) -> bool:
-    """Whether the budget bounds a cost measured on a device (latency, peak memory)."""
-    return any(budget.get(k) is not None for k in DEVICE_BOUNDS)
-
-
-def _number(x: float) -> str:
-    return f"{int(x):,}" if float(x).is_integer() else f"{x:,.1f}"
-
-
-def _budget_terms(cost: Measurement, budget: dict[str, Any]) -> list[tuple[str, float, str]]:
-    terms = [("max_params", cost.params, "params"), ("max_peak_mem_mb", cost.peak_mem_mb, "MB peak memory"),
-             ("max_latency_ms", cost.latency_ms, "ms latency")]
-    return [(key, value, unit) for key, value, unit in terms if budget.get(key) is not None and value is not None]
 
 
 # --- storage and study ----------------------------------------------------------------------------
@@ -192,18 +155,6 @@ def make_sampler(kind: str, points: list[str], seed: int) -> optuna.samplers.Bas
         # TPE reads each trial's constraints (Trial.set_constraint, <= 0 feasible), which `train` records.
         return optuna.samplers.TPESampler(seed=seed)
     raise UserError(f"search.sampler={kind}: expected grid or tpe")
-
-
-def measure_options(cfg: dict[str, Any], device: str, in_channels: int) -> dict[str, Any]:
-    """How a search measures its candidates (`measure.measure_table` keywords): at the sweep's batch
-    size, and on the device only for what a budget bounds. Latency is timed only under
-    `budget.max_latency_ms`; peak memory is a real training step on CUDA only under
-    `budget.max_peak_mem_mb`, and otherwise the shape estimate (milliseconds, not a CUDA step per model)."""
-    budget = cfg.get("budget") or {}
-    return dict(in_channels=in_channels, batch_size=int(cfg["data"]["batch_size"]), device=device,
-                latency=budget.get("max_latency_ms") is not None,
-                peak_on_device=budget.get("max_peak_mem_mb") is not None,
-                optimizer=(cfg.get("trainer") or {}).get("optimizer", "sgd"))
 
 
 def make_pruner(kind: str, max_epochs: int, reduction_factor: int = 3,

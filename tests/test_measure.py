@@ -128,7 +128,7 @@ def test_a_candidate_whose_training_step_does_not_fit_on_the_gpu_costs_infinite_
 @pytest.mark.parametrize("budget_mb, on_device", [(None, False), (4096, True)])
 def test_a_search_measures_peak_memory_on_cuda_only_under_a_memory_budget(monkeypatch, budget_mb, on_device):
     from effscale import measure
-    from effscale.search import measure_options
+    from effscale.budget import measure_options
 
     steps = []
     monkeypatch.setattr(measure, "cuda_peak_train_mb", lambda *args, **kw: steps.append(args) or 123.0)
@@ -309,7 +309,7 @@ def test_a_step_out_of_device_memory_is_null_in_json_and_said_in_the_table(monke
 
 def test_a_memory_budget_the_baseline_cannot_fit_on_the_device_at_all_is_refused_in_words():
     from effscale.errors import UserError
-    from effscale.search import check_baseline_budget
+    from effscale.budget import check_baseline_budget
 
     from effscale.measure import Measurement
 
