@@ -38,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from effscale import results
 from effscale.budget import (DEVICE_BOUNDS, DEVICE_COSTS, bounds_device_costs, budget_terms, check_baseline_budget,
                              measure_options, over_budget)
+from effscale.claims import claim
 from effscale.errors import UserError
 from effscale.files import first_new_folder, log_to, make_sweep_folder, remove_created
 from effscale.measure import Measurement, architecture_key, measure_table, measure_tables
@@ -746,7 +747,6 @@ class Search:
         return results.read_trials(self.table)
 
     def run_jobs(self, jobs: list[Job], label: str = "grid points") -> None:
-        from effscale.workers import claim
 
         done, running = self._finished(), self._running()
         todo = [j for j in jobs if j.key not in done and j.key not in running]

@@ -27,7 +27,8 @@ from optuna.trial import TrialState
 from conftest import REPO, run_cli, running_after_a_complete, study_trials, wait_for
 from effscale import results
 from effscale.search import this_process
-from effscale.workers import Worker, claim, fail_abandoned, holders, owner
+from effscale.claims import claim, holders, owner
+from effscale.workers import Worker, fail_abandoned
 
 TINY = ["logger=csv", "data.train_size=128", "data.val_size=64", "data.test_size=64", "data.batch_size=64",
         "trainer.max_epochs=1", "search.top_k=0", "search.grid.alpha=[1.0,1.1]", "search.grid.beta=[1.0,1.1]",
