@@ -19,6 +19,7 @@ architecture and counts it once per input size.
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import math
@@ -87,6 +88,9 @@ _F = nn.functional
 _REPLAYED = frozenset({torch.conv2d, _F.linear, _F.silu, _F.relu, _F.relu6, _F.hardswish, _F.hardsigmoid,
                        torch.sigmoid, torch.Tensor.sigmoid, torch.Tensor.mul, torch.Tensor.add, torch.Tensor.add_,
                        _F.adaptive_avg_pool2d, _F.max_pool2d, _F.dropout})
+# Layers whose outputs are activations (pycls's count) and whose multiply-adds are MACs.
+_TRANSPOSED = frozenset({torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d})
+_COUNTED = frozenset({torch.conv1d, torch.conv2d, torch.conv3d, _F.linear}) | _TRANSPOSED
 # signature → (output, saved): output is ("input", i) for an in-place op, else (shape, stride, dtype);
 # each saved tensor is ("input", i), ("output",) or ("new", bytes). None: never replayed.
 _RECORDED: dict[tuple, tuple | None] = {}
@@ -109,8 +113,8 @@ class _CountingPass(TorchFunctionMode):
     """A training forward pass on meta tensors that counts as it goes and skips repeated work.
 
     - batch norm runs as `_MetaBatchNorm`;
-    - every conv2d and linear call adds its output elements to `activations`, and their multiply-adds
-      (each output element is a dot product over in_channels/groups·kh·kw weights) to `macs`;
+    - every convolution and linear call adds its output elements to `activations`, and their
+      multiply-adds to `macs` (other products, matmul or attention, only `measure_model` counts);
     - an op in `_REPLAYED` whose signature (shapes, strides, dtypes, requires_grad, which inputs are
       the same tensor, the other arguments, grad mode) was recorded before is replayed: an empty output
       of the recorded shape, and `pack`, the pass's saved-tensor hook, called with the tensors the real
@@ -172,17 +176,26 @@ class _CountingPass(TorchFunctionMode):
             run = _meta_batch_norm
         elif func in _REPLAYED:
             run = func
+        elif func in _COUNTED:  # convolutions other than 2-d ones, as they are (no model of effscale's has them)
+            out = func(*args, **kwargs)
+            self._count(func, args, kwargs, out)
+            return out
         else:
             return func(*args, **kwargs)
         inputs: list[torch.Tensor] = []
         key = _signature(func, args, kwargs, inputs)
         recorded = _RECORDED.get(key) if key is not None else None
         out = self._replay(recorded, inputs) if recorded else self._record(run, args, kwargs, key, inputs)
-        if func is torch.conv2d or func is _F.linear:
-            weight = args[1] if len(args) > 1 else kwargs["weight"]
-            self.activations += out.numel()
-            self.macs += out.numel() * math.prod(weight.shape[1:])
+        if func in _COUNTED:
+            self._count(func, args, kwargs, out)
         return out
+
+    def _count(self, func, args, kwargs, out: torch.Tensor) -> None:
+        weight = args[1] if len(args) > 1 else kwargs["weight"]
+        self.activations += out.numel()
+        # Each output element of a convolution or linear layer is a dot product over in_channels/groups·k…
+        # weights; each input element of a transposed convolution meets out_channels/groups·k… of them.
+        self.macs += (args[0] if func in _TRANSPOSED else out).numel() * math.prod(weight.shape[1:])
 
     def _replay(self, recorded: tuple, inputs: list[torch.Tensor]) -> torch.Tensor:
         output, saved = recorded
@@ -343,9 +356,14 @@ class _NoValuesOnMeta(TorchFunctionMode):
 
 
 def build_on_meta(build: Callable[[dict[str, Any]], nn.Module], table: dict[str, Any]) -> nn.Module:
-    """`build(table)` on the meta device, skipping the initialisation of values it does not have."""
-    with torch.device("meta"), _NoValuesOnMeta():
-        return build(table)
+    """`build(table)` on the meta device, skipping the initialisation of values it does not have. A
+    constructor that computes with tensor values (torchvision's RegNet) cannot run there: it is built
+    on the CPU and moved."""
+    try:
+        with torch.device("meta"), _NoValuesOnMeta():
+            return build(table)
+    except NotImplementedError:  # "Cannot copy out of meta tensor; no data!"
+        return build(table).to("meta")
 
 
 def count_params(model: nn.Module) -> int:
@@ -477,6 +495,37 @@ def measure_table(table: dict[str, Any], build: Callable[[dict[str, Any]], nn.Mo
     return _measure_built(meta_model, _ModelFacts.of(meta_model), table, build, in_channels=in_channels,
                           batch_size=batch_size, device=device, memory=memory, latency=latency, optimizer=optimizer,
                           name=name, peak_on_device=peak_on_device)
+
+
+def measure_model(model: nn.Module, resolution: int, *, in_channels: int = 3, batch_size: int = 32,
+                  device: str = "cpu", memory: bool = True, latency: bool = False, optimizer: str = "sgd",
+                  name: str = "model") -> Measurement:
+    """Measure any network already built (yours, torchvision's, timm's) on square `resolution` inputs,
+    as `measure_table` measures effscale's; `model` itself is left as it was. MACs are PyTorch's own
+    count (FlopCounterMode, halved) of an inference pass, which sees every convolution, matrix product
+    and attention inside whatever the model calls; activations and peak training memory come from the
+    same training pass as effscale's, activations being the outputs of the convolutions and linear layers
+    it calls (not the projections inside a fused op such as attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta_model = copy.deepcopy(model).to("meta")
+    facts = _ModelFacts.of(meta_model)
+    with _modules_in_mode(meta_model, training=False), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        meta_model(_input_like(meta_model, 1, in_channels, resolution))
+    on_device = memory and device.startswith("cuda")
+    _, activations, saved_bytes = count_training_forward(meta_model, resolution, 1 if on_device else batch_size,
+                                                         in_channels, facts)
+    peak = None
+    if on_device:
+        peak = cuda_peak_train_mb(lambda: copy.deepcopy(model), resolution, batch_size, in_channels, device, optimizer)
+    elif memory:
+        peak = _peak_train_mb(facts.param_bytes, saved_bytes, resolution, batch_size, in_channels, optimizer)
+    lat = latency_ms(copy.deepcopy(model), resolution, device, in_channels) if latency else None
+    macs = counter.get_total_flops() // 2
+    return Measurement(name=name, params=facts.params, macs=macs, flops=2 * macs, activations=activations,
+                       resolution=resolution, width_mult=1.0, depth_mult=1.0, resolution_mult=1.0,
+                       peak_mem_mb=None if peak is None else round(peak, 1),
+                       latency_ms=None if lat is None else round(lat, 3))
 
 
 # Keys `scale_stage_table` records about how a table was scaled; the builder reads none of them, and

@@ -317,3 +317,83 @@ def test_a_memory_budget_the_baseline_cannot_fit_on_the_device_at_all_is_refused
     with pytest.raises(UserError, match=r"^budget.max_peak_mem_mb=4096: the baseline's own training step runs out "
                                         r"of the device's memory, so no candidate fits; lower data.batch_size$"):
         check_baseline_budget(base, {"max_peak_mem_mb": 4096, "max_latency_ms": None, "max_params": None})
+
+
+# --- any network: measure_model ------------------------------------------------------------------------
+
+
+class ConvAttention(nn.Module):
+    """A 4×4 patch conv, self-attention over the 16×16 patches, a transposed conv back and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 64, 4, stride=4)
+        self.attention = nn.MultiheadAttention(64, 4, batch_first=True)
+        self.up = nn.ConvTranspose2d(64, 3, 4, stride=4)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        y = self.patch(x)
+        tokens = y.flatten(2).transpose(1, 2)
+        tokens, _ = self.attention(tokens, tokens, tokens)
+        return self.head(tokens.mean(1)) + self.up(tokens.transpose(1, 2).reshape(y.shape)).mean()
+
+
+def test_measure_model_counts_attention_and_transposed_convolutions_a_conv_count_would_miss():
+    from effscale.measure import measure_model
+
+    model = ConvAttention()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    m = measure_model(model, 64, batch_size=2)
+    patches, dim = 16 * 16, 64
+    conv = patches * dim * 3 * 4 * 4                       # each patch feature: 3·4·4 weights
+    attention = 4 * patches * dim * dim + 2 * patches * patches * dim  # q, k, v, out projections; QKᵀ, AV
+    up = patches * dim * 3 * 4 * 4                         # each input element meets 3·4·4 weights
+    assert m.macs == conv + attention + up + dim * 10 == 14_156_416 and m.flops == 2 * m.macs
+    assert m.params == sum(p.numel() for p in model.parameters())
+    # pycls's activations: the outputs of convolutions and linear layers (attention's projections are
+    # inside one functional op, and not among them)
+    assert m.activations == patches * dim + 64 * 64 * 3 + 10
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "regnet_y_400mf", "convnext_tiny"])
+def test_measure_model_gives_torchvisions_published_macs(name):
+    import torchvision
+
+    from effscale.measure import measure_model
+
+    model = torchvision.models.get_model(name)
+    published = torchvision.models.get_model_weights(name).DEFAULT.meta  # GMACs, which torchvision calls "GFLOPS"
+    m = measure_model(model, 224, memory=False)
+    assert m.params == published["num_params"]
+    assert m.macs / 1e9 == pytest.approx(published["_ops"], abs=6e-4)
+
+
+def test_a_network_whose_constructor_computes_with_values_is_built_off_meta_and_measured():
+    import torchvision
+
+    # RegNet's constructor computes its widths with tensors, which the meta device has no values for
+    m = measure_table({"resolution": 224}, lambda t: torchvision.models.regnet_y_400mf(), memory=False)
+    assert m.macs / 1e9 == pytest.approx(0.402, abs=6e-4)
+
+
+class Volumes(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv3d = nn.Conv3d(3, 8, 3, padding=1)
+        self.conv1d = nn.Conv1d(8, 4, 5, groups=2)
+        self.up = nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2)
+
+    def forward(self, x):
+        y = self.conv3d(x.unsqueeze(2)).squeeze(2)          # (n, 8, h, w)
+        z = self.conv1d(y.flatten(2))                         # (n, 4, h·w − 4)
+        return self.up(z[..., :64].reshape(len(x), 4, 8, 8))
+
+
+def test_the_counting_pass_counts_convolutions_of_any_dimension_and_transposed_ones_exactly():
+    with torch.device("meta"):
+        model = Volumes()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = model.eval()(torch.empty(1, 3, 16, 16, device="meta"))
+    assert count_macs_and_activations(model, 16) == (counter.get_total_flops() // 2, 8 * 256 + 4 * 252 + out.numel())
