@@ -46,9 +46,7 @@ def measure(overrides: list[str]) -> None:
         num_classes = build_datamodule(data, int(data.get("resolution") or 224), 1).num_classes
     rows = []
     for variant, table in tables.items():
-        name = _variant_name(cfg["baseline"]["name"], variant)
-        if (cfg.get("scale") or {}).get("phi") is not None:  # compound-scaled: not the baseline itself
-            name += f"-phi{float(cfg['scale']['phi']):g}"
+        name = model_name(cfg["baseline"]["name"], variant, cfg.get("scale") or {})
         rows.append(measure_table(
             table, lambda t: build_model(t, num_classes, in_channels), in_channels=in_channels,
             batch_size=int(opts["batch_size"]), device=device, memory=bool(opts["memory"]),
@@ -137,11 +135,16 @@ def compare(overrides: list[str]) -> None:
     exit_if_nothing_completed(table, run.sweep_dir, "compare", table["point"].isin(run.points()))
 
 
-def _variant_name(baseline: str, variant: str | None) -> str:
-    """efficientnet_b0 + b3 → efficientnet_b3; any other baseline + b3 → name-b3."""
-    if not variant:
-        return baseline
-    return baseline[:-2] + variant if baseline.endswith("_b0") else f"{baseline}-{variant}"
+def model_name(baseline: str, variant: str | None, scale: dict[str, Any]) -> str:
+    """The measured model's name: efficientnet_b0 + b3 → efficientnet_b3 (any other baseline + b3 →
+    name-b3), then how it was scaled beyond that: phi1, or w2, d1.5, r1.2 for one dimension at a time."""
+    name = baseline
+    if variant:
+        name = baseline[:-2] + variant if baseline.endswith("_b0") else f"{baseline}-{variant}"
+    tags = {"phi": "phi", "width": "w", "depth": "d", "resolution": "r"}
+    scaled = [f"{tag}{float(scale[key]):g}" for key, tag in tags.items()
+              if scale.get(key) is not None and (key == "phi" or float(scale[key]) != 1)]
+    return "-".join([name, *scaled])
 
 
 def _print_table(rows: list[dict[str, Any]], device: str, batch: int, human) -> None:

@@ -388,3 +388,17 @@ def test_a_scale_past_any_trainable_network_is_one_line_not_a_hang(capsys, tmp_p
     assert cli.main(["search", "+sweep=quick", "search.grid.step=0.000001", f"out={tmp_path}"]) == 2
     assert "search.grid: step 1e-06 makes 600,001 values in [1, 1.6]" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("baseline, variant, scale, name", [
+    ("efficientnet_b0", None, {}, "efficientnet_b0"),
+    ("efficientnet_b0", "b3", {}, "efficientnet_b3"),
+    ("resnet50", "b3", {}, "resnet50-b3"),
+    ("efficientnet_b0", None, {"phi": 1, "width": 1.0, "depth": None}, "efficientnet_b0-phi1"),
+    ("efficientnet_b0", None, {"width": 2}, "efficientnet_b0-w2"),
+    ("efficientnet_b0", "b1", {"depth": 4, "resolution": 1.5}, "efficientnet_b1-d4-r1.5"),
+])
+def test_a_measured_model_is_named_by_how_it_was_scaled(baseline, variant, scale, name):
+    from effscale.commands import model_name
+
+    assert model_name(baseline, variant, scale) == name
