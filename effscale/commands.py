@@ -147,11 +147,20 @@ def model_name(baseline: str, variant: str | None, scale: dict[str, Any]) -> str
     return "-".join([name, *scaled])
 
 
+def _device_label(device: str) -> str:
+    """`cpu, 2 threads`: a CPU's latency depends on how many threads the forward pass ran on."""
+    import torch
+
+    return f"{device}, {torch.get_num_threads()} threads" if device == "cpu" else device
+
+
 def _print_table(rows: list[dict[str, Any]], device: str, batch: int, human) -> None:
     from effscale.results import megabytes
 
     headers = ["model", "res", "width", "depth", "params", "MACs", "FLOPs", "activations",
-               f"peak train MB (b={batch})", f"latency ms ({device})"]
+               f"peak train MB (b={batch})", "latency ms"]
+    if any(r["latency_ms"] is not None for r in rows):
+        headers[-1] += f" ({_device_label(device)})"
     body = [[
         r["name"], str(r["resolution"]), f"{r['width_mult']:.3g}", f"{r['depth_mult']:.3g}",
         f"{r['params']:,}", human(r["macs"]), human(r["flops"]), human(r["activations"]),

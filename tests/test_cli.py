@@ -402,3 +402,15 @@ def test_a_measured_model_is_named_by_how_it_was_scaled(baseline, variant, scale
     from effscale.commands import model_name
 
     assert model_name(baseline, variant, scale) == name
+
+
+def test_the_measure_table_says_how_many_threads_a_cpu_latency_ran_on(capsys):
+    import torch
+
+    from effscale.commands import _print_table
+    from effscale.measure import human
+
+    row = dict(name="m", resolution=32, width_mult=1.0, depth_mult=1.0, params=1, macs=1, flops=2, activations=1,
+               peak_mem_mb=None, latency_ms=1.5)
+    _print_table([row], "cpu", 8, human)
+    assert f"latency ms (cpu, {torch.get_num_threads()} threads)" in capsys.readouterr().out.splitlines()[0]
