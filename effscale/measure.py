@@ -426,10 +426,10 @@ def _peak_train_mb(param_bytes: int, saved_bytes: int, resolution: int, batch_si
 
 def cuda_peak_train_mb(build: Callable[[], nn.Module], resolution: int, batch_size: int, in_channels: int = 3,
                        device: str = "cuda", optimizer: str = "sgd") -> float:
-    """Measured peak allocated memory of one training step (fp32) with `optimizer` on a CUDA device;
-    infinite when the step does not fit in the device's memory at all."""
+    """Measured peak allocated memory of a training step (fp32) with `optimizer` on a CUDA device, the
+    second one: the optimizer's state, made by the first step, is held through every step after it.
+    Infinite when a step does not fit in the device's memory at all."""
     torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
     model = opt = x = None
     try:
@@ -439,8 +439,11 @@ def cuda_peak_train_mb(build: Callable[[], nn.Module], resolution: int, batch_si
                else torch.optim.AdamW(params, lr=1e-3))
         x = torch.randn(batch_size, in_channels, resolution, resolution, device=device).to(
             memory_format=torch.channels_last)  # one copy of the batch, as training keeps
-        model(x).float().logsumexp(1).mean().backward()
-        opt.step()
+        for _ in range(2):
+            torch.cuda.reset_peak_memory_stats(device)
+            model(x).float().logsumexp(1).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     except torch.OutOfMemoryError:
         return math.inf  # over any memory budget: the candidate is infeasible, not the search broken

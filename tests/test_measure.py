@@ -125,6 +125,28 @@ def test_a_candidate_whose_training_step_does_not_fit_on_the_gpu_costs_infinite_
     assert measure.cuda_peak_train_mb(too_big, 224, 256, optimizer="adamw") == math.inf
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_peak_memory_on_cuda_is_read_from_a_step_that_holds_the_optimizers_state(monkeypatch, optimizer):
+    """The first step makes the optimizer's state after its backward pass has freed the activations, so
+    only the steps after it hold both: the peak is read from the second."""
+    from effscale import measure
+
+    optimizers, state_at_reset = [], []
+    for kind in (torch.optim.SGD, torch.optim.AdamW):
+        class Recorded(kind):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                optimizers.append(self)
+        monkeypatch.setattr(torch.optim, kind.__name__, Recorded)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda device: state_at_reset.append(sum(len(o.state) for o in optimizers)))
+    for name in ("empty_cache", "memory_allocated", "max_memory_allocated"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args: 0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    measure.cuda_peak_train_mb(lambda: model, 8, 2, device="cpu", optimizer=optimizer)
+    assert state_at_reset[-1] == len(list(model.parameters())) and len(optimizers) == 1
+
+
 @pytest.mark.parametrize("budget_mb, on_device", [(None, False), (4096, True)])
 def test_a_search_measures_peak_memory_on_cuda_only_under_a_memory_budget(monkeypatch, budget_mb, on_device):
     from effscale import measure
