@@ -14,7 +14,7 @@ import numbers
 from typing import Any, Callable
 
 from effscale.errors import UserError
-from effscale.scaling import OFFICIAL_VARIANTS
+from effscale.scaling import OFFICIAL_VARIANTS, VARIANT_FAMILIES
 
 # A predicate on the value and the words that say what it accepts.
 Check = tuple[Callable[[Any], bool], str]
@@ -114,7 +114,7 @@ TRAINER: dict[str, Check] = {
 KERNEL: Check = (lambda v: _integer(v) and v >= 1 and v % 2 == 1), "an odd integer of at least 1"
 # One stage of `baseline.stages`, checked as baseline.stages[i].
 STAGE: dict[str, Check] = {"channels": count(1), "repeats": count(1), "stride": count(1), "kernel": KERNEL,
-                           "expand": above(0), "se": below_one()}
+                           "expand": above(0), "se": below_one(), "fixed_repeats": FLAG}
 NAME: Check = (lambda v: isinstance(v, str) and v.strip() != ""), "a name"
 MEASURE_BATCH: Check = (lambda v: _integer(v) and 1 <= v <= 65_536), "an integer from 1 to 65536"
 # A study every launch and worker can open again: in the sweep folder (null), a journal file or a database.
@@ -139,7 +139,8 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "search.grid": {"alpha": RANGE, "beta": RANGE, "step": above(0), "tolerance": at_least(0), "gamma_values": GAMMAS,
                     "gamma_multiple": optional(at_least(0))},
     "baseline": {"name": NAME, "stages": STAGES, "resolution": count(1), "divisor": count(1), "dropout": below_one(),
-                 "stochastic_depth": below_one(), "channel_scale": SCALE_RULE},
+                 "stochastic_depth": below_one(), "channel_scale": SCALE_RULE,
+                 "variants": one_of(*VARIANT_FAMILIES)},
     "baseline.stem": {"channels": count(1), "kernel": KERNEL, "stride": count(1), "scale": SCALE_RULE},
     "baseline.head": {"channels": count(1), "scale": SCALE_RULE},
     "scale": {"resolution_multiple": optional(count(0))},
@@ -183,9 +184,10 @@ def check_config(cfg: dict[str, Any]) -> None:
 # block type reads beside block, stride, channels and repeats. A key nothing reads is refused rather
 # than ignored: `kernel: 5` on a basic block would otherwise build the same 3×3 network silently.
 TABLE_KEYS = {"name", "family", "resolution", "activation", "stem", "stages"}
-TABLE_OPTIONAL = {"divisor", "channel_scale", "bn", "dropout", "stochastic_depth", "head"}
+TABLE_OPTIONAL = {"divisor", "channel_scale", "bn", "dropout", "stochastic_depth", "head", "variants"}
 STEM_KEYS, STEM_OPTIONAL = {"channels", "kernel", "stride"}, {"scale"}
 STAGE_KEYS = {"block", "stride", "channels", "repeats"}
+STAGE_OPTIONAL = {"fixed_repeats"}
 BLOCK_KEYS = {"mbconv": {"expand", "kernel", "se"}, "inverted_residual": {"expand", "kernel"},
               "basic": set(), "bottleneck": set()}
 FAMILIES = ("efficientnet", "mobilenet_v2", "resnet")  # module layouts effscale/models/network.py builds
@@ -219,7 +221,7 @@ def check_stage_table(table: dict[str, Any], section: str = "baseline",
         block = stage.get("block") if isinstance(stage, dict) else None
         if not isinstance(block, str) or block not in BLOCK_KEYS:
             raise UserError(f"{where}.block: unknown block {block!r}; expected one of {', '.join(BLOCK_KEYS)}")
-        _check_keys(where, stage, STAGE_KEYS, BLOCK_KEYS[block], f"a {block} block")
+        _check_keys(where, stage, STAGE_KEYS, STAGE_OPTIONAL | BLOCK_KEYS[block], f"a {block} block")
 
 
 # What `scaling.scaled_baseline` records in the table it returns, beside the baseline's own keys.

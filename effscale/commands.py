@@ -12,7 +12,7 @@ from omegaconf import OmegaConf, open_dict
 from effscale.config import available_options, compose, load, model_table
 from effscale.devices import resolve_device
 from effscale.errors import UserError
-from effscale.scaling import OFFICIAL_VARIANTS
+from effscale.scaling import variants_of
 
 
 # Each command checks its config (Hydra, effscale/checks.py, the scaled stage table) before it imports
@@ -23,8 +23,8 @@ def measure(overrides: list[str]) -> None:
     cfg = load("measure", overrides)
     opts = cfg["measure"]
     variants = opts.get("variants")
-    if variants == "all":
-        variants = list(OFFICIAL_VARIANTS)
+    if variants == "all":  # the baseline's own: EfficientNet-Lite has b0…b4
+        variants = list(variants_of(cfg["baseline"]))
     if isinstance(variants, str):
         variants = [variants]
     if variants is not None and cfg.get("variant") is not None:  # each value alone is checked by `load`
@@ -136,11 +136,15 @@ def compare(overrides: list[str]) -> None:
 
 
 def model_name(baseline: str, variant: str | None, scale: dict[str, Any]) -> str:
-    """The measured model's name: efficientnet_b0 + b3 → efficientnet_b3 (any other baseline + b3 →
-    name-b3), then how it was scaled beyond that: phi1, or w2, d1.5, r1.2 for one dimension at a time."""
+    """The measured model's name: efficientnet_b0 + b3 → efficientnet_b3, efficientnet_lite0 + b3 →
+    efficientnet_lite3 (any other baseline + b3 → name-b3), then how it was scaled beyond that: phi1, or w2, d1.5, r1.2 for one dimension at a time."""
     name = baseline
-    if variant:
-        name = baseline[:-2] + variant if baseline.endswith("_b0") else f"{baseline}-{variant}"
+    if variant and baseline.endswith("_b0"):
+        name = baseline[:-2] + variant
+    elif variant and baseline.endswith("_lite0"):  # variants b1…b4 of Lite are Lite1…Lite4
+        name = baseline[:-1] + variant[1:]
+    elif variant:
+        name = f"{baseline}-{variant}"
     tags = {"phi": "phi", "width": "w", "depth": "d", "resolution": "r"}
     scaled = [f"{tag}{float(scale[key]):g}" for key, tag in tags.items()
               if scale.get(key) is not None and (key == "phi" or float(scale[key]) != 1)]

@@ -35,12 +35,34 @@ OFFICIAL_VARIANTS: dict[str, Variant] = {
     "b7": Variant(2.0, 3.1, 600, 0.5),
 }
 
+# EfficientNet-Lite0…4 (TensorFlow TPU repo, efficientnet/lite/efficientnet_lite_builder.py): B0…B4's
+# multipliers, but Lite3 and Lite4 at 280 and 300 px with dropout 0.3. Lite keeps the first and last
+# stage's repeats fixed (`fixed_repeats` in conf/baseline/efficientnet_lite0.yaml), as its stem and head.
+LITE_VARIANTS: dict[str, Variant] = {
+    "b0": Variant(1.0, 1.0, 224, 0.2),
+    "b1": Variant(1.0, 1.1, 240, 0.2),
+    "b2": Variant(1.1, 1.2, 260, 0.3),
+    "b3": Variant(1.2, 1.4, 280, 0.3),
+    "b4": Variant(1.4, 1.8, 300, 0.3),
+}
+# A stage table's `variants` key: which published family its variant=b0… names (default: efficientnet).
+VARIANT_FAMILIES = {"efficientnet": OFFICIAL_VARIANTS, "lite": LITE_VARIANTS}
+
+
 # Coefficients the paper's grid search found for B0 on ImageNet (section 4).
 PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA = 1.2, 1.1, 1.15
 
 
 class ScalingError(ValueError):
     """A scaling request that cannot be satisfied (bad multiplier, empty grid, unknown strategy)."""
+
+
+def variants_of(table: dict[str, Any]) -> dict[str, Variant]:
+    """The official variants of a baseline: EfficientNet-B0…B7's unless its table names another family."""
+    family = table.get("variants", "efficientnet")
+    if family not in VARIANT_FAMILIES:
+        raise ScalingError(f"variants: unknown {family!r}; expected {' or '.join(VARIANT_FAMILIES)}")
+    return VARIANT_FAMILIES[family]
 
 
 # --- rounding: how a real-valued multiplier becomes an integer architecture -----------------------
@@ -288,6 +310,8 @@ def scale_stage_table(table: dict[str, Any], mult: Multipliers, resolution_multi
       stem.scale / head.scale: 'width' (round_filters(c·w)), 'width_up' (only when w > 1, as
       MobileNetV2's head), or 'none' (EfficientNet-Lite keeps stem and head fixed).
       divisor: the channel rounding multiple (8 for all the built-in families).
+      stages[i].fixed_repeats: the stage keeps its repeats whatever the depth (EfficientNet-Lite's first
+      and last stage).
     """
     divisor = int(table.get("divisor", 8))
 
@@ -308,8 +332,8 @@ def scale_stage_table(table: dict[str, Any], mult: Multipliers, resolution_multi
                 out[part]["channels"] = scaled(out[part]["channels"], out[part].get("scale", "width"))
         for stage in out["stages"]:
             stage["channels"] = scaled(stage["channels"], channel_rule)
-            repeats = stage["repeats"]
-            stage["repeats"] = round_repeats(repeats, mult.depth) if rounded else repeats * mult.depth
+            depth = 1.0 if stage.get("fixed_repeats") else mult.depth
+            stage["repeats"] = round_repeats(stage["repeats"], depth) if rounded else stage["repeats"] * depth
         resolution = out["resolution"] * mult.resolution
         out["resolution"] = round_resolution(resolution, resolution_multiple) if rounded else resolution
         _check_buildable(out, mult, slack=1.0 if rounded else 2.0)
@@ -323,8 +347,9 @@ def scale_stage_table(table: dict[str, Any], mult: Multipliers, resolution_multi
     return out
 
 
-def multipliers_from_config(scale: dict[str, Any], variant: str | None = None) -> Multipliers:
-    """The multipliers a `scale` config and an optional official `variant` ask for.
+def multipliers_from_config(scale: dict[str, Any], variant: str | None = None,
+                            variants: dict[str, Variant] = OFFICIAL_VARIANTS) -> Multipliers:
+    """The multipliers a `scale` config and an optional official `variant` (of `variants`) ask for.
 
     `variant=b0..b7` takes the official hand-set values; `scale.phi` applies eq. 3 with
     `scale.alpha/beta/gamma`; `scale.depth/width/resolution` multiply on top (single-dimension scaling).
@@ -334,11 +359,11 @@ def multipliers_from_config(scale: dict[str, Any], variant: str | None = None) -
     )
     phi = scale.get("phi")
     if variant is not None:
-        if variant not in OFFICIAL_VARIANTS:
-            raise ScalingError(f"variant: unknown {variant!r}; expected one of {', '.join(OFFICIAL_VARIANTS)}")
+        if variant not in variants:
+            raise ScalingError(f"variant: unknown {variant!r}; expected one of {', '.join(variants)}")
         if phi is not None:
             raise ScalingError("variant and scale.phi both set; choose the official variant or compound scaling")
-        official = OFFICIAL_VARIANTS[variant]
+        official = variants[variant]
         base = Multipliers(depth=official.depth_mult, width=official.width_mult, resolution=1.0)
     elif phi is not None:
         base = compound_multipliers(scale.get("alpha", PAPER_ALPHA), scale.get("beta", PAPER_BETA),
@@ -362,16 +387,18 @@ def scaled_baseline(
 ) -> dict[str, Any]:
     """The stage table of the model a config describes: baseline + variant/phi/single-dimension scale.
 
-    An official variant also fixes the input size and dropout it was published with (for B2 the
-    architecture's 260 px, as the paper, rather than torchvision's 288 px evaluation size).
+    An official variant (of the table's `variants` family) also fixes the input size and dropout it was
+    published with (for B2 the architecture's 260 px, as the paper, rather than torchvision's 288 px
+    evaluation size).
     """
     scale = dict(scale or {})
-    mult = multipliers_from_config(scale, variant)
+    variants = variants_of(table)
+    mult = multipliers_from_config(scale, variant, variants)
     out = scale_stage_table(table, mult, int(scale.get("resolution_multiple", 1) or 1))
     if variant is not None:
-        official = OFFICIAL_VARIANTS[variant]
+        official = variants[variant]
         base_res = table["resolution"] * _positive(scale, "resolution")
-        out["resolution"] = round_resolution(official.resolution * base_res / OFFICIAL_VARIANTS["b0"].resolution,
+        out["resolution"] = round_resolution(official.resolution * base_res / variants["b0"].resolution,
                                              int(scale.get("resolution_multiple", 1) or 1))
         out["dropout"] = official.dropout
         out["resolution_mult"] = out["resolution"] / table["resolution"]

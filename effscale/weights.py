@@ -44,7 +44,7 @@ from effscale.checks import Check, check_mapping, check_scaled_table, check_valu
 from effscale.config import CONF_DIR, available_options
 from effscale.errors import UserError
 from effscale.files import write_atomically
-from effscale.scaling import OFFICIAL_VARIANTS, scaled_baseline
+from effscale.scaling import LITE_VARIANTS, OFFICIAL_VARIANTS, scaled_baseline
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,8 +54,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # overshot 3× by ImageNet's mean/std (tests/test_predict.py).
 LITE_MEAN = (127 / 255,) * 3
 LITE_STD = (128 / 255,) * 3
-# The Lite models keep B0's resolution rule except lite3 and lite4 (efficientnet_lite_builder.py).
-LITE_RESOLUTION = {"b0": 224, "b1": 240, "b2": 260, "b3": 280, "b4": 300}
 # The TensorFlow reference evaluates on a centre crop of resolution / (resolution + 32) of the image
 # (efficientnet/preprocessing.py, CROP_PADDING), i.e. resize to resolution + 32, crop resolution.
 TF_CROP_PADDING = 32
@@ -405,11 +403,8 @@ def baseline_table(name: str) -> dict[str, Any]:
 
 
 def architecture(baseline: str, variant: str | None = None) -> dict[str, Any]:
-    """The stage table of a baseline at an official variant (Lite variants at the Lite resolutions)."""
-    table = scaled_baseline(baseline_table(baseline), {}, variant)
-    if "lite" in baseline and variant in LITE_RESOLUTION:
-        table["resolution"] = LITE_RESOLUTION[variant]
-    return table
+    """The stage table of a baseline at an official variant (of its own family: Lite1…4 for Lite)."""
+    return scaled_baseline(baseline_table(baseline), {}, variant)
 
 
 def _candidates(state_dict: dict[str, Tensor], fmt: str, baseline: str | None,
@@ -419,7 +414,7 @@ def _candidates(state_dict: dict[str, Tensor], fmt: str, baseline: str | None,
     if baseline is not None and variant is not None:
         return [(baseline, variant)]
     b_series = [("efficientnet_b0", v) for v in OFFICIAL_VARIANTS]
-    lite = [("efficientnet_lite0", v) for v in LITE_RESOLUTION]
+    lite = [("efficientnet_lite0", v) for v in LITE_VARIANTS]
     has_se = any(re.search(r"(fc1|_se_reduce|se\.conv_reduce)\.weight$", k) for k in state_dict)
     pairs = b_series + lite if has_se else lite + b_series
     if fmt in ("torchvision", CHECKPOINT_FORMAT):

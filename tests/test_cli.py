@@ -324,7 +324,7 @@ def test_a_users_own_baseline_on_the_search_path_is_measured_and_a_typo_or_bad_y
     typo = run_cli("measure", "baseline=typo", searchpath)
     assert typo.returncode == 2 and typo.stderr == (
         "effscale measure: baseline.stages[1].chanels: unknown key for a basic block; it takes block, channels, "
-        "repeats, stride\n")
+        "repeats, stride, fixed_repeats\n")
     (tmp_path / "conf" / "baseline" / "latin.yaml").write_bytes(TINYNET.replace("tinynet", "caf\xe9").encode("latin-1"))
     latin = run_cli("measure", "baseline=latin", searchpath)
     assert latin.returncode == 2 and latin.stderr == (
@@ -394,6 +394,7 @@ def test_a_scale_past_any_trainable_network_is_one_line_not_a_hang(capsys, tmp_p
     ("efficientnet_b0", None, {}, "efficientnet_b0"),
     ("efficientnet_b0", "b3", {}, "efficientnet_b3"),
     ("resnet50", "b3", {}, "resnet50-b3"),
+    ("efficientnet_lite0", "b4", {}, "efficientnet_lite4"),
     ("efficientnet_b0", None, {"phi": 1, "width": 1.0, "depth": None}, "efficientnet_b0-phi1"),
     ("efficientnet_b0", None, {"width": 2}, "efficientnet_b0-w2"),
     ("efficientnet_b0", "b1", {"depth": 4, "resolution": 1.5}, "efficientnet_b1-d4-r1.5"),

@@ -126,6 +126,30 @@ def test_lite0_has_no_se_relu6_and_fixed_stem_head():
     assert count_params(meta(build_model, scaled_baseline(baseline("efficientnet_lite0"), {}))) == 4_652_008
 
 
+# Lite1…Lite4 as the TF TPU repo builds them (efficientnet_lite_builder.py: fix_head_stem keeps the first
+# and last stage's repeats; Lite3 and Lite4 at 280 and 300 px, dropout 0.3); its README lists 5.4M, 6.1M,
+# 8.2M and 13.0M parameters.
+@pytest.mark.parametrize("variant, params, repeats, resolution, dropout", [
+    ("b1", 5_416_680, [1, 3, 3, 4, 4, 5, 1], 240, 0.2),
+    ("b2", 6_092_072, [1, 3, 3, 4, 4, 5, 1], 260, 0.3),
+    ("b3", 8_197_096, [1, 3, 3, 5, 5, 6, 1], 280, 0.3),
+    ("b4", 13_006_568, [1, 4, 4, 6, 6, 8, 1], 300, 0.3),
+])
+def test_lite_variants_keep_the_first_and_last_stage_and_take_lites_own_sizes(variant, params, repeats,
+                                                                             resolution, dropout):
+    table = scaled_baseline(baseline("efficientnet_lite0"), {}, variant)
+    assert [s["repeats"] for s in table["stages"]] == repeats
+    assert (table["resolution"], table["dropout"]) == (resolution, dropout)
+    assert count_params(meta(build_model, table)) == params
+
+
+def test_lite_has_no_variant_past_lite4():
+    from effscale.scaling import ScalingError
+
+    with pytest.raises(ScalingError, match="variant: unknown 'b5'; expected one of b0, b1, b2, b3, b4"):
+        scaled_baseline(baseline("efficientnet_lite0"), {}, "b5")
+
+
 def test_num_classes_and_in_channels_from_config():
     model = build_model(scaled_baseline(baseline("efficientnet_b0"), {}), num_classes=10, in_channels=1)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
