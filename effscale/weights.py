@@ -48,6 +48,7 @@ from effscale.scaling import LITE_VARIANTS, OFFICIAL_VARIANTS, scaled_baseline
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_CLASSES = 1000
 # EfficientNet-Lite was trained on (pixel - 127) / 128 (tensorflow/tpu, efficientnet/lite/
 # efficientnet_lite_builder.py: MEAN_RGB = 127, STDDEV_RGB = 128), in [0, 1] units below. The
 # weights agree: on real photos their stem BatchNorm's running variance is matched by this and
@@ -168,6 +169,9 @@ class Pretrained:
 # --- reading a file safely ---------------------------------------------------------------------------
 
 
+TENSORFLOW_SUFFIXES = (".h5", ".hdf5", ".keras", ".pb", ".tflite")  # not .ckpt: Lightning writes those
+
+
 def read_checkpoint(path: str | Path) -> Any:
     """`torch.load(weights_only=True)`, with every failure turned into one line naming the file."""
     path = Path(path)
@@ -176,6 +180,9 @@ def read_checkpoint(path: str | Path) -> Any:
     if not path.exists():
         known = "" if path.suffix or len(path.parts) > 1 else " (and not a name effscale knows: imagenet or lite0)"
         raise UserError(f"{path}: no such file{known}")
+    if path.suffix.lower() in TENSORFLOW_SUFFIXES:
+        raise UserError(f"{path}: a TensorFlow/Keras file; effscale reads PyTorch weights (torchvision, timm's "
+                        "tf_ ports of TensorFlow's weights, efficientnet_pytorch)")
     try:
         with warnings.catch_warnings():  # a bare pickle of another protocol warns before it fails
             warnings.simplefilter("ignore", UserWarning)
@@ -610,6 +617,8 @@ def load_pretrained(spec: str, baseline: str | None = None, variant: str | None 
     eps = {"torchvision": torchvision_bn_eps, "efficientnet_pytorch": lambda b, v: 1e-3,
            "timm": lambda b, v: 1e-5}[fmt]
     model, table = build_for(state_dict, fmt, baseline, variant, eps, str(path))
+    if _io_of(model.state_dict(), table["family"])[0] == 1 + IMAGENET_CLASSES:
+        _drop_background_class(model, table["family"])
     preprocessing = {"torchvision": torchvision_preprocessing, "efficientnet_pytorch": tf_preprocessing,
                      "timm": timm_preprocessing}[fmt](table)
     num_classes, in_channels = _io_of(model.state_dict(), table["family"])
@@ -619,8 +628,21 @@ def load_pretrained(spec: str, baseline: str | None = None, variant: str | None 
     if in_channels == 1:  # a greyscale stem: its one channel normalised by the average of the RGB values
         mean, std = preprocessing.mean, preprocessing.std
         preprocessing = replace(preprocessing, mean=(sum(mean) / len(mean),), std=(sum(std) / len(std),))
-    names = imagenet_categories() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
+    names = imagenet_categories() if num_classes == IMAGENET_CLASSES else [f"class {i}" for i in range(num_classes)]
     return Pretrained(model, table, names, preprocessing, fmt, str(path))
+
+
+def _drop_background_class(model: nn.Module, family: str) -> None:
+    """TensorFlow's ImageNet classifiers have 1001 outputs, the first for "background" (class 0 of TF's
+    label map), so output k + 1 is ImageNet class k: keep the 1000 that are classes, in order."""
+    parent, name = (model, "fc") if family == "resnet" else (model.classifier, "1")
+    old = getattr(parent, name)
+    new = nn.Linear(old.in_features, IMAGENET_CLASSES, bias=old.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(old.weight[1:])
+        if old.bias is not None:
+            new.bias.copy_(old.bias[1:])
+    setattr(parent, name, new.eval())
 
 
 def _from_effscale_checkpoint(state_dict: dict[str, Tensor], meta: dict[str, Any], path: Path) -> Pretrained:

@@ -298,3 +298,29 @@ def test_images_are_decoded_a_batch_at_a_time(lite0):
     finally:
         del model.forward
     assert len(results) == 2 * predict.BATCH + 3 and held == [predict.BATCH, 2 * predict.BATCH, 2 * predict.BATCH + 3]
+
+
+@pytest.mark.parametrize("family", ["efficientnet", "resnet"])
+def test_a_tensorflow_classifier_with_a_background_class_gives_imagenet_classes_at_their_own_indices(
+        tmp_path, photos, lite0, family):
+    """TF's ImageNet heads have 1001 outputs, output 0 "background": ImageNet class k is output k + 1."""
+    import torchvision
+    from PIL import Image
+
+    from effscale.predict import classify
+
+    if family == "efficientnet":
+        state, fc = torch.load(lite0.source, weights_only=True), "_fc"
+        reference = lite0
+    else:
+        state, fc = torchvision.models.resnet18().state_dict(), "fc"
+        torch.save(state, tmp_path / "resnet18.pth")
+        reference = load_pretrained(str(tmp_path / "resnet18.pth"))
+    state[f"{fc}.weight"] = torch.cat([torch.zeros(1, state[f"{fc}.weight"].shape[1]), state[f"{fc}.weight"]])
+    state[f"{fc}.bias"] = torch.cat([torch.tensor([-50.0]), state[f"{fc}.bias"]])  # background: never likely
+    torch.save(state, tmp_path / "tf1001.pth")
+    loaded = load_pretrained(str(tmp_path / "tf1001.pth"))
+    assert loaded.class_names == reference.class_names and len(loaded.class_names) == 1000
+    photo = [Image.open(photos / "chelsea.png")]
+    [[(index, prob)]], [[(ref_index, ref_prob)]] = classify(loaded, photo, top=1), classify(reference, photo, top=1)
+    assert index == ref_index and prob == pytest.approx(ref_prob, abs=1e-4)

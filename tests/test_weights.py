@@ -479,3 +479,10 @@ def test_a_transparent_image_is_laid_on_white_not_on_its_hidden_black(mode):
     for out in ("L", "RGB"):
         pixels = np.asarray(to_8bit(image, out)).astype(int)
         assert (pixels[:, :4] == 255).all() and (pixels[:, 4:] == 100).all()
+
+
+@pytest.mark.parametrize("name", ["model.h5", "efficientnet-b0.keras", "lite0.tflite"])
+def test_a_tensorflow_file_is_said_to_be_one_rather_than_corrupt(tmp_path, name):
+    (tmp_path / name).write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    with pytest.raises(UserError, match=f"{name}: a TensorFlow/Keras file; effscale reads PyTorch weights"):
+        load_pretrained(str(tmp_path / name))
