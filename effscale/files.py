@@ -8,12 +8,14 @@ and no temporary file behind.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 from effscale.errors import UserError
 
@@ -119,3 +121,15 @@ def writable_folder(folder: Path) -> Path | None:
         remove_created(new, folder)
         raise
     return new
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """The block run by one process (or thread) at a time among those that hold `path` this way: an
+    flock on it (created empty if missing), released when the block ends or its process dies."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
 import json
 import math
@@ -26,7 +25,7 @@ from typing import Any, Iterable, Iterator
 import pandas as pd
 
 from effscale.errors import UserError
-from effscale.files import write_atomically
+from effscale.files import exclusive, write_atomically
 
 # The contract columns other tools rely on (DESIGN.md), then the rest, in the order they are written.
 CONTRACT = ["trial", "strategy", "phi", "alpha", "beta", "gamma", "depth_mult", "width_mult", "resolution",
@@ -66,7 +65,11 @@ def read_trials(path: str | Path) -> pd.DataFrame:
     path = _table_path(path)
     if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
-    return _typed(read_table(path))
+    table = read_table(path)
+    missing = [c for c in ("strategy", "state") if c not in table.columns]  # what every reader selects rows by
+    if missing:
+        raise UserError(f"{path}: not an effscale results table (no {missing[0]} column)")
+    return _typed(table)
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -150,12 +153,8 @@ def locked(path: str | Path) -> Iterator[None]:
     in turn, so no worker's read-modify-write loses another's row."""
     path = _table_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with exclusive(path.parent / f".{path.name}.lock"):
+        yield
 
 
 def set_aside_search_rows(sweep_dir: str | Path) -> tuple[int, Path] | None:

@@ -40,7 +40,7 @@ from effscale.budget import (DEVICE_BOUNDS, DEVICE_COSTS, bounds_device_costs, b
                              measure_options, over_budget)
 from effscale.claims import claim
 from effscale.errors import UserError
-from effscale.files import first_new_folder, log_to, make_sweep_folder, remove_created
+from effscale.files import exclusive, first_new_folder, log_to, make_sweep_folder, remove_created
 from effscale.measure import Measurement, architecture_key, measure_table, measure_tables
 from effscale.models import build_model
 from effscale.scaling import ScalingError, compound_grid, compound_multipliers, constraint_value, scale_stage_table
@@ -124,6 +124,18 @@ def judge(candidate: Candidate, cost: Measurement, base: Measurement, budget: di
 
 
 # --- storage and study ----------------------------------------------------------------------------
+
+
+@contextmanager
+def _one_at_a_time(sqlite: Path | None) -> Iterator[None]:
+    """The block run by one process at a time among those opening the SQLite file `sqlite` (None: no
+    lock). Searches started together on a new sweep folder would each create the study's tables, and
+    Optuna's schema stamp refuses all but one of them midway."""
+    if sqlite is None or not sqlite.parent.is_dir():
+        yield
+        return
+    with exclusive(sqlite):  # an empty file is an empty SQLite database
+        yield
 
 
 class FeasibleGridSampler(optuna.samplers.GridSampler):
@@ -570,13 +582,15 @@ class Search:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         url = self.opts.get("storage")
         points = [c.point for c in self.feasible]
+        sqlite = self.sweep_dir / "study.db" if not url else storage_file(url) if url.startswith("sqlite") else None
         attempts = 3
         while True:
             try:
-                return optuna.create_study(
-                    study_name=str(self.cfg["name"]), storage=open_storage(url, self.sweep_dir),
-                    direction="maximize", load_if_exists=True,
-                    sampler=make_sampler(self.opts["sampler"], points, self.seed), pruner=self.pruner())
+                with _one_at_a_time(sqlite):
+                    return optuna.create_study(
+                        study_name=str(self.cfg["name"]), storage=open_storage(url, self.sweep_dir),
+                        direction="maximize", load_if_exists=True,
+                        sampler=make_sampler(self.opts["sampler"], points, self.seed), pruner=self.pruner())
             except (ImportError, ValueError, OSError, SQLAlchemyError) as exc:
                 attempts -= 1
                 # Two searches creating one SQLite study at once: the other's tables appear midway.

@@ -948,3 +948,34 @@ def test_a_waiting_trial_someone_else_enqueued_is_left_alone(tmp_path, monkeypat
     assert (table["val_acc"] == table["depth_mult"] / 10).all() and len(table) == rs.TINY_POINTS
     waiting = [t for t in other.study.get_trials() if t.state == optuna.trial.TrialState.WAITING]
     assert [t.user_attrs["pid"] for t in waiting] == [os.getppid()]  # still the other process's to ask for
+
+
+def test_searches_opening_one_new_sqlite_study_create_it_one_at_a_time(tmp_path):
+    """Searches started together on a new sweep folder each created the study's tables, and Optuna's
+    schema stamp refused all but one ("UNIQUE constraint failed: alembic_version.version_num")."""
+    import threading
+    import time
+
+    from effscale.search import _one_at_a_time
+
+    events = []
+
+    def create(name: str) -> None:
+        with _one_at_a_time(tmp_path / "study.db"):
+            events.append(f"{name} in")
+            time.sleep(0.3)
+            events.append(f"{name} out")
+
+    threads = [threading.Thread(target=create, args=(name,)) for name in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert events in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
+    assert (tmp_path / "study.db").stat().st_size == 0  # an empty SQLite database, for Optuna to fill
+
+
+def test_a_results_table_without_the_columns_rows_are_selected_by_is_one_line_not_a_traceback(tmp_path):
+    (tmp_path / "trials.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match=r"trials.csv: not an effscale results table \(no strategy column\)"):
+        results.read_trials(tmp_path)
