@@ -413,6 +413,7 @@ class Search:
         self.new_storage: Path | None = None  # set by `open`: a journal or SQLite file (or its folder) it creates
         self.working: optuna.Trial | None = None  # the trial this process has started and not yet recorded
         self.device_costs_from = device  # the device that measured latency and peak memory (`open`)
+        self.device_costs_to_record: dict[str, Any] | None = None  # `adopt_device_costs`, recorded by `open`
         self.seed = int(cfg["seed"])
         self.sweep_dir = Path(cfg["out"]) / str(cfg["name"])
         self.context = {"baseline": baseline["name"], "dataset": cfg["data"]["name"]}
@@ -497,7 +498,7 @@ class Search:
         the next, and the workers of one sweep must agree on its feasible points. The process that
         creates the study records them, the baseline's too (`device_costs`); every later one (other
         workers, a resumed sweep) judges the budget with those rather than its own, and records what
-        it measured that the record lacks (a bound added on resume)."""
+        it measured that the record lacks (a bound added on resume), once this run is not refused."""
         recorded = self.study.user_attrs.get("device_costs") or {"device": self.device, "costs": {}}
         measured = {c.point: c.cost for c in self.candidates} | {BASELINE_KEY: self.base_cost}
         costs = {}
@@ -505,7 +506,7 @@ class Search:
             before = recorded["costs"].get(key) or {}
             costs[key] = {k: before[k] if before.get(k) is not None else getattr(cost, k) for k in DEVICE_COSTS}
         if costs != {key: recorded["costs"].get(key) for key in costs}:
-            self.study.set_user_attr("device_costs", {"device": recorded["device"], "costs": recorded["costs"] | costs})
+            self.device_costs_to_record = {"device": recorded["device"], "costs": recorded["costs"] | costs}
         self.base_cost = replace(self.base_cost, **costs[BASELINE_KEY])
         check_baseline_budget(self.base_cost, self.budget)
         self._judge([replace(c.cost, **costs[c.point]) for c in self.candidates])
@@ -532,7 +533,10 @@ class Search:
         new = make_sweep_folder(self.sweep_dir, self.cfg["out"])  # removed again if this run is refused
         self.new_storage = self._make_storage_file(storage_file(self.opts.get("storage")))
         self.study = self._create_study(new)
-        if self._check_against_record(new):
+        created = self._check_against_record(new)
+        if self.device_costs_to_record:
+            self.study.set_user_attr("device_costs", self.device_costs_to_record)
+        if created:
             moved = results.set_aside_search_rows(self.sweep_dir)
             if moved:
                 self.say(f"{self.sweep_dir / 'trials.csv'} held {moved[0]} search rows the new study did not train "

@@ -647,6 +647,9 @@ def test_a_device_bound_added_on_resume_is_judged_with_this_runs_measurement(tmp
     with pytest.raises(UserError, match="budget: none of the 9 grid points fits .*5,000 ms latency"):
         planned(tmp_path, "budget.max_peak_mem_mb=100000", "budget.max_latency_ms=1000")
     assert (tmp_path / "tiny" / "study.db").exists()  # the sweep's study is not this run's to remove
+    # nor is what the refused run measured recorded in it, for later runs to judge their budget by
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny' / 'study.db'}")
+    assert {c["latency_ms"] for c in study.user_attrs["device_costs"]["costs"].values()} == {None}
 
 
 def test_the_workers_of_a_launch_retry_only_failures_from_before_it_however_late_they_start(tmp_path):
