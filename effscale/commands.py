@@ -104,6 +104,9 @@ def search(overrides: list[str]) -> None:
         with stops_as_interrupt():  # `kill`, a closed terminal, scancel: wound down as a Ctrl-C is
             table = run.run()
     print(outcome(table, run.sweep_dir, run.logger_kind))
+    elsewhere = run.running_elsewhere()
+    if elsewhere:
+        print(f"effscale search: {elsewhere}", file=sys.stderr)
     print(f"total {time.perf_counter() - started:.0f} s")
     if failed:
         print(f"effscale search: {failed} of {workers} workers failed (their errors are above); the trials they "

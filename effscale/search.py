@@ -680,6 +680,18 @@ class Search:
         what TPE's `search.n_trials` counts."""
         return {p for (p, s), t in self._finished().items() if s == self.seed and not t.user_attrs.get("same_as")}
 
+    def running_elsewhere(self) -> str | None:
+        """After `run`: what other processes still train (the search ranked without them), or None."""
+        running = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if "point" in t.user_attrs]
+        if not running:
+            return None
+        where = sorted({f"{t.user_attrs.get('host', '?')} pid {t.user_attrs.get('pid', '?')}" for t in running})
+        return (f"{len(running)} trial(s) still running in another process ({', '.join(where[:3])}"
+                f"{', …' if len(where) > 3 else ''}), left out of the ranking above; the same command takes "
+                "their results in once they finish, or trains their points again once their process is gone "
+                f"(search.stale_after_s={self.stale_after_s:g} s without a heartbeat)")
+
     def _running(self) -> set[tuple[str, int]]:
         return {(t.user_attrs["point"], int(t.user_attrs["seed"]))
                 for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

@@ -982,3 +982,26 @@ def test_a_results_table_without_the_columns_rows_are_selected_by_is_one_line_no
     (tmp_path / "trials.csv").write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match=r"trials.csv: not an effscale results table \(no strategy column\)"):
         results.read_trials(tmp_path)
+
+
+def test_a_point_another_process_still_trains_is_said_to_be_left_out_of_the_ranking(tmp_path, monkeypatch, capsys):
+    import time
+
+    from effscale import train
+
+    monkeypatch.setattr(train, "fit_candidate", lambda *a, **kw: {
+        "state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.5, "epochs": 1, "train_seconds": 0.1,
+        "val_history": [0.5], "reason": None})
+    run = planned(tmp_path)
+    point = run.feasible[0].point
+    # another host's search training the first point, its heartbeat fresh
+    run.study.enqueue_trial({}, user_attrs={"point": point, "seed": 0, "host": "node7", "pid": 4242,
+                                            "pid_ns": "pid:[1]", "heartbeat": time.time()})
+    run.study.ask()
+    capsys.readouterr()
+    table = tiny_search(tmp_path)
+    assert point not in set(table.loc[table["state"] == "COMPLETE", "point"])
+    assert capsys.readouterr().err == (
+        "effscale search: 1 trial(s) still running in another process (node7 pid 4242), left out of the ranking "
+        "above; the same command takes their results in once they finish, or trains their points again once "
+        "their process is gone (search.stale_after_s=600 s without a heartbeat)\n")
