@@ -181,7 +181,7 @@ def coefficients(cfg: dict[str, Any]) -> Coefficients:
 
     source = cfg["compare"].get("from_search")
     if source:
-        table = Path(source) if str(source).endswith(".csv") else Path(source) / "trials.csv"
+        table = results.table_path(source)
         if not table.is_file():
             raise UserError(f"compare.from_search={source}: no results table {table} (run effscale search first)")
         trials = results.read_trials(table)
@@ -315,7 +315,7 @@ class Comparison:
 
     def run(self) -> pd.DataFrame:
         """Train every (model, seed) whose row is not already COMPLETE, updating the table after each."""
-        self.table = self.sweep_dir / "trials.csv"
+        self.table = results.table_path(self.sweep_dir)
         existing = results.read_trials(self.table)  # a table that cannot be read: one error, nothing written
         make_sweep_folder(self.sweep_dir, self.cfg["out"])  # out= a file, or a folder this user may not write in
         settings = results.trained_with(self.baseline, self.cfg["data"], self.recipe)
@@ -415,5 +415,5 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, files: list[Path]) -> str:
     if not margin.empty:
         lines += ["", margin_sentences(margin)]
     report = next((f for f in files if f.name == "report.html"), sweep_dir / "report.html")
-    lines += ["", f"table   {sweep_dir / 'trials.csv'}", f"report  {report} (and report.md, plots/)"]
+    lines += ["", f"table   {results.table_path(sweep_dir)}", f"report  {report} (and report.md, plots/)"]
     return "\n".join(lines)

@@ -30,9 +30,8 @@ import pandas as pd
 from effscale.errors import UserError
 from effscale.files import first_new_folder, remove_created, write_atomically
 from effscale.results import (MODEL_COLUMNS, SINGLE_DIMENSIONS, best_first, from_compare, megabytes, read_table,
-                              search_trials)
+                              search_trials, table_path)
 
-TRIALS = "trials.csv"
 COEFFICIENTS = ["alpha", "beta", "gamma"]
 METRICS = ("val_acc", "test_acc")  # what `--metric` may rank by
 
@@ -76,9 +75,7 @@ ACCURACY_COLUMNS = {"val_acc", "test_acc"}  # fractions, as effscale writes them
 
 def load_trials(folder: str | Path) -> pd.DataFrame:
     """The results table of a sweep folder (or a CSV path), or a one-line UserError."""
-    path = Path(folder)
-    if path.is_dir() or path.suffix != ".csv":
-        path = path / TRIALS
+    path = table_path(folder)
     if not path.is_file():
         raise UserError(f"{path}: no results table here (run `effscale search` or `effscale compare` first)")
     df = read_table(path)

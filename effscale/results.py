@@ -34,6 +34,7 @@ CONTRACT = ["trial", "strategy", "phi", "alpha", "beta", "gamma", "depth_mult", 
 COLUMNS = CONTRACT + ["test_acc", "reason", "flops", "activations", "latency_ms", "constraint", "point",
                       "same_as", "baseline", "dataset"]
 KEY = ["point", "seed", "strategy"]
+TABLE = "trials.csv"  # a sweep folder's results table
 STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE")
 INTEGER = ["trial", "resolution", "params", "macs", "flops", "activations", "seed", "epochs"]
 SINGLE_DIMENSIONS = ("width", "depth", "resolution")  # the strategies compound scaling is compared with
@@ -62,7 +63,7 @@ def search_trials(df: pd.DataFrame) -> pd.DataFrame:
 def read_trials(path: str | Path) -> pd.DataFrame:
     """The table at `path` (a trials.csv or the sweep folder holding it); empty if there is none. One
     that cannot be read as written is a UserError (`read_table`)."""
-    path = _table_path(path)
+    path = table_path(path)
     if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
     table = read_table(path)
@@ -96,7 +97,7 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def write_trials(table: pd.DataFrame, path: str | Path) -> Path:
     """Write the whole table atomically: a temporary file beside it, then one rename."""
-    path = _table_path(path)
+    path = table_path(path)
     extra = [c for c in table.columns if c not in COLUMNS]
     table = table.reindex(columns=COLUMNS + extra)
     return write_atomically(path, lambda f: table.to_csv(f, index=False))
@@ -151,7 +152,7 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any
 def locked(path: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on `.trials.csv.lock` beside the table: workers of one sweep update it
     in turn, so no worker's read-modify-write loses another's row."""
-    path = _table_path(path)
+    path = table_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(path.parent / f".{path.name}.lock"):
         yield
@@ -161,7 +162,7 @@ def set_aside_search_rows(sweep_dir: str | Path) -> tuple[int, Path] | None:
     """Copy the table to `trials.before-<time>.csv` beside it and keep only compare's rows in it: for a
     search whose study is new, the search rows already there are another study's (a copied folder, a
     deleted or moved study). How many rows went, and where; None when there were none."""
-    path = _table_path(sweep_dir)
+    path = table_path(sweep_dir)
     with locked(path):
         table = read_trials(path)
         searched = ~from_compare(table)
@@ -289,9 +290,10 @@ def format_summary(summary: pd.DataFrame, limit: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def _table_path(path: str | Path) -> Path:
+def table_path(path: str | Path) -> Path:
+    """The results table of a sweep folder, `<folder>/trials.csv`; a path to a .csv file as it is."""
     path = Path(path)
-    return path / "trials.csv" if path.suffix != ".csv" else path
+    return path / TABLE if path.is_dir() or path.suffix != ".csv" else path
 
 
 def _typed(table: pd.DataFrame) -> pd.DataFrame:

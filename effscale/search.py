@@ -539,7 +539,7 @@ class Search:
         if created:
             moved = results.set_aside_search_rows(self.sweep_dir)
             if moved:
-                self.say(f"{self.sweep_dir / 'trials.csv'} held {moved[0]} search rows the new study did not train "
+                self.say(f"{results.table_path(self.sweep_dir)} held {moved[0]} search rows the new study did not train "
                          f"(a copied folder, or a deleted study): moved to {moved[1]}, not ranked with this study's")
             logs = set_aside_trial_logs(self.sweep_dir)
             if logs:
@@ -551,7 +551,7 @@ class Search:
         if stale:
             self.say(f"{stale} trial(s) left unfinished by an earlier run: marked FAIL (stale), will run again")
         self._start_launch(new_launch)
-        self.table = self.sweep_dir / "trials.csv"
+        self.table = results.table_path(self.sweep_dir)
         # A point over the budget is one row, whatever the seed (it trains with none): a run with another
         # `seed` keeps the seed of the row an earlier run wrote.
         table = results.read_trials(self.table)
@@ -1012,7 +1012,7 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, logger_kind: str) -> str:
     storage = sweep_dir / "storage.txt"  # written when search.storage names another study than study.db
     study = storage.read_text().strip() if storage.exists() else sweep_dir / "study.db"
     problems = f", {sweep_dir / 'search.log'}" if (sweep_dir / "search.log").exists() else ""
-    files = [f"table  {sweep_dir / 'trials.csv'}", f"study  {study}",
+    files = [f"table  {results.table_path(sweep_dir)}", f"study  {study}",
              f"logs   {sweep_dir / 'logs'}/trial_*/metrics.csv{problems}"]
     if logger_kind == "wandb":
         runs = sweep_dir / "wandb"
@@ -1028,7 +1028,7 @@ def exit_if_nothing_completed(table: pd.DataFrame, sweep_dir: Path, command: str
     states = set(table.loc[mine, "state"]) if "state" in table else set()
     if "FAIL" in states and "COMPLETE" not in states:
         print(f"effscale {command}: no trial completed (why each failed: the reason column of "
-              f"{sweep_dir / 'trials.csv'}, tracebacks in {sweep_dir / f'{command}.log'})", file=sys.stderr)
+              f"{results.table_path(sweep_dir)}, tracebacks in {sweep_dir / f'{command}.log'})", file=sys.stderr)
         raise SystemExit(1)
 
 
