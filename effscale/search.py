@@ -719,10 +719,10 @@ class Search:
         for (point, seed), t in finished.items():  # the best networks, each once (not their same_as copies)
             if t.state == TrialState.COMPLETE and point in self.by_point and not t.user_attrs.get("same_as"):
                 values.setdefault(point, []).append(t.value)
-        ranked = [p for p in values if (p, self.seed) in finished]
-        # Ties as results.best_first breaks them: the cheaper network, then alpha, then beta.
-        ranked.sort(key=lambda p: (-statistics.fmean(values[p]), self.by_point[p].macs_ratio,
-                                   self.by_point[p].alpha, self.by_point[p].beta))
+        points = [self.by_point[p] for p in values if (p, self.seed) in finished]
+        means = pd.DataFrame([{"point": c.point, "alpha": c.alpha, "beta": c.beta, "macs_ratio": c.macs_ratio,
+                               "val_acc": statistics.fmean(values[c.point])} for c in points])
+        ranked = list(results.best_first(means)["point"]) if points else []  # the report's order, ties too
         seeds = range(self.seed + 1, self.seed + extra + 1)
         return [Job(self.by_point[p], s) for p in ranked[:top_k] for s in seeds if (p, s) not in finished]
 
