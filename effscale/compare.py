@@ -12,7 +12,6 @@ the meta device in a fraction of a second) until its MACs land within `compare.m
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -93,12 +92,13 @@ class MacsCounter:
     def __init__(self, build: Callable[[dict[str, Any]], Any], in_channels: int = 3) -> None:
         self.build = build
         self.in_channels = in_channels
-        self._cache: dict[str, int] = {}
+        self._cache: dict[tuple[str, int], int] = {}
 
     def __call__(self, table: dict[str, Any]) -> int:
-        key = json.dumps({k: v for k, v in table.items() if not k.endswith("_mult")}, sort_keys=True, default=str)
+        from effscale.measure import architecture_key, build_on_meta, count_training_forward
+
+        key = architecture_key(table), int(table["resolution"])
         if key not in self._cache:
-            from effscale.measure import build_on_meta, count_training_forward
 
             model = build_on_meta(self.build, table)
             self._cache[key] = count_training_forward(model, int(table["resolution"]), 1, self.in_channels)[0]
