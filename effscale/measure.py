@@ -492,8 +492,8 @@ def measure_table(table: dict[str, Any], build: Callable[[dict[str, Any]], nn.Mo
                   batch_size: int = 32, device: str = "cpu", memory: bool = True, latency: bool = False,
                   optimizer: str = "sgd", name: str | None = None, peak_on_device: bool = True) -> Measurement:
     """Measure the model a scaled stage table describes. `build(table)` must return the network.
-    On CUDA, peak memory is one real training step's (`peak_on_device`, about 0.4 s a model on an
-    H100) or, with peak_on_device=False, the shape estimate used on CPU."""
+    On CUDA, peak memory is that of real training steps (`peak_on_device`, `cuda_peak_train_mb`) or,
+    with peak_on_device=False, the shape estimate used on CPU."""
     meta_model = build_on_meta(build, table)
     return _measure_built(meta_model, _ModelFacts.of(meta_model), table, build, in_channels=in_channels,
                           batch_size=batch_size, device=device, memory=memory, latency=latency, optimizer=optimizer,
