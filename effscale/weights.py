@@ -44,7 +44,7 @@ from effscale.checks import Check, check_mapping, check_scaled_table, check_valu
 from effscale.config import CONF_DIR, available_options
 from effscale.errors import UserError
 from effscale.files import write_atomically
-from effscale.scaling import LITE_VARIANTS, OFFICIAL_VARIANTS, scaled_baseline
+from effscale.scaling import LITE_VARIANTS, OFFICIAL_VARIANTS, scaled_baseline, variants_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -411,7 +411,10 @@ def baseline_table(name: str) -> dict[str, Any]:
 
 def architecture(baseline: str, variant: str | None = None) -> dict[str, Any]:
     """The stage table of a baseline at an official variant (of its own family: Lite1…4 for Lite)."""
-    return scaled_baseline(baseline_table(baseline), {}, variant)
+    table = baseline_table(baseline)
+    if variant is not None and variant not in variants_of(table):
+        raise UserError(f"--variant {variant}: {baseline} has variants {', '.join(variants_of(table))}")
+    return scaled_baseline(table, {}, variant)
 
 
 def _candidates(state_dict: dict[str, Tensor], fmt: str, baseline: str | None,

@@ -486,3 +486,8 @@ def test_a_tensorflow_file_is_said_to_be_one_rather_than_corrupt(tmp_path, name)
     (tmp_path / name).write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
     with pytest.raises(UserError, match=f"{name}: a TensorFlow/Keras file; effscale reads PyTorch weights"):
         load_pretrained(str(tmp_path / name))
+
+
+def test_a_variant_the_baseline_does_not_have_is_one_line():
+    with pytest.raises(UserError, match="--variant b5: efficientnet_lite0 has variants b0, b1, b2, b3, b4"):
+        load_pretrained("lite0", baseline="efficientnet_lite0", variant="b5")
