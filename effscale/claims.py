@@ -5,9 +5,10 @@ through the study instead. A claim is a RUNNING trial created in one write with 
 user attributes; the claimant then reads the study and keeps the point only if no finished trial holds
 it and its own claim is the live one with the lowest trial id. Every worker sees the same trials and
 applies the same rule, so exactly one keeps each point; a loser marks its trial FAIL with `repeat_of`
-(the winner's number), which the results table leaves out, and moves on without training. Journal files and SQLite serialise writes, so a trial with a lower id is
-already visible when the claimant reads; PostgreSQL hands out ids before commit, so on an RDB the
-claimant reads again after `CLAIM_SETTLE_S`, long after any earlier claim has committed.
+(the winner's number), which the results table leaves out, and moves on without training. Journal
+files and SQLite serialise writes, so a trial with a lower id is already visible when the claimant
+reads; PostgreSQL hands out ids before commit, so on an RDB the claimant reads again after
+`CLAIM_SETTLE_S`, long after any earlier claim has committed.
 """
 
 from __future__ import annotations

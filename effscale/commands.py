@@ -140,7 +140,8 @@ def compare(overrides: list[str]) -> None:
 
 def model_name(baseline: str, variant: str | None, scale: dict[str, Any]) -> str:
     """The measured model's name: efficientnet_b0 + b3 → efficientnet_b3, efficientnet_lite0 + b3 →
-    efficientnet_lite3 (any other baseline + b3 → name-b3), then how it was scaled beyond that: phi1, or w2, d1.5, r1.2 for one dimension at a time."""
+    efficientnet_lite3 (any other baseline + b3 → name-b3), then how it was scaled beyond that: phi1,
+    or w2, d1.5, r1.2 for one dimension at a time."""
     name = baseline
     if variant and baseline.endswith("_b0"):
         name = baseline[:-2] + variant

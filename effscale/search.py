@@ -539,8 +539,9 @@ class Search:
         if created:
             moved = results.set_aside_search_rows(self.sweep_dir)
             if moved:
-                self.say(f"{results.table_path(self.sweep_dir)} held {moved[0]} search rows the new study did not train "
-                         f"(a copied folder, or a deleted study): moved to {moved[1]}, not ranked with this study's")
+                self.say(f"{results.table_path(self.sweep_dir)} held {moved[0]} search rows the new study did not "
+                         f"train (a copied folder, or a deleted study): moved to {moved[1]}, not ranked with this "
+                         "study's")
             logs = set_aside_trial_logs(self.sweep_dir)
             if logs:
                 self.say(f"the logs of {logs[0]} trial(s) of the earlier study: moved to {logs[1]}")
