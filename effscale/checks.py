@@ -57,6 +57,9 @@ def number_list(low: float | None = None) -> Check:
         "a list of one or more numbers" + ("" if low is None else f" above {low:g}")
 
 
+NUMBER: Check = _real, "a number"  # its range is scaling.py's to judge, with the message the paper's terms give
+
+
 def optional(check: Check) -> Check:
     ok, expected = check
     return (lambda v: v is None or ok(v)), f"null or {expected}"
@@ -81,6 +84,10 @@ STAGES: Check = ((lambda v: isinstance(v, list) and len(v) > 0 and all(isinstanc
                  "a list of one or more stages")
 SCALE_RULE = one_of("width", "width_up", "none")  # whether channels follow the width multiplier (scaling.py)
 FILE_PATH: Check = (lambda v: isinstance(v, str) and v.strip() != ""), "a file path"
+FOLDER: Check = (lambda v: isinstance(v, str) and v.strip() != ""), "a folder path"
+# W&B refuses these in a project name, but only once a trial starts its run.
+WANDB_PROJECT: Check = ((lambda v: isinstance(v, str) and v.strip() != "" and not set("/\\#?%:") & set(v)),
+                        "a W&B project name without / \\ # ? % : (a team is WANDB_ENTITY=team)")
 # `name` is one folder inside `out` (results/<name>): not a path that leaves it.
 FOLDER_NAME: Check = ((lambda v: isinstance(v, (str, int)) and not isinstance(v, bool)
                        and str(v).strip() not in ("", ".", "..") and "/" not in str(v) and "\\" not in str(v)),
@@ -128,7 +135,8 @@ DEVICE: Check = (lambda v: isinstance(v, str)), "auto, cpu, cuda or cuda:N"
 
 # Each section a command may read, by its path in the config. A key a config leaves out keeps its default.
 SECTIONS: dict[str, dict[str, Check]] = {
-    "": {"seed": count(0), "name": FOLDER_NAME, "variant": optional(one_of(*OFFICIAL_VARIANTS)), "device": DEVICE},
+    "": {"seed": count(0), "name": FOLDER_NAME, "variant": optional(one_of(*OFFICIAL_VARIANTS)), "device": DEVICE,
+         "out": FOLDER},
     "data": {"resolution": optional(count(1)), "num_classes": optional(count(1)), "in_channels": count(1),
              "native_resolution": count(1), "batch_size": count(1), "data_seed": count(0), "mean": number_list(),
              "std": number_list(0), "val_fraction": ((lambda v: _real(v) and 0 < v < 1), "a number in (0, 1)"),
@@ -143,7 +151,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
                  "variants": one_of(*VARIANT_FAMILIES)},
     "baseline.stem": {"channels": count(1), "kernel": KERNEL, "stride": count(1), "scale": SCALE_RULE},
     "baseline.head": {"channels": count(1), "scale": SCALE_RULE},
-    "scale": {"resolution_multiple": optional(count(0))},
+    "scale": {"resolution_multiple": optional(count(0)), "alpha": NUMBER, "beta": NUMBER, "gamma": NUMBER},
     "budget": {"macs_tolerance": optional(at_least(0)), "max_params": optional(count(1)),
                "max_peak_mem_mb": optional(above(0)), "max_latency_ms": optional(above(0))},
     "measure": {"variants": VARIANTS, "batch_size": MEASURE_BATCH, "memory": FLAG, "latency": FLAG,
@@ -154,6 +162,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
                  "unfreeze_grad_clip": optional(above(0)), "train_bn": FLAG, "batch_size": count(1),
                  "min_resolution": count(1), "checkpoint": FILE_PATH},
     "finetune.recipe": TRAINER,
+    "logger": {"project": WANDB_PROJECT},
 }
 
 

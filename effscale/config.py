@@ -28,6 +28,7 @@ def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConf
     if flags:  # a flag reaches Hydra's override parser as a syntax error: say what was meant instead
         takes = "key=value overrides, -m and --help" if command == "search" else "key=value overrides and --help"
         raise UserError(f"unknown option {flags[0]} (effscale {command} takes {takes}; see effscale {command} --help)")
+    _check_removals(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=command):
@@ -42,6 +43,19 @@ def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConf
     finally:
         GlobalHydra.instance().clear()
     return cfg
+
+
+def _check_removals(overrides: list[str]) -> None:
+    """A config group set to null, or a top-level key deleted with ~, leaves a command without what it
+    reads (Hydra itself refuses the first with a traceback, and allows the second): one line instead."""
+    for override in overrides:
+        removed = re.fullmatch(r"~(\w+)(=.*)?", override)
+        if removed:
+            raise UserError(f"{override}: {removed.group(1)} cannot be removed (effscale reads it); override its value")
+        key, _, value = override.partition("=")
+        if value in ("null", "None") and (CONF_DIR / key).is_dir():
+            raise UserError(f"{override}: a config group needs an option; available: "
+                            f"{', '.join(available_options(key))}")
 
 
 def _one_line(exc: Exception, command: str) -> str:

@@ -530,6 +530,7 @@ class Search:
     def open(self, new_launch: bool = True) -> optuna.Study:
         """Create or load the sweep's study and bring trials.csv up to date with it. `new_launch`:
         this process starts a launch (a `search` command), not one of its workers."""
+        results.read_trials(self.sweep_dir)  # a table that cannot be read: refused before a study is made
         new = make_sweep_folder(self.sweep_dir, self.cfg["out"])  # removed again if this run is refused
         self.new_storage = self._make_storage_file(storage_file(self.opts.get("storage")))
         self.study = self._create_study(new)

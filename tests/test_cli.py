@@ -415,3 +415,23 @@ def test_the_measure_table_says_how_many_threads_a_cpu_latency_ran_on(capsys):
                peak_mem_mb=None, latency_ms=1.5)
     _print_table([row], "cpu", 8, human)
     assert f"latency ms (cpu, {torch.get_num_threads()} threads)" in capsys.readouterr().out.splitlines()[0]
+
+
+@pytest.mark.parametrize("command, override, message", [
+    ("measure", "baseline=null", "baseline=null: a config group needs an option; available: efficientnet_b0, "),
+    ("finetune", "data=None", "data=None: a config group needs an option; available: cifar10, "),
+    ("measure", "~baseline", "~baseline: baseline cannot be removed (effscale reads it); override its value"),
+    ("search", "~seed", "~seed: seed cannot be removed (effscale reads it); override its value"),
+    ("compare", "scale.alpha=abc", "scale.alpha: expected a number, got 'abc'"),
+    ("compare", "scale.gamma=null", "scale.gamma: expected a number, got None"),
+    ("search", "out=null", "out: expected a folder path, got None"),
+    ("search", "logger.project=team/effscale", "logger.project: expected a W&B project name without / \\ # ? % : "
+                                               "(a team is WANDB_ENTITY=team), got 'team/effscale'"),
+])
+def test_a_removed_section_or_a_value_of_the_wrong_kind_is_one_line_before_any_work(capsys, command, override,
+                                                                                    message):
+    from effscale import cli
+
+    assert cli.main([command, override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"effscale {command}: {message}") and err.count("\n") == 1

@@ -1005,3 +1005,11 @@ def test_a_point_another_process_still_trains_is_said_to_be_left_out_of_the_rank
         "effscale search: 1 trial(s) still running in another process (node7 pid 4242), left out of the ranking "
         "above; the same command takes their results in once they finish, or trains their points again once "
         "their process is gone (search.stale_after_s=600 s without a heartbeat)\n")
+
+
+def test_a_search_refused_for_its_folders_unreadable_table_creates_no_study_there(tmp_path):
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "trials.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="not an effscale results table"):
+        tiny_search(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["trials.csv"]
