@@ -67,6 +67,9 @@ CHECKPOINT_ENTRIES = ("table", "class_names", "preprocessing")  # what an effsca
 # The longest a side may be, in multiples of the other: preprocessing resizes the shorter side to a few
 # hundred pixels, which would make a 15000×1 strip gigabytes.
 MAX_ASPECT = 100
+# The largest side preprocessing may resize or crop an image to: 7× B7's 600 px, and a 4096² batch of
+# float images is already 200 MB an image.
+MAX_IMAGE_SIDE = 4096
 EXIF_ORIENTATION = 0x0112
 
 
@@ -145,7 +148,8 @@ class Preprocessing:
         """What `as_dict` wrote; a UserError naming the first entry missing or of a value no transform takes."""
         from torchvision.transforms import InterpolationMode
 
-        check_mapping(d, "preprocessing", {"resize": count(1), "crop": count(1), "mean": number_list(),
+        size = (lambda v: count(1)[0](v) and v <= MAX_IMAGE_SIDE), f"an integer from 1 to {MAX_IMAGE_SIDE}"
+        check_mapping(d, "preprocessing", {"resize": size, "crop": size, "mean": number_list(),
                                            "std": number_list(0),
                                            "interpolation": one_of(*(mode.value for mode in InterpolationMode))})
         if len(d["std"]) != len(d["mean"]):

@@ -218,7 +218,7 @@ def lite0_checkpoint_with(tmp_path, key, change):
 
 @pytest.mark.parametrize("key, change, field", [
     ("preprocessing", lambda p: {**p, "interpolation": "nope"}, "preprocessing.interpolation: expected one of "),
-    ("preprocessing", lambda p: {**p, "resize": 0}, "preprocessing.resize: expected an integer of at least 1, got 0"),
+    ("preprocessing", lambda p: {**p, "resize": 0}, "preprocessing.resize: expected an integer from 1 to 4096, got 0"),
     ("table", lambda t: {k: v for k, v in t.items() if k != "family"}, "table.family: missing"),
 ])
 def test_a_checkpoint_with_damaged_preprocessing_or_table_is_one_line_exit_2(tmp_path, capsys, photos, key, change,

@@ -359,8 +359,11 @@ def test_an_effscale_checkpoint_with_a_broken_entry_names_that_entry(tmp_path, k
 @pytest.mark.parametrize("key, change, message", [
     ("preprocessing", lambda p: {**p, "interpolation": "nope"}, "preprocessing.interpolation: expected one of "
      "nearest, nearest-exact, bilinear, bicubic, box, hamming, lanczos, got 'nope'"),
-    ("preprocessing", lambda p: {**p, "resize": 0}, "preprocessing.resize: expected an integer of at least 1, got 0"),
-    ("preprocessing", lambda p: {**p, "crop": -64}, "preprocessing.crop: expected an integer of at least 1, got -64"),
+    ("preprocessing", lambda p: {**p, "resize": 0}, "preprocessing.resize: expected an integer from 1 to 4096, got 0"),
+    ("preprocessing", lambda p: {**p, "crop": -64}, "preprocessing.crop: expected an integer from 1 to 4096, got -64"),
+    # a million pixels a side would be terabytes of pixels before the model saw one
+    ("preprocessing", lambda p: {**p, "resize": 10**6, "crop": 10**6},
+     "preprocessing.resize: expected an integer from 1 to 4096, got 1000000"),
     ("preprocessing", lambda p: {**p, "std": [0.25, 0.0, 0.25]},
      "preprocessing.std: expected a list of one or more numbers above 0, got [0.25, 0.0, 0.25]"),
     ("preprocessing", lambda p: {k: v for k, v in p.items() if k != "mean"}, "preprocessing.mean: missing"),
