@@ -29,7 +29,7 @@ import pandas as pd
 
 from effscale.errors import UserError
 from effscale.files import first_new_folder, remove_created, write_atomically
-from effscale.results import (MODEL_COLUMNS, SINGLE_DIMENSIONS, best_first, from_compare, megabytes, read_table,
+from effscale.results import (MODEL_COLUMNS, SINGLE_DIMENSIONS, STATES, best_first, from_compare, megabytes, read_table,
                               search_trials, table_path)
 
 COEFFICIENTS = ["alpha", "beta", "gamma"]
@@ -94,6 +94,11 @@ def load_trials(folder: str | Path) -> pd.DataFrame:
             value = df[column].iloc[row]
             shown = repr(value) if isinstance(value, str) else f"{value:g}"
             raise UserError(f"{path}: column {column}, row {row + 1}: {shown} is not {what}")
+    unknown = ~df["state"].isin(STATES)
+    if unknown.any():
+        row = int(unknown.to_numpy().nonzero()[0][0])
+        raise UserError(f"{path}: column state, row {row + 1}: {df['state'].iloc[row]!r} is not one of "
+                        f"{', '.join(STATES)}")
     return df
 
 
