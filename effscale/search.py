@@ -18,6 +18,7 @@ that point's result with `same_as` naming it (the same network, seed and data tr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -136,6 +137,23 @@ def _one_at_a_time(sqlite: Path | None) -> Iterator[None]:
         return
     with exclusive(sqlite):  # an empty file is an empty SQLite database
         yield
+
+
+def _require_optuna_or_empty(sqlite: Path | None) -> None:
+    """A SQLite file that holds tables, none of them Optuna's, is another program's database: Optuna would
+    add its own tables to it."""
+    if sqlite is None or not sqlite.is_file() or sqlite.stat().st_size == 0:
+        return
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{sqlite}?mode=ro", uri=True)) as db:
+            tables = sorted(row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    except sqlite3.Error:
+        return  # not SQLite at all: opening it as a study says so
+    if tables and "studies" not in tables:
+        raise UserError(f"{sqlite}: a SQLite database of something else (tables {', '.join(tables[:5])}); "
+                        "search.storage takes a new file or one that holds Optuna studies")
 
 
 class FeasibleGridSampler(optuna.samplers.GridSampler):
@@ -589,6 +607,11 @@ class Search:
         url = self.opts.get("storage")
         points = [c.point for c in self.feasible]
         sqlite = self.sweep_dir / "study.db" if not url else storage_file(url) if url.startswith("sqlite") else None
+        try:
+            _require_optuna_or_empty(sqlite)
+        except UserError:
+            self.remove_created(new)
+            raise
         attempts = 3
         while True:
             try:

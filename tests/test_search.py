@@ -1013,3 +1013,16 @@ def test_a_search_refused_for_its_folders_unreadable_table_creates_no_study_ther
     with pytest.raises(UserError, match="not an effscale results table"):
         tiny_search(tmp_path)
     assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["trials.csv"]
+
+
+def test_a_storage_that_is_another_programs_sqlite_database_is_refused_and_left_as_it_was(tmp_path):
+    import hashlib
+    import sqlite3
+
+    other = tmp_path / "inventory.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE parts (name TEXT)")
+    before = hashlib.sha256(other.read_bytes()).hexdigest()
+    with pytest.raises(UserError, match=r"inventory.db: a SQLite database of something else \(tables parts\)"):
+        tiny_search(tmp_path, f"search.storage=sqlite:///{other}")
+    assert hashlib.sha256(other.read_bytes()).hexdigest() == before and not (tmp_path / "tiny").exists()
