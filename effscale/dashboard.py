@@ -54,6 +54,21 @@ def dashboard_url(url: str) -> str:
     return url
 
 
+def _journal_or_empty(path: Path) -> bool:
+    """Whether the file is empty or its first line is a record of Optuna's journal (JSON with an op_code)."""
+    import json
+
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20)
+    if not first.strip():
+        return True
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "op_code" in record
+
+
 def _is_sqlite(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
@@ -91,6 +106,8 @@ def read_storage(storage: str) -> Any:
     if "://" not in storage:
         if not Path(storage).is_file():
             raise UserError(f"storage {storage}: no such journal file")
+        if not _journal_or_empty(Path(storage)):  # Optuna's reader skips lines it cannot parse: it would serve none
+            raise UserError(f"storage {storage}: not an Optuna journal file (its first line is no journal record)")
     elif storage.startswith("sqlite:"):
         path = make_url(storage).database
         if not path or not Path(path).is_file():

@@ -196,16 +196,20 @@ def test_a_missing_or_corrupt_storage_is_one_line_and_no_file_is_created(tmp_pat
     sweep.mkdir()
     (sweep / "study.db").write_bytes(garbage.read_bytes())
     missing_db, missing_log = tmp_path / "missing.db", tmp_path / "missing.log"
+    notes = tmp_path / "notes.txt"  # a text file given as a journal: Optuna would read no study in it and serve that
+    notes.write_text("garbage\n")
     not_optuna = "not a readable Optuna storage (file is not a database)"
     cases = [(["--storage", f"sqlite:///{missing_db}"], f"storage sqlite:///{missing_db}: no such SQLite file"),
              (["--storage", f"sqlite:///{garbage}"], f"storage sqlite:///{garbage}: {not_optuna}"),
              ([str(sweep)], f"storage sqlite:///{sweep / 'study.db'}: {not_optuna}"),
              (["--storage", f"journal://{missing_log}"], f"storage {missing_log}: no such journal file"),
-             (["--storage", str(missing_log)], f"storage {missing_log}: no such journal file")]
+             (["--storage", str(missing_log)], f"storage {missing_log}: no such journal file"),
+             (["--storage", str(notes)], f"storage {notes}: not an Optuna journal file (its first line is no "
+                                         "journal record)")]
     for args, message in cases:
         assert cli.main(["dashboard", *args, "--port", "0"]) == 2
         assert capsys.readouterr().err == f"effscale dashboard: {message}\n"
-    assert sorted(os.listdir(tmp_path)) == ["garbage.db", "sweep"] and os.listdir(sweep) == ["study.db"]
+    assert sorted(os.listdir(tmp_path)) == ["garbage.db", "notes.txt", "sweep"] and os.listdir(sweep) == ["study.db"]
 
 
 def test_an_unreachable_postgres_is_one_line_without_its_password():
