@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from effscale.checks import Check, check_mapping, check_scaled_table, check_values, count, number_list, one_of
 from effscale.config import CONF_DIR, available_options
 from effscale.errors import UserError
-from effscale.files import write_atomically
+from effscale.files import first_new_folder, remove_created, write_atomically
 from effscale.scaling import LITE_VARIANTS, OFFICIAL_VARIANTS, scaled_baseline, variants_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -565,6 +565,7 @@ def imagenet_file(baseline: str = "efficientnet_b0", variant: str | None = None,
         return path
     reason = "downloads are off"
     if download:
+        new = first_new_folder(path.parent)  # removed again if nothing lands in it
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # torchvision's file names end in the first hex digits of their SHA-256.
@@ -573,6 +574,7 @@ def imagenet_file(baseline: str = "efficientnet_b0", variant: str | None = None,
             return path
         except (OSError, RuntimeError) as exc:
             reason = _first_words(getattr(exc, "reason", exc))
+            remove_created(new, path.parent)
     raise UserError(f"weights=imagenet: {path.name} is not in {path.parent} and could not be downloaded "
                     f"({reason}); download {url} into that folder (or point TORCH_HOME at one that has it)")
 

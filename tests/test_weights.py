@@ -494,3 +494,14 @@ def test_a_tensorflow_file_is_said_to_be_one_rather_than_corrupt(tmp_path, name)
 def test_a_variant_the_baseline_does_not_have_is_one_line():
     with pytest.raises(UserError, match="--variant b5: efficientnet_lite0 has variants b0, b1, b2, b3, b4"):
         load_pretrained("lite0", baseline="efficientnet_lite0", variant="b5")
+
+
+def test_a_failed_download_leaves_no_empty_cache_folders_behind(tmp_path, monkeypatch):
+    def offline(url, dst, *args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(UserError, match="could not be downloaded \\(Temporary failure in name resolution\\)"):
+        imagenet_file()
+    assert not (tmp_path / "torch").exists()
