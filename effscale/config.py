@@ -51,7 +51,8 @@ def _check_removals(overrides: list[str]) -> None:
     for override in overrides:
         removed = re.fullmatch(r"~(\w+)(=.*)?", override)
         if removed:
-            raise UserError(f"{override}: {removed.group(1)} cannot be removed (effscale reads it); override its value")
+            raise UserError(f"{override}: {removed.group(1)} cannot be removed (effscale reads it); "
+                            "override its value")
         key, _, value = override.partition("=")
         if value in ("null", "None") and (CONF_DIR / key).is_dir():
             raise UserError(f"{override}: a config group needs an option; available: "

@@ -17,6 +17,8 @@ from typing import Any, NamedTuple, Sequence
 
 
 class Variant(NamedTuple):
+    """A published variant: its multipliers on the baseline, input size and dropout."""
+
     width_mult: float
     depth_mult: float
     resolution: int

@@ -67,8 +67,8 @@ CHECKPOINT_ENTRIES = ("table", "class_names", "preprocessing")  # what an effsca
 # The longest a side may be, in multiples of the other: preprocessing resizes the shorter side to a few
 # hundred pixels, which would make a 15000×1 strip gigabytes.
 MAX_ASPECT = 100
-# The largest side preprocessing may resize or crop an image to: 7× B7's 600 px, and a 4096² batch of
-# float images is already 200 MB an image.
+# The largest side preprocessing may resize or crop an image to: nearly 7× B7's 600 px, where one image
+# is already 200 MB as floats.
 MAX_IMAGE_SIDE = 4096
 EXIF_ORIENTATION = 0x0112
 
