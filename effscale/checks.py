@@ -32,6 +32,15 @@ def count(low: int = 1) -> Check:
     return (lambda v: _integer(v) and v >= low), f"an integer of at least {low}"
 
 
+def integer_range(low: int, high: int) -> Check:
+    return (lambda v: _integer(v) and low <= v <= high), f"an integer from {low} to {high}"
+
+
+def text(what: str) -> Check:
+    """Text that is not blank, described to the user as `what`."""
+    return (lambda v: isinstance(v, str) and v.strip() != ""), what
+
+
 def above(low: float) -> Check:
     return (lambda v: _real(v) and v > low), f"a number above {low:g}"
 
@@ -83,8 +92,7 @@ STRATEGIES: Check = ((lambda v: isinstance(v, list) and len(v) > 0 and all(isins
 STAGES: Check = ((lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(s, dict) for s in v)),
                  "a list of one or more stages")
 SCALE_RULE = one_of("width", "width_up", "none")  # whether channels follow the width multiplier (scaling.py)
-FILE_PATH: Check = (lambda v: isinstance(v, str) and v.strip() != ""), "a file path"
-FOLDER: Check = (lambda v: isinstance(v, str) and v.strip() != ""), "a folder path"
+FILE_PATH, FOLDER = text("a file path"), text("a folder path")
 # W&B refuses these in a project name, but only once a trial starts its run.
 WANDB_PROJECT: Check = ((lambda v: isinstance(v, str) and v.strip() != "" and not set("/\\#?%:") & set(v)),
                         "a W&B project name without / \\ # ? % : (a team is WANDB_ENTITY=team)")
@@ -122,8 +130,8 @@ KERNEL: Check = (lambda v: _integer(v) and v >= 1 and v % 2 == 1), "an odd integ
 # One stage of `baseline.stages`, checked as baseline.stages[i].
 STAGE: dict[str, Check] = {"channels": count(1), "repeats": count(1), "stride": count(1), "kernel": KERNEL,
                            "expand": above(0), "se": below_one(), "fixed_repeats": FLAG}
-NAME: Check = (lambda v: isinstance(v, str) and v.strip() != ""), "a name"
-MEASURE_BATCH: Check = (lambda v: _integer(v) and 1 <= v <= 65_536), "an integer from 1 to 65536"
+NAME = text("a name")
+MEASURE_BATCH = integer_range(1, 65_536)
 # A study every launch and worker can open again: in the sweep folder (null), a journal file or a database.
 STORAGE: Check = ((lambda v: v is None or (isinstance(v, str) and v.strip() not in ("", "sqlite://", "sqlite:///",
                                                                                    "journal://", "journal:///")

@@ -40,7 +40,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from effscale.checks import Check, check_mapping, check_scaled_table, check_values, count, number_list, one_of
+from effscale.checks import Check, check_mapping, check_scaled_table, check_values, integer_range, number_list, one_of
 from effscale.config import CONF_DIR, available_options
 from effscale.errors import UserError
 from effscale.files import first_new_folder, remove_created, write_atomically
@@ -148,7 +148,7 @@ class Preprocessing:
         """What `as_dict` wrote; a UserError naming the first entry missing or of a value no transform takes."""
         from torchvision.transforms import InterpolationMode
 
-        size = (lambda v: count(1)[0](v) and v <= MAX_IMAGE_SIDE), f"an integer from 1 to {MAX_IMAGE_SIDE}"
+        size = integer_range(1, MAX_IMAGE_SIDE)
         check_mapping(d, "preprocessing", {"resize": size, "crop": size, "mean": number_list(),
                                            "std": number_list(0),
                                            "interpolation": one_of(*(mode.value for mode in InterpolationMode))})
