@@ -512,23 +512,13 @@ def measure_model(model: nn.Module, resolution: int, *, in_channels: int = 3, ba
     from torch.utils.flop_counter import FlopCounterMode
 
     meta_model = copy.deepcopy(model).to("meta")
-    facts = _ModelFacts.of(meta_model)
     with _modules_in_mode(meta_model, training=False), torch.no_grad(), FlopCounterMode(display=False) as counter:
         meta_model(_input_like(meta_model, 1, in_channels, resolution))
-    on_device = memory and device.startswith("cuda")
-    _, activations, saved_bytes = count_training_forward(meta_model, resolution, 1 if on_device else batch_size,
-                                                         in_channels, facts)
-    peak = None
-    if on_device:
-        peak = cuda_peak_train_mb(lambda: copy.deepcopy(model), resolution, batch_size, in_channels, device, optimizer)
-    elif memory:
-        peak = _peak_train_mb(facts.param_bytes, saved_bytes, resolution, batch_size, in_channels, optimizer)
-    lat = latency_ms(copy.deepcopy(model), resolution, device, in_channels) if latency else None
+    measured = _measure_built(meta_model, _ModelFacts.of(meta_model), {"resolution": resolution},
+                              lambda table: copy.deepcopy(model), in_channels=in_channels, batch_size=batch_size,
+                              device=device, memory=memory, latency=latency, optimizer=optimizer, name=name)
     macs = counter.get_total_flops() // 2
-    return Measurement(name=name, params=facts.params, macs=macs, flops=2 * macs, activations=activations,
-                       resolution=resolution, width_mult=1.0, depth_mult=1.0, resolution_mult=1.0,
-                       peak_mem_mb=None if peak is None else round(peak, 1),
-                       latency_ms=None if lat is None else round(lat, 3))
+    return replace(measured, macs=macs, flops=2 * macs)
 
 
 # Keys `scale_stage_table` records about how a table was scaled; the builder reads none of them, and
