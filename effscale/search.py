@@ -548,7 +548,8 @@ class Search:
     def open(self, new_launch: bool = True) -> optuna.Study:
         """Create or load the sweep's study and bring trials.csv up to date with it. `new_launch`:
         this process starts a launch (a `search` command), not one of its workers."""
-        results.read_trials(self.sweep_dir)  # a table that cannot be read: refused before a study is made
+        # A table that cannot be read (cut off, edited, another program's): refused before a study is made.
+        results.read_trials(self.sweep_dir)
         new = make_sweep_folder(self.sweep_dir, self.cfg["out"])  # removed again if this run is refused
         self.new_storage = self._make_storage_file(storage_file(self.opts.get("storage")))
         self.study = self._create_study(new)
@@ -641,7 +642,6 @@ class Search:
                 self.adopt_device_costs()
                 self._require_feasible()
             self.check_same_points()
-            results.read_trials(self.sweep_dir)  # one that cannot be read (cut off, edited): refused before use
             results.check_settings(self.sweep_dir, "search", results.trained_with(
                 self.baseline, self.cfg["data"], self.recipe, phi=float(self.opts["phi"])))
         except UserError:
