@@ -609,6 +609,8 @@ def load_pretrained(spec: str, baseline: str | None = None, variant: str | None 
     """
     if variant is not None and variant not in OFFICIAL_VARIANTS:
         raise UserError(f"--variant {variant}: expected one of {', '.join(OFFICIAL_VARIANTS)}")
+    if baseline is not None:
+        architecture(baseline, variant)  # a baseline or variant that does not exist, before any file is looked for
     path = weights_file(spec, baseline, variant)
     state_dict, meta = state_dict_of(read_checkpoint(path), path)
     bad = next((k for k, v in state_dict.items() if v.is_floating_point() and not v.isfinite().all()), None)

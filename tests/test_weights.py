@@ -491,9 +491,13 @@ def test_a_tensorflow_file_is_said_to_be_one_rather_than_corrupt(tmp_path, name)
         load_pretrained(str(tmp_path / name))
 
 
-def test_a_variant_the_baseline_does_not_have_is_one_line():
-    with pytest.raises(UserError, match="--variant b5: efficientnet_lite0 has variants b0, b1, b2, b3, b4"):
-        load_pretrained("lite0", baseline="efficientnet_lite0", variant="b5")
+@pytest.mark.parametrize("spec", ["lite0", "missing.pth"])
+def test_a_variant_the_baseline_does_not_have_is_one_line_before_any_file_is_looked_for(tmp_path, monkeypatch, spec):
+    monkeypatch.chdir(tmp_path)  # missing.pth is not there; nor need the lite0 weights package be installed
+    with pytest.raises(UserError, match="^--variant b5: efficientnet_lite0 has variants b0, b1, b2, b3, b4$"):
+        load_pretrained(spec, baseline="efficientnet_lite0", variant="b5")
+    with pytest.raises(UserError, match="^baseline=tinynet: no such option; available: efficientnet_b0, "):
+        load_pretrained(spec, baseline="tinynet")
 
 
 def test_a_failed_download_leaves_no_empty_cache_folders_behind(tmp_path, monkeypatch):
