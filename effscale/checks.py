@@ -1,9 +1,10 @@
 """What each setting a user types accepts, checked before a command runs anything.
 
-Hydra composes the config and refuses unknown keys; it does not know that `trainer.lr` is a number
-above 0 or `search.top_k` a count. `check_config` does, for every section a command reads: a wrong
-value is one line naming its key (`trainer.lr: expected a number above 0, got 'abc'`), exit status 2,
-before a sweep folder exists. Values that depend on each other or on files (the grid, the data set's
+Hydra composes the config and refuses unknown keys, except those added with `++key=…` or inside a
+mapping value (`compare.trainer={max_epoch: 1}`); it does not know that `trainer.lr` is a number above 0
+or `search.top_k` a count. `check_config` does, for every section a command reads: an unknown key or a
+wrong value is one line naming its key (`trainer.lr: expected a number above 0, got 'abc'`), exit
+status 2, before a sweep folder exists. Values that depend on each other or on files (the grid, the data set's
 sizes, a budget no point meets, the device count) are checked where they are used.
 """
 
@@ -174,6 +175,21 @@ SECTIONS: dict[str, dict[str, Check]] = {
 }
 
 
+# Keys of a section that effscale reads and checks where it uses them (the data set's name and sizes,
+# the sampler and pruner, the scale's single dimensions), beside those `SECTIONS` checks; a key of
+# neither is a typo that nothing would read. The top level and the stage table are checked apart.
+READ_ELSEWHERE: dict[str, set[str]] = {
+    "data": {"name", "root", "train_size", "val_size", "test_size", "num_workers"},
+    "search": {"grid", "sampler", "pruner", "reduction_factor", "min_epochs"},
+    "scale": {"phi", "depth", "width", "resolution"},
+    "compare": {"trainer", "from_search"},
+    "finetune": {"recipe", "weights"},
+    "logger": {"name"},
+}
+CLOSED = ("data", "trainer", "search", "search.grid", "scale", "budget", "measure", "compare", "compare.trainer",
+          "finetune", "finetune.recipe", "logger")
+
+
 def check_values(values: dict[str, Any], section: str, checks: dict[str, Check]) -> None:
     """Raise a UserError naming `section.key` for the first value of `values` its check refuses."""
     for key, (ok, expected) in checks.items():
@@ -188,6 +204,8 @@ def check_config(cfg: dict[str, Any]) -> None:
         for part in filter(None, path.split(".")):
             values = values.get(part) if isinstance(values, dict) else None
         if isinstance(values, dict):
+            if path in CLOSED:
+                _check_keys(path, values, set(), set(checks) | READ_ELSEWHERE.get(path, set()))
             check_values(values, path, checks)
         elif values is not None:  # `scale=abc` on the command line puts text where the keys were
             raise UserError(f"{path}: expected a mapping of keys, got {values!r}")

@@ -94,6 +94,24 @@ def test_a_wrong_value_is_refused_by_its_key_and_what_it_accepts(command, overri
         load(command, override.split())
 
 
+@pytest.mark.parametrize("command, override, message", [
+    ("search", "++trainer.max_epoch=3", "trainer.max_epoch: unknown key; it takes channels_last, "),
+    ("compare", "++compare.trainer={max_epoch:1}", "compare.trainer.max_epoch: unknown key; it takes channels_last, "),
+    ("finetune", "++finetune.recipe.learning_rate=0.1", "finetune.recipe.learning_rate: unknown key; it takes "),
+    ("search", "++budget.max_flops=1e9", "budget.max_flops: unknown key; it takes macs_tolerance, max_latency_ms, "
+                                         "max_params, max_peak_mem_mb"),
+    ("search", "++search.grid.stepp=0.1", "search.grid.stepp: unknown key; it takes alpha, beta, gamma_multiple, "),
+    ("search", "++search.worker=2", "search.worker: unknown key; it takes "),
+    ("measure", "++data.batchsize=8", "data.batchsize: unknown key; it takes batch_size, "),
+    ("measure", "++scale.alfa=1.2", "scale.alfa: unknown key; it takes alpha, beta, depth, gamma, phi, "),
+    ("measure", "++measure.variant=b1", "measure.variant: unknown key; it takes batch_size, latency, memory, "),
+])
+def test_a_key_added_with_plus_plus_that_nothing_reads_is_refused(command, override, message):
+    # Hydra adds the key (++ asks it to); nothing would read it, so the run would ignore what was typed.
+    with pytest.raises(UserError, match=f"^{re.escape(message)}"):
+        load(command, [override])
+
+
 @pytest.mark.parametrize("command", ["measure", "search", "compare", "finetune"])
 def test_every_shipped_config_passes(command):
     assert load(command, [])["seed"] == 0
