@@ -20,10 +20,15 @@ Weights also bring the conditions they were trained under, which `Pretrained` ca
 BatchNorm's eps (torchvision trained its B0–B4 with 1e-5; the TensorFlow ports use 1e-3) and the
 image preprocessing (resize, centre crop, mean/std, interpolation).
 
+timm's own weights use eps 1e-5 and ImageNet's mean/std; its ports of TensorFlow's (`tf_…` files) use
+1e-3, and the AdvProp and Lite ones mean/std 0.5. Their keys are alike, so a timm file is read as a port
+when its name or folder says `tf_efficientnet…` (TIMM_TF_PORT), as timm's downloads do.
+
 The TensorFlow ports were trained with "SAME" padding, which pads a stride-2 convolution on the
 bottom/right only; the builder pads symmetrically, as torchvision does when it loads the same TF
-ports for its B5–B7. Predictions agree; logits differ slightly (on skimage's cat photo the Lite0
-top-3 are the same classes, probabilities within 0.09).
+ports for its B5–B7. Logits differ, and a close top-1 can change: on skimage's cat photo the Lite0
+top-3 are the same classes, probabilities within 0.09, while on its astronaut photo, padded as
+TensorFlow pads, the Lite0 top-1 changes.
 """
 
 from __future__ import annotations
@@ -58,6 +63,11 @@ LITE_STD = (128 / 255,) * 3
 # The TensorFlow reference evaluates on a centre crop of resolution / (resolution + 32) of the image
 # (efficientnet/preprocessing.py, CROP_PADDING), i.e. resize to resolution + 32, crop resolution.
 TF_CROP_PADDING = 32
+# timm names its ports of TensorFlow's weights tf_… (tf_efficientnet_b0.ns_jft_in1k, tf_efficientnet_lite0):
+# their keys are those of timm's own models, so only the file's name or folder tells them apart. The
+# AdvProp (_ap) and Lite ports were trained on inputs scaled to [-1, 1] (timm's mean and std 0.5).
+TIMM_TF_PORT = re.compile(r"(?<![a-z])tf_(efficientnet|mobilenet|mixnet)")
+TIMM_TF_INCEPTION_SCALED = re.compile(r"lite|[._]ap([-_.]|$)")
 
 CHECKPOINT_FORMAT = "effscale"
 CHECKPOINT_VERSION = 1
@@ -539,10 +549,14 @@ def tf_preprocessing(table: dict[str, Any]) -> Preprocessing:
                          LITE_STD if lite else IMAGENET_STD, "bicubic")
 
 
-def timm_preprocessing(table: dict[str, Any]) -> Preprocessing:
-    """timm's efficientnet default_cfg: crop_pct 0.875, bicubic, ImageNet mean/std."""
+def timm_preprocessing(table: dict[str, Any], path: Path | None = None) -> Preprocessing:
+    """timm's efficientnet default_cfg: crop_pct 0.875, bicubic, ImageNet mean/std (0.5 for a TensorFlow
+    port of AdvProp or Lite weights, as `path` names it)."""
     res = int(table["resolution"])
-    return Preprocessing(int(res / 0.875), res, IMAGENET_MEAN, IMAGENET_STD, "bicubic")
+    name = str(path or "").lower()
+    half = TIMM_TF_PORT.search(name) is not None and TIMM_TF_INCEPTION_SCALED.search(name) is not None
+    return Preprocessing(int(res / 0.875), res, (0.5,) * 3 if half else IMAGENET_MEAN,
+                         (0.5,) * 3 if half else IMAGENET_STD, "bicubic")
 
 
 # --- named weights -----------------------------------------------------------------------------------
@@ -625,13 +639,13 @@ def load_pretrained(spec: str, baseline: str | None = None, variant: str | None 
             raise UserError(f"{path}: an effscale checkpoint carries its own architecture; "
                             "leave out --baseline and --variant")
         return _from_effscale_checkpoint(state_dict, meta, path)
-    eps = {"torchvision": torchvision_bn_eps, "efficientnet_pytorch": lambda b, v: 1e-3,
-           "timm": lambda b, v: 1e-5}[fmt]
+    tf_port = fmt == "efficientnet_pytorch" or (fmt == "timm" and TIMM_TF_PORT.search(str(path).lower()))
+    eps = torchvision_bn_eps if fmt == "torchvision" else (lambda b, v: 1e-3 if tf_port else 1e-5)
     model, table = build_for(state_dict, fmt, baseline, variant, eps, str(path))
     if _io_of(model.state_dict(), table["family"])[0] == 1 + IMAGENET_CLASSES:
         _drop_background_class(model, table["family"])
     preprocessing = {"torchvision": torchvision_preprocessing, "efficientnet_pytorch": tf_preprocessing,
-                     "timm": timm_preprocessing}[fmt](table)
+                     "timm": partial(timm_preprocessing, path=path)}[fmt](table)
     num_classes, in_channels = _io_of(model.state_dict(), table["family"])
     if in_channels not in (1, 3):
         raise UserError(f"{path}: the weights' stem takes {in_channels} input channels; "

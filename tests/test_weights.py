@@ -106,6 +106,21 @@ def test_timm_keys_with_depthwise_separable_first_block_load_bit_for_bit(tmp_pat
     assert same_logits(loaded.model, theirs)
 
 
+@pytest.mark.parametrize("name, mean", [
+    ("tf_efficientnet_b0_ap-f262efe1.pth", (0.5,) * 3),  # AdvProp: inputs in [-1, 1]
+    ("models--timm--tf_efficientnet_b0.ns_jft_in1k/model.pth", (0.485, 0.456, 0.406)),
+])
+def test_a_timm_port_of_tensorflow_weights_named_tf_is_read_with_tensorflows_eps_and_mean(tmp_path, name, mean):
+    theirs = torchvision_efficientnet("b0", eps=1e-3)  # timm's tf_ ports keep TensorFlow's BN eps
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(renamed(theirs.state_dict(), "timm"), path)
+    loaded = load_pretrained(str(path))
+    assert loaded.format == "timm" and loaded.table["bn"]["eps"] == 1e-3
+    assert same_logits(loaded.model, theirs)
+    assert loaded.preprocessing.mean == mean and loaded.preprocessing.crop == 224
+
+
 def test_torchvision_b0_file_gives_torchvision_logits(tmp_path):
     theirs = torchvision_efficientnet("b0")
     torch.save(theirs.state_dict(), tmp_path / "b0.pth")
