@@ -503,17 +503,21 @@ def _label(baseline: str, variant: str | None) -> str:
 # --- what each format was trained with ----------------------------------------------------------------
 
 
-def torchvision_weights(baseline: str, variant: str | None) -> Any | None:
-    """torchvision's ImageNet weights entry (url, transforms, categories) for an architecture, if any."""
+def torchvision_weights(baseline: str, variant: str | None, file_name: str | None = None) -> Any | None:
+    """torchvision's ImageNet weights entry (url, transforms, categories) for an architecture, if any:
+    the one whose download is `file_name` (ResNet-50's and EfficientNet-B1's IMAGENET1K_V2 were trained
+    and are evaluated at other sizes than V1), else IMAGENET1K_V1."""
     import torchvision
 
     if "lite" in baseline:
         return None
     arch = "efficientnet_" + (variant or "b0") if baseline == "efficientnet_b0" else baseline
     try:
-        return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+        entries = torchvision.models.get_model_weights(arch)
     except (ValueError, KeyError, AttributeError):
         return None
+    named = [w for w in entries if file_name and w.url.rsplit("/", 1)[-1] == file_name]
+    return named[0] if named else getattr(entries, "IMAGENET1K_V1", None)
 
 
 def imagenet_categories() -> list[str]:
@@ -523,10 +527,11 @@ def imagenet_categories() -> list[str]:
     return list(EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def torchvision_preprocessing(table: dict[str, Any]) -> Preprocessing:
-    """torchvision's evaluation transforms for the architecture; the TF reference's for one torchvision
-    has no weights of (a Lite model saved under torchvision's names)."""
-    weights = torchvision_weights(table["name"], table.get("variant"))
+def torchvision_preprocessing(table: dict[str, Any], path: Path | None = None) -> Preprocessing:
+    """torchvision's evaluation transforms for the architecture (of the weights whose file `path` is, when
+    it keeps torchvision's name); the TF reference's for one torchvision has no weights of (a Lite model
+    saved under torchvision's names)."""
+    weights = torchvision_weights(table["name"], table.get("variant"), path.name if path else None)
     if weights is None:
         return tf_preprocessing(table)
     t = weights.transforms()
@@ -541,8 +546,9 @@ def torchvision_bn_eps(baseline: str, variant: str | None) -> float:
     return float((baseline_table(baseline).get("bn") or {}).get("eps", 1e-5))
 
 
-def tf_preprocessing(table: dict[str, Any]) -> Preprocessing:
-    """The TensorFlow reference's evaluation: bicubic resize + centre crop, ImageNet or Lite mean/std."""
+def tf_preprocessing(table: dict[str, Any], path: Path | None = None) -> Preprocessing:
+    """The TensorFlow reference's evaluation: bicubic resize + centre crop, ImageNet or Lite mean/std
+    (whatever file, `path`, the weights came from)."""
     res = int(table["resolution"])
     lite = "lite" in table["name"]
     return Preprocessing(res + TF_CROP_PADDING, res, LITE_MEAN if lite else IMAGENET_MEAN,
@@ -645,7 +651,7 @@ def load_pretrained(spec: str, baseline: str | None = None, variant: str | None 
     if _io_of(model.state_dict(), table["family"])[0] == 1 + IMAGENET_CLASSES:
         _drop_background_class(model, table["family"])
     preprocessing = {"torchvision": torchvision_preprocessing, "efficientnet_pytorch": tf_preprocessing,
-                     "timm": partial(timm_preprocessing, path=path)}[fmt](table)
+                     "timm": timm_preprocessing}[fmt](table, path=path)
     num_classes, in_channels = _io_of(model.state_dict(), table["family"])
     if in_channels not in (1, 3):
         raise UserError(f"{path}: the weights' stem takes {in_channels} input channels; "

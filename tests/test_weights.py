@@ -121,6 +121,20 @@ def test_a_timm_port_of_tensorflow_weights_named_tf_is_read_with_tensorflows_eps
     assert loaded.preprocessing.mean == mean and loaded.preprocessing.crop == 224
 
 
+@pytest.mark.parametrize("name, resize, interpolation", [
+    ("efficientnet_b1-c27df63c.pth", 255, "bilinear"),  # IMAGENET1K_V2, as torchvision names its download
+    ("efficientnet_b1_rwightman-bac287d4.pth", 256, "bicubic"),  # IMAGENET1K_V1
+    ("my_b1.pth", 256, "bicubic"),  # a name torchvision does not use: V1, the weights `imagenet` reads
+])
+def test_torchvision_weights_are_prepared_as_torchvision_evaluates_the_file_they_are(tmp_path, name, resize,
+                                                                                      interpolation):
+    torch.save(torchvision.models.efficientnet_b1().state_dict(), tmp_path / name)
+    loaded = load_pretrained(str(tmp_path / name))
+    assert loaded.table["variant"] == "b1"
+    assert (loaded.preprocessing.resize, loaded.preprocessing.crop) == (resize, 240)
+    assert loaded.preprocessing.interpolation == interpolation
+
+
 def test_torchvision_b0_file_gives_torchvision_logits(tmp_path):
     theirs = torchvision_efficientnet("b0")
     torch.save(theirs.state_dict(), tmp_path / "b0.pth")
