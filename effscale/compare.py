@@ -328,8 +328,10 @@ class Comparison:
         recorded = set() if existing.empty else \
             {row_key(r) for r in existing[existing["state"] == "INFEASIBLE"].to_dict("records")}
         pairs = [(m, seed, row_key(self.row(m) | {"seed": seed})) for m in self.models for seed in self.seeds]
-        jobs = [(m, seed) for m, seed, key in pairs
-                if key not in done and not (self.over_budget[id(m)] and key in recorded)]
+        pending = [(m, seed, key) for m, seed, key in pairs
+                   if key not in done and not (self.over_budget[id(m)] and key in recorded)]
+        jobs = [(m, seed) for m, seed, _ in pending]
+        self.keep_replaced(complete, {key[:3] for _, _, key in pending})
         over = sum(bool(self.over_budget[id(m)]) for m, _, _ in pairs)
         self.say(f"{len(done & {key for _, _, key in pairs})} trainings already complete, "
                  f"{sum(not self.over_budget[id(m)] for m, _ in jobs)} to run"
@@ -348,6 +350,16 @@ class Comparison:
                      + (f" ({row['reason']})" if row["state"] == "INFEASIBLE" else ""))
             trial += 1
         return results.read_trials(self.table)
+
+    def keep_replaced(self, complete: pd.DataFrame, keys: set[tuple]) -> None:
+        """The table holds one row per (point, seed, strategy): a model planned anew where an earlier plan
+        trained another (compare.macs_tolerance or scale.resolution_multiple changed) replaces its row.
+        Copy the table aside first, so that no completed training is lost."""
+        replaced = [r for r in complete.to_dict("records") if row_key(r)[:3] in keys]
+        if replaced:
+            aside = results.copy_aside(self.sweep_dir)
+            self.say(f"{len(replaced)} completed training(s) of an earlier plan, of other models at the same "
+                     f"strategy and φ, will be replaced in {self.table}: the table as it was is kept in {aside}")
 
     def points(self) -> set[str]:
         """The point ids of this comparison's rows (a sweep's table may hold other comparisons')."""

@@ -158,6 +158,13 @@ def locked(path: str | Path) -> Iterator[None]:
         yield
 
 
+def _aside(path: Path, table: pd.DataFrame) -> Path:
+    """Write `table` to `trials.before-<time>.csv` beside the table at `path`; that file's path."""
+    aside = path.with_name(f"trials.before-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+    write_trials(table, aside)
+    return aside
+
+
 def set_aside_search_rows(sweep_dir: str | Path) -> tuple[int, Path] | None:
     """Copy the table to `trials.before-<time>.csv` beside it and keep only compare's rows in it: for a
     search whose study is new, the search rows already there are another study's (a copied folder, a
@@ -168,10 +175,17 @@ def set_aside_search_rows(sweep_dir: str | Path) -> tuple[int, Path] | None:
         searched = ~from_compare(table)
         if not searched.any():
             return None
-        aside = path.with_name(f"trials.before-{time.strftime('%Y%m%d-%H%M%S')}.csv")
-        write_trials(table, aside)
+        aside = _aside(path, table)
         write_trials(table[~searched], path)
     return int(searched.sum()), aside
+
+
+def copy_aside(sweep_dir: str | Path) -> Path:
+    """Copy the table, as it is, to `trials.before-<time>.csv` beside it, before a run replaces rows of
+    it; the copy's path."""
+    path = table_path(sweep_dir)
+    with locked(path):
+        return _aside(path, read_trials(path))
 
 
 def upsert_trials(path: str | Path, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:

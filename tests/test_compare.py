@@ -137,9 +137,14 @@ def test_tiny_compare_trains_every_model_and_seed_resumes_and_reports(tmp_path, 
         compare([f"out={tmp_path}", "name=tiny", *TINY, "trainer.label_smoothing=0.0"])
     assert read_trials(sweep)["train_seconds"].tolist() == table["train_seconds"].tolist()
     # Inputs in multiples of 8 px: compound's 18 px become 16, so every φ = 1 model changes, and only the
-    # baseline's rows stand.
+    # baseline's rows stand. The 6 rows the new models replace are kept, with the table as it was.
     compare([f"out={tmp_path}", "name=tiny", *TINY, "scale.resolution_multiple=8"])
-    assert "2 trainings already complete, 6 to run" in capsys.readouterr().out
+    [aside] = sweep.glob("trials.before-*.csv")
+    out = capsys.readouterr().out
+    assert "2 trainings already complete, 6 to run" in out
+    assert f"6 completed training(s) of an earlier plan, of other models at the same strategy and φ, will be " \
+           f"replaced in {sweep / 'trials.csv'}: the table as it was is kept in {aside}" in out
+    pd.testing.assert_frame_equal(read_trials(aside), table)
     again = read_trials(sweep).set_index(["strategy", "phi", "seed"]).sort_index()
     assert len(again) == 8 and set(again.loc[("compound", 1), "resolution"]) == {16}
     assert not (sweep / "compare.log").exists()  # created by a failure's traceback only
