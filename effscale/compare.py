@@ -7,7 +7,8 @@ then scale it by width alone, depth alone and resolution alone (and any pycls-st
 "The same cost" is the compound model's *measured* MACs, not the analytic 2^φ: channels round to
 multiples of 8, repeats to whole layers and inputs to whole pixels, so d·w²·r² is only a guess. Each
 other strategy's FLOPs multiplier is solved numerically (bisection on the measured MACs, counted on
-the meta device in a fraction of a second) until its MACs land within `compare.macs_tolerance`.
+the meta device in a fraction of a second) to the step of its staircase nearest the compound model's
+MACs; `compare.macs_tolerance` says how far off that may be and still count as matched.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ from effscale.scaling import (Multipliers, ScalingError, check_coefficients, com
                               strategy_multipliers)
 
 
-def solve_multiplier(ratio_at: Callable[[float], float], target: float, tolerance: float,
-                     max_steps: int = 40) -> tuple[float, float]:
+def solve_multiplier(ratio_at: Callable[[float], float], target: float, max_steps: int = 40) -> tuple[float, float]:
     """The FLOPs multiplier s ≥ 1 whose measured MACs ratio `ratio_at(s)` is nearest `target`.
 
     `ratio_at` is a non-decreasing step function (every dimension rounds to integers), so bisect in
-    log space from the analytic guess s = target, stopping as soon as a ratio lands within `tolerance`
-    (relative) or the bracket closes on one step edge. Returns (s, its ratio); when no step of the
-    function falls within the tolerance, the nearest one on either side of the target.
+    log space from the analytic guess s = target until the bracket closes on the step edge where the
+    ratio crosses the target (or lands on it): the two steps either side of that edge hold the ratios
+    nearest the target from below and from above. Returns (s, its ratio), the nearer of the two in
+    log ratio. The first step within a tolerance is not enough: the next one may be nearer.
     """
     if target <= 1:
         return 1.0, ratio_at(1.0)
@@ -45,7 +46,7 @@ def solve_multiplier(ratio_at: Callable[[float], float], target: float, toleranc
         return seen[s]
 
     def close_enough() -> bool:
-        return any(abs(r / target - 1) <= tolerance for r in seen.values())
+        return target in seen.values()
 
     lo, hi = 1.0, target
     if at(hi) < target:
@@ -126,7 +127,7 @@ def matched_models(base: dict[str, Any], strategies: list[str], phi: float, alph
     for strategy in strategies:
         if strategy == "compound":
             continue
-        s, ratio = solve_multiplier(lambda s: scaled(strategy_multipliers(strategy, s))[1], target, tolerance)
+        s, ratio = solve_multiplier(lambda s: scaled(strategy_multipliers(strategy, s))[1], target)
         mult = strategy_multipliers(strategy, s)
         table, ratio = scaled(mult)
         models.append(ScaledModel(strategy, phi, s, mult, table, round(ratio * base_macs), ratio, target, tolerance))
@@ -353,7 +354,7 @@ class Comparison:
 
     def keep_replaced(self, complete: pd.DataFrame, keys: set[tuple]) -> None:
         """The table holds one row per (point, seed, strategy): a model planned anew where an earlier plan
-        trained another (compare.macs_tolerance or scale.resolution_multiple changed) replaces its row.
+        trained another (scale.resolution_multiple changed) replaces its row.
         Copy the table aside first, so that no completed training is lost."""
         replaced = [r for r in complete.to_dict("records") if row_key(r)[:3] in keys]
         if replaced:

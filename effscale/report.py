@@ -143,7 +143,7 @@ def latest_comparison(rows: pd.DataFrame) -> pd.DataFrame:
     """Of the rows `effscale compare` wrote, those of the latest comparison (its coefficients) that has
     something to compare, two strategies or two φ, and at each (strategy, φ) those of the model it
     trained last. One sweep folder can hold several comparisons (other α, β, γ), or the same one
-    planned again (another compare.macs_tolerance matches another model): pooled, the same seed of the
+    planned again (another scale.resolution_multiple matches another model): pooled, the same seed of the
     same model would count twice, and a strategy's mean would mix models matched to different compound
     models. A newer comparison that has completed only its baseline so far hides nothing."""
     if rows.empty or not set(COEFFICIENTS) <= set(rows.columns):

@@ -40,7 +40,7 @@ INTEGER = ["trial", "resolution", "params", "macs", "flops", "activations", "see
 SINGLE_DIMENSIONS = ("width", "depth", "resolution")  # the strategies compound scaling is compared with
 COMPARE_PREFIX = "compare_"  # the point ids of the rows `effscale compare` writes
 # The model a compare row holds: resuming keeps a row only when it is the model this run planned (another
-# compare.macs_tolerance or scale.resolution_multiple can match another one to the same compound point).
+# scale.resolution_multiple can plan another model at the same compound point).
 MODEL_COLUMNS = ("depth_mult", "width_mult", "resolution")
 
 
