@@ -348,7 +348,7 @@ class Comparison:
             acc = "–" if row.get("val_acc") is None else f"{row['val_acc']:.3f}"
             self.say(f"[{i}/{len(jobs)}] {model.strategy} phi={model.phi:g} seed {seed}  {row['resolution']}px  "
                      f"MACs x{model.macs_ratio:.2f}  val {acc}  {row.get('train_seconds') or 0:.0f} s  {row['state']}"
-                     + (f" ({row['reason']})" if row["state"] == "INFEASIBLE" else ""))
+                     + (f" ({row['reason']})" if row["state"] in ("INFEASIBLE", "FAIL") and row.get("reason") else ""))
             trial += 1
         return results.read_trials(self.table)
 

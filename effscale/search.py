@@ -118,7 +118,7 @@ def judge(candidate: Candidate, cost: Measurement, base: Measurement, budget: di
         off = abs(candidate.macs_ratio / target - 1)
         candidate.constraints["macs_ratio"] = off - tolerance
         if off > tolerance:
-            candidate.reasons.append(f"MACs ratio {candidate.macs_ratio:.2f} is outside {target:g} ± {tolerance:.0%}")
+            candidate.reasons.append(f"MACs ratio {candidate.macs_ratio:.2f} is outside {target:g} ± {percent(tolerance)}")
     for key, value, _unit in budget_terms(cost, budget):
         candidate.constraints[key] = value - budget[key]
     candidate.reasons += over_budget(cost, budget)
@@ -533,7 +533,7 @@ class Search:
 
     def describe_plan(self) -> str:
         phi, tolerance = float(self.opts["phi"]), self.budget["macs_tolerance"]
-        bounds = [f"MACs ratio {2 ** phi:g} ± {float(tolerance):.0%}" if tolerance is not None
+        bounds = [f"MACs ratio {2 ** phi:g} ± {percent(tolerance)}" if tolerance is not None
                   else "MACs unbounded: alpha*beta^2*gamma^2 of the grid only"]
         bounds += [f"{k}={v:,}" if isinstance(v, int) else f"{k}={v:,g}"  # max_params=1,300,000, not 1.3e+06
                    for k, v in self.budget.items() if k.startswith("max_") and v is not None]
@@ -1045,6 +1045,11 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, logger_kind: str) -> str:
     return "\n".join(lines + files)
 
 
+def percent(fraction: float) -> str:
+    """0.1 → '10%', 0.001 → '0.1%': a tolerance as typed, not rounded to whole percents."""
+    return f"{float(fraction) * 100:.3g}%"
+
+
 def exit_if_nothing_completed(table: pd.DataFrame, sweep_dir: Path, command: str = "search",
                               mine: pd.Series | None = None) -> None:
     """Exit 1, with where to look, when every trial of the command failed: nothing to rank or compare,
@@ -1052,8 +1057,10 @@ def exit_if_nothing_completed(table: pd.DataFrame, sweep_dir: Path, command: str
     mine = ~results.from_compare(table) if mine is None else mine
     states = set(table.loc[mine, "state"]) if "state" in table else set()
     if "FAIL" in states and "COMPLETE" not in states:
+        log_file = sweep_dir / f"{command}.log"
+        tracebacks = f", tracebacks in {log_file}" if log_file.is_file() else ""
         print(f"effscale {command}: no trial completed (why each failed: the reason column of "
-              f"{results.table_path(sweep_dir)}, tracebacks in {sweep_dir / f'{command}.log'})", file=sys.stderr)
+              f"{results.table_path(sweep_dir)}{tracebacks})", file=sys.stderr)
         raise SystemExit(1)
 
 

@@ -323,6 +323,24 @@ def test_a_comparison_whose_every_training_fails_exits_1_saying_where_to_look(tm
     assert sorted(read_trials(tmp_path / "sweep")["state"]) == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
 
 
+def test_a_training_that_fails_without_a_traceback_prints_its_reason_and_names_no_log(tmp_path, monkeypatch, capsys):
+    import effscale.train
+    from effscale.commands import compare
+
+    def fit(table, data, recipe, **kw):  # a diverged training: a FAIL with its reason, no exception
+        return {"state": "FAIL", "reason": "loss is nan at epoch 0 step 1", "epochs": 1, "train_seconds": 1.0}
+
+    monkeypatch.setattr(effscale.train, "fit_candidate", fit)
+    with pytest.raises(SystemExit) as stopped:
+        compare([f"out={tmp_path}", "name=diverged", *TINY, "compare.strategies=[compound]", "compare.seeds=1"])
+    assert stopped.value.code == 1
+    out, err = capsys.readouterr()
+    assert "FAIL (loss is nan at epoch 0 step 1)" in out
+    assert not (tmp_path / "diverged" / "compare.log").exists()
+    assert err == (f"effscale compare: no trial completed (why each failed: the reason column of "
+                   f"{tmp_path / 'diverged' / 'trials.csv'})\n")
+
+
 def test_more_gpus_than_the_process_sees_is_refused_by_the_plan_before_anything_is_written(tmp_path, monkeypatch):
     import torch
 
