@@ -702,9 +702,8 @@ def test_the_papers_own_point_is_outside_the_default_macs_budget_and_inside_with
     measured = plan("budget.macs_tolerance=0.1")  # the default, which the tiny settings widen
     paper = next(c for c in measured.candidates if (c.alpha, c.beta) == (1.2, 1.1))
     assert round(paper.macs_ratio, 2) == 2.59 and paper.reasons == ["MACs ratio 2.59 is outside 2 ± 10%"]
-    tight = plan("budget.macs_tolerance=0.001")  # a tolerance under 1 % is said as typed, not as 0 %
-    assert next(c for c in tight.candidates if (c.alpha, c.beta) == (1.2, 1.1)).reasons == [
-        "MACs ratio 2.59 is outside 2 ± 0.1%"]
+    with pytest.raises(UserError, match=r"MACs ratio 2.04 is outside 2 ± 0.1%\)$"):  # as typed, not as 0 %
+        plan("budget.macs_tolerance=0.001")
     unbounded = plan("budget.macs_tolerance=null")
     assert len(unbounded.feasible) == len(unbounded.candidates) == 9
     assert "MACs unbounded" in unbounded.describe_plan()
