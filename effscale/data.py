@@ -364,7 +364,7 @@ class CarvedDataModule(TensorDataModule):
     CHANNELS_SAY = ""
 
     def __init__(self, *, download: bool = False, val_size: int = 5000, train_size: int | None = None,
-                 **common: Any) -> None:
+                 test_size: int | None = None, **common: Any) -> None:
         super().__init__(**common)
         if self.num_classes != len(self.CLASSES):
             raise UserError(f"data.num_classes: {self.NAME} has {len(self.CLASSES)} classes, got {self.num_classes}")
@@ -373,6 +373,7 @@ class CarvedDataModule(TensorDataModule):
         self.download = bool(download)
         self.val_size = _count(val_size, "val_size")
         self.train_size = None if train_size is None else _count(train_size, "train_size")
+        self.test_size = None if test_size is None else _count(test_size, "test_size")
 
     @property
     def class_names(self) -> list[str]:
@@ -384,7 +385,18 @@ class CarvedDataModule(TensorDataModule):
 
     def _load(self) -> dict[str, Split]:
         train, val = _carve(*self._read(train=True), self.val_size, self.train_size, self.data_seed)
-        return {"train": train, "val": val, "test": self._read(train=False)}
+        return {"train": train, "val": val, "test": self._test_split()}
+
+    def _test_split(self) -> Split:
+        """The test split, or `test_size` of its images drawn with `data_seed` (the same for every trial)."""
+        images, labels = self._read(train=False)
+        if self.test_size is None:
+            return images, labels
+        if self.test_size > len(labels):
+            raise UserError(f"data.test_size: {self.test_size} is more than the {len(labels)} images of "
+                            f"{self.NAME}'s test split")
+        chosen = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.data_seed))[:self.test_size]
+        return images[chosen], labels[chosen]
 
 
 class FashionMNISTDataModule(CarvedDataModule):

@@ -234,6 +234,18 @@ def test_fashion_mnist_reads_gzipped_and_plain_files(tmp_path):
     assert [len(module.tensors(s)[1]) for s in ("train", "val", "test")] == [20, 10, 10]
 
 
+def test_test_size_takes_the_same_part_of_the_test_split_for_every_trial(tmp_path):
+    root = _tiny_fashion_root(tmp_path / "fm")
+    whole = build_datamodule(_fashion_cfg(root, val_size=10), 28, 8).tensors("test")
+    part = [build_datamodule(_fashion_cfg(root, val_size=10, test_size=4), 28, 8, seed=seed).tensors("test")
+            for seed in (0, 1)]
+    assert len(part[0][1]) == 4 and torch.equal(part[0][0], part[1][0]) and torch.equal(part[0][1], part[1][1])
+    assert all(any(torch.equal(image, other) for other in whole[0]) for image in part[0][0])  # test images only
+    with pytest.raises(UserError, match=r"^data.test_size: 11 is more than the 10 images of Fashion-MNIST's test "
+                                        r"split$"):
+        build_datamodule(_fashion_cfg(root, val_size=10, test_size=11), 28, 8).tensors("test")
+
+
 def test_a_gzip_of_several_members_reads_whole_and_one_cut_in_its_last_member_is_truncated(tmp_path):
     labels = np.arange(30, dtype=np.uint8) % 10
     content = struct.pack(">ii", IDX_LABELS, 30) + labels.tobytes()
