@@ -34,7 +34,8 @@ for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accele
               "lightning.fabric.utilities.seed", "lightning.fabric.utilities.distributed"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 QUIET_WARNINGS = (r".*does not have many workers.*", r".*`srun` command is available.*",
-                  r".*smaller than the logging interval.*", r".*LeafSpec.*")
+                  r".*smaller than the logging interval.*", r".*LeafSpec.*",
+                  r".*`training_step` returned `None`.*")  # a diverged trial's skipped step: its FAIL says why
 
 
 def quiet_lightning_hints() -> None:

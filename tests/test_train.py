@@ -41,12 +41,13 @@ class NaNFrom(nn.Module):
     (1, 4, "loss is nan at epoch 0 step 4", 5),                      # as on CUDA: at the next check
     (5, 4, "loss is not finite in the last steps of epoch 0", 8),    # after the epoch's last check
 ])
-def test_a_non_finite_loss_fails_the_trial_at_the_next_check(nan_from, every, failure, steps):
+def test_a_non_finite_loss_fails_the_trial_at_the_next_check(nan_from, every, failure, steps, recwarn):
     data = build_datamodule(DATA, resolution=16, batch_size=16)  # 8 steps an epoch
     module = Classifier(NaNFrom(_tiny_network(), nan_from), RECIPE)
     module.nonfinite_check_every = every
     make_trainer(RECIPE).fit(module, datamodule=data)
     assert module.failure == failure
+    assert not [w for w in recwarn if "returned `None`" in str(w.message)]  # the failure says it, once
     assert module.network.calls == steps  # the trial stopped there, not at the end of its 2 epochs
 
 
