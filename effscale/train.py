@@ -33,6 +33,10 @@ from effscale.models import build_model
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
               "lightning.fabric.utilities.seed", "lightning.fabric.utilities.distributed"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# A Ctrl-C or SIGTERM is said once, by the command ("effscale search: interrupted"); Lightning's own
+# "[rank: 0] Received SIGTERM: 15" is left out (its SLURM requeue messages, on the same logger, are not).
+logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").addFilter(
+    lambda record: "Received SIGTERM" not in record.getMessage())
 QUIET_WARNINGS = (r".*does not have many workers.*", r".*`srun` command is available.*",
                   r".*smaller than the logging interval.*", r".*LeafSpec.*",
                   r".*`training_step` returned `None`.*")  # a diverged trial's skipped step: its FAIL says why

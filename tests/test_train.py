@@ -147,3 +147,24 @@ def test_auto_precision_on_cuda_is_bf16_only_where_the_gpu_computes_in_it(monkey
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
     assert _precision("cuda:0", "auto") == expected
     assert _precision("cpu", "auto") == "32-true" and _precision("cuda", "16-mixed") == "16-mixed"
+
+
+def test_lightnings_sigterm_notice_is_left_to_the_commands_own_line_and_its_requeue_notice_kept():
+    import logging
+
+    import effscale.train  # noqa: F401  (sets the filter)
+
+    logger = logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector")
+    heard: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: heard.append(record.getMessage())
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("[rank: 0] Received SIGTERM: 15")  # as Lightning's handler says it
+        logger.info("Requeued SLURM job: 7")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert heard == ["Requeued SLURM job: 7"]
