@@ -152,8 +152,6 @@ def test_auto_precision_on_cuda_is_bf16_only_where_the_gpu_computes_in_it(monkey
 def test_lightnings_sigterm_notice_is_left_to_the_commands_own_line_and_its_requeue_notice_kept():
     import logging
 
-    import effscale.train  # noqa: F401  (sets the filter)
-
     logger = logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector")
     heard: list[str] = []
     handler = logging.Handler(logging.INFO)
