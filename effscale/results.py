@@ -292,7 +292,7 @@ def format_summary(summary: pd.DataFrame, limit: int | None = None) -> str:
     """The seed summary as a compact fixed-width table for a terminal or the README."""
     rows = summary if limit is None else summary.head(limit)
     headers = ["#", "alpha", "beta", "gamma", "res", "MACs x", "params", "val acc", "± std", "seeds",
-               "test acc", "s/trial"]
+               "test acc", "train s"]
     body = [[str(i + 1), f"{r.alpha:.2f}", f"{r.beta:.2f}", f"{r.gamma:.3f}", str(int(r.resolution)),
              f"{r.macs_ratio:.2f}", f"{int(r.params) / 1e6:.2f}M", f"{r.val_acc:.3f}",
              "–" if pd.isna(r.val_std) else f"{r.val_std:.3f}", str(int(r.seeds)),
