@@ -380,14 +380,14 @@ class Comparison:
                      "another sweep (name=…)")
 
     def train(self, model: ScaledModel, seed: int, trial: int) -> dict[str, Any]:
-        from effscale.loggers import close_loggers, trial_loggers
+        from effscale.loggers import close_loggers, run_settings, trial_loggers
         from effscale.train import fit_candidate
 
         row = self.row(model) | {"seed": seed}
         # W&B: one group per sweep, one job type per strategy, so the workspace compares strategies.
         name = f"compare_{trial}_{model.strategy}_phi{model.phi:g}_s{seed}"
         loggers = trial_loggers(self.logger_kind, self.sweep_dir, name, group=str(self.cfg["name"]),
-                                job_type=model.strategy, config=row | {"trainer": self.recipe},
+                                job_type=model.strategy, config=row | run_settings(self.cfg, self.recipe),
                                 project=self.cfg["logger"].get("project", "effscale"))
         try:
             metrics = fit_candidate(model.table, self.data, self.recipe, seed=seed, device=self.device,

@@ -927,7 +927,7 @@ class Search:
         return True
 
     def fit(self, trial: optuna.Trial, job: Job, attrs: dict[str, Any], progress: str) -> None:
-        from effscale.loggers import close_loggers, trial_loggers
+        from effscale.loggers import close_loggers, run_settings, trial_loggers
         from effscale.train import fit_candidate
 
         c, seed = job.candidate, job.seed
@@ -946,7 +946,7 @@ class Search:
         name = f"trial_{trial.number}"
         config = {k: attrs[k] for k in ("point", "alpha", "beta", "gamma", "phi", "depth_mult", "width_mult",
                                         "resolution", "params", "macs", "macs_ratio", "seed", "baseline", "dataset")}
-        config["trainer"] = self.recipe
+        config |= run_settings(self.cfg, self.recipe)
         loggers = trial_loggers(self.logger_kind, self.sweep_dir, name, group=str(self.cfg["name"]),
                                 job_type=STRATEGY, config=config, project=self.cfg["logger"].get("project", "effscale"))
         # Several heartbeats fit into search.stale_after_s, so that one late write is not a death.

@@ -216,10 +216,10 @@ def test_runs_are_grouped_by_sweep_with_one_job_type_per_strategy(tmp_path, monk
     import effscale.train
     from effscale.commands import compare
 
-    runs, summaries = [], []
+    runs, summaries, configs = [], [], []
     monkeypatch.setattr(effscale.loggers, "trial_loggers",
                         lambda kind, sweep_dir, name, *, group, job_type, config, project: runs.append(
-                            (kind, group, job_type, config["phi"])) or [])
+                            (kind, group, job_type, config["phi"])) or configs.append(config) or [])
     monkeypatch.setattr(effscale.loggers, "close_loggers", lambda loggers, summary: summaries.append(summary))
     monkeypatch.setattr(effscale.train, "fit_candidate", lambda table, data, recipe, **kw: {
         "state": "COMPLETE", "val_acc": 0.5 + kw["seed"] / 10, "test_acc": 0.4, "epochs": 1, "train_seconds": 1.0})
@@ -229,6 +229,9 @@ def test_runs_are_grouped_by_sweep_with_one_job_type_per_strategy(tmp_path, monk
         [("baseline", 0)] * 2 + [(s, 1) for s in ("compound", "width", "d1_w8_r1") for _ in range(2)])
     assert all(set(s) == {"val_acc", "test_acc", "macs", "params", "train_seconds", "state"} for s in summaries)
     assert summaries[0]["val_acc"] == 0.5 and summaries[1]["val_acc"] == pytest.approx(0.6)
+    # Each run says what it was trained on, so that runs of sweeps with other data are told apart.
+    assert {c["data"]["train_size"] for c in configs} == {64} and "root" not in configs[0]["data"]
+    assert configs[0]["scale"]["width"] == 0.25 and configs[0]["trainer"]["max_epochs"] == 1
 
 
 def test_a_model_that_fails_gets_a_fail_row_with_its_reason_and_its_traceback_in_compare_log(tmp_path, monkeypatch):

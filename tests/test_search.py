@@ -454,6 +454,27 @@ def test_wandb_that_cannot_start_a_run_is_one_line_and_leaves_no_trial_running(t
     assert [t.user_attrs.get("stale") for t in study.trials] == [True]
 
 
+def test_a_trials_wandb_run_records_its_point_data_scale_and_recipe(tmp_path, monkeypatch):
+    import wandb
+
+    asked = []
+
+    def init(**kwargs):  # what the run would be started with; then no run, as W&B without a login
+        asked.append(kwargs)
+        raise wandb.errors.UsageError("no run here")
+
+    monkeypatch.setattr(wandb, "init", init)
+    with pytest.raises(UserError):
+        tiny_search(tmp_path, "logger=wandb")
+    [run] = asked
+    config = run["config"]
+    assert (run["group"], run["job_type"], run["name"]) == ("tiny", "compound", "trial_0")
+    assert {"point", "alpha", "beta", "gamma", "resolution", "macs_ratio", "seed"} <= set(config)
+    assert config["data"]["train_size"] == 64 and config["data"]["name"] == "procedural"
+    assert "root" not in config["data"] and "threads" not in config["data"]
+    assert config["scale"]["width"] == 0.5 and config["trainer"]["max_epochs"] == 1
+
+
 def test_wandb_writes_its_own_logs_in_the_sweep_folder(tmp_path, monkeypatch):
     from effscale import loggers
 
