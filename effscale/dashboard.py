@@ -119,7 +119,8 @@ def read_storage(storage: str) -> Any:
             opened = JournalStorage(JournalFileBackend(storage))
         else:
             opened = RDBStorage(storage, skip_table_creation=True, **engine)
-        opened.get_all_studies()
+        for study in opened.get_all_studies():  # and their trials: a database without a table of them lists
+            opened.get_all_trials(study._study_id, deepcopy=False)  # studies, then fails each page that reads one
     except Exception as exc:  # the storage is the user's: a bad one is their mistake to fix
         cause = exc.__cause__ or exc  # optuna's StorageInternalError wraps SQLAlchemy's, which wraps the driver's
         reason = str(getattr(cause, "orig", None) or cause).strip().partition("\n")[0] or type(cause).__name__

@@ -212,6 +212,18 @@ def test_a_missing_or_corrupt_storage_is_one_line_and_no_file_is_created(tmp_pat
     assert sorted(os.listdir(tmp_path)) == ["garbage.db", "notes.txt", "sweep"] and os.listdir(sweep) == ["study.db"]
 
 
+def test_a_study_database_missing_a_table_of_its_trials_is_one_line_not_a_server_that_fails(sweep, capsys):
+    import sqlite3
+
+    from effscale import cli
+
+    with contextlib.closing(sqlite3.connect(sweep / "study.db")) as db:
+        db.execute("DROP TABLE trial_values")
+    assert cli.main(["dashboard", str(sweep), "--port", "0"]) == 2
+    assert capsys.readouterr().err == (f"effscale dashboard: storage sqlite:///{sweep / 'study.db'}: not a readable "
+                                       "Optuna storage (no such table: trial_values)\n")
+
+
 def test_an_unreachable_postgres_is_one_line_without_its_password():
     out = run_cli("dashboard", "--storage", "postgresql://user:secret@127.0.0.1:1/db", "--port", "0", timeout=120)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "secret" not in out.stderr
