@@ -209,6 +209,12 @@ def check_config(cfg: dict[str, Any]) -> None:
             check_values(values, path, checks)
         elif values is not None:  # `scale=abc` on the command line puts text where the keys were
             raise UserError(f"{path}: expected a mapping of keys, got {values!r}")
+    phi = (cfg.get("scale") or {}).get("phi") if isinstance(cfg.get("scale"), dict) else None
+    if phi is not None and "search" in cfg:  # search and compare (which starts from the search's config)
+        own = "compare.phis" if "compare" in cfg else "search.phi"
+        raise UserError(f"scale.phi={phi}: this command scales the baseline at {own} itself; scale.phi would "
+                        "compound-scale the baseline first (scale.width, scale.depth and scale.resolution scale "
+                        "the baseline)")
     if isinstance(cfg.get("baseline"), dict):
         check_stage_table(cfg["baseline"])
     for i, stage in enumerate((cfg.get("baseline") or {}).get("stages") or []):

@@ -112,6 +112,15 @@ def test_a_key_added_with_plus_plus_that_nothing_reads_is_refused(command, overr
         load(command, [override])
 
 
+@pytest.mark.parametrize("command, own", [("search", "search.phi"), ("compare", "compare.phis")])
+def test_scale_phi_for_a_command_that_scales_at_its_own_phi_is_refused(command, own):
+    # `effscale search scale.phi=2` reads as a search at phi = 2; it would search at search.phi around a
+    # baseline already scaled to phi = 2.
+    with pytest.raises(UserError, match=rf"^scale.phi=2: this command scales the baseline at {own} itself; "):
+        load(command, ["scale.phi=2"])
+    assert load("measure", ["scale.phi=2"])["scale"]["phi"] == 2
+
+
 @pytest.mark.parametrize("command", ["measure", "search", "compare", "finetune"])
 def test_every_shipped_config_passes(command):
     assert load(command, [])["seed"] == 0
