@@ -551,23 +551,19 @@ class Search:
         # A table that cannot be read (cut off, edited, another program's): refused before a study is made.
         results.read_trials(self.sweep_dir)
         new = make_sweep_folder(self.sweep_dir, self.cfg["out"])  # removed again if this run is refused
-        self.new_storage = self._make_storage_file(storage_file(self.opts.get("storage")))
-        self.study = self._create_study(new)
-        created = self._check_against_record(new)
-        if self.device_costs_to_record:
-            self.study.set_user_attr("device_costs", self.device_costs_to_record)
-        if created:
-            moved = results.set_aside_search_rows(self.sweep_dir)
-            if moved:
-                self.say(f"{results.table_path(self.sweep_dir)} held {moved[0]} search rows the new study did not "
-                         f"train (a copied folder, or a deleted study): moved to {moved[1]}, not ranked with this "
-                         "study's")
-            logs = set_aside_trial_logs(self.sweep_dir)
-            if logs:
-                self.say(f"the logs of {logs[0]} trial(s) of the earlier study: moved to {logs[1]}")
+        # One run at a time creates or loads the study, checks it against the record and leaves its context
+        # there: a run starting beside another never sees a study half set up, and never takes it for its own.
+        with exclusive(self.sweep_dir / ".open.lock"):
+            self.new_storage = self._make_storage_file(storage_file(self.opts.get("storage")))
+            self.study, created = self._create_study(new)
+            self._check_against_record(new, created)
+            if self.device_costs_to_record:
+                self.study.set_user_attr("device_costs", self.device_costs_to_record)
+            if created:
+                self._set_aside_earlier_study()
+            for key, value in {**self.context, "strategy": STRATEGY, "phi": float(self.opts["phi"])}.items():
+                self.study.set_user_attr(key, value)
         log_to(log, self.sweep_dir / "search.log")
-        for key, value in {**self.context, "strategy": STRATEGY, "phi": float(self.opts["phi"])}.items():
-            self.study.set_user_attr(key, value)
         stale = fail_stale_trials(self.study, self.stale_after_s)
         if stale:
             self.say(f"{stale} trial(s) left unfinished by an earlier run: marked FAIL (stale), will run again")
@@ -583,6 +579,18 @@ class Search:
         rows += [trial_row(t) for t in self._finished().values()]
         results.upsert_trials(self.table, rows)
         return self.study
+
+    def _set_aside_earlier_study(self) -> None:
+        """For a study this run created: the rows and logs already in the sweep folder are an earlier
+        study's (a copied folder, a deleted or moved study), kept beside it and not ranked with this one's."""
+        moved = results.set_aside_search_rows(self.sweep_dir)
+        if moved:
+            self.say(f"{results.table_path(self.sweep_dir)} held {moved[0]} search rows the new study did not "
+                     f"train (a copied folder, or a deleted study): moved to {moved[1]}, not ranked with this "
+                     "study's")
+        logs = set_aside_trial_logs(self.sweep_dir)
+        if logs:
+            self.say(f"the logs of {logs[0]} trial(s) of the earlier study: moved to {logs[1]}")
 
     @staticmethod
     def _make_storage_file(file: Path | None) -> Path | None:
@@ -600,8 +608,10 @@ class Search:
             return None  # another search's now, or not to be created: opening the storage says why
         return new
 
-    def _create_study(self, new: Path | None) -> optuna.Study:
-        """The sweep's study, created or loaded; a storage that cannot be opened is one error."""
+    def _create_study(self, new: Path | None) -> tuple[optuna.Study, bool]:
+        """The sweep's study, created or loaded, and whether this run created it: the storage decides (a
+        study's name is unique there), so of two runs starting together one alone is its creator. A
+        storage that cannot be opened is one error."""
         from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -617,10 +627,13 @@ class Search:
         while True:
             try:
                 with _one_at_a_time(sqlite):
-                    return optuna.create_study(
-                        study_name=str(self.cfg["name"]), storage=open_storage(url, self.sweep_dir),
-                        direction="maximize", load_if_exists=True,
-                        sampler=make_sampler(self.opts["sampler"], points, self.seed), pruner=self.pruner())
+                    storage = open_storage(url, self.sweep_dir)
+                    made = {"study_name": str(self.cfg["name"]), "storage": storage, "pruner": self.pruner(),
+                            "sampler": make_sampler(self.opts["sampler"], points, self.seed)}
+                    try:
+                        return optuna.create_study(direction="maximize", **made), True
+                    except optuna.exceptions.DuplicatedStudyError:
+                        return optuna.load_study(**made), False
             except (ImportError, ValueError, OSError, SQLAlchemyError) as exc:
                 attempts -= 1
                 # Two searches creating one SQLite study at once: the other's tables appear midway.
@@ -632,11 +645,10 @@ class Search:
                 reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
                 raise UserError(f"{what}: cannot open the study ({reason[:200]})") from None
 
-    def _check_against_record(self, new: Path | None) -> bool:
+    def _check_against_record(self, new: Path | None, created: bool) -> None:
         """What the study and the sweep folder recorded must agree with this run: the device costs a
         budget is judged on, the feasible points, the settings the trials were trained with. A study
-        this run created and then refused is deleted again. Whether this run created the study."""
-        created = not self.study.user_attrs  # every effscale run that opened it has left its context there
+        this run `created` and then refused is deleted again; one it did not create, never."""
         try:
             if self.device_budget:
                 self.adopt_device_costs()
@@ -649,7 +661,6 @@ class Search:
                 optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)
                 self.remove_created(new)
             raise
-        return created
 
     def remove_created(self, new: Path | None) -> None:
         """Undo what a refused run created: the sweep folder (`files.remove_created`), and a journal or

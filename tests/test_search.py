@@ -1,5 +1,6 @@
 """`effscale search` end to end on tiny settings: the results table, budgets, failures and resuming."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -452,6 +453,20 @@ def test_wandb_that_cannot_start_a_run_is_one_line_and_leaves_no_trial_running(t
         tiny_search(tmp_path, "logger=wandb")
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny' / 'study.db'}")
     assert [t.user_attrs.get("stale") for t in study.trials] == [True]
+
+
+def test_a_refused_run_never_deletes_a_study_it_did_not_create_even_one_not_yet_set_up(tmp_path):
+    import sqlite3
+
+    table = tiny_search(tmp_path)
+    # The study as another run leaves it between creating it and recording its context there.
+    with contextlib.closing(sqlite3.connect(tmp_path / "tiny" / "study.db")) as db, db:
+        db.execute("DELETE FROM study_user_attributes")
+    with pytest.raises(UserError, match="its search trials were trained with other settings"):
+        tiny_search(tmp_path, "trainer.max_epochs=2")
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny' / 'study.db'}")
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == (table["state"] == "COMPLETE").sum() > 0
+    assert results.read_trials(tmp_path / "tiny").equals(table)
 
 
 def test_a_trials_wandb_run_records_its_point_data_scale_and_recipe(tmp_path, monkeypatch):
