@@ -561,7 +561,8 @@ class Search:
                 self.study.set_user_attr("device_costs", self.device_costs_to_record)
             if created:
                 self._set_aside_earlier_study()
-            for key, value in {**self.context, "strategy": STRATEGY, "phi": float(self.opts["phi"])}.items():
+            for key, value in {**self.context, "strategy": STRATEGY, "phi": float(self.opts["phi"]),
+                               "points": self._points()}.items():
                 self.study.set_user_attr(key, value)
         log_to(log, self.sweep_dir / "search.log")
         stale = fail_stale_trials(self.study, self.stale_after_s)
@@ -686,16 +687,16 @@ class Search:
         """A study's trials share one `point` parameter over the feasible set (Optuna refuses to change
         a categorical parameter's choices), so a sweep resumes only with the points it was planned with."""
         points = self._points()
-        for trial in self.study.get_trials(deepcopy=False):
-            if "point" in trial.distributions:
-                before = list(trial.distributions["point"].choices)
-                if before != points:
-                    new, gone = len(set(points) - set(before)), len(set(before) - set(points))
-                    raise UserError(
-                        f"{self.sweep_dir}: its study has {len(before)} points within the budget, this run "
-                        f"{len(points)} ({new} new, {gone} gone, from search.grid, budget or the data's resolution); "
-                        "run it with those settings, or start another sweep with name=…")
-                return
+        before = self.study.user_attrs.get("points")  # as the run that set the study up recorded them
+        if before is None:  # a study set up before they were recorded: its first trial's choices
+            before = next((list(t.distributions["point"].choices) for t in self.study.get_trials(deepcopy=False)
+                           if "point" in t.distributions), None)
+        if before is not None and list(before) != points:
+            new, gone = len(set(points) - set(before)), len(set(before) - set(points))
+            raise UserError(
+                f"{self.sweep_dir}: its study has {len(before)} points within the budget, this run "
+                f"{len(points)} ({new} new, {gone} gone, from search.grid, budget or the data's resolution); "
+                "run it with those settings, or start another sweep with name=…")
 
     def _finished(self) -> dict[tuple[str, int], FrozenTrial]:
         """The trial that settled each (point, seed): the latest finished one, leaving out stale and

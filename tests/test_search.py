@@ -469,6 +469,13 @@ def test_a_refused_run_never_deletes_a_study_it_did_not_create_even_one_not_yet_
     assert results.read_trials(tmp_path / "tiny").equals(table)
 
 
+def test_another_grid_is_refused_by_a_study_that_has_no_trial_yet(tmp_path):
+    # Two launches started together: the first has set the study up and not yet created a trial.
+    planned(tmp_path)
+    with pytest.raises(UserError, match=r"its study has 4 points within the budget, this run 1 \(1 new, 4 gone, "):
+        planned(tmp_path, "search.grid.alpha=[1.85,1.9]")
+
+
 def test_a_trials_wandb_run_records_its_point_data_scale_and_recipe(tmp_path, monkeypatch):
     import wandb
 
