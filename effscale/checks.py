@@ -209,7 +209,8 @@ def check_config(cfg: dict[str, Any]) -> None:
             check_values(values, path, checks)
         elif values is not None:  # `scale=abc` on the command line puts text where the keys were
             raise UserError(f"{path}: expected a mapping of keys, got {values!r}")
-    phi = (cfg.get("scale") or {}).get("phi") if isinstance(cfg.get("scale"), dict) else None
+    scale = cfg.get("scale")
+    phi = scale.get("phi") if isinstance(scale, dict) else None
     if phi is not None and "search" in cfg:  # search and compare (which starts from the search's config)
         own = "compare.phis" if "compare" in cfg else "search.phi"
         raise UserError(f"scale.phi={phi}: this command scales the baseline at {own} itself; scale.phi would "

@@ -118,7 +118,8 @@ def judge(candidate: Candidate, cost: Measurement, base: Measurement, budget: di
         off = abs(candidate.macs_ratio / target - 1)
         candidate.constraints["macs_ratio"] = off - tolerance
         if off > tolerance:
-            candidate.reasons.append(f"MACs ratio {candidate.macs_ratio:.2f} is outside {target:g} ± {percent(tolerance)}")
+            candidate.reasons.append(f"MACs ratio {candidate.macs_ratio:.2f} is outside {target:g} "
+                                     f"± {percent(tolerance)}")
     for key, value, _unit in budget_terms(cost, budget):
         candidate.constraints[key] = value - budget[key]
     candidate.reasons += over_budget(cost, budget)
