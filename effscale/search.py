@@ -314,6 +314,7 @@ def is_stale(trial: FrozenTrial, stale_after_s: float) -> bool:
 
 
 HEARTBEAT_S = 60.0  # at most this long between two heartbeats of a training trial
+WAIT_S = 5.0  # how often a search waiting for another's training of the same network looks again
 
 
 @contextmanager
@@ -730,6 +731,11 @@ class Search:
                 "their results in once they finish, or trains their points again once their process is gone "
                 f"(search.stale_after_s={self.stale_after_s:g} s without a heartbeat)")
 
+    def trained_elsewhere_now(self, job: Job) -> bool:
+        """Whether `job`'s point repeats the network of a point that another search on the study is
+        training with the same seed at this moment (a point's copies come after it in this one's jobs)."""
+        return job.candidate.same_as is not None and (job.candidate.same_as, job.seed) in self._running()
+
     def _running(self) -> set[tuple[str, int]]:
         return {(t.user_attrs["point"], int(t.user_attrs["seed"]))
                 for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -822,6 +828,9 @@ class Search:
             return
         self.say(f"{label}: {len(todo)} to run")
         for i, job in enumerate(todo, 1):
+            while self.trained_elsewhere_now(job):  # then record that training's result, not train it again
+                time.sleep(WAIT_S)
+                fail_stale_trials(self.study, self.stale_after_s)  # unless the search training it has died
             if job.key in self._finished() or job.key in self._running():
                 continue  # another worker on the same study took it meanwhile
             # Claimed as workers claim: another search on the same study may have just started it.

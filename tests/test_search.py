@@ -241,6 +241,46 @@ def test_points_that_build_the_same_network_train_it_once(tmp_path, capsys, work
     assert sorted(results.seed_summary(table)["point"]) == sorted(set(SAME_AS.values()))
 
 
+def test_a_search_waits_for_the_network_another_search_is_training_rather_than_train_it_too(tmp_path, monkeypatch):
+    import threading
+
+    import effscale.search
+    import effscale.train as train
+    from effscale.claims import claim
+
+    trained = []
+
+    def fit(table, datamodule, recipe, **kw):
+        trained.append(table["resolution"])
+        return {"state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.4, "epochs": 1, "train_seconds": 1.0,
+                "val_history": [0.5], "reason": None}
+
+    monkeypatch.setattr(train, "fit_candidate", fit)
+    monkeypatch.setattr(effscale.search, "WAIT_S", 0.1, raising=False)
+    # Another search (one worker) on the same sweep is training α = 1.6, the 13 px network of α = 1.7 and 1.8.
+    other = planned(tmp_path, *REPEATS, "search.extra_seeds=0")
+    job = next(j for j in other.first_jobs() if j.candidate.point == "a1.6_b1_g1.118")
+    running = other.begin(lambda: claim(other, job, other.retry_below))
+    other.study._storage.set_trial_user_attr(running._trial_id, "pid", os.getppid())  # a live process, not this one
+    errors = []
+
+    def other_finishes():
+        try:
+            other.train(running, job, "[other]")
+        except Exception as exc:  # noqa: BLE001  (said by the assertion below)
+            errors.append(exc)
+
+    finish = threading.Timer(1.0, other_finishes)
+    finish.start()
+    try:
+        table = tiny_search(tmp_path, *REPEATS, "search.extra_seeds=0").set_index("point")
+    finally:
+        finish.join()
+    assert not errors
+    assert sorted(trained) == [12, 13]  # each network once: 12 px here, 13 px by the other search
+    assert (table["state"] == "COMPLETE").all() and table["same_as"].dropna().to_dict() == SAME_AS
+
+
 def test_repeats_of_a_failed_network_fail_with_it_and_run_again_with_it(tmp_path, monkeypatch):
     import effscale.train as train
 
