@@ -160,7 +160,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
                  "variants": one_of(*VARIANT_FAMILIES)},
     "baseline.stem": {"channels": count(1), "kernel": KERNEL, "stride": count(1), "scale": SCALE_RULE},
     "baseline.head": {"channels": count(1), "scale": SCALE_RULE},
-    "scale": {"resolution_multiple": optional(count(0)), "alpha": NUMBER, "beta": NUMBER, "gamma": NUMBER},
+    "scale": {"resolution_multiple": optional(count(1)), "alpha": NUMBER, "beta": NUMBER, "gamma": NUMBER},
     "budget": {"macs_tolerance": optional(at_least(0)), "max_params": optional(count(1)),
                "max_peak_mem_mb": optional(above(0)), "max_latency_ms": optional(above(0))},
     "measure": {"variants": VARIANTS, "batch_size": MEASURE_BATCH, "memory": FLAG, "latency": FLAG,

@@ -17,6 +17,8 @@ from effscale.errors import UserError
 
 @pytest.mark.parametrize("command, override, message", [
     ("search", "trainer.lr=abc", "trainer.lr: expected a number above 0, got 'abc'"),
+    ("measure", "scale.resolution_multiple=0",  # a multiple of 0 px would be taken as 1
+     "scale.resolution_multiple: expected null or an integer of at least 1, got 0"),
     ("search", "trainer.lr=0", "trainer.lr: expected a number above 0, got 0"),
     ("search", "trainer.max_epochs=2.5", "trainer.max_epochs: expected an integer of at least 1, got 2.5"),
     ("search", "trainer.max_epochs=true", "trainer.max_epochs: expected an integer of at least 1, got True"),
