@@ -357,18 +357,25 @@ def _bars(rows: pd.DataFrame) -> list[list[float]]:
 
 def plot_accuracy_vs_cost(summary: pd.DataFrame, x: str, xlabel: str, title: str, path: Path) -> None:
     """Paper fig. 3 / fig. 8 style: one line per strategy through its φ points, each the mean over
-    seeds with its 95 % interval as an error bar; every line starts at the shared baseline."""
+    seeds with its 95 % interval as an error bar; every line starts at the shared baseline. A strategy
+    that leaves `x` where the baseline has it (resolution alone leaves the parameters) is drawn a little
+    to the right of it, and says so, rather than on top of the baseline's bar."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.8))
     baseline = summary[summary["strategy"] == "baseline"]
     extra: list[str] = []
     for strategy, group in summary[summary["strategy"] != "baseline"].groupby("strategy", sort=False):
-        line = pd.concat([baseline, group]).sort_values(x)
+        line = pd.concat([baseline, group]).sort_values(["phi"])
         style = _style(strategy, extra)
-        ax.errorbar(line[x] / 1e6, line["mean"] * 100, yerr=_bars(line), capsize=3, label=strategy, **style)
-        for _, row in group.iterrows() if strategy == "compound" else ():
-            ax.annotate(f"φ={row['phi']:g}", (row[x] / 1e6, row["mean"] * 100), textcoords="offset points",
-                        xytext=(4, -11), fontsize=7, color=style["color"])
+        beside = not baseline.empty and bool((group[x] == baseline[x].iloc[0]).all())
+        xs = line[x] / 1e6 * (1.0 + 0.03 * line["phi"]) if beside else line[x] / 1e6
+        label = f"{strategy} (the baseline's {x.replace('params', 'parameters')}: drawn beside it)" if beside \
+            else strategy
+        ax.errorbar(xs, line["mean"] * 100, yerr=_bars(line), capsize=3, label=label, **style)
+        for (_, row), at in zip(line.iterrows(), xs):
+            if row["phi"] > 0 and (strategy == "compound" or beside):
+                ax.annotate(f"φ={row['phi']:g}", (at, row["mean"] * 100), textcoords="offset points",
+                            xytext=(4, -11), fontsize=7, color=style["color"])
     if not baseline.empty:
         b = baseline.iloc[0]
         ax.errorbar([b[x] / 1e6], [b["mean"] * 100], yerr=_bars(baseline.iloc[:1]), capsize=3, ls="none",

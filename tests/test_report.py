@@ -506,3 +506,26 @@ def test_plots_an_earlier_report_drew_go_when_the_table_no_longer_supports_them(
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["cost_vs_macs.png", "mine.png",
                                                                        "search_heatmap.png"]
     assert "accuracy_vs_macs" not in (tmp_path / "report.md").read_text() and len(files) == 4
+
+
+def test_a_strategy_at_the_baselines_parameters_is_drawn_beside_the_baseline_not_on_it(tmp_path, monkeypatch):
+    from effscale import report
+
+    drawn = {}
+
+    def keep(fig, path):
+        ax = fig.axes[0]
+        drawn["legend"] = [t.get_text() for t in ax.get_legend().get_texts()]
+        drawn["lines"] = {bars.get_label(): list(bars.lines[0].get_xdata()) for bars in ax.containers}
+        drawn["notes"] = [t.get_text() for t in ax.texts]
+
+    monkeypatch.setattr(report, "_save", keep)
+    rows = [("baseline", 0, 1.0e6, 0.78), ("resolution", 1, 1.0e6, 0.80), ("resolution", 2, 1.0e6, 0.81),
+            ("width", 1, 2.0e6, 0.79), ("width", 2, 4.0e6, 0.80)]
+    summary = pd.DataFrame([{"strategy": s, "phi": p, "params": n, "mean": m, "ci95": 0.01} for s, p, n, m in rows])
+    report.plot_accuracy_vs_cost(summary, "params", "parameters", "t", tmp_path / "p.png")
+    beside = "resolution (the baseline's parameters: drawn beside it)"
+    assert drawn["legend"][:2] == [beside, "width"]
+    assert drawn["lines"][beside] == pytest.approx([1.0, 1.03, 1.06])  # φ = 0, 1, 2, in millions
+    assert drawn["lines"]["width"] == pytest.approx([1.0, 2.0, 4.0])  # a strategy that moves is drawn where it is
+    assert drawn["notes"].count("φ=1") == 1 and drawn["notes"].count("φ=2") == 1  # resolution's
