@@ -48,10 +48,9 @@ def run_settings(cfg: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
     """What a logged run's config records beside its point: the data (sizes, batch, resolution), the
     scale the baseline was taken at and the recipe, so that runs of sweeps with other settings can be
     told apart in W&B. Where the data or the logs live is left out, as settings.json leaves it out."""
-    from effscale.results import RUNTIME_SETTINGS
+    from effscale.results import without_runtime
 
-    return {"data": {k: v for k, v in cfg["data"].items() if k not in RUNTIME_SETTINGS},
-            "scale": cfg.get("scale") or {}, "trainer": recipe}
+    return {"data": without_runtime(cfg["data"]), "scale": cfg.get("scale") or {}, "trainer": recipe}
 
 
 def trial_loggers(kind: str, sweep_dir: Path, run_name: str, *, group: str, job_type: str,

@@ -108,12 +108,16 @@ def write_trials(table: pd.DataFrame, path: str | Path) -> Path:
 RUNTIME_SETTINGS = ("threads", "progress", "num_workers", "log_every_n_steps", "root", "download")
 
 
+def without_runtime(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` (data or recipe) less those that say where or how fast it runs (`RUNTIME_SETTINGS`)."""
+    return {k: v for k, v in settings.items() if k not in RUNTIME_SETTINGS}
+
+
 def trained_with(baseline: dict[str, Any], data: dict[str, Any], recipe: dict[str, Any],
                  **extra: Any) -> dict[str, Any]:
     """What a trial's result depends on: the (scaled) baseline, the data and the training recipe."""
-    return json.loads(json.dumps({
-        "baseline": baseline, "data": {k: v for k, v in data.items() if k not in RUNTIME_SETTINGS},
-        "trainer": {k: v for k, v in recipe.items() if k not in RUNTIME_SETTINGS}, **extra}, default=str))
+    return json.loads(json.dumps({"baseline": baseline, "data": without_runtime(data),
+                                  "trainer": without_runtime(recipe), **extra}, default=str))
 
 
 def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any]) -> None:
