@@ -119,8 +119,9 @@ def read_storage(storage: str) -> Any:
             opened = JournalStorage(JournalFileBackend(storage))
         else:
             opened = RDBStorage(storage, skip_table_creation=True, **engine)
-        for study in opened.get_all_studies():  # and their trials: a database without a table of them lists
-            opened.get_all_trials(study._study_id, deepcopy=False)  # studies, then fails each page that reads one
+        studies = opened.get_all_studies()
+        if studies:  # and the trials of one: a database without their tables lists studies, then fails each page
+            opened.get_all_trials(studies[0]._study_id, deepcopy=False)  # (the tables are every study's)
     except Exception as exc:  # the storage is the user's: a bad one is their mistake to fix
         cause = exc.__cause__ or exc  # optuna's StorageInternalError wraps SQLAlchemy's, which wraps the driver's
         reason = str(getattr(cause, "orig", None) or cause).strip().partition("\n")[0] or type(cause).__name__
