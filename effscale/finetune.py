@@ -215,7 +215,7 @@ def check_features_vary(network: nn.Module, data: Any) -> None:
         network.train(was_training)
     spread = float(features[0].float().std(dim=0).mean()) if len(images) > 1 and features else math.inf
     if spread < MIN_FEATURE_SPREAD:
-        raise UserError(f"finetune: at {data.resolution} px the pretrained network gives every image the same "
+        raise UserError(f"at {data.resolution} px the pretrained network gives every image the same "
                         f"features, to within {spread:.1g} (as Lite0 does when its last stage sees 1×1); "
                         "fine-tune at a larger input, data.resolution=64 or more")
 
@@ -249,7 +249,7 @@ def train_phases(network: nn.Module, data: Any, opts: dict[str, Any], recipe: di
         trainer = make_trainer(phase_recipe, device=device, callbacks=callbacks)
         interruptible(trainer, trainer.fit, module, datamodule=data)  # Ctrl-C: exit 130, no checkpoint
         if module.failure:
-            raise UserError(f"finetune: training diverged in the {phase} phase ({module.failure}); "
+            raise UserError(f"training diverged in the {phase} phase ({module.failure}); "
                             "lower finetune.recipe.lr")
         result[f"val_acc_{phase}"] = module.val_history[-1]
     if data.has_test_split:  # else test_acc stays None: the validation images are all that was held out

@@ -2,6 +2,7 @@
 and fine-tuning the real pretrained Lite0 beats training from scratch with the same steps."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -168,7 +169,7 @@ def test_features_nearly_the_same_for_every_real_image_are_refused(tmp_path, fas
 
     # On Fashion-MNIST at 32 px 99.99 % of Lite0's features are 0, and a few keep a trace of the image's
     # border: a classifier on them stays at chance (0.12 after an epoch) as surely as on exact zeros.
-    with pytest.raises(UserError, match=r"^finetune: at 32 px the pretrained network gives every image the same "
+    with pytest.raises(UserError, match=r"^at 32 px the pretrained network gives every image the same "
                                         r"features, to within [1-9]e-0[5-6] \(as Lite0"):
         finetune(finetune_config(tmp_path, "data=fashion_mnist", f"data.root={fashion_mnist_dir}",
                                  "data.train_size=256", "data.val_size=64", "data.resolution=32",
@@ -184,13 +185,24 @@ def test_small_inputs_are_raised_to_min_resolution_and_features_the_same_for_eve
     data = ["data=procedural", "data.train_size=64", "data.val_size=32", "data.test_size=32", "data.resolution=32",
             "finetune.head_epochs=1"]
     # At 32 px Lite0's last stage sees 1×1 and every one of its 1,280 features is 0 for every image.
-    with pytest.raises(UserError, match=r"^finetune: at 32 px the pretrained network gives every image the same "
+    with pytest.raises(UserError, match=r"^at 32 px the pretrained network gives every image the same "
                                         r"features, to within 0 \(as Lite0 does when its last stage sees 1×1\)"):
         finetune(finetune_config(tmp_path, *data, "finetune.min_resolution=1"))
     assert not any(tmp_path.iterdir())
     result = finetune(finetune_config(tmp_path, *data, "finetune.recipe.limit_train_batches=1"))
     assert "input size 64 px: data.resolution=32 is below finetune.min_resolution=64" in capsys.readouterr().out
     assert load_pretrained(result["checkpoint"]).preprocessing.crop == 64
+
+
+def test_training_that_diverges_is_one_line_naming_the_phase_and_writes_nothing(tmp_path, capsys):
+    from effscale.cli import main
+
+    assert main(["finetune", f"out={tmp_path / 'out'}", "data.train_size=64", "data.val_size=32", "data.test_size=32",
+                 "finetune.head_epochs=1", "finetune.recipe.lr=1e38", "finetune.recipe.progress=false"]) == 2
+    # (On CUDA the loss is read every 16 steps: "loss is not finite in the last steps of epoch 0".)
+    assert re.fullmatch(r"effscale finetune: training diverged in the head phase \(loss is [^)]+ epoch 0[^)]*\); "
+                        r"lower finetune.recipe.lr\n", capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_checkpoint_path_of_null_is_one_line(tmp_path, capsys):
