@@ -173,6 +173,10 @@ def _main(argv: list[str] | None) -> int:
     saved = warnings.showwarning
     if not debug:  # showwarning, not formatwarning: importing Lightning replaces formatwarning with its own
         warnings.showwarning = warning_line(command)
+    if command not in ARGPARSE_COMMANDS:
+        from effscale.config import name_as_typed
+
+        rest = name_as_typed(rest)
     try:
         if ("-h" in rest or "--help" in rest) and command not in ARGPARSE_COMMANDS:
             from effscale.commands import print_help

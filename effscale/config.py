@@ -45,6 +45,16 @@ def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConf
     return cfg
 
 
+# Hydra's grammar reads name=007 as 7, name=1e3 as 1000.0 and name=true as a boolean; `name` is a folder,
+# so a plain value is taken as the text typed. Quoted values and interpolations are left to Hydra.
+PLAIN_NAME = re.compile(r"(\+{0,2}name)=([\w.+-]+)")
+
+
+def name_as_typed(overrides: list[str]) -> list[str]:
+    """The overrides with a plain `name=` value quoted, so that the sweep folder is named as typed."""
+    return [f"{m[1]}='{m[2]}'" if (m := PLAIN_NAME.fullmatch(o)) else o for o in overrides]
+
+
 def _check_removals(overrides: list[str]) -> None:
     """A config group set to null, or a top-level key deleted with ~, leaves a command without what it
     reads (Hydra itself refuses the first with a traceback, and allows the second): one line instead."""
