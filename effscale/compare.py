@@ -36,6 +36,9 @@ def solve_multiplier(ratio_at: Callable[[float], float], target: float, max_step
     ratio crosses the target (or lands on it): the two steps either side of that edge hold the ratios
     nearest the target from below and from above. Returns (s, its ratio), the nearer of the two in
     log ratio. The first step within a tolerance is not enough: the next one may be nearer.
+    Every s on a step builds the same network; of those tried, the one nearest the analytic guess is
+    returned, not one just past the edge (depth 1.0000006 adds a layer to every stage, as 1.35 does,
+    but reads as no depth scaling in a table).
     """
     if target <= 1:
         return 1.0, ratio_at(1.0)
@@ -63,7 +66,7 @@ def solve_multiplier(ratio_at: Callable[[float], float], target: float, max_step
             lo = mid
         else:
             hi = mid
-    s = min(seen, key=lambda k: (abs(math.log(seen[k] / target)), k))
+    s = min(seen, key=lambda k: (abs(math.log(seen[k] / target)), abs(math.log(k / target)), k))
     return s, seen[s]
 
 

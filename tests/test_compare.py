@@ -56,6 +56,16 @@ def test_bisection_finds_the_step_nearest_the_target():
     assert ratio == 1.99 and 1.9 <= s < 2.0
 
 
+def test_of_the_multipliers_that_build_the_nearest_network_the_one_nearest_the_analytic_guess_is_kept():
+    # Every s in [1.2, 3) builds the network of ratio 1.9: s = 2 (the analytic guess) names it, not 1.2000001.
+    steps = [(1.0, 1.0), (1.2, 1.9), (3.0, 3.0)]
+    assert solve_multiplier(lambda s: max(r for edge, r in steps if s >= edge), 2.0) == (2.0, 1.9)
+    # The guess on another step: the tried s of the chosen step nearest it (1.915 here), not its edge (1.9).
+    steps = [(1.0, 1.0), (1.2, 1.3), (1.9, 2.05), (2.0, 2.5)]
+    s, ratio = solve_multiplier(lambda s: max(r for edge, r in steps if s >= edge), 2.0)
+    assert ratio == 2.05 and 1.91 < s < 2.0
+
+
 @pytest.mark.parametrize("strategy, target", [
     ("width", 2), ("width", 4), ("depth", 2), ("depth", 4), ("d1_w8_r1", 2),
 ])
