@@ -89,10 +89,12 @@ def round_repeats(repeats: int, depth_mult: float = 1.0) -> int:
 
 
 def round_resolution(resolution: float, multiple: int = 1) -> int:
-    """Input size in whole pixels, rounded to the nearest `multiple` (at least one multiple)."""
+    """Input size in whole pixels, rounded to the nearest `multiple` (at least one multiple), a tie
+    upwards: 40.5 px is 41 and 260 px to a multiple of 8 is 264 (Python's round() takes ties to even,
+    so 40.5 went down and 41.5 up)."""
     if multiple < 1:
         raise ScalingError(f"resolution multiple must be >= 1, got {multiple}")
-    return max(multiple, int(round(resolution / multiple)) * multiple)
+    return max(multiple, math.floor(resolution / multiple + 0.5) * multiple)
 
 
 # --- compound scaling ---------------------------------------------------------------------------

@@ -39,6 +39,8 @@ def test_round_resolution_to_multiple():
     assert s.round_resolution(224 * 1.15) == 258
     assert s.round_resolution(224 * 1.15, 8) == 256
     assert s.round_resolution(3, 32) == 32
+    # A tie goes up, whichever side of it is even (round() would give 40, 42 and 256).
+    assert [s.round_resolution(40.5), s.round_resolution(41.5), s.round_resolution(260, 8)] == [41, 42, 264]
 
 
 def test_paper_coefficients_satisfy_constraint():
