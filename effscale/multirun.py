@@ -102,8 +102,7 @@ def job_overrides(cfg: dict[str, Any], launcher: str, sweep_dir: Path, overrides
     if storage and absolute(storage) != storage:  # a relative file; any other URL stays as typed (no password)
         extra.append(f"search.storage={absolute(storage)}")
     if launcher.startswith("submitit_"):
-        kind = "slurm" if launcher == "submitit_slurm" else "local"
-        extra += [f"hydra.launcher.submitit_folder={sweep_dir / 'logs' / kind / '%j'}",
+        extra += [f"hydra.launcher.submitit_folder={job_logs(sweep_dir, launcher) / '%j'}",
                   f"hydra.launcher.name=effscale-{sweep_dir.name}"]  # what squeue shows
     if launcher == "submitit_local" and not any(o.startswith("hydra.launcher.timeout_min=") for o in overrides):
         extra.append("hydra.launcher.timeout_min=10080")  # submitit kills local jobs at 60 min by default
@@ -172,6 +171,11 @@ def planned_study(cfg: dict[str, Any]) -> tuple[Search, Path | None]:
     return search, new
 
 
+def job_logs(sweep_dir: Path, launcher: str) -> Path:
+    """The folder of a submitit launcher's job logs, one folder a job (`%j`, its job id)."""
+    return sweep_dir / "logs" / ("slurm" if launcher == "submitit_slurm" else "local")
+
+
 def launch(cfg: dict[str, Any], launcher: str, overrides: list[str], sweep_dir: Path, search: Search,
            new: Path | None) -> Any:
     """Run the Hydra app that sweeps the workers; what failed (an exit code), or None. Submissions
@@ -203,6 +207,9 @@ def launch(cfg: dict[str, Any], launcher: str, overrides: list[str], sweep_dir: 
             raise UserError(f"hydra/launcher={launcher}: sbatch refused the jobs ({refused}){hint}") from None
         traceback.print_exc()  # a job that raised, or one the cluster killed
         return 1
+    finally:
+        with suppress(OSError):  # submitit also makes the folder pattern itself, a folder named %j, and leaves it empty
+            (job_logs(sweep_dir, launcher) / "%j").rmdir()
 
 
 FOLLOW_S = 15.0  # how often the launching process reads the study for trials the jobs finished

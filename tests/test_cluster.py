@@ -337,6 +337,7 @@ def test_submitit_local_launcher_runs_two_worker_jobs_on_a_journal_file_into_one
     trials = optuna.load_study(study_name="local", storage=storage).get_trials()
     assert_each_point_once(sweep, trials)
     assert len(list((sweep / "logs" / "local").glob("*/*_log.out"))) == 2  # one submitit log per job
+    assert not (sweep / "logs" / "local" / "%j").exists()  # only the jobs' folders, not submitit's pattern
     # The jobs' output is in their logs; the launching terminal follows their trials through the study.
     followed = [line for line in done.stdout.splitlines() if re.match(r"\[\d+/\d+\] α=", line)]
     assert len(followed) == sum(t.state.name == "COMPLETE" for t in trials) > 0, done.stdout
@@ -452,6 +453,7 @@ def test_two_slurm_jobs_on_postgres_train_each_point_once_with_logs_and_wandb_ru
     assert_each_point_once(sweep, trials)
     jobs = {t.user_attrs["slurm_job"] for t in trials if t.state == TrialState.COMPLETE}
     assert len(list((sweep / "logs" / "slurm").glob("*/*_log.out"))) == 2
+    assert not (sweep / "logs" / "slurm" / "%j").exists()
     assert len(list((sweep / "wandb").glob("offline-run-*"))) == POINTS  # one W&B run per trained trial
     # the dashboard finds the study here; the password stays out of the results folder
     recorded = (sweep / "storage.txt").read_text().strip()
