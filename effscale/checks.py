@@ -172,6 +172,8 @@ SECTIONS: dict[str, dict[str, Check]] = {
                  "min_resolution": count(1), "checkpoint": FILE_PATH},
     "finetune.recipe": TRAINER,
     "logger": {"project": WANDB_PROJECT},
+    "strategy": {"name": ((lambda v: v == "compound"), "compound (a search's grid is of compound coefficients; "
+                          "effscale compare scales width, depth or resolution alone: compare.strategies)")},
 }
 
 
@@ -187,7 +189,7 @@ READ_ELSEWHERE: dict[str, set[str]] = {
     "logger": {"name"},
 }
 CLOSED = ("data", "trainer", "search", "search.grid", "scale", "budget", "measure", "compare", "compare.trainer",
-          "finetune", "finetune.recipe", "logger")
+          "finetune", "finetune.recipe", "logger", "strategy")
 
 
 def check_values(values: dict[str, Any], section: str, checks: dict[str, Check]) -> None:

@@ -17,6 +17,9 @@ from effscale.errors import UserError
 
 @pytest.mark.parametrize("command, override, message", [
     ("search", "trainer.lr=abc", "trainer.lr: expected a number above 0, got 'abc'"),
+    ("search", "strategy.name=width", "strategy.name: expected compound (a search's grid is of compound coefficients; "
+                                      "effscale compare scales width, depth or resolution alone: compare.strategies), "
+                                      "got 'width'"),
     ("measure", "scale.resolution_multiple=0",  # a multiple of 0 px would be taken as 1
      "scale.resolution_multiple: expected null or an integer of at least 1, got 0"),
     ("search", "trainer.lr=0", "trainer.lr: expected a number above 0, got 0"),
@@ -107,6 +110,7 @@ def test_a_wrong_value_is_refused_by_its_key_and_what_it_accepts(command, overri
     ("measure", "++data.batchsize=8", "data.batchsize: unknown key; it takes batch_size, "),
     ("measure", "++scale.alfa=1.2", "scale.alfa: unknown key; it takes alpha, beta, depth, gamma, phi, "),
     ("measure", "++measure.variant=b1", "measure.variant: unknown key; it takes batch_size, latency, memory, "),
+    ("search", "++strategy.phi=2", "strategy.phi: unknown key; it takes name"),
 ])
 def test_a_key_added_with_plus_plus_that_nothing_reads_is_refused(command, override, message):
     # Hydra adds the key (++ asks it to); nothing would read it, so the run would ignore what was typed.
