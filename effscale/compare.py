@@ -24,8 +24,8 @@ import pandas as pd
 from effscale import results
 from effscale.errors import UserError
 from effscale.files import log_to, make_sweep_folder
-from effscale.scaling import (Multipliers, ScalingError, check_coefficients, compound_multipliers, scale_stage_table,
-                              strategy_multipliers)
+from effscale.scaling import (Multipliers, ScalingError, check_coefficients, compound_multipliers, constraint_value,
+                              scale_stage_table, strategy_multipliers)
 
 
 def solve_multiplier(ratio_at: Callable[[float], float], target: float, max_steps: int = 40) -> tuple[float, float]:
@@ -48,7 +48,7 @@ def solve_multiplier(ratio_at: Callable[[float], float], target: float, max_step
         seen[s] = ratio_at(s)
         return seen[s]
 
-    def close_enough() -> bool:
+    def landed_on_target() -> bool:
         return target in seen.values()
 
     lo, hi = 1.0, target
@@ -59,7 +59,7 @@ def solve_multiplier(ratio_at: Callable[[float], float], target: float, max_step
                 break
             lo = hi
     for _ in range(max_steps):
-        if close_enough() or hi / lo < 1 + 1e-6:
+        if landed_on_target() or hi / lo < 1 + 1e-6:
             break
         mid = math.sqrt(lo * hi)
         if at(mid) < target:
@@ -305,15 +305,12 @@ class Comparison:
     def row(self, model: ScaledModel) -> dict[str, Any]:
         """The columns a model has before training. α, β, γ are the compound coefficients this model is
         matched against; its own scaling is in depth_mult, width_mult and resolution."""
-        cost = self.costs[id(model)]
         return {
             "strategy": model.strategy, "phi": model.phi, "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma,
             "depth_mult": round(model.mult.depth, 6), "width_mult": round(model.mult.width, 6),
-            "resolution": cost.resolution, "params": cost.params, "macs": cost.macs,
-            "macs_ratio": round(model.macs_ratio, 4), "peak_mem_mb": cost.peak_mem_mb,
+            **self.costs[id(model)].cost_columns(), "macs_ratio": round(model.macs_ratio, 4),
             "feasible": not self.over_budget[id(model)],
-            "flops": cost.flops, "activations": cost.activations,
-            "constraint": round(self.alpha * self.beta**2 * self.gamma**2, 4),
+            "constraint": round(constraint_value(self.alpha, self.beta, self.gamma), 4),
             "point": compare_point(model.phi, self.alpha, self.beta, self.gamma), **self.context,
         }
 

@@ -56,6 +56,14 @@ class Measurement:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def cost_columns(self) -> dict[str, Any]:
+        """What a results row (a search's candidate, a comparison's model) records of the cost."""
+        return {key: getattr(self, key) for key in COST_COLUMNS}
+
+
+# The results-table columns a measurement fills.
+COST_COLUMNS = ("resolution", "params", "macs", "flops", "activations", "peak_mem_mb", "latency_ms")
+
 
 class _MetaBatchNorm(torch.autograd.Function):
     """Batch norm on the meta device in one step. Saves, for autograd, the tensors aten's

@@ -376,13 +376,10 @@ ROW_ATTRS = [c for c in results.COLUMNS if c not in ("trial", "state")]
 
 def candidate_row(c: Candidate, context: dict[str, Any]) -> dict[str, Any]:
     """The columns a candidate has before training: where it is on the grid and what it costs."""
-    cost = c.cost
     return {
         "strategy": STRATEGY, "phi": c.phi, "alpha": c.alpha, "beta": c.beta, "gamma": c.gamma,
         "depth_mult": round(c.table["depth_mult"], 6), "width_mult": round(c.table["width_mult"], 6),
-        "resolution": cost.resolution, "params": cost.params, "macs": cost.macs,
-        "macs_ratio": round(c.macs_ratio, 4), "peak_mem_mb": cost.peak_mem_mb, "feasible": c.feasible,
-        "flops": cost.flops, "activations": cost.activations, "latency_ms": cost.latency_ms,
+        **c.cost.cost_columns(), "macs_ratio": round(c.macs_ratio, 4), "feasible": c.feasible,
         "constraint": round(constraint_value(c.alpha, c.beta, c.gamma), 4), "point": c.point,
         "reason": "; ".join(c.reasons) or None, **context,
     }

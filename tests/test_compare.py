@@ -263,6 +263,19 @@ def test_a_model_that_fails_gets_a_fail_row_with_its_reason_and_its_traceback_in
     assert "compound phi=1 seed 0 failed" in log and "Traceback" in log and "second line" in log
 
 
+def test_a_latency_budget_is_judged_on_the_latency_each_row_records(tmp_path, monkeypatch):
+    import effscale.train
+    from effscale.commands import compare
+    from effscale.results import read_trials
+
+    monkeypatch.setattr(effscale.train, "fit_candidate", lambda *a, **kw: {
+        "state": "COMPLETE", "val_acc": 0.5, "test_acc": 0.4, "epochs": 1, "train_seconds": 1.0})
+    compare([f"out={tmp_path}", "name=timed", *TINY, "compare.strategies=[compound]", "compare.seeds=1",
+             "budget.max_latency_ms=100000"])
+    latency = read_trials(tmp_path / "timed").set_index("strategy")["latency_ms"]
+    assert sorted(latency.index) == ["baseline", "compound"] and (latency > 0).all(), latency
+
+
 def test_a_model_over_the_budget_is_an_infeasible_row_with_its_reason_not_trained(tmp_path, monkeypatch, capsys):
     import effscale.train
     from effscale.commands import compare
