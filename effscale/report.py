@@ -661,8 +661,9 @@ def build_report(df: pd.DataFrame, plots: Path, title: str, metric: str = "val_a
         report.sections.append(Section(
             "Measured cost",
             "Training time is each trial's wall clock, so it also shows what ran beside it (other workers, "
-            "other jobs, threads per trial). Peak memory is one training batch: measured by CUDA's allocator "
-            "on a GPU, estimated from the tensors autograd saves on a CPU.",
+            "other jobs, threads per trial). Peak memory is one training batch, estimated from the tensors "
+            "autograd saves (measured by CUDA's allocator instead where budget.max_peak_mem_mb bounds a run on "
+            "a GPU).",
             image=_relative(report.files, "cost_vs_macs")))
     if summary.empty and grid.empty:
         report.sections.append(Section("Nothing to compare yet", " ".join(filter(None, [

@@ -27,7 +27,7 @@ import pandas as pd
 from effscale.errors import UserError
 from effscale.files import exclusive, write_atomically
 
-# The contract columns other tools rely on (DESIGN.md), then the rest, in the order they are written.
+# The contract columns other tools rely on (README, "Search α, β, γ": Results), then the rest, in the order written.
 CONTRACT = ["trial", "strategy", "phi", "alpha", "beta", "gamma", "depth_mult", "width_mult", "resolution",
             "params", "macs", "macs_ratio", "peak_mem_mb", "feasible", "state", "val_acc", "seed", "epochs",
             "train_seconds"]

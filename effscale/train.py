@@ -292,7 +292,7 @@ def make_trainer(recipe: dict[str, Any], *, device: str = "cpu", loggers: Sequen
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
         num_sanity_val_steps=0, log_every_n_steps=int(recipe.get("log_every_n_steps", 50)),
         gradient_clip_val=recipe.get("gradient_clip_val"), deterministic=bool(recipe.get("deterministic", False)),
-        default_root_dir=recipe.get("root_dir"), callbacks=list(callbacks), plugins=_cluster_environment(),
+        callbacks=list(callbacks), plugins=_cluster_environment(),
     )
 
 

@@ -3,7 +3,7 @@
 Two kinds:
 
 - bad inputs (`BAD_INPUTS`): a command line a user might type with something wrong in it. The contract
-  (DESIGN.md) is one line on stderr naming the key or file, exit status 2, no traceback, and nothing
+  (README) is one line on stderr naming the key or file, exit status 2, no traceback, and nothing
   written to the output folder.
 - faults (`TINY_SEARCH` and the helpers below): things that go wrong inside a running search (a
   diverging loss, an out-of-memory, Ctrl-C, a killed process). The sweep must go on or resume, and no
