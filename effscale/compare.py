@@ -380,7 +380,7 @@ class Comparison:
                      "another sweep (name=…)")
 
     def train(self, model: ScaledModel, seed: int, trial: int) -> dict[str, Any]:
-        from effscale.loggers import close_loggers, run_settings, trial_loggers
+        from effscale.loggers import close_loggers, closed_if_stopped, run_settings, trial_loggers
         from effscale.train import fit_candidate
 
         row = self.row(model) | {"seed": seed}
@@ -389,18 +389,20 @@ class Comparison:
         loggers = trial_loggers(self.logger_kind, self.sweep_dir, name, group=str(self.cfg["name"]),
                                 job_type=model.strategy, config=row | run_settings(self.cfg, self.recipe),
                                 project=self.cfg["logger"].get("project", "effscale"))
-        try:
-            metrics = fit_candidate(model.table, self.data, self.recipe, seed=seed, device=self.device,
-                                    loggers=loggers)
-        except (KeyboardInterrupt, SystemExit):
-            # Lightning answers a Ctrl-C inside trainer.fit with its own shutdown and sys.exit(1): the same
-            # interrupt (the CLI's exit 130). No row is written, so the next run trains this model again.
-            raise KeyboardInterrupt from None
-        except UserError:
-            raise  # a mistake that would fail every model alike
-        except Exception as exc:  # one broken model must not end the comparison; its row says why
-            log.exception("%s phi=%g seed %s failed", model.strategy, model.phi, seed)
-            metrics = {"state": "FAIL", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        with closed_if_stopped(loggers):
+            try:
+                metrics = fit_candidate(model.table, self.data, self.recipe, seed=seed, device=self.device,
+                                        loggers=loggers)
+            except (KeyboardInterrupt, SystemExit):
+                # Lightning answers a Ctrl-C inside trainer.fit with its own shutdown and sys.exit(1): the
+                # same interrupt (the CLI's exit 130). No row is written, so the next run trains this model
+                # again.
+                raise KeyboardInterrupt from None
+            except UserError:
+                raise  # a mistake that would fail every model alike
+            except Exception as exc:  # one broken model must not end the comparison; its row says why
+                log.exception("%s phi=%g seed %s failed", model.strategy, model.phi, seed)
+                metrics = {"state": "FAIL", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
         metrics = {k: metrics.get(k) for k in ("state", "val_acc", "test_acc", "epochs", "train_seconds", "reason")}
         close_loggers(loggers, {k: (metrics | row).get(k) for k in SUMMARY_KEYS} | {"state": metrics["state"]})
         return row | metrics

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +58,10 @@ def run_settings(cfg: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
 
 def trial_loggers(kind: str, sweep_dir: Path, run_name: str, *, group: str, job_type: str,
                   config: dict[str, Any], project: str = "effscale") -> list[Logger]:
-    """Loggers for one trial: `logs/<run_name>/metrics.csv`, plus a W&B run when `kind` is wandb."""
+    """Loggers for one trial: `logs/<run_name>/metrics.csv`, plus a W&B run when `kind` is wandb.
+    A folder of that name is an earlier attempt that never recorded its result (a comparison's model is
+    trained again under its name after a Ctrl-C): it is removed, not continued."""
+    shutil.rmtree(sweep_dir / "logs" / run_name, ignore_errors=True)
     loggers: list[Logger] = [TrialCSVLogger(sweep_dir, name="logs", version=run_name)]
     if kind == "wandb":
         os.environ.setdefault("WANDB_MODE", "offline")
@@ -82,12 +88,40 @@ def trial_loggers(kind: str, sweep_dir: Path, run_name: str, *, group: str, job_
     return loggers
 
 
+def _wandb_run(logger: Logger) -> Any:
+    return getattr(logger, "experiment", None) if type(logger).__name__ == "WandbLogger" else None
+
+
 def close_loggers(loggers: list[Logger], summary: dict[str, Any]) -> None:
-    """Record a trial's final numbers as the W&B run summary and finish the run."""
+    """Record a trial's final numbers as the W&B run summary and finish the run. A number the trial
+    has not (val_acc None for a FAIL) is taken out of the summary, where Lightning left its last value."""
     for logger in loggers:
-        run = getattr(logger, "experiment", None) if type(logger).__name__ == "WandbLogger" else None
+        run = _wandb_run(logger)
         if run is not None:
+            present = set(run.summary.keys())
+            for key in present & {k for k, v in summary.items() if v is None}:
+                del run.summary[key]
             run.summary.update({k: v for k, v in summary.items() if v is not None})
             run.finish()
         else:
             logger.finalize("success")
+
+
+@contextmanager
+def closed_if_stopped(loggers: list[Logger]) -> Iterator[None]:
+    """A training that stops the command (Ctrl-C, SIGTERM, an error every trial would meet) ends its W&B
+    run as failed, state INTERRUPTED, rather than leaving W&B to finish it at exit like a finished one."""
+    try:
+        yield
+    except BaseException:
+        for logger in loggers:
+            run = _wandb_run(logger)
+            try:
+                if run is not None:
+                    run.summary.update({"state": "INTERRUPTED"})
+                    run.finish(exit_code=1)
+                else:
+                    logger.finalize("failed")
+            except Exception:  # noqa: S110  the reason the command stops is what matters, not W&B's
+                pass
+        raise

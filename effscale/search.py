@@ -946,7 +946,7 @@ class Search:
         return True
 
     def fit(self, trial: optuna.Trial, job: Job, attrs: dict[str, Any], progress: str) -> None:
-        from effscale.loggers import close_loggers, run_settings, trial_loggers
+        from effscale.loggers import close_loggers, closed_if_stopped, run_settings, trial_loggers
         from effscale.train import fit_candidate
 
         c, seed = job.candidate, job.seed
@@ -970,16 +970,17 @@ class Search:
                                 job_type=STRATEGY, config=config, project=self.cfg["logger"].get("project", "effscale"))
         # Several heartbeats fit into search.stale_after_s, so that one late write is not a death.
         every_s = min(HEARTBEAT_S, self.stale_after_s / 4)
-        try:
-            with heartbeat(self.study, trial._trial_id, every_s):
-                metrics = fit_candidate(c.table, self.data, self.recipe, seed=seed, device=self.device,
-                                        loggers=loggers, report=report)
-        except Exception as exc:
-            if stop_reason(exc) is not None:
-                raise  # it stops the sweep, and the trial is marked stale: the next launch runs it again
-            # One broken candidate must not end the sweep; the log keeps the traceback.
-            log.exception("trial %s (%s, seed %s) failed", trial.number, c.point, seed)
-            metrics = {"state": "FAIL", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        with closed_if_stopped(loggers):
+            try:
+                with heartbeat(self.study, trial._trial_id, every_s):
+                    metrics = fit_candidate(c.table, self.data, self.recipe, seed=seed, device=self.device,
+                                            loggers=loggers, report=report)
+            except Exception as exc:
+                if stop_reason(exc) is not None:
+                    raise  # it stops the sweep, and the trial is marked stale: the next launch runs it again
+                # One broken candidate must not end the sweep; the log keeps the traceback.
+                log.exception("trial %s (%s, seed %s) failed", trial.number, c.point, seed)
+                metrics = {"state": "FAIL", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
         summary = {k: metrics.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds", "reason")}
         self.record(trial, summary, metrics["state"], progress)  # first: a Ctrl-C while closing keeps it
         close_loggers(loggers, summary | {"macs": c.cost.macs, "params": c.cost.params, "state": metrics["state"]})
@@ -1044,7 +1045,7 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, logger_kind: str) -> str:
     if summary.empty:
         return "\n".join(lines + ["no trial completed: nothing to rank"])
     best = summary.iloc[0]
-    spread = "" if pd.isna(best["val_std"]) else f" ± {best['val_std']:.3f}"
+    spread = "" if pd.isna(best["val_std"]) else f" ± {best['val_std']:.3f} (std)"  # the report's ± is a 95 % CI
     lines.append(f"best: alpha={best['alpha']:g} beta={best['beta']:g} gamma={best['gamma']:g} "
                  f"({int(best['resolution'])} px, MACs ×{best['macs_ratio']:.2f}): "
                  f"val acc {best['val_acc']:.3f}{spread} over {int(best['seeds'])} seed(s)")

@@ -537,6 +537,57 @@ def test_a_trials_wandb_run_records_its_point_data_scale_and_recipe(tmp_path, mo
     assert config["scale"]["width"] == 0.5 and config["trainer"]["max_epochs"] == 1
 
 
+class _Summary(dict):
+    """W&B's run summary as close_loggers uses it (keys, del, update)."""
+
+
+class _Run:
+    def __init__(self, logged):
+        self.summary, self.exit_code = _Summary(logged), None
+
+    def finish(self, exit_code=None):
+        assert self.exit_code is None, "finished twice"
+        self.exit_code = exit_code or 0
+
+
+class WandbLogger:  # close_loggers tells a W&B logger by its class name
+    def __init__(self, logged):
+        self.experiment = _Run(logged)
+
+
+def test_a_wandb_run_ends_with_the_rows_numbers_or_as_interrupted_when_its_training_stops_the_command():
+    from effscale.loggers import close_loggers, closed_if_stopped
+
+    failed = WandbLogger({"val_acc": 0.1, "epoch": 0})  # what Lightning logged before the loss diverged
+    close_loggers([failed], {"val_acc": None, "test_acc": None, "state": "FAIL", "reason": "loss is nan"})
+    assert failed.experiment.summary == {"epoch": 0, "state": "FAIL", "reason": "loss is nan"}
+    assert failed.experiment.exit_code == 0
+    stopped = WandbLogger({"val_acc": 0.3})
+    with pytest.raises(KeyboardInterrupt), closed_if_stopped([stopped]):
+        raise KeyboardInterrupt
+    assert stopped.experiment.summary == {"val_acc": 0.3, "state": "INTERRUPTED"}
+    assert stopped.experiment.exit_code == 1
+    caught = WandbLogger({})
+    with closed_if_stopped([caught]):
+        try:
+            raise RuntimeError("one broken trial, recorded FAIL")
+        except RuntimeError:
+            pass
+    assert caught.experiment.exit_code is None  # left for close_loggers
+
+
+def test_a_trials_log_folder_left_by_an_attempt_that_never_finished_is_started_afresh(tmp_path):
+    from effscale.loggers import trial_loggers
+
+    folder = tmp_path / "logs" / "compare_0_baseline_phi0_s0"
+    folder.mkdir(parents=True)
+    (folder / "metrics.csv").write_text("epoch,step,val_acc\n0,10,0.245\n")
+    [csv_logger] = trial_loggers("csv", tmp_path, folder.name, group="g", job_type="baseline", config={})
+    csv_logger.log_metrics({"val_acc": 0.355, "epoch": 0}, step=10)
+    csv_logger.finalize("success")
+    assert "0.245" not in (folder / "metrics.csv").read_text() and "0.355" in (folder / "metrics.csv").read_text()
+
+
 def test_wandb_writes_its_own_logs_in_the_sweep_folder(tmp_path, monkeypatch):
     from effscale import loggers
 
@@ -805,6 +856,9 @@ def test_what_a_search_prints_ranks_its_grid_points_not_the_rows_compare_added_t
                           row("compare_phi2_a1.2_b1_g1.291", 2, 1.2, 1.0, 1.291, 0.90)])
     text = outcome(table, tmp_path, "csv")
     assert "trials: 2 COMPLETE" in text and "best: alpha=1.2 beta=1 gamma=1.291 (40 px, MACs ×2.00)" in text
+    again = pd.concat([table, pd.DataFrame([row("a1.2_b1_g1.291", 1, 1.2, 1.0, 1.291, 0.74) | {"seed": 1}])])
+    # A standard deviation, labelled so: the report's and compare's ± are 95 % intervals.
+    assert "val acc 0.720 ± 0.028 (std) over 2 seed(s)" in outcome(again, tmp_path, "csv")
 
 
 def test_a_process_that_opens_a_second_sweep_logs_to_that_sweeps_search_log_alone(tmp_path):
