@@ -292,16 +292,15 @@ def megabytes(peak: float | None) -> str:
     return "out of memory" if math.isinf(peak) else f"{peak:,.0f}"
 
 
-def format_summary(summary: pd.DataFrame, limit: int | None = None) -> str:
+def format_summary(summary: pd.DataFrame) -> str:
     """The seed summary as a compact fixed-width table for a terminal or the README."""
-    rows = summary if limit is None else summary.head(limit)
     headers = ["#", "alpha", "beta", "gamma", "res", "MACs x", "params", "val acc", "± std", "seeds",
                "test acc", "train s"]
     body = [[str(i + 1), f"{r.alpha:.2f}", f"{r.beta:.2f}", f"{r.gamma:.3f}", str(int(r.resolution)),
              f"{r.macs_ratio:.2f}", f"{int(r.params) / 1e6:.2f}M", f"{r.val_acc:.3f}",
              "–" if pd.isna(r.val_std) else f"{r.val_std:.3f}", str(int(r.seeds)),
              "–" if pd.isna(r.test_acc) else f"{r.test_acc:.3f}", f"{r.train_seconds:.0f}"]
-            for i, r in enumerate(rows.itertuples())]
+            for i, r in enumerate(summary.itertuples())]
     widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(cells, widths)) for cells in [headers, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -122,9 +122,9 @@ class Worker:
             self.search.say(f"{taken} abandoned trial(s) marked FAIL (stale): their points run again")
 
 
-def work(cfg: dict[str, Any], index: int, say: Callable[[str], None] | None = None) -> None:
+def work(cfg: dict[str, Any], index: int) -> None:
     """Plan the sweep, open its study and work as worker `index` until the grid is done."""
-    say = say or (lambda line: print(f"worker {index}: {line}", flush=True))
+    say = lambda line: print(f"worker {index}: {line}", flush=True)  # noqa: E731
     search = Search(cfg, model_table(cfg), resolve_device(cfg["device"]), say=say, shared=True)
     search.plan()
     search.open(new_launch=False)
