@@ -120,10 +120,13 @@ def trained_with(baseline: dict[str, Any], data: dict[str, Any], recipe: dict[st
                                   "trainer": without_runtime(recipe), **extra}, default=str))
 
 
-def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any]) -> None:
+def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any], trained: bool = False) -> None:
     """Record `settings` (from `trained_with`) as what `command`'s trials in `sweep_dir` are trained
     with, in settings.json; if the sweep recorded others, refuse to go on: its finished trials would be
-    kept and ranked beside trials trained differently. The error names the first settings that differ."""
+    kept and ranked beside trials trained differently. The error names the first settings that differ.
+    While neither the table holds a row of `command`'s nor the caller knows of a finished trial
+    (`trained`: the search's study), as after a first run stopped by a corrupt image or killed before
+    a trial finished, there is nothing to mix with: the new settings are recorded instead."""
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / "settings.json"
     with locked(sweep_dir):
@@ -131,8 +134,13 @@ def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any]
             recorded = json.loads(path.read_text()) if path.exists() else {}
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}: cannot read it ({exc}); it records what the sweep was trained with") from None
+        if not isinstance(recorded, dict) or not isinstance(recorded.get(command, {}), dict):
+            raise UserError(f"{path}: expected a JSON object of settings by command, got {str(recorded)[:60]!r}; "
+                            "it records what the sweep was trained with")
         before = recorded.get(command)
-        if before is None:
+        table = read_trials(sweep_dir)
+        ours = table[from_compare(table) == (command == "compare")]
+        if before is None or (not trained and (ours["state"] == "INFEASIBLE").all()):
             write_atomically(path, lambda f: json.dump({**recorded, command: settings}, f, indent=1, sort_keys=True))
             return
     was, now = dict(_flat(before)), dict(_flat(settings))

@@ -654,8 +654,11 @@ class Search:
                 self.adopt_device_costs()
                 self._require_feasible()
             self.check_same_points()
+            finished = any(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+                           and not t.user_attrs.get("stale") and t.user_attrs.get("repeat_of") is None
+                           for t in self.study.get_trials(deepcopy=False))
             results.check_settings(self.sweep_dir, "search", results.trained_with(
-                self.baseline, self.cfg["data"], self.recipe, phi=float(self.opts["phi"])))
+                self.baseline, self.cfg["data"], self.recipe, phi=float(self.opts["phi"])), trained=finished)
         except UserError:
             if created:
                 optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)

@@ -495,6 +495,29 @@ def test_wandb_that_cannot_start_a_run_is_one_line_and_leaves_no_trial_running(t
     assert [t.user_attrs.get("stale") for t in study.trials] == [True]
 
 
+def test_a_sweep_stopped_before_any_trial_finished_takes_other_settings_and_a_settings_file_not_an_object_is_one_line(
+        tmp_path, monkeypatch):
+    import effscale.train
+
+    def stopped(*args, **kwargs):  # a corrupt image found by the first trial, a Ctrl-C: nothing finished
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(effscale.train, "fit_candidate", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            tiny_search(tmp_path)
+    assert (tmp_path / "tiny" / "settings.json").exists()
+    assert set(results.read_trials(tmp_path / "tiny")["state"]) == {"INFEASIBLE"}  # the budget's, no trial's
+    table = tiny_search(tmp_path, "trainer.max_epochs=2")  # the fixed run is not refused as "other settings"
+    assert (table["state"] == "COMPLETE").any() and set(table["epochs"].dropna()) == {2}
+    assert '"max_epochs": 2' in (tmp_path / "tiny" / "settings.json").read_text()
+    with pytest.raises(UserError, match="its search trials were trained with other settings"):
+        tiny_search(tmp_path, "trainer.max_epochs=1")  # now there are trials to keep apart
+    (tmp_path / "tiny" / "settings.json").write_text("null")
+    with pytest.raises(UserError, match=r"settings.json: expected a JSON object of settings by command, got 'None'"):
+        tiny_search(tmp_path, "trainer.max_epochs=2")
+
+
 def test_a_refused_run_never_deletes_a_study_it_did_not_create_even_one_not_yet_set_up(tmp_path):
     import sqlite3
 
