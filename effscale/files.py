@@ -80,15 +80,21 @@ def first_new_folder(path: Path) -> Path | None:
 def make_sweep_folder(sweep_dir: Path, out: Any) -> Path | None:
     """Create a sweep folder and return the first folder that made (`first_new_folder`): None when it
     was there, or another command started at the same moment made it first, so that only the run
-    that made it removes it. A folder that cannot be made is one error naming `out`."""
+    that made it removes it. A folder that cannot be made, or one there already that cannot be written
+    in, is one error naming `out`."""
     new = first_new_folder(sweep_dir)
     try:
         sweep_dir.parent.mkdir(parents=True, exist_ok=True)
         sweep_dir.mkdir()
     except OSError as exc:
-        if isinstance(exc, FileExistsError) and sweep_dir.is_dir():
-            return None
-        raise UserError(f"out={out}: cannot create the sweep folder {sweep_dir} ({exc.strerror or exc})") from None
+        if not (isinstance(exc, FileExistsError) and sweep_dir.is_dir()):
+            raise UserError(f"out={out}: cannot create the sweep folder {sweep_dir} ({exc.strerror or exc})") from None
+        try:
+            with tempfile.TemporaryFile(dir=sweep_dir):
+                pass
+        except OSError as exc:
+            raise UserError(f"out={out}: cannot write in the sweep folder {sweep_dir} ({exc.strerror or exc})") from None
+        return None
     return new
 
 

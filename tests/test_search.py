@@ -518,6 +518,22 @@ def test_a_sweep_stopped_before_any_trial_finished_takes_other_settings_and_a_se
         tiny_search(tmp_path, "trainer.max_epochs=2")
 
 
+def test_a_sweep_folder_that_cannot_be_written_in_is_one_line(tmp_path, monkeypatch):
+    import types
+
+    from effscale import files
+
+    def denied(dir=None):  # a folder of another user's, read-only to this one (root is never denied)
+        raise PermissionError(13, "Permission denied")
+
+    (tmp_path / "tiny").mkdir()
+    monkeypatch.setattr(files, "tempfile", types.SimpleNamespace(TemporaryFile=denied))
+    with pytest.raises(UserError, match=re.escape(f"out={tmp_path}: cannot write in the sweep folder "
+                                                  f"{tmp_path / 'tiny'} (Permission denied)")):
+        tiny_search(tmp_path)
+    assert list((tmp_path / "tiny").iterdir()) == []
+
+
 def test_a_refused_run_never_deletes_a_study_it_did_not_create_even_one_not_yet_set_up(tmp_path):
     import sqlite3
 
