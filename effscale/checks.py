@@ -203,13 +203,15 @@ def check_config(cfg: dict[str, Any]) -> None:
     """Check every section of a resolved config (`config.to_dict`) that `SECTIONS` describes."""
     for path, checks in SECTIONS.items():
         values: Any = cfg
+        present = True  # `search.grid=null` on the command line leaves the key with nothing under it
         for part in filter(None, path.split(".")):
+            present = isinstance(values, dict) and part in values
             values = values.get(part) if isinstance(values, dict) else None
         if isinstance(values, dict):
             if path in CLOSED:
                 _check_keys(path, values, set(), set(checks) | READ_ELSEWHERE.get(path, set()))
             check_values(values, path, checks)
-        elif values is not None:  # `scale=abc` on the command line puts text where the keys were
+        elif values is not None or (present and path in CLOSED):  # `scale=abc` put text there, `scale=null` nothing
             raise UserError(f"{path}: expected a mapping of keys, got {values!r}")
     scale = cfg.get("scale")
     phi = scale.get("phi") if isinstance(scale, dict) else None

@@ -40,6 +40,8 @@ def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConf
     except UnicodeDecodeError as exc:
         raise UserError(f"a config file on the search path is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
                         f"offset {exc.start})") from None
+    except ValueError as exc:  # hydra=null: Hydra's own node needs its keys
+        raise UserError(str(exc).splitlines()[0]) from None
     finally:
         GlobalHydra.instance().clear()
     return cfg

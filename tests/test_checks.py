@@ -17,6 +17,10 @@ from effscale.errors import UserError
 
 @pytest.mark.parametrize("command, override, message", [
     ("search", "trainer.lr=abc", "trainer.lr: expected a number above 0, got 'abc'"),
+    ("search", "search.grid=null", "search.grid: expected a mapping of keys, got None"),
+    ("measure", "measure=null", "measure: expected a mapping of keys, got None"),
+    ("compare", "compare=null", "compare: expected a mapping of keys, got None"),
+    ("finetune", "finetune.recipe=null", "finetune.recipe: expected a mapping of keys, got None"),
     ("search", "strategy.name=width", "strategy.name: expected compound (a search's grid is of compound coefficients; "
                                       "effscale compare scales width, depth or resolution alone: compare.strategies), "
                                       "got 'width'"),
@@ -97,6 +101,11 @@ from effscale.errors import UserError
 def test_a_wrong_value_is_refused_by_its_key_and_what_it_accepts(command, override, message):
     with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
         load(command, override.split())
+
+
+def test_hydras_own_settings_set_to_null_are_one_line():
+    with pytest.raises(UserError, match="^Config group override must be a string or a list. Got NoneType$"):
+        compose("search", ["hydra=null"], hydra=True)
 
 
 @pytest.mark.parametrize("command, override, message", [
