@@ -21,6 +21,7 @@ normalisation (`adapt_stem`), which also turns an RGB stem into a greyscale one.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -166,8 +167,9 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
     if recipe.get("channels_last", True):
         network = network.to(memory_format=torch.channels_last)
 
+    # Checked before training: a checkpoint it cannot write would lose the run.
     checkpoint = Path(str(opts["checkpoint"])).expanduser()
-    made = checkpoint_folder(checkpoint)  # before training: a folder it cannot write would lose the run
+    made = checkpoint_folder(checkpoint, str(opts["checkpoint"]))
     try:
         result = train_phases(network, data, opts, recipe, device)
         table = {**pretrained.table, "resolution": resolution}
@@ -220,9 +222,10 @@ def check_features_vary(network: nn.Module, data: Any) -> None:
                         "fine-tune at a larger input, data.resolution=64 or more")
 
 
-def checkpoint_folder(checkpoint: Path) -> Path | None:
-    """Create the checkpoint's folder and check it can be written; the outermost folder this made, if any."""
-    if checkpoint.is_dir():
+def checkpoint_folder(checkpoint: Path, typed: str = "") -> Path | None:
+    """Create the checkpoint's folder and check it can be written; the outermost folder this made, if any.
+    `typed`, the path as given, names a folder when it ends in a slash, whether or not that folder exists."""
+    if checkpoint.is_dir() or typed.endswith(("/", os.sep)):
         raise UserError(f"finetune.checkpoint: {checkpoint} is a folder; expected a file to write, "
                         f"such as {checkpoint / 'model.pt'}")
     try:

@@ -218,6 +218,9 @@ def test_a_checkpoint_path_of_null_is_one_line(tmp_path, capsys):
     (lambda p: [f"out={p / 'a-file' / 'deeper'}", "name=x"], "finetune.checkpoint: cannot write {p}/a-file/deeper/x/"),
     (lambda p: [f"finetune.checkpoint={p}"], "finetune.checkpoint: {p} is a folder; expected a file to write, such as "
                                              "{p}/model.pt"),
+    # A folder not made yet, named by its slash: not a file called `sub`.
+    (lambda p: [f"finetune.checkpoint={p}/sub/"], "finetune.checkpoint: {p}/sub is a folder; expected a file to write, "
+                                                  "such as {p}/sub/model.pt"),
 ])
 def test_a_checkpoint_path_that_cannot_be_written_is_one_line_before_any_training(tmp_path, capsys, monkeypatch,
                                                                                  where, message):
