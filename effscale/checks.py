@@ -190,6 +190,9 @@ READ_ELSEWHERE: dict[str, set[str]] = {
 }
 CLOSED = ("data", "trainer", "search", "search.grid", "scale", "budget", "measure", "compare", "compare.trainer",
           "finetune", "finetune.recipe", "logger", "strategy")
+# The top-level keys of every command's config and of the sweeps/ presets (cluster: +sweep=slurm's).
+TOP_LEVEL = {"seed", "name", "variant", "device", "out", "format", "data", "baseline", "scale", "budget", "search",
+             "strategy", "trainer", "logger", "measure", "compare", "finetune", "cluster"}
 
 
 def check_values(values: dict[str, Any], section: str, checks: dict[str, Check]) -> None:
@@ -201,6 +204,9 @@ def check_values(values: dict[str, Any], section: str, checks: dict[str, Check])
 
 def check_config(cfg: dict[str, Any]) -> None:
     """Check every section of a resolved config (`config.to_dict`) that `SECTIONS` describes."""
+    unknown = sorted(set(cfg) - TOP_LEVEL)
+    if unknown:  # `+lr=0.1` for trainer.lr: Hydra adds the key, and nothing would read it
+        raise UserError(f"{unknown[0]}: unknown key; a command's settings are {', '.join(sorted(TOP_LEVEL))}")
     for path, checks in SECTIONS.items():
         values: Any = cfg
         present = True  # `search.grid=null` on the command line leaves the key with nothing under it

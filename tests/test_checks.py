@@ -120,6 +120,8 @@ def test_hydras_own_settings_set_to_null_are_one_line():
     ("measure", "++scale.alfa=1.2", "scale.alfa: unknown key; it takes alpha, beta, depth, gamma, phi, "),
     ("measure", "++measure.variant=b1", "measure.variant: unknown key; it takes batch_size, latency, memory, "),
     ("search", "++strategy.phi=2", "strategy.phi: unknown key; it takes name"),
+    ("measure", "+foo=1", "foo: unknown key; a command's settings are baseline, budget, cluster, compare, "),
+    ("search", "+lr=0.1", "lr: unknown key; a command's settings are "),
 ])
 def test_a_key_added_with_plus_plus_that_nothing_reads_is_refused(command, override, message):
     # Hydra adds the key (++ asks it to); nothing would read it, so the run would ignore what was typed.
