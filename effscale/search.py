@@ -628,7 +628,7 @@ class Search:
             try:
                 with _one_at_a_time(sqlite):
                     storage = open_storage(url, self.sweep_dir)
-                    made = {"study_name": str(self.cfg["name"]), "storage": storage, "pruner": self.pruner(),
+                    made = {"study_name": self._study_name(url, storage), "storage": storage, "pruner": self.pruner(),
                             "sampler": make_sampler(self.opts["sampler"], points, self.seed)}
                     try:
                         return optuna.create_study(direction="maximize", **made), True
@@ -644,6 +644,19 @@ class Search:
                 what = f"search.storage={without_password(url)}" if url else f"{self.sweep_dir / 'study.db'}"
                 reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
                 raise UserError(f"{what}: cannot open the study ({reason[:200]})") from None
+
+    def _study_name(self, url: str | None, storage: Any) -> str:
+        """`name`, or the one study the folder's own study.db holds under another name: the folder was
+        renamed or copied with its study, whose finished trials are this sweep's."""
+        name = str(self.cfg["name"])
+        if url:  # a shared storage holds other sweeps' studies
+            return name
+        held = optuna.get_all_study_names(storage)
+        if len(held) == 1 and held[0] != name:
+            self.say(f"{self.sweep_dir / 'study.db'} holds study {held[0]!r} (a folder renamed or copied with "
+                     "its study): resuming it")
+            return held[0]
+        return name
 
     def _check_against_record(self, new: Path | None, created: bool) -> None:
         """What the study and the sweep folder recorded must agree with this run: the device costs a

@@ -518,6 +518,18 @@ def test_a_sweep_stopped_before_any_trial_finished_takes_other_settings_and_a_se
         tiny_search(tmp_path, "trainer.max_epochs=2")
 
 
+def test_a_folder_renamed_with_its_study_resumes_that_study(tmp_path, capsys):
+    first = tiny_search(tmp_path)
+    (tmp_path / "tiny").rename(tmp_path / "moved")
+    capsys.readouterr()
+    again = tiny_search(tmp_path, name="moved")
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'moved' / 'study.db'} holds study 'tiny' (a folder renamed or copied" in out
+    assert "trials already complete, 0 to run" in out
+    pd.testing.assert_frame_equal(first, again)
+    assert not list((tmp_path / "moved").glob("trials.before-*"))
+
+
 def test_a_sweep_folder_that_cannot_be_written_in_is_one_line(tmp_path, monkeypatch):
     import types
 
@@ -911,7 +923,7 @@ def test_a_process_that_opens_a_second_sweep_logs_to_that_sweeps_search_log_alon
 
 
 def test_a_new_study_refused_by_the_sweeps_recorded_settings_is_not_left_behind(tmp_path):
-    planned(tmp_path)  # the sweep's settings.json: one epoch
+    tiny_search(tmp_path)  # the sweep's settings.json, one epoch, and trials trained with it
     journal = tmp_path / "elsewhere.log"
     with pytest.raises(UserError, match="trainer"):
         planned(tmp_path, "trainer.max_epochs=2", f"search.storage=journal:///{journal}")
