@@ -163,6 +163,7 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
     resolution = input_size(cfg["data"].get("resolution"), pretrained, int(opts["min_resolution"]))
     data = build_datamodule(cfg["data"], resolution, int(opts["batch_size"]), seed=int(cfg["seed"]))
     network = transferred(pretrained, data)
+    check_fits_in_memory(network, data.in_channels, resolution, int(opts["batch_size"]), recipe, device)
     check_features_vary(network, data)
     if recipe.get("channels_last", True):
         network = network.to(memory_format=torch.channels_last)
@@ -220,6 +221,33 @@ def check_features_vary(network: nn.Module, data: Any) -> None:
         raise UserError(f"at {data.resolution} px the pretrained network gives every image the same "
                         f"features, to within {spread:.1g} (as Lite0 does when its last stage sees 1×1); "
                         "fine-tune at a larger input, data.resolution=64 or more")
+
+
+def memory_mb(device: str) -> float:
+    """The memory a training step can have: a GPU's total, or what the operating system says is available."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[1] / 2**20
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) / 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):  # not Linux
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def check_fits_in_memory(network: nn.Module, in_channels: int, resolution: int, batch_size: int,
+                         recipe: dict[str, Any], device: str) -> None:
+    """Refuse an input size or batch whose training step cannot fit in the device's memory (estimated
+    from shapes, as a search estimates a candidate's): the process would otherwise be killed mid-run
+    with no word of why (data.resolution=5000 took 21 GB before the kernel stopped it)."""
+    from effscale.measure import measure_model
+
+    need = measure_model(network, resolution, in_channels=in_channels, batch_size=batch_size,
+                         optimizer=str(recipe.get("optimizer", "sgd"))).peak_mem_mb or 0.0
+    have = memory_mb(device)
+    if need > have:
+        where = "available on this machine" if device == "cpu" else f"that {device} has"
+        raise UserError(f"a training step at {resolution} px, batch {batch_size}, needs about {need / 1024:,.1f} GB, "
+                        f"more than the {have / 1024:,.1f} GB {where}; lower data.resolution or finetune.batch_size")
 
 
 def checkpoint_folder(checkpoint: Path, typed: str = "") -> Path | None:

@@ -194,6 +194,19 @@ def test_small_inputs_are_raised_to_min_resolution_and_features_the_same_for_eve
     assert load_pretrained(result["checkpoint"]).preprocessing.crop == 64
 
 
+def test_an_input_size_whose_training_step_cannot_fit_in_memory_is_one_line_before_anything_runs(tmp_path, capsys):
+    from effscale.cli import main
+
+    # Lite0 at 5000 px, batch 32: about 1.2 TB. Without the check the kernel killed the run, with no message.
+    assert main(["finetune", f"out={tmp_path / 'out'}", "device=cpu", "data.resolution=5000", "data.train_size=64",
+                 "data.val_size=32", "data.test_size=32"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"effscale finetune: a training step at 5000 px, batch 32, needs about 1,1\d\d\.\d GB, "
+                        r"more than the [\d,.]+ GB available on this machine; lower data.resolution or "
+                        r"finetune.batch_size\n", err), err
+    assert not (tmp_path / "out").exists()
+
+
 def test_training_that_diverges_is_one_line_naming_the_phase_and_writes_nothing(tmp_path, capsys):
     from effscale.cli import main
 
