@@ -66,7 +66,7 @@ def _check_removals(overrides: list[str]) -> None:
             raise UserError(f"{override}: {removed.group(1)} cannot be removed (effscale reads it); "
                             "override its value")
         key, _, value = override.partition("=")
-        if value in ("null", "None") and (CONF_DIR / key).is_dir():
+        if value.replace(" ", "") in ("null", "None", "[]") and (CONF_DIR / key).is_dir():  # [] selects none
             raise UserError(f"{override}: a config group needs an option; available: "
                             f"{', '.join(available_options(key))}")
 
@@ -96,6 +96,10 @@ def _one_line(exc: Exception, command: str) -> str:
         key, value = ambiguous.groups()
         return (f"{key}={value}: a comma outside brackets is Hydra's sweep syntax; write a list as "
                 f"{key}=[{value}], or text in quotes: '{key}=\"{value}\"'")
+    merging = re.search(r"Error merging override (([^=]+)=.*)", text)
+    if merging and "Cannot merge DictConfig with" in str(exc.__cause__ or ""):  # search.grid=[]
+        key = merging.group(2)
+        return f"{merging.group(1)}: {key} is a mapping of keys; set them one by one ({key}.KEY=…)"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if isinstance(exc, OverrideParseException):
         return _unparsable(exc.override, lines)

@@ -18,6 +18,9 @@ from effscale.errors import UserError
 @pytest.mark.parametrize("command, override, message", [
     ("search", "trainer.lr=abc", "trainer.lr: expected a number above 0, got 'abc'"),
     ("search", "search.grid=null", "search.grid: expected a mapping of keys, got None"),
+    ("search", "search.grid=[]", "search.grid=[]: search.grid is a mapping of keys; set them one by one "
+                                 "(search.grid.KEY=…)"),
+    ("search", "trainer=[]", "trainer=[]: a config group needs an option; available: default"),
     ("measure", "measure=null", "measure: expected a mapping of keys, got None"),
     ("compare", "compare=null", "compare: expected a mapping of keys, got None"),
     ("finetune", "finetune.recipe=null", "finetune.recipe: expected a mapping of keys, got None"),
