@@ -124,9 +124,9 @@ def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any]
     """Record `settings` (from `trained_with`) as what `command`'s trials in `sweep_dir` are trained
     with, in settings.json; if the sweep recorded others, refuse to go on: its finished trials would be
     kept and ranked beside trials trained differently. The error names the first settings that differ.
-    While neither the table holds a row of `command`'s nor the caller knows of a finished trial
-    (`trained`: the search's study), as after a first run stopped by a corrupt image or killed before
-    a trial finished, there is nothing to mix with: the new settings are recorded instead."""
+    While neither the table holds a row of `command`'s nor the caller knows of a trial finished or
+    under way (`trained`: the search's study), as after a first run stopped by a corrupt image or a
+    Ctrl-C before a trial finished, there is nothing to mix with: the new settings are recorded instead."""
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / "settings.json"
     with locked(sweep_dir):

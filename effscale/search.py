@@ -555,7 +555,7 @@ class Search:
         with exclusive(self.sweep_dir / ".open.lock"):
             self.new_storage = self._make_storage_file(storage_file(self.opts.get("storage")))
             self.study, created = self._create_study(new)
-            self._check_against_record(new, created)
+            self._check_against_record(new, created, new_launch)
             if self.device_costs_to_record:
                 self.study.set_user_attr("device_costs", self.device_costs_to_record)
             if created:
@@ -658,20 +658,23 @@ class Search:
             return held[0]
         return name
 
-    def _check_against_record(self, new: Path | None, created: bool) -> None:
+    def _check_against_record(self, new: Path | None, created: bool, new_launch: bool = True) -> None:
         """What the study and the sweep folder recorded must agree with this run: the device costs a
         budget is judged on, the feasible points, the settings the trials were trained with. A study
-        this run `created` and then refused is deleted again; one it did not create, never."""
+        this run `created` and then refused is deleted again; one it did not create, never. Only a new
+        launch may record other settings, and only while no trial is finished or being trained: a
+        worker of an earlier launch, or a run beside another, must train with the recorded ones."""
         try:
             if self.device_budget:
                 self.adopt_device_costs()
                 self._require_feasible()
             self.check_same_points()
-            finished = any(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-                           and not t.user_attrs.get("stale") and t.user_attrs.get("repeat_of") is None
-                           for t in self.study.get_trials(deepcopy=False))
+            kept = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+            trained = not new_launch or any(t.state in kept and not t.user_attrs.get("stale")
+                                            and t.user_attrs.get("repeat_of") is None
+                                            for t in self.study.get_trials(deepcopy=False))
             results.check_settings(self.sweep_dir, "search", results.trained_with(
-                self.baseline, self.cfg["data"], self.recipe, phi=float(self.opts["phi"])), trained=finished)
+                self.baseline, self.cfg["data"], self.recipe, phi=float(self.opts["phi"])), trained=trained)
         except UserError:
             if created:
                 optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)

@@ -518,6 +518,15 @@ def test_a_sweep_stopped_before_any_trial_finished_takes_other_settings_and_a_se
         tiny_search(tmp_path, "trainer.max_epochs=2")
 
 
+def test_other_settings_are_refused_while_a_trial_is_under_way_and_always_for_a_worker(tmp_path):
+    first = planned(tmp_path)  # settings recorded, no trial yet
+    with pytest.raises(UserError, match="its search trials were trained with other settings"):
+        planned(tmp_path, "trainer.max_epochs=2", new_launch=False)  # a worker of the first launch
+    first.study.ask()  # the first launch trains its first trial
+    with pytest.raises(UserError, match="its search trials were trained with other settings"):
+        planned(tmp_path, "trainer.max_epochs=2")
+
+
 def test_a_folder_renamed_with_its_study_resumes_that_study(tmp_path, capsys):
     first = tiny_search(tmp_path)
     (tmp_path / "tiny").rename(tmp_path / "moved")
