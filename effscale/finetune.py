@@ -20,8 +20,11 @@ normalisation (`adapt_stem`), which also turns an RGB stem into a greyscale one.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -163,8 +166,9 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
     resolution = input_size(cfg["data"].get("resolution"), pretrained, int(opts["min_resolution"]))
     data = build_datamodule(cfg["data"], resolution, int(opts["batch_size"]), seed=int(cfg["seed"]))
     network = transferred(pretrained, data)
-    check_fits_in_memory(network, data.in_channels, resolution, int(opts["batch_size"]), recipe, device)
-    check_features_vary(network, data)
+    check_fits_in_memory(network, data.in_channels, resolution, int(opts["batch_size"]), device)
+    with memory_named(resolution, int(opts["batch_size"])):
+        check_features_vary(network, data)
     if recipe.get("channels_last", True):
         network = network.to(memory_format=torch.channels_last)
 
@@ -172,7 +176,8 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
     checkpoint = Path(str(opts["checkpoint"])).expanduser()
     made = checkpoint_folder(checkpoint, str(opts["checkpoint"]))
     try:
-        result = train_phases(network, data, opts, recipe, device)
+        with memory_named(resolution, int(opts["batch_size"])):
+            result = train_phases(network, data, opts, recipe, device)
         table = {**pretrained.table, "resolution": resolution}
         result["checkpoint"] = str(save_checkpoint(  # beside an earlier run's model, not over it (model-v1.pt)
             unused_path(checkpoint), network.to(memory_format=torch.contiguous_format), table, data.class_names,
@@ -234,20 +239,50 @@ def memory_mb(device: str) -> float:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def check_fits_in_memory(network: nn.Module, in_channels: int, resolution: int, batch_size: int,
-                         recipe: dict[str, Any], device: str) -> None:
-    """Refuse an input size or batch whose training step cannot fit in the device's memory (estimated
-    from shapes, as a search estimates a candidate's): the process would otherwise be killed mid-run
-    with no word of why (data.resolution=5000 took 21 GB before the kernel stopped it)."""
-    from effscale.measure import measure_model
+def least_memory_mb(network: nn.Module, in_channels: int, resolution: int, batch_size: int) -> float:
+    """A floor under the memory of any training step: the weights, the input batch, and the largest
+    feature map of a forward pass in 16 bits, which even a frozen backbone under bf16 holds at once
+    (from shapes, on the meta device). A full step in fp32 needs several times more."""
+    meta = copy.deepcopy(network).to("meta").eval()
+    largest = 0
 
-    need = measure_model(network, resolution, in_channels=in_channels, batch_size=batch_size,
-                         optimizer=str(recipe.get("optimizer", "sgd"))).peak_mem_mb or 0.0
-    have = memory_mb(device)
+    def seen(module: nn.Module, args: Any, out: Any) -> None:
+        nonlocal largest
+        if isinstance(out, torch.Tensor):
+            largest = max(largest, out[0].numel())
+
+    hooks = [m.register_forward_hook(seen) for m in meta.modules() if not any(m.children())]
+    try:
+        with torch.no_grad():
+            meta(torch.empty(1, in_channels, resolution, resolution, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    weights = sum(p.numel() * p.element_size() for p in network.parameters())
+    return (weights + batch_size * (in_channels * resolution**2 * 4 + largest * 2)) / 2**20
+
+
+@contextmanager
+def memory_named(resolution: int, batch_size: int) -> Iterator[None]:
+    """A GPU out of memory past the floor `check_fits_in_memory` checks: one line saying what to lower."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise UserError(f"the GPU ran out of memory at {resolution} px, batch {batch_size}; lower data.resolution "
+                        "or finetune.batch_size") from None
+
+
+def check_fits_in_memory(network: nn.Module, in_channels: int, resolution: int, batch_size: int,
+                         device: str) -> None:
+    """Refuse an input size or batch whose training step cannot fit in the device's memory, by a floor
+    under what it needs (`least_memory_mb`): the process would otherwise be killed mid-run with no word
+    of why (data.resolution=5000 took 21 GB before the kernel stopped it)."""
+    need, have = least_memory_mb(network, in_channels, resolution, batch_size), memory_mb(device)
     if need > have:
         where = "available on this machine" if device == "cpu" else f"that {device} has"
-        raise UserError(f"a training step at {resolution} px, batch {batch_size}, needs about {need / 1024:,.1f} GB, "
-                        f"more than the {have / 1024:,.1f} GB {where}; lower data.resolution or finetune.batch_size")
+        raise UserError(f"a training step at {resolution} px, batch {batch_size}, needs at least {need / 1024:,.1f} "
+                        f"GB, more than the {have / 1024:,.1f} GB {where}; lower data.resolution or "
+                        "finetune.batch_size")
 
 
 def checkpoint_folder(checkpoint: Path, typed: str = "") -> Path | None:

@@ -194,16 +194,42 @@ def test_small_inputs_are_raised_to_min_resolution_and_features_the_same_for_eve
     assert load_pretrained(result["checkpoint"]).preprocessing.crop == 64
 
 
-def test_an_input_size_whose_training_step_cannot_fit_in_memory_is_one_line_before_anything_runs(tmp_path, capsys):
+def test_an_input_size_whose_training_step_cannot_fit_in_memory_is_one_line_before_anything_runs(
+        tmp_path, capsys, monkeypatch):
+    import effscale.finetune
     from effscale.cli import main
+    from effscale.finetune import least_memory_mb
+    from effscale.weights import load_pretrained
 
-    # Lite0 at 5000 px, batch 32: about 1.2 TB. Without the check the kernel killed the run, with no message.
+    # Without the check the kernel killed such a run (5000 px took 21 GB), with no message.
+    monkeypatch.setattr(effscale.finetune, "memory_mb", lambda device: 16 * 1024.0)
     assert main(["finetune", f"out={tmp_path / 'out'}", "device=cpu", "data.resolution=5000", "data.train_size=64",
                  "data.val_size=32", "data.test_size=32"]) == 2
-    err = capsys.readouterr().err
-    assert re.fullmatch(r"effscale finetune: a training step at 5000 px, batch 32, needs about 1,1\d\d\.\d GB, "
-                        r"more than the [\d,.]+ GB available on this machine; lower data.resolution or "
-                        r"finetune.batch_size\n", err), err
+    assert capsys.readouterr().err == ("effscale finetune: a training step at 5000 px, batch 32, needs at least 44.7 GB, "
+                                       "more than the 16.0 GB available on this machine; lower data.resolution or "
+                                       "finetune.batch_size\n")
+    assert not (tmp_path / "out").exists()
+    # A floor: for each of 32 images, Lite0's first expansion (96 channels of 2500 x 2500 in 16 bits) and
+    # the input (3 x 5000 x 5000 in fp32), with 18 MB of weights; a 448 px run (about 1.5 GB head-only on
+    # a CPU) is far from refused.
+    lite0 = load_pretrained("lite0").model
+    floor = 32 * (96 * 2500**2 * 2 + 3 * 5000**2 * 4) / 2**20
+    assert least_memory_mb(lite0, 3, 5000, 32) == pytest.approx(floor + 18, abs=1)
+    assert least_memory_mb(lite0, 3, 448, 32) < 400
+
+
+def test_a_gpu_out_of_memory_past_the_floor_is_one_line_and_leaves_no_checkpoint_folder(tmp_path, capsys, monkeypatch):
+    import effscale.finetune
+    from effscale.cli import main
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(effscale.finetune, "train_phases", out_of_memory)
+    assert main(["finetune", f"out={tmp_path / 'out'}", "data.train_size=64", "data.val_size=32",
+                 "data.test_size=32"]) == 2
+    assert capsys.readouterr().err == ("effscale finetune: the GPU ran out of memory at 64 px, batch 32; lower "
+                                       "data.resolution or finetune.batch_size\n")
     assert not (tmp_path / "out").exists()
 
 
