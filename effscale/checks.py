@@ -190,6 +190,8 @@ READ_ELSEWHERE: dict[str, set[str]] = {
 }
 CLOSED = ("data", "trainer", "search", "search.grid", "scale", "budget", "measure", "compare", "compare.trainer",
           "finetune", "finetune.recipe", "logger", "strategy")
+# Sections read as `… or {}`: null is the same as empty there.
+MAY_BE_NULL = ("scale", "compare.trainer")
 # The top-level keys of every command's config and of the sweeps/ presets (cluster: +sweep=slurm's).
 TOP_LEVEL = {"seed", "name", "variant", "device", "out", "format", "data", "baseline", "scale", "budget", "search",
              "strategy", "trainer", "logger", "measure", "compare", "finetune", "cluster"}
@@ -217,7 +219,7 @@ def check_config(cfg: dict[str, Any]) -> None:
             if path in CLOSED:
                 _check_keys(path, values, set(), set(checks) | READ_ELSEWHERE.get(path, set()))
             check_values(values, path, checks)
-        elif values is not None or (present and path in CLOSED):  # `scale=abc` put text there, `scale=null` nothing
+        elif values is not None or (present and path in CLOSED and path not in MAY_BE_NULL):  # scale=abc, measure=null
             raise UserError(f"{path}: expected a mapping of keys, got {values!r}")
     scale = cfg.get("scale")
     phi = scale.get("phi") if isinstance(scale, dict) else None

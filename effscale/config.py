@@ -49,7 +49,7 @@ def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConf
 
 # Hydra's grammar reads name=007 as 7, name=1e3 as 1000.0 and name=true as a boolean; `name` is a folder,
 # so a plain value is taken as the text typed. Quoted values and interpolations are left to Hydra.
-PLAIN_NAME = re.compile(r"(\+{0,2}name)=([\w.+-]+)")
+PLAIN_NAME = re.compile(r"((?:\+\+)?name)=(?!(?:null|None)$)([\w.+-]+)")
 
 
 def name_as_typed(overrides: list[str]) -> list[str]:

@@ -106,6 +106,11 @@ def test_a_wrong_value_is_refused_by_its_key_and_what_it_accepts(command, overri
         load(command, override.split())
 
 
+def test_a_section_read_as_empty_when_null_may_be_null():
+    assert load("compare", ["compare.trainer=null"])["compare"]["trainer"] is None
+    assert load("measure", ["scale=null"])["scale"] is None
+
+
 def test_hydras_own_settings_set_to_null_are_one_line():
     with pytest.raises(UserError, match="^Config group override must be a string or a list. Got NoneType$"):
         compose("search", ["hydra=null"], hydra=True)

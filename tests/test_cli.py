@@ -437,7 +437,7 @@ def test_a_removed_section_or_a_value_of_the_wrong_kind_is_one_line_before_any_w
     assert err.startswith(f"effscale {command}: {message}") and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("typed", ["007", "1e3", "nan", "true", "null", "2026.11"])
+@pytest.mark.parametrize("typed", ["007", "1e3", "nan", "true", "2026.11"])
 def test_a_name_is_the_folder_typed_not_the_number_or_boolean_hydra_reads(typed, capsys):
     from effscale.checks import check_config
     from effscale.cli import main
@@ -453,6 +453,6 @@ def test_a_name_is_the_folder_typed_not_the_number_or_boolean_hydra_reads(typed,
 def test_a_quoted_or_interpolated_name_is_left_to_hydra():
     from effscale.config import name_as_typed
 
-    kept = ["name='a b'", "name=${data.name}-x", "name=[a,b]", "data.name=007", "name=a,b"]
+    kept = ["name='a b'", "name=${data.name}-x", "name=[a,b]", "data.name=007", "name=a,b", "name=null", "+name=x"]
     assert name_as_typed(kept) == kept
     assert name_as_typed(["++name=1e3", "name=run-2.1"]) == ["++name='1e3'", "name='run-2.1'"]
