@@ -90,8 +90,7 @@ def make_sweep_folder(sweep_dir: Path, out: Any) -> Path | None:
         if not (isinstance(exc, FileExistsError) and sweep_dir.is_dir()):
             raise UserError(f"out={out}: cannot create the sweep folder {sweep_dir} ({exc.strerror or exc})") from None
         try:
-            with tempfile.TemporaryFile(dir=sweep_dir):
-                pass
+            probe_write(sweep_dir)
         except OSError as exc:
             raise UserError(f"out={out}: cannot write in the sweep folder {sweep_dir} ({exc.strerror or exc})") from None
         return None
@@ -114,6 +113,12 @@ def remove_created(new: Path | None, own: Path) -> None:
             return
 
 
+def probe_write(folder: Path) -> None:
+    """Make a file in `folder` and remove it again; OSError if this user cannot write there."""
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
 def writable_folder(folder: Path) -> Path | None:
     """Create `folder` if need be and check that a file can be written in it (one is made and removed
     again); OSError if not. Returns the outermost folder this created (None if it existed), for the
@@ -121,8 +126,7 @@ def writable_folder(folder: Path) -> Path | None:
     new = first_new_folder(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        probe_write(folder)
     except OSError:
         remove_created(new, folder)
         raise

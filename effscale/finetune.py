@@ -164,10 +164,11 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
 
     pretrained = load_pretrained(str(opts["weights"]))
     resolution = input_size(cfg["data"].get("resolution"), pretrained, int(opts["min_resolution"]))
-    data = build_datamodule(cfg["data"], resolution, int(opts["batch_size"]), seed=int(cfg["seed"]))
+    batch_size = int(opts["batch_size"])
+    data = build_datamodule(cfg["data"], resolution, batch_size, seed=int(cfg["seed"]))
     network = transferred(pretrained, data)
-    check_fits_in_memory(network, data.in_channels, resolution, int(opts["batch_size"]), device)
-    with memory_named(resolution, int(opts["batch_size"])):
+    check_fits_in_memory(network, data.in_channels, resolution, batch_size, device)
+    with memory_named(resolution, batch_size):
         check_features_vary(network, data)
     if recipe.get("channels_last", True):
         network = network.to(memory_format=torch.channels_last)
@@ -176,7 +177,7 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
     checkpoint = Path(str(opts["checkpoint"])).expanduser()
     made = checkpoint_folder(checkpoint, str(opts["checkpoint"]))
     try:
-        with memory_named(resolution, int(opts["batch_size"])):
+        with memory_named(resolution, batch_size):
             result = train_phases(network, data, opts, recipe, device)
         table = {**pretrained.table, "resolution": resolution}
         result["checkpoint"] = str(save_checkpoint(  # beside an earlier run's model, not over it (model-v1.pt)

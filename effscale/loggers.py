@@ -122,6 +122,6 @@ def closed_if_stopped(loggers: list[Logger]) -> Iterator[None]:
                     run.finish(exit_code=1)
                 else:
                     logger.finalize("failed")
-            except Exception:  # noqa: S110  the reason the command stops is what matters, not W&B's
+            except Exception:  # the reason the command stops is what matters, not W&B's
                 pass
         raise
