@@ -615,6 +615,8 @@ def weights_file(spec: str, baseline: str | None = None, variant: str | None = N
         return imagenet_file(baseline or "efficientnet_b0", variant)
     if spec == "lite0":
         return lite0_file()
+    if not spec.strip():
+        raise UserError("weights: empty; expected imagenet, lite0 or a weights file")
     return Path(spec).expanduser()
 
 

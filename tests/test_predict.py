@@ -190,6 +190,8 @@ def test_weights_that_name_a_folder_or_nothing_known_say_so(tmp_path, capsys, ph
                                        "imagenet or lite0)\n")
     assert main(["predict", image, "--weights", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"effscale predict: {tmp_path}: a folder, not a weights file\n"
+    assert main(["predict", image, "--weights", ""]) == 2  # not the working folder
+    assert capsys.readouterr().err == "effscale predict: weights: empty; expected imagenet, lite0 or a weights file\n"
 
 
 def test_refused_weights_file_one_line_exit_2(tmp_path, capsys, photos):
