@@ -72,7 +72,8 @@ def search(overrides: list[str]) -> None:
     architecture = model_table(cfg)
 
     from effscale.results import read_trials
-    from effscale.search import Search, exit_if_nothing_completed, outcome, stops_as_interrupt
+    from effscale.search import Search, exit_if_nothing_completed, outcome
+    from effscale.stops import stops_as_interrupt
     from effscale.workers import record_storage, run_local
 
     run = Search(cfg, architecture, resolve_device(cfg["device"]))

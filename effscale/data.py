@@ -766,3 +766,13 @@ def build_datamodule(cfg: Mapping[str, Any], resolution: int, batch_size: int, n
     if num_workers is not None:
         overrides["num_workers"] = num_workers
     return cls(**{**cfg, **overrides})
+
+
+def read_datamodule(cfg: Mapping[str, Any], resolution: int, num_workers: int | None = None,
+                    seed: int = 0) -> DataModule:
+    """`build_datamodule` at the configured batch size, its data read now: a missing, empty or corrupt
+    data set is one error before a sweep writes anything, not the same failure in every trial."""
+    data = build_datamodule(cfg, resolution, int(cfg["batch_size"]), num_workers, seed)
+    data.prepare_data()
+    data.setup("fit")
+    return data

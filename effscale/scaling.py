@@ -259,22 +259,10 @@ def weighted(flops_mult: float, wd: float, ww: float, wr: float) -> Multipliers:
     return Multipliers(depth=s ** (wd / total), width=s ** (ww / (2 * total)), resolution=s ** (wr / (2 * total)))
 
 
-def strategy_multipliers(
-    strategy: str, flops_mult: float, alpha: float = PAPER_ALPHA, beta: float = PAPER_BETA, gamma: float = PAPER_GAMMA
-) -> Multipliers:
-    """Multipliers of a named strategy at a FLOPs multiplier.
-
-    'compound' uses α, β, γ with φ = log(flops_mult) / log(α·β²·γ²), so its predicted FLOPs match
-    the other strategies'; 'depth' / 'width' / 'resolution' scale one dimension; 'dX_wY_rZ' is
-    a pycls weighting.
-    """
-    if strategy == "compound":
-        if flops_mult == 1:
-            return Multipliers()
-        base = constraint_value(alpha, beta, gamma)
-        if base <= 1:
-            raise ScalingError("compound scaling needs alpha*beta^2*gamma^2 > 1")
-        return compound_multipliers(alpha, beta, gamma, math.log(flops_mult) / math.log(base))
+def strategy_multipliers(strategy: str, flops_mult: float) -> Multipliers:
+    """Multipliers of a strategy that is not compound scaling at a FLOPs multiplier: 'depth', 'width' or
+    'resolution' scales one dimension, 'dX_wY_rZ' is a pycls weighting. Compound scaling follows its
+    own α, β, γ: `compound_multipliers`."""
     if strategy in ("depth", "width", "resolution"):
         return single_dimension(strategy, flops_mult)
     return weighted(flops_mult, *parse_weighted(strategy))

@@ -20,12 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
-import socket
 import statistics
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -39,12 +35,14 @@ from optuna.trial import FrozenTrial, TrialState
 from effscale import results
 from effscale.budget import (DEVICE_BOUNDS, DEVICE_COSTS, bounds_device_costs, budget_terms, check_baseline_budget,
                              measure_options, over_budget)
-from effscale.claims import claim
+from effscale.claims import claim, holders, owner
 from effscale.errors import UserError
 from effscale.files import exclusive, first_new_folder, log_to, make_sweep_folder, remove_created
+from effscale.liveness import HEARTBEAT_S, fail_stale_trials, heartbeat, this_process
 from effscale.measure import Measurement, architecture_key, measure_table, measure_tables
 from effscale.models import build_model
 from effscale.scaling import ScalingError, compound_grid, compound_multipliers, constraint_value, scale_stage_table
+from effscale.stops import interrupts_deferred, stop_reason
 from effscale.storages import open_storage, storage_file, without_password
 
 log = logging.getLogger("effscale.search")
@@ -215,158 +213,7 @@ def make_pruner(kind: str, max_epochs: int, reduction_factor: int = 3,
     raise UserError(f"search.pruner={kind}: expected none, median, asha or hyperband")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stop_signals() -> list[int]:
-    """The signals that stop a search: Ctrl-C, SIGTERM, a hang-up, and the one submitit sends a SLURM
-    job before its time limit or on a preemption (SIGUSR2, or what SUBMITIT_PREEMPT_SIGNAL names)."""
-    submitit = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
-    return list(dict.fromkeys([signal.SIGINT, signal.SIGTERM, signal.SIGHUP, submitit]))
-
-
-@contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """A stop (`stop_signals`) during the block takes effect when the block is done. A
-    KeyboardInterrupt in the middle of a storage write can leave SQLite's write lock with a connection
-    nobody closes, and the writes that mark the interrupted trial stale then fail on "database is
-    locked". Main thread only, where Python runs its signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    heard: list[int] = []
-    saved: dict[int, Any] = {}
-    try:  # a stop while the handlers are swapped finds each one that was swapped put back
-        for signum in stop_signals():
-            if signal.getsignal(signum) not in (signal.SIG_IGN, None):
-                saved[signum] = signal.signal(signum, lambda s, _frame: heard.append(s))
-        yield
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(heard):  # each signal once, in the order they came
-            if callable(saved[signum]):
-                saved[signum](signum, None)
-            elif saved[signum] == signal.SIG_DFL:
-                os.kill(os.getpid(), signum)
-
-
-@contextmanager
-def stops_as_interrupt() -> Iterator[None]:
-    """SIGHUP and SIGTERM raise KeyboardInterrupt in the block, as Ctrl-C does, so that what a closed
-    terminal, `kill` or SLURM's scancel stops is wound down as a Ctrl-C is; one this process ignores
-    (SIGHUP under nohup) stays ignored."""
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    stops = [s for s in (signal.SIGHUP, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
-    saved = {s: signal.signal(s, interrupt) for s in stops}
-    try:
-        yield
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
-
-
-def stop_reason(exc: BaseException) -> str | None:
-    """Why `exc` ends this process's part of the sweep rather than one trial, as the reason its
-    unfinished trial is recorded with; None for an exception that fails that trial alone. A stop is a
-    Ctrl-C (and what `stops_as_interrupt` raises as one), an exit (submitit's on a SLURM preemption),
-    submitit's UncompletedJobError at a job's last time limit, or a mistake that would fail every trial
-    alike (a UserError)."""
-    if isinstance(exc, UserError):
-        return str(exc)
-    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-        return "interrupted"
-    submitit = sys.modules.get("submitit.core.utils")  # loaded when a submitit job runs this process
-    if submitit is not None and isinstance(exc, submitit.UncompletedJobError):
-        return f"interrupted: {exc}"
-    return None
-
-
-def this_process() -> dict[str, Any]:
-    """Who runs a trial, as its user attributes: host, pid, and the pid's namespace (containers that
-    share a host name, or a restarted one, count their pids apart)."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]" on Linux
-    except OSError:
-        namespace = ""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_ns": namespace}
-
-
-def is_stale(trial: FrozenTrial, stale_after_s: float) -> bool:
-    """A trial nobody is working on: its process, when this one can see it (same host and pid
-    namespace), is gone; else its heartbeat (`heartbeat`, below) is older than `stale_after_s`.
-    Asked only while this process trains nothing, so a trial of this process's own pid is a dead
-    one's whose pid came back."""
-    attrs, here = trial.user_attrs, this_process()
-    if attrs.get("pid") and (attrs.get("host"), attrs.get("pid_ns")) == (here["host"], here["pid_ns"]):
-        return attrs["pid"] == here["pid"] or not _alive(int(attrs["pid"]))
-    started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
-    return time.time() - float(attrs.get("heartbeat", started)) > stale_after_s
-
-
-HEARTBEAT_S = 60.0  # at most this long between two heartbeats of a training trial
 WAIT_S = 5.0  # how often a search waiting for another's training of the same network looks again
-
-
-@contextmanager
-def heartbeat(study: optuna.Study, trial_id: int, every_s: float) -> Iterator[None]:
-    """Refresh the trial's `heartbeat` attribute every `every_s` seconds while the block runs, from a
-    thread: an epoch may take hours (a large candidate on ImageNet), and a trial must not look
-    abandoned to workers on other hosts while it trains. A write that fails (a storage briefly out of
-    reach) is tried again at the next beat; once another worker has finished the trial (taken it
-    over as stale) the thread stops, and the training thread's own next write tells it so."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(every_s):
-            try:
-                study._storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
-            except optuna.exceptions.UpdateFinishedTrialError:
-                return
-            except Exception:
-                log.warning("trial id %s: heartbeat not written; trying again in %.0f s", trial_id, every_s,
-                            exc_info=True)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def mark_stale(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Mark a RUNNING or WAITING trial FAIL with user attribute `stale`, so that its point runs again;
-    False if it finished meanwhile (its worker was alive after all, or another worker marked it first)."""
-    try:
-        study._storage.set_trial_user_attr(trial._trial_id, "stale", True)
-        if trial.state == TrialState.WAITING:  # Study.tell takes RUNNING trials only
-            return study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
-    study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-    return True
-
-
-def fail_stale_trials(study: optuna.Study, stale_after_s: float) -> int:
-    """Mark abandoned trials FAIL with user attribute `stale`, so that their jobs run again: RUNNING
-    ones, and WAITING ones a process enqueued and died before asking for (searches before
-    `Search.start_trial` enqueued theirs; a live process asks within milliseconds)."""
-    count = 0
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
-        if is_stale(frozen, stale_after_s) and mark_stale(study, frozen):
-            count += 1
-    return count
 
 
 # --- rows -----------------------------------------------------------------------------------------
@@ -435,8 +282,6 @@ class Search:
         self.sweep_dir = Path(cfg["out"]) / str(cfg["name"])
         self.context = {"baseline": baseline["name"], "dataset": cfg["data"]["name"]}
         self.logger_kind = cfg["logger"]["name"]
-        if self.logger_kind not in ("wandb", "csv"):
-            raise UserError(f"logger={self.logger_kind}: expected wandb or csv")
         self.pruner()  # a wrong pruner setting fails here, before anything runs
         make_sampler(self.opts["sampler"], [], self.seed)
         if self.opts["sampler"] != "grid" and (shared or int(self.opts.get("workers") or 1) > 1):
@@ -455,20 +300,15 @@ class Search:
 
     # Candidates: everything here runs before anything is written.
     def plan(self) -> list[Candidate]:
-        from effscale.data import build_datamodule
+        from effscale.data import read_datamodule
         from effscale.train import set_threads
 
         phi = float(self.opts["phi"])
         multiple = int((self.cfg.get("scale") or {}).get("resolution_multiple") or 1)
         self.candidates = compound_candidates(self.baseline, self.opts["grid"], phi, multiple)
         set_threads(self.recipe.get("threads"))
-        data_cfg = self.cfg["data"]
-        self.data = build_datamodule(data_cfg, int(self.baseline["resolution"]), int(data_cfg["batch_size"]),
-                                     self.recipe.get("num_workers"), self.seed)
-        # Read the data now: a missing, empty or corrupt data set is one error before anything is
-        # written, not the same failure in every trial.
-        self.data.prepare_data()
-        self.data.setup("fit")
+        self.data = read_datamodule(self.cfg["data"], int(self.baseline["resolution"]), self.recipe.get("num_workers"),
+                                    self.seed)
         classes, channels = self.data.num_classes, self.data.in_channels
 
         def build(table: dict[str, Any]) -> Any:
@@ -720,15 +560,9 @@ class Search:
         """The trial that settled each (point, seed): the latest finished one, leaving out stale and
         interrupted trials (their jobs run again) and, with `search.retry_failed`, failures of
         earlier launches."""
-        done: dict[tuple[str, int], FrozenTrial] = {}
-        for t in self.study.get_trials(deepcopy=False):
-            a = t.user_attrs
-            if not t.state.is_finished() or a.get("stale") or a.get("repeat_of") is not None or "point" not in a:
-                continue
-            if t.state == TrialState.FAIL and self.retry_below is not None and t._trial_id < self.retry_below:
-                continue
-            done[(a["point"], int(a["seed"]))] = t
-        return done
+        held = holders(self.study.get_trials(deepcopy=False))
+        owners = {key: owner(trials, self.retry_below) for key, trials in held.items()}
+        return {key: t for key, t in owners.items() if t is not None and t.state.is_finished()}
 
     def _trained_points(self) -> set[str]:
         """Points settled with the base seed by training their own network (not by a `same_as` copy):
@@ -807,8 +641,7 @@ class Search:
         trained beyond it, and once trained is counted in both."""
         finished = self._finished()
         if self.opts["sampler"] == "tpe":
-            n_trials = int(self.opts.get("n_trials") or max(1, len(self.feasible) // 2))
-            first = distinct = min(n_trials, len(self.feasible))  # TPE's n_trials counts trainings
+            first = distinct = self.tpe_trials  # TPE's n_trials counts trainings
         else:
             first = len(self.feasible)
             distinct = first - sum(1 for c in self.feasible if c.same_as)
@@ -854,11 +687,15 @@ class Search:
             if trial is not None:
                 self.train(trial, job, f"[{i}/{len(todo)}]")
 
+    @property
+    def tpe_trials(self) -> int:
+        """How many points TPE trains: `search.n_trials`, by default half the feasible ones."""
+        return min(int(self.opts.get("n_trials") or max(1, len(self.feasible) // 2)), len(self.feasible))
+
     def run_tpe(self) -> None:
         """TPE proposes points from the feasible set; a point it proposes again is answered from the
         study (never retrained) and does not count towards `search.n_trials`."""
-        n_trials = int(self.opts.get("n_trials") or max(1, len(self.feasible) // 2))
-        n_trials = min(n_trials, len(self.feasible))
+        n_trials = self.tpe_trials
         trained = self._trained_points()
         for _ in range(20 * n_trials):
             if len(trained) >= n_trials:
@@ -966,7 +803,7 @@ class Search:
 
     def fit(self, trial: optuna.Trial, job: Job, attrs: dict[str, Any], progress: str) -> None:
         from effscale.loggers import close_loggers, closed_if_stopped, run_settings, trial_loggers
-        from effscale.train import fit_candidate
+        from effscale.train import fit_or_fail
 
         c, seed = job.candidate, job.seed
         # An extra seed is trained in full: it exists to average a leading point, and a pruned one would
@@ -989,17 +826,10 @@ class Search:
                                 job_type=STRATEGY, config=config, project=self.cfg["logger"].get("project", "effscale"))
         # Several heartbeats fit into search.stale_after_s, so that one late write is not a death.
         every_s = min(HEARTBEAT_S, self.stale_after_s / 4)
-        with closed_if_stopped(loggers):
-            try:
-                with heartbeat(self.study, trial._trial_id, every_s):
-                    metrics = fit_candidate(c.table, self.data, self.recipe, seed=seed, device=self.device,
-                                            loggers=loggers, report=report)
-            except Exception as exc:
-                if stop_reason(exc) is not None:
-                    raise  # it stops the sweep, and the trial is marked stale: the next launch runs it again
-                # One broken candidate must not end the sweep; the log keeps the traceback.
-                log.exception("trial %s (%s, seed %s) failed", trial.number, c.point, seed)
-                metrics = {"state": "FAIL", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+        # A stop propagates, and `abandoned_on_stop` marks the trial stale: the next launch runs it again.
+        with closed_if_stopped(loggers), heartbeat(self.study, trial._trial_id, every_s):
+            metrics = fit_or_fail(c.table, self.data, self.recipe, seed=seed, device=self.device, loggers=loggers,
+                                  report=report, log=log, label=f"trial {trial.number} ({c.point}, seed {seed})")
         summary = {k: metrics.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds", "reason")}
         self.record(trial, summary, metrics["state"], progress)  # first: a Ctrl-C while closing keeps it
         close_loggers(loggers, summary | {"macs": c.cost.macs, "params": c.cost.params, "state": metrics["state"]})

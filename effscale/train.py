@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from effscale.devices import available_cores
 from effscale.errors import UserError
 from effscale.models import build_model
+from effscale.stops import stop_reason
 
 # Lightning announces devices and hints about workers on every fit; one line per trial is enough.
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
@@ -369,6 +370,20 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
             for epoch, acc in enumerate(module.val_history, start=1):
                 report(epoch, acc)
         return _outcome(trainer, module, datamodule, seconds)
+
+
+def fit_or_fail(table: dict[str, Any], datamodule: L.LightningDataModule, recipe: dict[str, Any], *,
+                log: logging.Logger, label: str, **options: Any) -> dict[str, Any]:
+    """`fit_candidate`, with an exception that fails this model alone turned into a FAIL outcome whose
+    reason is its first line, the traceback going to `log` under `label`: one broken candidate must
+    not end a sweep. A stop (`stops.stop_reason`: Ctrl-C, an exit, a UserError) propagates."""
+    try:
+        return fit_candidate(table, datamodule, recipe, **options)
+    except Exception as exc:
+        if stop_reason(exc) is not None:
+            raise
+        log.exception("%s failed", label)
+        return {"state": "FAIL", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
 
 
 @contextmanager

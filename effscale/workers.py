@@ -35,7 +35,9 @@ from effscale.claims import claim, holders, owner
 from effscale.config import load, model_table
 from effscale.devices import available_cores, resolve_device
 from effscale.errors import UserError
-from effscale.search import Job, Search, fail_stale_trials, interrupts_deferred, mark_stale, stops_as_interrupt
+from effscale.liveness import fail_stale_trials, mark_stale
+from effscale.search import Job, Search
+from effscale.stops import interrupts_deferred, stops_as_interrupt
 from effscale.storages import absolute, without_password
 
 if TYPE_CHECKING:
@@ -52,7 +54,7 @@ def local_threads(workers: int) -> int:
 
 def fail_abandoned(study: optuna.Study, stale_after_s: float, ask_slurm: bool = True) -> int:
     """Mark FAIL (stale) every trial nobody works on any more, so that its point runs again: with
-    `ask_slurm`, those of SLURM jobs that ended or were requeued; then those `search.is_stale` finds."""
+    `ask_slurm`, those of SLURM jobs that ended or were requeued; then those `liveness.is_stale` finds."""
     count = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if ask_slurm else []:
         job = t.user_attrs.get("slurm_job")

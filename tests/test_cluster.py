@@ -26,8 +26,8 @@ from optuna.trial import TrialState
 
 from conftest import REPO, run_cli, running_after_a_complete, study_trials, wait_for
 from effscale import results
-from effscale.search import this_process
 from effscale.claims import claim, holders, owner
+from effscale.liveness import this_process
 from effscale.workers import Worker, fail_abandoned
 
 TINY = ["logger=csv", "data.train_size=128", "data.val_size=64", "data.test_size=64", "data.batch_size=64",
@@ -134,7 +134,7 @@ def test_a_worker_numbers_its_point_after_those_other_workers_are_training():
 
 
 def test_a_training_trial_beats_from_a_thread_until_its_block_ends_or_it_is_finished_elsewhere(caplog):
-    from effscale.search import heartbeat
+    from effscale.liveness import heartbeat
 
     study = optuna.create_study()
     trial = study.ask()
@@ -520,7 +520,7 @@ def test_requeued_slurm_job_runs_its_interrupted_trial_again(tmp_path, slurm_clu
 
 
 def test_a_trial_that_finishes_while_it_is_being_marked_stale_is_left_as_it_finished():
-    from effscale.search import mark_stale
+    from effscale.liveness import mark_stale
 
     study = optuna.create_study()
     trial = study.ask()

@@ -257,7 +257,7 @@ def test_ctrl_c_inside_a_trial_marks_it_interrupted_and_the_rerun_trains_it(tmp_
 # Ctrl-C; SIGTERM as `effscale search` raises it; submitit's time-limit and preemption signal in a SLURM job.
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2], ids=lambda s: s.name)
 def test_a_stop_during_a_storage_write_is_raised_once_the_write_is_done(signum):
-    from effscale.search import interrupts_deferred
+    from effscale.stops import interrupts_deferred
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -384,7 +384,7 @@ def test_ctrl_c_still_ends_the_sweep_when_the_storage_cannot_mark_the_trial(tmp_
     monkeypatch.setattr(Trial, "set_user_attr", locked)
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C's exit 130, not a storage error
         rs.search_in_process(tmp_path, fit=fit)
-    # Left RUNNING under this process's id: a later launch on this host marks it stale (search.is_stale).
+    # Left RUNNING under this process's id: a later launch on this host marks it stale (liveness.is_stale).
     [left] = rs.study_trials(tmp_path / "sweep")
     assert left.state.name == "RUNNING" and left.user_attrs["pid"] == os.getpid()
 

@@ -111,10 +111,12 @@ def test_weighted_strategy_matches_pycls_formula():
     assert m.flops_ratio == pytest.approx(4.0)
 
 
-def test_compound_strategy_hits_requested_flops():
-    m = s.strategy_multipliers("compound", 4.0)
-    assert m.flops_ratio == pytest.approx(4.0)
+def test_compound_at_phi_2_doubles_flops_twice():
+    m = s.compound_multipliers(s.PAPER_ALPHA, s.PAPER_BETA, s.PAPER_GAMMA, 2)
+    assert m.flops_ratio == pytest.approx(s.constraint_value(s.PAPER_ALPHA, s.PAPER_BETA, s.PAPER_GAMMA) ** 2)
     assert m.depth / m.width > 1  # alpha > beta: depth grows fastest
+    with pytest.raises(s.ScalingError):
+        s.strategy_multipliers("compound", 4.0)  # not a single-dimension strategy: its coefficients are its own
 
 
 def test_unknown_strategy_is_an_error():

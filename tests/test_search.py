@@ -728,7 +728,7 @@ def test_a_trial_is_stale_when_its_process_here_is_gone_or_its_heartbeat_elsewhe
     import socket
     import time
 
-    from effscale.search import fail_stale_trials, is_stale, this_process
+    from effscale.liveness import fail_stale_trials, is_stale, this_process
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -957,7 +957,7 @@ def test_points_whose_training_step_ran_out_of_device_memory_are_outside_a_memor
 def test_only_a_waiting_trial_whose_process_died_is_failed_as_stale():
     import time
 
-    from effscale.search import fail_stale_trials, this_process
+    from effscale.liveness import fail_stale_trials, this_process
 
     study = optuna.create_study()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -1129,7 +1129,8 @@ def test_a_waiting_trial_someone_else_enqueued_is_left_alone(tmp_path, monkeypat
 
     from effscale import train
     from effscale.config import load, model_table
-    from effscale.search import Job, Search, this_process
+    from effscale.liveness import this_process
+    from effscale.search import Job, Search
 
     def fit(table, data, recipe, seed, **kwargs):  # each network's accuracy tells which one trained
         acc = table["depth_mult"] / 10
