@@ -171,7 +171,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
                  "unfreeze_grad_clip": optional(above(0)), "train_bn": FLAG, "batch_size": count(1),
                  "min_resolution": count(1), "checkpoint": FILE_PATH},
     "finetune.recipe": TRAINER,
-    "logger": {"project": WANDB_PROJECT},
+    "logger": {"name": one_of("wandb", "csv"), "project": WANDB_PROJECT},
     "strategy": {"name": ((lambda v: v == "compound"), "compound (a search's grid is of compound coefficients; "
                           "effscale compare scales width, depth or resolution alone: compare.strategies)")},
 }
@@ -186,7 +186,6 @@ READ_ELSEWHERE: dict[str, set[str]] = {
     "scale": {"phi", "depth", "width", "resolution"},
     "compare": {"trainer", "from_search"},
     "finetune": {"recipe", "weights"},
-    "logger": {"name"},
 }
 CLOSED = ("data", "trainer", "search", "search.grid", "scale", "budget", "measure", "compare", "compare.trainer",
           "finetune", "finetune.recipe", "logger", "strategy")

@@ -23,7 +23,7 @@ import pandas as pd
 
 from effscale import results
 from effscale.errors import UserError
-from effscale.files import log_to, make_sweep_folder
+from effscale.files import log_to, make_sweep_folder, remove_created
 from effscale.scaling import (Multipliers, ScalingError, check_coefficients, compound_multipliers, constraint_value,
                               scale_stage_table, strategy_multipliers)
 
@@ -235,7 +235,7 @@ class Comparison:
         self.tolerance = float(opts["macs_tolerance"])
         self.context = {"baseline": self.baseline["name"], "dataset": self.cfg["data"]["name"]}
         self.logger_kind = self.cfg["logger"]["name"]
-        for strategy in self.strategies:
+        for strategy in set(self.strategies) - {"compound"}:
             try:
                 strategy_multipliers(strategy, 2.0)
             except ValueError:
@@ -244,7 +244,7 @@ class Comparison:
 
     def plan(self) -> list[ScaledModel]:
         """Every model of the comparison with its measured cost; nothing is trained or written."""
-        from effscale.data import build_datamodule
+        from effscale.data import read_datamodule
         from effscale.measure import measure_tables
         from effscale.models import build_model
         from effscale.budget import measure_options, over_budget
@@ -256,11 +256,8 @@ class Comparison:
         self.alpha, self.beta, self.gamma, self.origin = chosen.alpha, chosen.beta, chosen.gamma, chosen.origin
         self.search_seeds = chosen.search_seeds
         self.seeds = comparison_seeds(int(self.cfg["seed"]), int(self.cfg["compare"]["seeds"]), chosen.search_seeds)
-        data_cfg = self.cfg["data"]
-        self.data = build_datamodule(data_cfg, int(self.baseline["resolution"]), int(data_cfg["batch_size"]),
-                                     self.recipe.get("num_workers"), self.seeds[0])
-        self.data.prepare_data()  # a missing or corrupt data set: one error before anything is written
-        self.data.setup("fit")
+        self.data = read_datamodule(self.cfg["data"], int(self.baseline["resolution"]), self.recipe.get("num_workers"),
+                                    self.seeds[0])
         classes, channels = self.data.num_classes, self.data.in_channels
         build = lambda t: build_model(t, classes, channels)  # noqa: E731
         counter = MacsCounter(build, channels)
@@ -318,7 +315,15 @@ class Comparison:
         """Train every (model, seed) whose row is not already COMPLETE, updating the table after each."""
         self.table = results.table_path(self.sweep_dir)
         existing = results.read_trials(self.table)  # a table that cannot be read: one error, nothing written
-        make_sweep_folder(self.sweep_dir, self.cfg["out"])  # out= a file, or a folder this user may not write in
+        new = make_sweep_folder(self.sweep_dir, self.cfg["out"])  # out= a file, or a folder this user may not write in
+        try:
+            return self._run(existing)
+        except BaseException:
+            if not self.table.exists():  # refused or stopped before its first row: no folder left half-written
+                remove_created(new, self.sweep_dir)
+            raise
+
+    def _run(self, existing: pd.DataFrame) -> pd.DataFrame:
         settings = results.trained_with(self.baseline, self.cfg["data"], self.recipe)
         results.check_settings(self.sweep_dir, "compare", settings)
         log_to(log, self.sweep_dir / "compare.log")
@@ -381,7 +386,7 @@ class Comparison:
 
     def train(self, model: ScaledModel, seed: int, trial: int) -> dict[str, Any]:
         from effscale.loggers import close_loggers, closed_if_stopped, run_settings, trial_loggers
-        from effscale.train import fit_candidate
+        from effscale.train import fit_or_fail
 
         row = self.row(model) | {"seed": seed}
         # W&B: one group per sweep, one job type per strategy, so the workspace compares strategies.
@@ -389,20 +394,11 @@ class Comparison:
         loggers = trial_loggers(self.logger_kind, self.sweep_dir, name, group=str(self.cfg["name"]),
                                 job_type=model.strategy, config=row | run_settings(self.cfg, self.recipe),
                                 project=self.cfg["logger"].get("project", "effscale"))
+        # A stop (Ctrl-C, a UserError that would fail every model alike) writes no row, so the next run
+        # trains this model again.
         with closed_if_stopped(loggers):
-            try:
-                metrics = fit_candidate(model.table, self.data, self.recipe, seed=seed, device=self.device,
-                                        loggers=loggers)
-            except (KeyboardInterrupt, SystemExit):
-                # Lightning answers a Ctrl-C inside trainer.fit with its own shutdown and sys.exit(1): the
-                # same interrupt (the CLI's exit 130). No row is written, so the next run trains this model
-                # again.
-                raise KeyboardInterrupt from None
-            except UserError:
-                raise  # a mistake that would fail every model alike
-            except Exception as exc:  # one broken model must not end the comparison; its row says why
-                log.exception("%s phi=%g seed %s failed", model.strategy, model.phi, seed)
-                metrics = {"state": "FAIL", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+            metrics = fit_or_fail(model.table, self.data, self.recipe, seed=seed, device=self.device, loggers=loggers,
+                                  log=log, label=f"{model.strategy} phi={model.phi:g} seed {seed}")
         metrics = {k: metrics.get(k) for k in ("state", "val_acc", "test_acc", "epochs", "train_seconds", "reason")}
         close_loggers(loggers, {k: (metrics | row).get(k) for k in SUMMARY_KEYS} | {"state": metrics["state"]})
         return row | metrics

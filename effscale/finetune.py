@@ -165,7 +165,7 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
     pretrained = load_pretrained(str(opts["weights"]))
     resolution = input_size(cfg["data"].get("resolution"), pretrained, int(opts["min_resolution"]))
     batch_size = int(opts["batch_size"])
-    data = build_datamodule(cfg["data"], resolution, batch_size, seed=int(cfg["seed"]))
+    data = build_datamodule(cfg["data"], resolution, batch_size, recipe.get("num_workers"), seed=int(cfg["seed"]))
     network = transferred(pretrained, data)
     check_fits_in_memory(network, data.in_channels, resolution, batch_size, device)
     with memory_named(resolution, batch_size):

@@ -95,6 +95,7 @@ from effscale.errors import UserError
     ("compare", "compare.strategies=[]", "compare.strategies: expected a list of one or more strategies, such as "
      "[compound, width, depth, resolution], got []"),
     ("compare", "+compare.trainer.lr=-1", "compare.trainer.lr: expected a number above 0, got -1"),
+    ("compare", "logger.name=tensorboard", "logger.name: expected wandb or csv, got 'tensorboard'"),
     ("finetune", "finetune.head_epochs=0", "finetune.head_epochs: expected an integer of at least 1, got 0"),
     ("finetune", "finetune.recipe.lr=abc", "finetune.recipe.lr: expected a number above 0, got 'abc'"),
     ("search", "search.storage=${oc.env:EFFSCALE_UNSET}", "search.storage: Environment variable 'EFFSCALE_UNSET' "

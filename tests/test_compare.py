@@ -263,6 +263,19 @@ def test_a_model_that_fails_gets_a_fail_row_with_its_reason_and_its_traceback_in
     assert "compound phi=1 seed 0 failed" in log and "Traceback" in log and "second line" in log
 
 
+def test_a_comparison_stopped_before_its_first_row_leaves_no_sweep_folder(tmp_path, monkeypatch):
+    import effscale.train
+    from effscale.commands import compare
+
+    def fit(table, data, recipe, **kw):
+        raise UserError("data: a corrupt image")  # a mistake that would fail every model alike
+
+    monkeypatch.setattr(effscale.train, "fit_candidate", fit)
+    with pytest.raises(UserError, match="corrupt image"):
+        compare([f"out={tmp_path}/results", "name=broken", *TINY, "compare.strategies=[compound]", "compare.seeds=1"])
+    assert not (tmp_path / "results").exists()
+
+
 def test_a_latency_budget_is_judged_on_the_latency_each_row_records(tmp_path, monkeypatch):
     import effscale.train
     from effscale.commands import compare

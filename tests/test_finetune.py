@@ -131,6 +131,21 @@ def test_finetune_missing_weights_file_one_line_exit_2(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_the_recipes_num_workers_reaches_the_data_as_a_sweeps_trainer_num_workers_does(tmp_path, capsys, monkeypatch):
+    import effscale.finetune
+    from effscale.cli import main
+
+    seen = {}
+
+    def build(cfg, resolution, batch_size, num_workers=None, seed=0):
+        seen["num_workers"] = num_workers
+        raise UserError("data read")
+
+    monkeypatch.setattr(effscale.finetune, "build_datamodule", build)
+    assert main(["finetune", f"out={tmp_path}", "+finetune.recipe.num_workers=3"]) == 2
+    assert capsys.readouterr().err == "effscale finetune: data read\n" and seen == {"num_workers": 3}
+
+
 @pytest.mark.parametrize("key, change, field", [
     ("preprocessing", lambda p: {**p, "interpolation": "nope"}, "preprocessing.interpolation: expected one of "),
     ("table", lambda t: {k: v for k, v in t.items() if k != "stages"}, "table.stages: missing"),
