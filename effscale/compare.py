@@ -324,7 +324,7 @@ class Comparison:
             raise
 
     def _run(self, existing: pd.DataFrame) -> pd.DataFrame:
-        settings = results.trained_with(self.baseline, self.cfg["data"], self.recipe)
+        settings = results.trained_with(self.baseline, self.cfg["data"], self.data.class_names, self.recipe)
         results.check_settings(self.sweep_dir, "compare", settings)
         log_to(log, self.sweep_dir / "compare.log")
         complete = existing[existing["state"] == "COMPLETE"] if not existing.empty else existing

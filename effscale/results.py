@@ -113,11 +113,16 @@ def without_runtime(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in RUNTIME_SETTINGS}
 
 
-def trained_with(baseline: dict[str, Any], data: dict[str, Any], recipe: dict[str, Any],
+def trained_with(baseline: dict[str, Any], data: dict[str, Any], classes: list[str], recipe: dict[str, Any],
                  **extra: Any) -> dict[str, Any]:
-    """What a trial's result depends on: the (scaled) baseline, the data and the training recipe."""
-    return json.loads(json.dumps({"baseline": baseline, "data": without_runtime(data),
+    """What a trial's result depends on: the (scaled) baseline, the data (its settings and the classes
+    read from it: another folder under the same data.root is other data) and the training recipe."""
+    return json.loads(json.dumps({"baseline": baseline, "data": {**without_runtime(data), "classes": list(classes)},
                                   "trainer": without_runtime(recipe), **extra}, default=str))
+
+
+# Settings recorded since a later effscale: a sweep recorded before has them unset, and is not refused for it.
+RECORDED_SINCE = ("data.classes",)
 
 
 def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any], trained: bool = False) -> None:
@@ -144,12 +149,20 @@ def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any]
             write_atomically(path, lambda f: json.dump({**recorded, command: settings}, f, indent=1, sort_keys=True))
             return
     was, now = dict(_flat(before)), dict(_flat(settings))
-    changed = [key for key in sorted(was.keys() | now.keys()) if was.get(key, "unset") != now.get(key, "unset")]
+    changed = [key for key in sorted(was.keys() | now.keys()) if was.get(key, "unset") != now.get(key, "unset")
+               and not (key in RECORDED_SINCE and key not in was)]
     if changed:
-        shown = "; ".join(f"{key} {was.get(key, 'unset')!r}, now {now.get(key, 'unset')!r}" for key in changed[:3])
+        shown = "; ".join(f"{key} {_short(was.get(key, 'unset'))}, now {_short(now.get(key, 'unset'))}"
+                          for key in changed[:3])
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         raise UserError(f"{sweep_dir}: its {command} trials were trained with other settings ({shown}{more}); "
                         "run it with those, or start another sweep with name=…")
+
+
+def _short(value: Any, most: int = 60) -> str:
+    """A setting as the refusal shows it: a thousand class names cut to their start."""
+    text = repr(value)
+    return text if len(text) <= most else f"{text[:most - 3]}..."
 
 
 def _flat(settings: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

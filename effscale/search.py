@@ -514,7 +514,8 @@ class Search:
                                             and t.user_attrs.get("repeat_of") is None
                                             for t in self.study.get_trials(deepcopy=False))
             results.check_settings(self.sweep_dir, "search", results.trained_with(
-                self.baseline, self.cfg["data"], self.recipe, phi=float(self.opts["phi"])), trained=trained)
+                self.baseline, self.cfg["data"], self.data.class_names, self.recipe, phi=float(self.opts["phi"])),
+                trained=trained)
         except UserError:
             if created:
                 optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)

@@ -518,6 +518,31 @@ def test_a_sweep_stopped_before_any_trial_finished_takes_other_settings_and_a_se
         tiny_search(tmp_path, "trainer.max_epochs=2")
 
 
+def test_the_same_sweep_on_another_image_folder_is_refused_by_its_classes(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    for root, classes in (("three", "abc"), ("two", "ab")):
+        for c in classes:
+            (tmp_path / root / c).mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (16, 16), (40 * i, 200 * (c == "a"), 0)).save(tmp_path / root / c / f"{i}.png")
+    tiny = [o for o in TINY if not o.startswith("data.")] + ["data=imagefolder", "data.resolution=40",
+                                                            "data.batch_size=8", f"out={tmp_path}", "name=swap"]
+    search([*tiny, f"data.root={tmp_path / 'three'}"])
+    with pytest.raises(UserError, match=re.escape("(data.classes ['a', 'b', 'c'], now ['a', 'b']); ")):
+        search([*tiny, f"data.root={tmp_path / 'two'}"])  # data.root itself is where, not what: not recorded
+    # A sweep recorded before the classes were is not refused for lacking them.
+    path = tmp_path / "swap" / "settings.json"
+    recorded = json.loads(path.read_text())
+    del recorded["search"]["data"]["classes"]
+    path.write_text(json.dumps(recorded))
+    capsys.readouterr()
+    search([*tiny, f"data.root={tmp_path / 'three'}"])
+    assert "to run" in capsys.readouterr().out
+
+
 def test_other_settings_are_refused_while_a_trial_is_under_way_and_always_for_a_worker(tmp_path):
     first = planned(tmp_path)  # settings recorded, no trial yet
     with pytest.raises(UserError, match="its search trials were trained with other settings"):
