@@ -206,6 +206,23 @@ def coefficients(cfg: dict[str, Any]) -> Coefficients:
     return Coefficients(alpha, beta, gamma, origin, seeds)
 
 
+def check_searched_like(source: str, baseline: dict[str, Any], dataset: str) -> None:
+    """A search chooses its point for its baseline (stage table and input size) and data set: α, β, γ
+    compared on others answer another question. One line naming the first difference, read from the
+    table's rows and the search's settings.json."""
+    said, hint = f"compare.from_search={source}: the search ran on", "; scale.alpha/beta/gamma compare them elsewhere"
+    searched = results.search_trials(results.read_trials(results.table_path(source)))
+    for key, ours in (("baseline", baseline["name"]), ("dataset", dataset)):
+        theirs = sorted(set(searched.get(key, pd.Series()).dropna().astype(str)) - {ours})
+        if theirs:
+            raise UserError(f"{said} {key} {theirs[0]}, this comparison on {ours}{hint}")
+    recorded = results.recorded_settings(source, "search")
+    if recorded and isinstance(recorded.get("baseline"), dict):
+        key = results.first_difference(recorded["baseline"], results.as_recorded(baseline))
+        if key is not None:
+            raise UserError(f"{said} baseline.{key[0]} {key[1]!r}, this comparison on {key[2]!r}{hint}")
+
+
 def comparison_seeds(first: int, count: int, search_seeds: tuple[int, ...]) -> list[int]:
     """`count` seeds from `first`, or from past the search's seeds when it chose the compound point:
     trained on those again, compound would repeat the very runs that made it the winner (the same
@@ -253,6 +270,8 @@ class Comparison:
         set_threads(self.recipe.get("threads"))
         trial_devices(self.recipe, self.device)  # more GPUs than this process sees: one error, nothing written
         chosen = coefficients(self.cfg)
+        if self.cfg["compare"].get("from_search"):
+            check_searched_like(self.cfg["compare"]["from_search"], self.baseline, self.context["dataset"])
         self.alpha, self.beta, self.gamma, self.origin = chosen.alpha, chosen.beta, chosen.gamma, chosen.origin
         self.search_seeds = chosen.search_seeds
         self.seeds = comparison_seeds(int(self.cfg["seed"]), int(self.cfg["compare"]["seeds"]), chosen.search_seeds)

@@ -113,12 +113,17 @@ def without_runtime(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in RUNTIME_SETTINGS}
 
 
+def as_recorded(value: Any) -> Any:
+    """`value` as settings.json holds it: JSON's types, anything else as its text."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def trained_with(baseline: dict[str, Any], data: dict[str, Any], classes: list[str], recipe: dict[str, Any],
                  **extra: Any) -> dict[str, Any]:
     """What a trial's result depends on: the (scaled) baseline, the data (its settings and the classes
     read from it: another folder under the same data.root is other data) and the training recipe."""
-    return json.loads(json.dumps({"baseline": baseline, "data": {**without_runtime(data), "classes": list(classes)},
-                                  "trainer": without_runtime(recipe), **extra}, default=str))
+    return as_recorded({"baseline": baseline, "data": {**without_runtime(data), "classes": list(classes)},
+                        "trainer": without_runtime(recipe), **extra})
 
 
 # Settings recorded since a later effscale: a sweep recorded before has them unset, and is not refused for it.
@@ -157,6 +162,27 @@ def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any]
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         raise UserError(f"{sweep_dir}: its {command} trials were trained with other settings ({shown}{more}); "
                         "run it with those, or start another sweep with name=…")
+
+
+def recorded_settings(sweep_dir: str | Path, command: str) -> dict[str, Any] | None:
+    """What settings.json records for `command`'s trials; None when it records none or cannot be read
+    (`check_settings` says why when the sweep runs again)."""
+    try:
+        recorded = json.loads((Path(sweep_dir) / "settings.json").read_text())
+    except (OSError, ValueError):
+        return None
+    settings = recorded.get(command) if isinstance(recorded, dict) else None
+    return settings if isinstance(settings, dict) else None
+
+
+def first_difference(was: dict[str, Any], now: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first key (dotted, in sorted order) whose value differs between two settings, with both
+    values ("unset" where one lacks it); None when they are the same."""
+    before, after = dict(_flat(was)), dict(_flat(now))
+    for key in sorted(before.keys() | after.keys()):
+        if before.get(key, "unset") != after.get(key, "unset"):
+            return key, before.get(key, "unset"), after.get(key, "unset")
+    return None
 
 
 def _short(value: Any, most: int = 60) -> str:

@@ -1,6 +1,7 @@
 """`effscale compare`: each strategy's model lands on the compound model's measured MACs."""
 
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -217,6 +218,34 @@ def test_compare_from_a_search_plans_and_trains_past_its_seeds(tmp_path, monkeyp
     pd.concat([table, earlier]).to_csv(tmp_path / "compared" / "trials.csv", index=False)
     compare([f"out={tmp_path}", "name=compared", *TINY, "compare.strategies=[compound]", f"compare.from_search={search}"])
     assert "has compound rows on seed(s) 1, those the search chose its point on" in capsys.readouterr().out
+
+
+def test_compare_from_a_search_on_another_baseline_or_data_set_is_refused_before_anything_is_written(tmp_path):
+    import json
+
+    from effscale.commands import compare
+    from effscale.compare import check_searched_like
+    from effscale.config import load, model_table
+    from effscale.results import as_recorded
+
+    search = tmp_path / "searched"
+    search.mkdir()
+    pd.DataFrame([dict(strategy="compound", phi=1, alpha=1.2, beta=1.1, gamma=1.15, state="COMPLETE", val_acc=0.6,
+                       seed=0, point="a1.2_b1.1_g1.15", baseline="efficientnet_b0", dataset="procedural")]
+                 ).to_csv(search / "trials.csv", index=False)
+    baseline = model_table(load("compare", TINY))
+    (search / "settings.json").write_text(json.dumps({"search": {"baseline": as_recorded(baseline)}}))
+    check_searched_like(str(search), baseline, "procedural")  # the search's own: nothing to say
+    hint = "; scale.alpha/beta/gamma compare them elsewhere"
+    with pytest.raises(UserError, match=re.escape(f"the search ran on dataset procedural, this comparison on "
+                                                  f"fashion_mnist{hint}")):
+        check_searched_like(str(search), baseline, "fashion_mnist")
+    with pytest.raises(UserError, match="the search ran on baseline efficientnet_b0, this comparison on resnet18;"):
+        check_searched_like(str(search), {**baseline, "name": "resnet18"}, "procedural")
+    with pytest.raises(UserError, match=re.escape(f"compare.from_search={search}: the search ran on "
+                                                  f"baseline.resolution 16, this comparison on 24{hint}")):
+        compare([f"out={tmp_path}", "name=compared", *TINY, "data.resolution=24", f"compare.from_search={search}"])
+    assert not (tmp_path / "compared").exists()
 
 
 def test_runs_are_grouped_by_sweep_with_one_job_type_per_strategy(tmp_path, monkeypatch):
