@@ -132,6 +132,7 @@ KERNEL: Check = (lambda v: _integer(v) and v >= 1 and v % 2 == 1), "an odd integ
 STAGE: dict[str, Check] = {"channels": count(1), "repeats": count(1), "stride": count(1), "kernel": KERNEL,
                            "expand": above(0), "se": below_one(), "fixed_repeats": FLAG}
 NAME = text("a name")
+ACTIVATIONS = ("hardswish", "relu", "relu6", "silu")  # those effscale/models/blocks.py builds
 MEASURE_BATCH = integer_range(1, 65_536)
 # A study every launch and worker can open again: in the sweep folder (null), a journal file or a database.
 STORAGE: Check = ((lambda v: v is None or (isinstance(v, str) and v.strip() not in ("", "sqlite://", "sqlite:///",
@@ -156,7 +157,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "search.grid": {"alpha": RANGE, "beta": RANGE, "step": above(0), "tolerance": at_least(0), "gamma_values": GAMMAS,
                     "gamma_multiple": optional(at_least(0))},
     "baseline": {"name": NAME, "stages": STAGES, "resolution": count(1), "divisor": count(1), "dropout": below_one(),
-                 "stochastic_depth": below_one(), "channel_scale": SCALE_RULE,
+                 "stochastic_depth": below_one(), "channel_scale": SCALE_RULE, "activation": one_of(*ACTIVATIONS),
                  "variants": one_of(*VARIANT_FAMILIES)},
     "baseline.stem": {"channels": count(1), "kernel": KERNEL, "stride": count(1), "scale": SCALE_RULE},
     "baseline.head": {"channels": count(1), "scale": SCALE_RULE},

@@ -96,6 +96,8 @@ from effscale.errors import UserError
      "[compound, width, depth, resolution], got []"),
     ("compare", "+compare.trainer.lr=-1", "compare.trainer.lr: expected a number above 0, got -1"),
     ("compare", "logger.name=tensorboard", "logger.name: expected wandb or csv, got 'tensorboard'"),
+    ("measure", "baseline.activation=gelu", "baseline.activation: expected one of hardswish, relu, relu6, silu, "
+                                            "got 'gelu'"),  # before torch is imported, not once the data is read
     ("finetune", "finetune.head_epochs=0", "finetune.head_epochs: expected an integer of at least 1, got 0"),
     ("finetune", "finetune.recipe.lr=abc", "finetune.recipe.lr: expected a number above 0, got 'abc'"),
     ("search", "search.storage=${oc.env:EFFSCALE_UNSET}", "search.storage: Environment variable 'EFFSCALE_UNSET' "
@@ -217,3 +219,10 @@ def test_a_stage_table_key_the_builder_does_not_read_or_needs_and_lacks_is_named
     with pytest.raises(UserError) as raised:
         check_config({"baseline": table})
     assert str(raised.value).startswith(message)
+
+
+def test_the_activations_checked_are_those_the_builder_builds():
+    from effscale.checks import ACTIVATIONS
+    from effscale.models.blocks import ACTIVATIONS as BUILT
+
+    assert sorted(ACTIVATIONS) == sorted(BUILT)
