@@ -299,6 +299,12 @@ class Comparison:
             first = self.models[0]
             raise UserError(f"budget: none of the {len(self.models)} models of the comparison fits (the first, "
                             f"{first.strategy} at phi={first.phi:g}: {self.over_budget[id(first)]})")
+        compound = [m for m in self.models if m.strategy == "compound"]
+        if compound and all(self.over_budget[id(m)] for m in compound):
+            first = compound[0]
+            raise UserError(f"budget: the compound model is over it at every phi of compare.phis (phi={first.phi:g}: "
+                            f"{self.over_budget[id(first)]}), so it has nothing to be compared with; raise the "
+                            "budget or lower compare.phis")
         return self.models
 
     def describe_plan(self) -> str:

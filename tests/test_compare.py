@@ -335,20 +335,28 @@ def test_a_model_over_the_budget_is_an_infeasible_row_with_its_reason_not_traine
     assert params["baseline"] < params[["compound", "width", "depth"]].min()
     trained.clear()
     capsys.readouterr()
-    compare([f"out={tmp_path}", "name=bounded", *TINY, "compare.seeds=1", f"budget.max_params={params['baseline']}"])
+    bound = params["compound"]
+    compare([f"out={tmp_path}", "name=bounded", *TINY, "compare.seeds=1", f"budget.max_params={bound}"])
     table = read_trials(tmp_path / "bounded").set_index("strategy")
-    assert trained == [16] and table.loc["baseline", "state"] == "COMPLETE"
-    for strategy in ("compound", "width", "depth"):
+    assert sorted(trained) == sorted(table.loc[["baseline", "compound"], "resolution"].tolist())
+    assert set(table.loc[["baseline", "compound"], "state"]) == {"COMPLETE"}
+    for strategy in ("width", "depth"):
         row = table.loc[strategy]
         assert (row["state"], row["feasible"]) == ("INFEASIBLE", False) and pd.isna(row["val_acc"])
-        assert row["reason"] == f"{params[strategy]:,} params > budget.max_params={params['baseline']:,}"
+        assert row["reason"] == f"{params[strategy]:,} params > budget.max_params={bound:,}"
     out = capsys.readouterr().out
-    assert f"  over budget: {params['compound']:,} params > budget.max_params=" in out
-    assert f"INFEASIBLE ({params['depth']:,} params > budget.max_params={params['baseline']:,})" in out
-    assert "0 trainings already complete, 1 to run, 3 over the budget (INFEASIBLE, not trained)" in out
-    compare([f"out={tmp_path}", "name=bounded", *TINY, "compare.seeds=1", f"budget.max_params={params['baseline']}"])
-    assert "1 trainings already complete, 0 to run, 3 over the budget" in capsys.readouterr().out
+    assert f"  over budget: {params['width']:,} params > budget.max_params=" in out
+    assert f"INFEASIBLE ({params['depth']:,} params > budget.max_params={bound:,})" in out
+    assert "0 trainings already complete, 2 to run, 2 over the budget (INFEASIBLE, not trained)" in out
+    compare([f"out={tmp_path}", "name=bounded", *TINY, "compare.seeds=1", f"budget.max_params={bound}"])
+    assert "2 trainings already complete, 0 to run, 2 over the budget" in capsys.readouterr().out
     assert read_trials(tmp_path / "bounded")["trial"].tolist() == table.reset_index()["trial"].tolist()  # no new rows
+    # Compound over the budget at every φ: the others are matched to its MACs, there is nothing to compare.
+    with pytest.raises(UserError, match=re.escape(f"budget: the compound model is over it at every phi of "
+                                                  f"compare.phis (phi=1: {params['compound']:,} params > "
+                                                  f"budget.max_params={params['baseline']:,}), so it has nothing")):
+        compare([f"out={tmp_path}", "name=nothing", *TINY, "compare.seeds=1", f"budget.max_params={params['baseline']}"])
+    assert not (tmp_path / "nothing").exists()
     with pytest.raises(UserError, match=r"^budget: none of the 4 models of the comparison fits \(the first, baseline "
                                         r"at phi=0: [\d,]+ params > budget.max_params=1\)$"):
         compare([f"out={tmp_path}", "name=nothing", *TINY, "compare.seeds=1", "budget.max_params=1"])
