@@ -89,6 +89,8 @@ def _one_line(exc: Exception, command: str) -> str:
         if inner and inner.group(1).startswith(f"{key}."):  # a mapping that holds no keys until told to
             return (f"{key}: has no key {inner.group(1)[len(key) + 1:]} (add keys to it with "
                     f"'++{key}={{key: value}}')")
+        if (CONF_DIR / key).is_dir():  # a config group no command picks by default: the sweep presets
+            return f"{key}: not in the config until added: +{key}=NAME ({', '.join(available_options(key))})"
         # not "+key=…": nothing would read a key the config does not have
         return f"{key}: unknown key (check the spelling; effscale {command} --help shows every key)"
     ambiguous = re.search(r"Ambiguous value for argument '([^'=]+)=([^']*)'", text)
