@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import OmegaConf, open_dict
 
-from effscale.config import available_options, compose, load, model_table
+from effscale.config import compose, load, model_table, options_on_search_path
 from effscale.devices import resolve_device
 from effscale.errors import UserError
 from effscale.scaling import variants_of
@@ -191,10 +191,8 @@ def print_help(command: str, overrides: list[str]) -> None:
     if command in ("search", "compare") and "sweep" not in groups:
         groups.append("sweep")  # a preset added with +sweep=…
     print(f"effscale {command} [overrides...]\n\nconfig groups (choose with group=option):")
-    for group in groups:
-        if group in IGNORED_BY.get(command, ()):
-            continue
-        options = available_options(group)
+    groups = [g for g in groups if g not in IGNORED_BY.get(command, ())]
+    for group, options in options_on_search_path(command, overrides, groups).items():
         if options:
             print(f"  {group:9s} {', '.join(options)}")
     with open_dict(cfg):

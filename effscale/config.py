@@ -135,6 +135,21 @@ def available_options(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+def options_on_search_path(command: str, overrides: list[str], groups: list[str]) -> dict[str, list[str]]:
+    """Each group's options as Hydra finds them with `overrides`: effscale's own and those of config
+    folders put on `hydra.searchpath` (a baseline or sweep preset of the user's own)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=command):
+            loader = GlobalHydra.instance().config_loader()
+            return {g: sorted(set(loader.get_group_options(g, config_name=command, overrides=overrides))) for g in groups}
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def load(command: str, overrides: list[str]) -> dict[str, Any]:
     """The resolved config of `command` with `overrides`, every value checked (effscale/checks.py)."""
     return checked(to_dict(compose(command, overrides)))

@@ -107,6 +107,18 @@ def test_help_lists_the_groups_the_command_reads(command, groups, capsys):
     assert ("\nbaseline:" in out) == (command != "finetune")  # the composed config below the groups
 
 
+def test_help_lists_the_baselines_and_presets_of_a_config_folder_on_the_search_path(tmp_path, capsys):
+    from effscale import cli
+
+    for group, name in (("baseline", "tinynet"), ("sweep", "mine")):
+        (tmp_path / group).mkdir()
+        (tmp_path / group / f"{name}.yaml").write_text("name: x\n")
+    assert cli.main(["search", "--help", f"hydra.searchpath=[file://{tmp_path}]"]) == 0
+    out = capsys.readouterr().out
+    assert "  baseline  efficientnet_b0, " in out and ", resnet50, tinynet\n" in out
+    assert "  sweep     fashion_mnist, mine, paper_grid, quick, " in out
+
+
 def test_help_with_multirun_is_the_help(capsys):
     from effscale import cli
 
