@@ -140,7 +140,12 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
 ARGPARSE_COMMANDS = {"report", "dashboard", "predict"}
 
 
+# Commands that train: their output closing (`effscale search | head`) stops work left undone.
+TRAINING_COMMANDS = {"search", "compare", "finetune"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         status = _main(argv)
         sys.stdout.flush()  # a pipe is block-buffered: write what is left here, not at exit
@@ -148,11 +153,24 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `effscale measure format=csv | head`: the reader has all it wanted
         # Python would complain again when it flushes stdout at exit; point stdout at nothing instead.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        command = next((a for a in argv if not a.startswith("-")), "")
+        if command not in TRAINING_COMMANDS:
+            return 0
+        output_closed(f"effscale {command}")
+        return 1
 
 
-def _main(argv: list[str] | None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def output_closed(who: str) -> None:
+    """Say on stderr, when it is still open, that a training command stopped because its standard
+    output closed: a pipe's reader ended (`| head`, a `tee` that died). What finished is kept."""
+    try:
+        print(f"{who}: stopped, its output closed (the program reading it ended); what finished is kept, "
+              "and the same command goes on from there", file=sys.stderr)
+    except OSError:
+        pass
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     if not argv:  # a command is missing: a usage error

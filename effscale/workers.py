@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from effscale import slurm
 from effscale.claims import claim, holders, owner
+from effscale.cli import output_closed
 from effscale.config import load, model_table
 from effscale.devices import available_cores, resolve_device
 from effscale.errors import UserError
@@ -228,4 +229,8 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:  # its trial is recorded as interrupted; the search command says the rest
         print(f"effscale search: worker {index}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the search's standard output, which every worker shares, closed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        output_closed(f"effscale search: worker {index}")
+        return 1
     return 0

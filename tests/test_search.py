@@ -543,6 +543,25 @@ def test_the_same_sweep_on_another_image_folder_is_refused_by_its_classes(tmp_pa
     assert "to run" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_search_whose_output_closes_stops_with_one_line_and_resumes(tmp_path, workers):
+    # `effscale search | head -1`: the reader ends, the next line printed fails.
+    command = [sys.executable, "-m", "effscale.cli", "search", *overrides(f"out={tmp_path}", "name=piped",
+                                                                          f"search.workers={workers}")]
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+        run.stdout.readline()
+        run.stdout.close()
+        err = run.stderr.read()
+    assert run.returncode == 1, err
+    lines = [line for line in err.splitlines() if "stopped, its output closed" in line]
+    assert lines and len(lines) == len(err.splitlines()) and "Traceback" not in err
+    study = optuna.load_study(study_name="piped", storage=f"sqlite:///{tmp_path / 'piped' / 'study.db'}")
+    assert all(t.user_attrs.get("stale") for t in study.trials if t.state.name == "FAIL")  # none failed for it
+    table = tiny_search(tmp_path, "search.workers=1", name="piped")
+    assert set(table.loc[table["state"] != "INFEASIBLE", "state"]) == {"COMPLETE"}
+    assert not table.duplicated(["point", "seed", "strategy"]).any()
+
+
 def test_other_settings_are_refused_while_a_trial_is_under_way_and_always_for_a_worker(tmp_path):
     first = planned(tmp_path)  # settings recorded, no trial yet
     with pytest.raises(UserError, match="its search trials were trained with other settings"):
