@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Callable
 
-from effscale.errors import UserError, warning_line
+from effscale.errors import UserError, output_closed, warning_line
 
 # How PyTorch's OpenMP threads wait between operations: spin a few microseconds, then sleep. OpenMP's
 # long default spin is fastest alone but starves the working threads of other processes on the same
@@ -158,16 +158,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         output_closed(f"effscale {command}")
         return 1
-
-
-def output_closed(who: str) -> None:
-    """Say on stderr, when it is still open, that a training command stopped because its standard
-    output closed: a pipe's reader ended (`| head`, a `tee` that died). What finished is kept."""
-    try:
-        print(f"{who}: stopped, its output closed (the program reading it ended); what finished is kept, "
-              "and the same command goes on from there", file=sys.stderr)
-    except OSError:
-        pass
 
 
 def _main(argv: list[str]) -> int:

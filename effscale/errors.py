@@ -24,3 +24,13 @@ def warning_line(command: str) -> Callable[..., None]:
         print(f"effscale {command}: warning: {text or category.__name__}", file=file or sys.stderr)
 
     return show
+
+
+def output_closed(who: str) -> None:
+    """Say on stderr, when it is still open, that a training command stopped because its standard
+    output closed: a pipe's reader ended (`| head`, a `tee` that died). What finished is kept."""
+    try:
+        print(f"{who}: stopped, its output closed (the program reading it ended); what finished is kept, "
+              "and the same command goes on from there", file=sys.stderr)
+    except OSError:
+        pass

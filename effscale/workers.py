@@ -32,10 +32,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from effscale import slurm
 from effscale.claims import claim, holders, owner
-from effscale.cli import output_closed
 from effscale.config import load, model_table
 from effscale.devices import available_cores, resolve_device
-from effscale.errors import UserError
+from effscale.errors import UserError, output_closed
 from effscale.liveness import fail_stale_trials, mark_stale
 from effscale.search import Job, Search
 from effscale.stops import interrupts_deferred, stops_as_interrupt
