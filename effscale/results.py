@@ -136,7 +136,8 @@ def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any]
     kept and ranked beside trials trained differently. The error names the first settings that differ.
     While neither the table holds a row of `command`'s nor the caller knows of a trial finished or
     under way (`trained`: the search's study), as after a first run stopped by a corrupt image or a
-    Ctrl-C before a trial finished, there is nothing to mix with: the new settings are recorded instead."""
+    Ctrl-C before a trial finished, there is nothing to mix with: the new settings are recorded instead.
+    A sweep with trained trials and no record of their settings (settings.json deleted) is refused."""
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / "settings.json"
     with locked(sweep_dir):
@@ -150,6 +151,12 @@ def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any]
         before = recorded.get(command)
         table = read_trials(sweep_dir)
         ours = table[from_compare(table) == (command == "compare")]
+        # The search's rows that its study does not hold are an earlier study's, set aside: `trained` says.
+        untrained = not trained and (command == "search" or (ours["state"] == "INFEASIBLE").all())
+        if before is None and not untrained:
+            raise UserError(f"{path}: no record of the settings the sweep's {command} trials were trained with "
+                            f"({'missing' if not recorded else f'none for {command}'}); put the file back, or start "
+                            "another sweep with name=…")
         if before is None or (not trained and (ours["state"] == "INFEASIBLE").all()):
             write_atomically(path, lambda f: json.dump({**recorded, command: settings}, f, indent=1, sort_keys=True))
             return

@@ -153,6 +153,11 @@ def test_tiny_compare_trains_every_model_and_seed_resumes_and_reports(tmp_path, 
                                         r"\(trainer.label_smoothing 0.1, now 0.0\)"):
         compare([f"out={tmp_path}", "name=tiny", *TINY, "trainer.label_smoothing=0.0"])
     assert read_trials(sweep)["train_seconds"].tolist() == table["train_seconds"].tolist()
+    recorded = (sweep / "settings.json").read_text()
+    (sweep / "settings.json").unlink()  # ... and so would one whose settings nobody knows any more
+    with pytest.raises(UserError, match=r"settings.json: no record of the settings the sweep's compare trials were "):
+        compare([f"out={tmp_path}", "name=tiny", *TINY, "trainer.label_smoothing=0.0"])
+    (sweep / "settings.json").write_text(recorded)
     # Inputs in multiples of 8 px: compound's 18 px become 16, so every φ = 1 model changes, and only the
     # baseline's rows stand. The 6 rows the new models replace are kept, with the table as it was.
     compare([f"out={tmp_path}", "name=tiny", *TINY, "scale.resolution_multiple=8"])

@@ -214,6 +214,12 @@ def test_resuming_with_other_training_settings_is_refused_and_runtime_settings_a
         tiny_search(tmp_path, "budget.macs_tolerance=0.3")
     pd.testing.assert_frame_equal(first, results.read_trials(tmp_path / "tiny"))
     assert (tmp_path / "tiny" / "settings.json").read_text() == recorded
+    # Without the record, the settings of the trained trials are unknown: not taken from this run.
+    (tmp_path / "tiny" / "settings.json").unlink()
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'tiny' / 'settings.json'}: no record of the settings "
+                                                  "the sweep's search trials were trained with (missing); put the")):
+        tiny_search(tmp_path, "trainer.max_epochs=2")
+    assert not (tmp_path / "tiny" / "settings.json").exists()
 
 
 # Five grid points on 12 px inputs that build two networks: α = 1.6, 1.7 and 1.8 round to the same
