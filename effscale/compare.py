@@ -261,7 +261,7 @@ class Comparison:
 
     def plan(self) -> list[ScaledModel]:
         """Every model of the comparison with its measured cost; nothing is trained or written."""
-        from effscale.data import read_datamodule
+        from effscale.data import build_datamodule
         from effscale.measure import measure_tables
         from effscale.models import build_model
         from effscale.budget import measure_options, over_budget
@@ -275,8 +275,9 @@ class Comparison:
         self.alpha, self.beta, self.gamma, self.origin = chosen.alpha, chosen.beta, chosen.gamma, chosen.origin
         self.search_seeds = chosen.search_seeds
         self.seeds = comparison_seeds(int(self.cfg["seed"]), int(self.cfg["compare"]["seeds"]), chosen.search_seeds)
-        self.data = read_datamodule(self.cfg["data"], int(self.baseline["resolution"]), self.recipe.get("num_workers"),
-                                    self.seeds[0])
+        data_cfg = self.cfg["data"]
+        self.data = build_datamodule(data_cfg, int(self.baseline["resolution"]), int(data_cfg["batch_size"]),
+                                     self.recipe.get("num_workers"), self.seeds[0])
         classes, channels = self.data.num_classes, self.data.in_channels
         build = lambda t: build_model(t, classes, channels)  # noqa: E731
         counter = MacsCounter(build, channels)
@@ -305,6 +306,7 @@ class Comparison:
             raise UserError(f"budget: the compound model is over it at every phi of compare.phis (phi={first.phi:g}: "
                             f"{self.over_budget[id(first)]}), so it has nothing to be compared with; raise the "
                             "budget or lower compare.phis")
+        self.data.read()  # once the budget leaves something to train: a folder of images may take minutes
         return self.models
 
     def describe_plan(self) -> str:

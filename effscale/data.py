@@ -195,6 +195,13 @@ class DataModule(pl.LightningDataModule):
         """Loader processes: the configured number, or `fitted_workers()` when the config says null."""
         return fitted_workers() if self._num_workers is None else self._num_workers
 
+    def read(self) -> None:
+        """Read the data now (`prepare_data`, `setup("fit")`): a missing, empty or corrupt data set is one
+        error before a sweep writes anything, not the same failure in every trial. Its shape
+        (`num_classes`, `in_channels`) is known before, from the config or the class folders' names."""
+        self.prepare_data()
+        self.setup("fit")
+
 
 # --- in-memory sources ----------------------------------------------------------------------------
 
@@ -766,13 +773,3 @@ def build_datamodule(cfg: Mapping[str, Any], resolution: int, batch_size: int, n
     if num_workers is not None:
         overrides["num_workers"] = num_workers
     return cls(**{**cfg, **overrides})
-
-
-def read_datamodule(cfg: Mapping[str, Any], resolution: int, num_workers: int | None = None,
-                    seed: int = 0) -> DataModule:
-    """`build_datamodule` at the configured batch size, its data read now: a missing, empty or corrupt
-    data set is one error before a sweep writes anything, not the same failure in every trial."""
-    data = build_datamodule(cfg, resolution, int(cfg["batch_size"]), num_workers, seed)
-    data.prepare_data()
-    data.setup("fit")
-    return data

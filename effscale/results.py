@@ -130,14 +130,16 @@ def trained_with(baseline: dict[str, Any], data: dict[str, Any], classes: list[s
 RECORDED_SINCE = ("data.classes",)
 
 
-def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any], trained: bool = False) -> None:
+def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any], trained: bool = False,
+                   worker: bool = False) -> None:
     """Record `settings` (from `trained_with`) as what `command`'s trials in `sweep_dir` are trained
     with, in settings.json; if the sweep recorded others, refuse to go on: its finished trials would be
     kept and ranked beside trials trained differently. The error names the first settings that differ.
     While neither the table holds a row of `command`'s nor the caller knows of a trial finished or
     under way (`trained`: the search's study), as after a first run stopped by a corrupt image or a
-    Ctrl-C before a trial finished, there is nothing to mix with: the new settings are recorded instead.
-    A sweep with trained trials and no record of their settings (settings.json deleted) is refused."""
+    Ctrl-C before a trial finished, there is nothing to mix with: the new settings are recorded instead,
+    unless this is a `worker` of a launch, which trains with the launch's. A sweep with trained trials
+    and no record of their settings (settings.json deleted) is refused."""
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / "settings.json"
     with locked(sweep_dir):
@@ -157,7 +159,7 @@ def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any]
             raise UserError(f"{path}: no record of the settings the sweep's {command} trials were trained with "
                             f"({'missing' if not recorded else f'none for {command}'}); put the file back, or start "
                             "another sweep with name=…")
-        if before is None or (not trained and (ours["state"] == "INFEASIBLE").all()):
+        if before is None or (not trained and not worker and (ours["state"] == "INFEASIBLE").all()):
             write_atomically(path, lambda f: json.dump({**recorded, command: settings}, f, indent=1, sort_keys=True))
             return
     was, now = dict(_flat(before)), dict(_flat(settings))

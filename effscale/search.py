@@ -300,15 +300,16 @@ class Search:
 
     # Candidates: everything here runs before anything is written.
     def plan(self) -> list[Candidate]:
-        from effscale.data import read_datamodule
+        from effscale.data import build_datamodule
         from effscale.train import set_threads
 
         phi = float(self.opts["phi"])
         multiple = int((self.cfg.get("scale") or {}).get("resolution_multiple") or 1)
         self.candidates = compound_candidates(self.baseline, self.opts["grid"], phi, multiple)
         set_threads(self.recipe.get("threads"))
-        self.data = read_datamodule(self.cfg["data"], int(self.baseline["resolution"]), self.recipe.get("num_workers"),
-                                    self.seed)
+        data_cfg = self.cfg["data"]
+        self.data = build_datamodule(data_cfg, int(self.baseline["resolution"]), int(data_cfg["batch_size"]),
+                                     self.recipe.get("num_workers"), self.seed)
         classes, channels = self.data.num_classes, self.data.in_channels
 
         def build(table: dict[str, Any]) -> Any:
@@ -326,6 +327,7 @@ class Search:
         self._judge(costs)
         if not self.device_budget:  # else once `open` has the sweep's recorded device costs
             self._require_feasible()
+        self.data.read()  # once the budget leaves something to train: a folder of images may take minutes
         return self.candidates
 
     @property
@@ -510,12 +512,11 @@ class Search:
                 self._require_feasible()
             self.check_same_points()
             kept = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-            trained = not new_launch or any(t.state in kept and not t.user_attrs.get("stale")
-                                            and t.user_attrs.get("repeat_of") is None
-                                            for t in self.study.get_trials(deepcopy=False))
+            trained = any(t.state in kept and not t.user_attrs.get("stale") and t.user_attrs.get("repeat_of") is None
+                          for t in self.study.get_trials(deepcopy=False))
             results.check_settings(self.sweep_dir, "search", results.trained_with(
                 self.baseline, self.cfg["data"], self.data.class_names, self.recipe, phi=float(self.opts["phi"])),
-                trained=trained)
+                trained=trained, worker=not new_launch)
         except UserError:
             if created:
                 optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)

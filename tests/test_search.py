@@ -568,6 +568,20 @@ def test_a_search_whose_output_closes_stops_with_one_line_and_resumes(tmp_path, 
     assert not table.duplicated(["point", "seed", "strategy"]).any()
 
 
+def test_a_budget_nothing_meets_is_said_before_the_data_is_read(tmp_path, monkeypatch):
+    from effscale.data import DataModule
+
+    def read(self):
+        raise AssertionError("the data was read before the budget was judged")
+
+    monkeypatch.setattr(DataModule, "read", read)  # reading a folder of images may take minutes
+    with pytest.raises(UserError, match=r"^budget.max_params=1 is below the baseline's own [\d,]+ params"):
+        tiny_search(tmp_path, "budget.max_params=1")
+    with pytest.raises(UserError, match=r"^budget: none of the \d+ grid points fits"):
+        tiny_search(tmp_path, "budget.macs_tolerance=0.0001")
+    assert not (tmp_path / "tiny").exists()
+
+
 def test_other_settings_are_refused_while_a_trial_is_under_way_and_always_for_a_worker(tmp_path):
     first = planned(tmp_path)  # settings recorded, no trial yet
     with pytest.raises(UserError, match="its search trials were trained with other settings"):
