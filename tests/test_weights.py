@@ -401,7 +401,7 @@ def test_an_effscale_checkpoint_with_a_broken_entry_names_that_entry(tmp_path, k
     ("table", lambda t: {**t, "stages": t["stages"][:2] + [{**t["stages"][2], "repeats": -1}]},
      "table.stages[2].repeats: expected an integer of at least 1, got -1"),
     ("table", lambda t: {**t, "activation": "gelu"},
-     "table.activation: expected one of silu, relu, relu6, hardswish, got 'gelu'"),
+     "table.activation: expected one of hardswish, relu, relu6, silu, got 'gelu'"),
 ])
 def test_damaged_preprocessing_or_stage_table_is_one_line_naming_the_checkpoint_and_field(tmp_path, key, change,
                                                                                           message):
