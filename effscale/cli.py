@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         # Python would complain again when it flushes stdout at exit; point stdout at nothing instead.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         command = next((a for a in argv if not a.startswith("-")), "")
-        if command not in TRAINING_COMMANDS:
+        if command not in TRAINING_COMMANDS or "--help" in argv or "-h" in argv:
             return 0
-        output_closed(f"effscale {command}")
+        output_closed(f"effscale {command}", resumes=command != "finetune")
         return 1
 
 

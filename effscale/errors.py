@@ -26,11 +26,12 @@ def warning_line(command: str) -> Callable[..., None]:
     return show
 
 
-def output_closed(who: str) -> None:
+def output_closed(who: str, resumes: bool = True) -> None:
     """Say on stderr, when it is still open, that a training command stopped because its standard
-    output closed: a pipe's reader ended (`| head`, a `tee` that died). What finished is kept."""
+    output closed: a pipe's reader ended (`| head`, a `tee` that died)."""
+    after = ("what finished is kept, and the same command goes on from there" if resumes
+             else "nothing was saved")
     try:
-        print(f"{who}: stopped, its output closed (the program reading it ended); what finished is kept, "
-              "and the same command goes on from there", file=sys.stderr)
+        print(f"{who}: stopped, its output closed (the program reading it ended); {after}", file=sys.stderr)
     except OSError:
         pass

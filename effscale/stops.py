@@ -67,14 +67,12 @@ def stop_reason(exc: BaseException) -> str | None:
     """Why `exc` ends this process's part of the sweep rather than one trial, as the reason its
     unfinished trial is recorded with; None for an exception that fails that trial alone. A stop is a
     Ctrl-C (and what `stops_as_interrupt` raises as one), an exit (submitit's on a SLURM preemption),
-    submitit's UncompletedJobError at a job's last time limit, standard output closed (BrokenPipeError),
-    or a mistake that would fail every trial alike (a UserError)."""
+    submitit's UncompletedJobError at a job's last time limit, or a mistake that would fail every trial
+    alike (a UserError)."""
     if isinstance(exc, UserError):
         return str(exc)
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
         return "interrupted"
-    if isinstance(exc, BrokenPipeError):  # standard output closed: the command stops (effscale.cli)
-        return "interrupted: output closed"
     submitit = sys.modules.get("submitit.core.utils")  # loaded when a submitit job runs this process
     if submitit is not None and isinstance(exc, submitit.UncompletedJobError):
         return f"interrupted: {exc}"
