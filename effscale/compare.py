@@ -206,21 +206,26 @@ def coefficients(cfg: dict[str, Any]) -> Coefficients:
     return Coefficients(alpha, beta, gamma, origin, seeds)
 
 
-def check_searched_like(source: str, baseline: dict[str, Any], dataset: str) -> None:
-    """A search chooses its point for its baseline (stage table and input size) and data set: α, β, γ
-    compared on others answer another question. One line naming the first difference, read from the
-    table's rows and the search's settings.json."""
+def check_searched_like(source: str, baseline: dict[str, Any], dataset: str, classes: list[str]) -> None:
+    """A search chooses its point for its baseline (the whole scaled stage table: blocks, input size,
+    dropout…) and data (its name and, where the search recorded them, its classes): α, β, γ compared on
+    others answer another question. One line naming the first difference, read from the table's rows
+    and the search's settings.json."""
     said, hint = f"compare.from_search={source}: the search ran on", "; scale.alpha/beta/gamma compare them elsewhere"
     searched = results.search_trials(results.read_trials(results.table_path(source)))
     for key, ours in (("baseline", baseline["name"]), ("dataset", dataset)):
         theirs = sorted(set(searched.get(key, pd.Series()).dropna().astype(str)) - {ours})
         if theirs:
             raise UserError(f"{said} {key} {theirs[0]}, this comparison on {ours}{hint}")
-    recorded = results.recorded_settings(source, "search")
-    if recorded and isinstance(recorded.get("baseline"), dict):
-        key = results.first_difference(recorded["baseline"], results.as_recorded(baseline))
-        if key is not None:
-            raise UserError(f"{said} baseline.{key[0]} {key[1]!r}, this comparison on {key[2]!r}{hint}")
+    recorded = results.recorded_settings(source, "search") or {}
+    for section, theirs, ours in (("baseline", recorded.get("baseline"), baseline),
+                                  ("data", {"classes": (recorded.get("data") or {}).get("classes", classes)},
+                                   {"classes": classes})):
+        difference = results.first_difference(theirs, results.as_recorded(ours)) if isinstance(theirs, dict) else None
+        if difference is not None:
+            key, was, now = difference
+            raise UserError(f"{said} {section}.{key} {results.shown(was, now)}, this comparison on "
+                            f"{results.shown(now, was)}{hint}")
 
 
 def comparison_seeds(first: int, count: int, search_seeds: tuple[int, ...]) -> list[int]:
@@ -270,14 +275,15 @@ class Comparison:
         set_threads(self.recipe.get("threads"))
         trial_devices(self.recipe, self.device)  # more GPUs than this process sees: one error, nothing written
         chosen = coefficients(self.cfg)
-        if self.cfg["compare"].get("from_search"):
-            check_searched_like(self.cfg["compare"]["from_search"], self.baseline, self.context["dataset"])
         self.alpha, self.beta, self.gamma, self.origin = chosen.alpha, chosen.beta, chosen.gamma, chosen.origin
         self.search_seeds = chosen.search_seeds
         self.seeds = comparison_seeds(int(self.cfg["seed"]), int(self.cfg["compare"]["seeds"]), chosen.search_seeds)
         data_cfg = self.cfg["data"]
         self.data = build_datamodule(data_cfg, int(self.baseline["resolution"]), int(data_cfg["batch_size"]),
                                      self.recipe.get("num_workers"), self.seeds[0])
+        if self.cfg["compare"].get("from_search"):
+            check_searched_like(self.cfg["compare"]["from_search"], self.baseline, self.context["dataset"],
+                                self.data.class_names)
         classes, channels = self.data.num_classes, self.data.in_channels
         build = lambda t: build_model(t, classes, channels)  # noqa: E731
         counter = MacsCounter(build, channels)
@@ -300,12 +306,12 @@ class Comparison:
             first = self.models[0]
             raise UserError(f"budget: none of the {len(self.models)} models of the comparison fits (the first, "
                             f"{first.strategy} at phi={first.phi:g}: {self.over_budget[id(first)]})")
-        compound = [m for m in self.models if m.strategy == "compound"]
-        if compound and all(self.over_budget[id(m)] for m in compound):
-            first = compound[0]
-            raise UserError(f"budget: the compound model is over it at every phi of compare.phis (phi={first.phi:g}: "
-                            f"{self.over_budget[id(first)]}), so it has nothing to be compared with; raise the "
-                            "budget or lower compare.phis")
+        over = next((m for m in self.models if m.strategy == "compound" and self.over_budget[id(m)]), None)
+        if over is not None:  # the other strategies at that φ are matched to a model nobody may train
+            reason = self.over_budget[id(over)]
+            raise UserError(f"budget: the compound model at phi={over.phi:g} is over it ({reason}), "
+                            "so nothing at that phi has a model to be compared with; raise the budget or leave "
+                            f"{over.phi:g} out of compare.phis")
         self.data.read()  # once the budget leaves something to train: a folder of images may take minutes
         return self.models
 

@@ -89,7 +89,7 @@ def _one_line(exc: Exception, command: str) -> str:
         if inner and inner.group(1).startswith(f"{key}."):  # a mapping that holds no keys until told to
             return (f"{key}: has no key {inner.group(1)[len(key) + 1:]} (add keys to it with "
                     f"'++{key}={{key: value}}')")
-        if (CONF_DIR / key).is_dir():  # a config group no command picks by default: the sweep presets
+        if key == "sweep":  # the one config group no command picks by default: its presets are added
             return f"{key}: not in the config until added: +{key}=NAME ({', '.join(available_options(key))})"
         # not "+key=…": nothing would read a key the config does not have
         return f"{key}: unknown key (check the spelling; effscale {command} --help shows every key)"
@@ -145,7 +145,8 @@ def options_on_search_path(command: str, overrides: list[str], groups: list[str]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=command):
             loader = GlobalHydra.instance().config_loader()
-            return {g: sorted(set(loader.get_group_options(g, config_name=command, overrides=overrides))) for g in groups}
+            return {group: sorted(set(loader.get_group_options(group, config_name=command, overrides=overrides)))
+                    for group in groups}
     finally:
         GlobalHydra.instance().clear()
 

@@ -166,10 +166,10 @@ def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any]
     changed = [key for key in sorted(was.keys() | now.keys()) if was.get(key, "unset") != now.get(key, "unset")
                and not (key in RECORDED_SINCE and key not in was)]
     if changed:
-        shown = "; ".join(f"{key} {_short(was.get(key, 'unset'))}, now {_short(now.get(key, 'unset'))}"
-                          for key in changed[:3])
+        told = "; ".join(f"{key} {shown(was.get(key, 'unset'), now.get(key, 'unset'))}, "
+                         f"now {shown(now.get(key, 'unset'), was.get(key, 'unset'))}" for key in changed[:3])
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-        raise UserError(f"{sweep_dir}: its {command} trials were trained with other settings ({shown}{more}); "
+        raise UserError(f"{sweep_dir}: its {command} trials were trained with other settings ({told}{more}); "
                         "run it with those, or start another sweep with name=…")
 
 
@@ -194,9 +194,13 @@ def first_difference(was: dict[str, Any], now: dict[str, Any]) -> tuple[str, Any
     return None
 
 
-def _short(value: Any, most: int = 60) -> str:
-    """A setting as the refusal shows it: a thousand class names cut to their start."""
+def shown(value: Any, other: Any, most: int = 60) -> str:
+    """A setting as a refusal shows it beside `other`: a list from where the two first differ, with its
+    length (a thousand class names, the last one gone), anything else cut to its start."""
     text = repr(value)
+    if isinstance(value, list) and isinstance(other, list) and max(len(text), len(repr(other))) > most:
+        at = next((i for i, (a, b) in enumerate(zip(value, other)) if a != b), min(len(value), len(other)))
+        return f"{len(value)} items, [{at}] {repr(value[at])[:most] if at < len(value) else 'none'}"
     return text if len(text) <= most else f"{text[:most - 3]}..."
 
 

@@ -240,13 +240,22 @@ def test_compare_from_a_search_on_another_baseline_or_data_set_is_refused_before
                  ).to_csv(search / "trials.csv", index=False)
     baseline = model_table(load("compare", TINY))
     (search / "settings.json").write_text(json.dumps({"search": {"baseline": as_recorded(baseline)}}))
-    check_searched_like(str(search), baseline, "procedural")  # the search's own: nothing to say
+    classes = ["circle", "square"]
+    check_searched_like(str(search), baseline, "procedural", classes)  # the search's own: nothing to say
     hint = "; scale.alpha/beta/gamma compare them elsewhere"
     with pytest.raises(UserError, match=re.escape(f"the search ran on dataset procedural, this comparison on "
                                                   f"fashion_mnist{hint}")):
-        check_searched_like(str(search), baseline, "fashion_mnist")
+        check_searched_like(str(search), baseline, "fashion_mnist", classes)
     with pytest.raises(UserError, match="the search ran on baseline efficientnet_b0, this comparison on resnet18;"):
-        check_searched_like(str(search), {**baseline, "name": "resnet18"}, "procedural")
+        check_searched_like(str(search), {**baseline, "name": "resnet18"}, "procedural", classes)
+    recorded = {"baseline": as_recorded(baseline), "data": {"classes": classes}}
+    (search / "settings.json").write_text(json.dumps({"search": recorded}))
+    with pytest.raises(UserError, match=re.escape(f"the search ran on data.classes ['circle', 'square'], this "
+                                                  f"comparison on ['cat', 'dog']{hint}")):  # another image folder
+        check_searched_like(str(search), baseline, "procedural", ["cat", "dog"])
+    with pytest.raises(UserError, match=r"the search ran on baseline.stages 7 items, \[0\] \{.{1,60}, this "):
+        check_searched_like(str(search), {**baseline, "stages": [{**baseline["stages"][0], "kernel": 5},
+                                                                 *baseline["stages"][1:]]}, "procedural", classes)
     with pytest.raises(UserError, match=re.escape(f"compare.from_search={search}: the search ran on "
                                                   f"baseline.resolution 16, this comparison on 24{hint}")):
         compare([f"out={tmp_path}", "name=compared", *TINY, "data.resolution=24", f"compare.from_search={search}"])
@@ -356,11 +365,12 @@ def test_a_model_over_the_budget_is_an_infeasible_row_with_its_reason_not_traine
     compare([f"out={tmp_path}", "name=bounded", *TINY, "compare.seeds=1", f"budget.max_params={bound}"])
     assert "2 trainings already complete, 0 to run, 2 over the budget" in capsys.readouterr().out
     assert read_trials(tmp_path / "bounded")["trial"].tolist() == table.reset_index()["trial"].tolist()  # no new rows
-    # Compound over the budget at every φ: the others are matched to its MACs, there is nothing to compare.
-    with pytest.raises(UserError, match=re.escape(f"budget: the compound model is over it at every phi of "
-                                                  f"compare.phis (phi=1: {params['compound']:,} params > "
-                                                  f"budget.max_params={params['baseline']:,}), so it has nothing")):
-        compare([f"out={tmp_path}", "name=nothing", *TINY, "compare.seeds=1", f"budget.max_params={params['baseline']}"])
+    # Compound over the budget at a φ: the others there are matched to its MACs, there is nothing to compare.
+    with pytest.raises(UserError, match=re.escape(f"budget: the compound model at phi=1 is over it "
+                                                  f"({params['compound']:,} params > budget.max_params="
+                                                  f"{params['baseline']:,}), so nothing at that phi has a model")):
+        compare([f"out={tmp_path}", "name=nothing", *TINY, "compare.seeds=1",
+                 f"budget.max_params={params['baseline']}"])
     assert not (tmp_path / "nothing").exists()
     with pytest.raises(UserError, match=r"^budget: none of the 4 models of the comparison fits \(the first, baseline "
                                         r"at phi=0: [\d,]+ params > budget.max_params=1\)$"):

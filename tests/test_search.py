@@ -594,6 +594,14 @@ def test_other_settings_are_refused_while_a_trial_is_under_way_and_always_for_a_
     first.study.ask()  # the first launch trains its first trial
     with pytest.raises(UserError, match="its search trials were trained with other settings"):
         planned(tmp_path, "trainer.max_epochs=2")
+    # A worker started on its own in a new folder (a job of an array, say) records the settings a
+    # launch would; with the record gone and a trial under way, nobody knows them any more.
+    alone = planned(tmp_path / "alone", new_launch=False)
+    assert '"max_epochs": 1' in (tmp_path / "alone" / "tiny" / "settings.json").read_text()
+    alone.study.ask()
+    (tmp_path / "alone" / "tiny" / "settings.json").unlink()
+    with pytest.raises(UserError, match="settings.json: no record of the settings"):
+        planned(tmp_path / "alone", new_launch=False)
 
 
 def test_a_folder_renamed_with_its_study_resumes_that_study(tmp_path, capsys):
