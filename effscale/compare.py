@@ -221,9 +221,9 @@ def check_searched_like(source: str, baseline: dict[str, Any], dataset: str, cla
     for section, theirs, ours in (("baseline", recorded.get("baseline"), baseline),
                                   ("data", {"classes": (recorded.get("data") or {}).get("classes", classes)},
                                    {"classes": classes})):
-        difference = results.first_difference(theirs, results.as_recorded(ours)) if isinstance(theirs, dict) else None
-        if difference is not None:
-            key, was, now = difference
+        found = results.differences(theirs, results.as_recorded(ours)) if isinstance(theirs, dict) else []
+        if found:
+            key, was, now = found[0]
             raise UserError(f"{said} {section}.{key} {results.shown(was, now)}, this comparison on "
                             f"{results.shown(now, was)}{hint}")
 

@@ -162,12 +162,10 @@ def check_settings(sweep_dir: str | Path, command: str, settings: dict[str, Any]
         if before is None or (not trained and not worker and (ours["state"] == "INFEASIBLE").all()):
             write_atomically(path, lambda f: json.dump({**recorded, command: settings}, f, indent=1, sort_keys=True))
             return
-    was, now = dict(_flat(before)), dict(_flat(settings))
-    changed = [key for key in sorted(was.keys() | now.keys()) if was.get(key, "unset") != now.get(key, "unset")
-               and not (key in RECORDED_SINCE and key not in was)]
+    changed = [(key, was, now) for key, was, now in differences(before, settings)
+               if not (key in RECORDED_SINCE and was == UNSET)]
     if changed:
-        told = "; ".join(f"{key} {shown(was.get(key, 'unset'), now.get(key, 'unset'))}, "
-                         f"now {shown(now.get(key, 'unset'), was.get(key, 'unset'))}" for key in changed[:3])
+        told = "; ".join(f"{key} {shown(was, now)}, now {shown(now, was)}" for key, was, now in changed[:3])
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         raise UserError(f"{sweep_dir}: its {command} trials were trained with other settings ({told}{more}); "
                         "run it with those, or start another sweep with name=…")
@@ -184,14 +182,14 @@ def recorded_settings(sweep_dir: str | Path, command: str) -> dict[str, Any] | N
     return settings if isinstance(settings, dict) else None
 
 
-def first_difference(was: dict[str, Any], now: dict[str, Any]) -> tuple[str, Any, Any] | None:
-    """The first key (dotted, in sorted order) whose value differs between two settings, with both
-    values ("unset" where one lacks it); None when they are the same."""
+UNSET = "unset"  # the value `differences` gives a key one of the two settings lacks
+
+
+def differences(was: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Each key (dotted, sorted) whose value differs between two settings, with both values."""
     before, after = dict(_flat(was)), dict(_flat(now))
-    for key in sorted(before.keys() | after.keys()):
-        if before.get(key, "unset") != after.get(key, "unset"):
-            return key, before.get(key, "unset"), after.get(key, "unset")
-    return None
+    return [(key, before.get(key, UNSET), after.get(key, UNSET)) for key in sorted(before.keys() | after.keys())
+            if before.get(key, UNSET) != after.get(key, UNSET)]
 
 
 def shown(value: Any, other: Any, most: int = 60) -> str:
