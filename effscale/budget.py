@@ -1,7 +1,7 @@
-"""The budget a search or comparison keeps its candidates under (paper section 3.3: "constrained to
-some target hardware"): bounds on parameters, peak training memory and latency, checked against each
-candidate's measured cost before any training. The MACs-ratio bound, which depends on φ, is judged
-where the candidates are (`search.judge`)."""
+"""The budget a search or comparison keeps its candidates under (paper section 3.1, eq. 2: the model's
+memory and FLOPs bounded by the target hardware's): bounds on parameters, peak training memory and
+latency, checked against each candidate's measured cost before any training. The MACs-ratio bound,
+which depends on φ, is judged where the candidates are (`search.judge`)."""
 
 from __future__ import annotations
 

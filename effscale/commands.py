@@ -64,7 +64,7 @@ def measure(overrides: list[str]) -> None:
 
 
 def search(overrides: list[str]) -> None:
-    """Paper section 3.3, step 1: the alpha, beta, gamma grid search at phi = 1 (see effscale/search.py)."""
+    """Paper section 4, step 1: the alpha, beta, gamma grid search at phi = 1 (see effscale/search.py)."""
     import time
 
     started = time.perf_counter()

@@ -1,8 +1,9 @@
 """`effscale compare`: compound scaling against one dimension at a time, at matched MACs.
 
-Paper section 3.3 / table 3 / fig. 8: scale the baseline by compound coefficients α, β, γ at each φ,
-then scale it by width alone, depth alone and resolution alone (and any pycls-style weighting such as
-'d1_w8_r1') to the *same* cost, train every model with the same recipe and seeds, and compare.
+Paper section 3.3 (eq. 3), table 3 (section 5.1) and fig. 8 (section 6): scale the baseline by
+compound coefficients α, β, γ at each φ, then scale it by width alone, depth alone and resolution
+alone (and any pycls-style weighting such as 'd1_w8_r1') to the *same* cost, train every model with
+the same recipe and seeds, and compare.
 
 "The same cost" is the compound model's *measured* MACs, not the analytic 2^φ: channels round to
 multiples of 8, repeats to whole layers and inputs to whole pixels, so d·w²·r² is only a guess. Each

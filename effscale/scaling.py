@@ -183,7 +183,7 @@ def compound_grid(
 ) -> list[GridPoint]:
     """The φ = 1 grid of (α, β, γ) with α·β²·γ² within `tolerance` (relative) of `target`.
 
-    Paper section 3.3, step 1: α and β are grid values; by default γ is solved from the
+    Paper section 4, step 1: α and β are grid values; by default γ is solved from the
     constraint, γ = sqrt(target / (α·β²)), optionally snapped to a multiple of `gamma_multiple`;
     points with γ < 1 are dropped. With `gamma_values`, γ is gridded too and only points whose
     constraint lands within the tolerance are kept.

@@ -1,4 +1,4 @@
-"""The α, β, γ search of the paper (section 3.3, step 1): fix φ = 1, grid-search the coefficients
+"""The α, β, γ search of the paper (section 4, step 1): fix φ = 1, grid-search the coefficients
 under α·β²·γ² ≈ 2, train every candidate the budget allows, keep the most accurate.
 
     grid (scaling.compound_grid) → cost of each candidate measured before any training (measure.py)

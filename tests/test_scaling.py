@@ -83,6 +83,14 @@ def test_a_zero_tolerance_keeps_every_point_whose_gamma_is_solved_from_the_const
     assert exact == s.compound_grid((1.0, 2.0), (1.0, 2.0), step=0.05, tolerance=0.05)  # all 84: γ is rounded after
 
 
+def test_gamma_snapped_to_a_step_of_0_05_puts_the_papers_own_point_in_the_grid():
+    # The paper's α = 1.2, β = 1.1, γ = 1.15 has α·β²·γ² = 1.92: 4 % under 2, inside the 5 % tolerance.
+    grid = s.compound_grid((1.0, 2.0), (1.0, 2.0), step=0.05, tolerance=0.05, gamma_multiple=0.05)
+    assert s.GridPoint(1.2, 1.1, 1.15) in grid
+    assert len(grid) == 95  # more than 84: a γ just under 1 snaps up to 1.0 and can land within 5 % of 2
+    assert all(abs(p.constraint / 2 - 1) <= 0.05 + 1e-9 and round(p.gamma / 0.05, 6).is_integer() for p in grid)
+
+
 def test_grid_with_gridded_gamma_keeps_only_points_near_constraint():
     grid = s.compound_grid((1.0, 1.4), (1.0, 1.2), step=0.1, gamma_values=[1.0, 1.1, 1.2, 1.3], tolerance=0.05)
     assert {(p.alpha, p.beta, p.gamma) for p in grid} >= {(1.2, 1.1, 1.2)}  # 1.2·1.21·1.44 = 2.09
