@@ -275,6 +275,7 @@ class Search:
         self.stale_after_s = float(self.opts["stale_after_s"])
         self.retry_below: int | None = None  # set by `open`
         self.new_storage: Path | None = None  # set by `open`: a journal or SQLite file (or its folder) it creates
+        self.created = False  # set by `open`: whether this run created the study
         self.working: optuna.Trial | None = None  # the trial this process has started and not yet recorded
         self.device_costs_from = device  # the device that measured latency and peak memory (`open`)
         self.device_costs_to_record: dict[str, Any] | None = None  # `adopt_device_costs`, recorded by `open`
@@ -392,11 +393,19 @@ class Search:
         # A table that cannot be read (cut off, edited, another program's): refused before a study is made.
         results.read_trials(self.sweep_dir)
         new = make_sweep_folder(self.sweep_dir, self.cfg["out"])  # removed again if this run is refused
+        try:
+            return self._open(new, new_launch)
+        except KeyboardInterrupt:
+            self._undo_interrupted_open(new)
+            raise
+
+    def _open(self, new: Path | None, new_launch: bool) -> optuna.Study:
         # One run at a time creates or loads the study, checks it against the record and leaves its context
         # there: a run starting beside another never sees a study half set up, and never takes it for its own.
         with exclusive(self.sweep_dir / ".open.lock"):
             self.new_storage = self._make_storage_file(storage_file(self.opts.get("storage")))
             self.study, created = self._create_study(new)
+            self.created = created
             self._check_against_record(new, created, new_launch)
             if self.device_costs_to_record:
                 self.study.set_user_attr("device_costs", self.device_costs_to_record)
@@ -421,6 +430,18 @@ class Search:
         rows += [trial_row(t) for t in self._finished().values()]
         results.upsert_trials(self.table, rows)
         return self.study
+
+    def _undo_interrupted_open(self, new: Path | None) -> None:
+        """A stop while the sweep folder is being set up: a folder this run made, and a study it
+        created, are removed again while no trial is in the study, so that a Ctrl-C in the first
+        second leaves nothing half made. A folder that was there stays, resumable as it was."""
+        study = getattr(self, "study", None)
+        if new is None or (study is not None and study.get_trials(deepcopy=False)):
+            return  # the folder was there before, or another run already trains in it
+        if study is not None and self.created and self.opts.get("storage") and self.new_storage is None:
+            with contextlib.suppress(Exception):  # a shared storage: the study is this run's alone, not yet used
+                optuna.delete_study(study_name=study.study_name, storage=study._storage)
+        self.remove_created(new)
 
     def _set_aside_earlier_study(self) -> None:
         """For a study this run created: the rows and logs already in the sweep folder are an earlier

@@ -1303,3 +1303,40 @@ def test_a_storage_that_is_another_programs_sqlite_database_is_refused_and_left_
     with pytest.raises(UserError, match=r"inventory.db: a SQLite database of something else \(tables parts\)"):
         tiny_search(tmp_path, f"search.storage=sqlite:///{other}")
     assert hashlib.sha256(other.read_bytes()).hexdigest() == before and not (tmp_path / "tiny").exists()
+
+
+@pytest.mark.parametrize("where", ["_create_study", "_check_against_record", "_set_aside_earlier_study", "fail_stale"])
+def test_a_ctrl_c_while_a_new_sweep_folder_is_set_up_leaves_no_folder_and_an_old_one_as_it_was(tmp_path, monkeypatch,
+                                                                                              where):
+    import reliability_scenarios as rs
+
+    from effscale import search as search_module
+    from effscale.config import load, model_table
+    from effscale.search import Search
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "fail_stale":
+        monkeypatch.setattr(search_module, "fail_stale_trials", interrupt)
+    else:
+        monkeypatch.setattr(Search, where, interrupt)
+    cfg = load("search", [*rs.TINY_SEARCH, f"out={tmp_path / 'results'}", "name=cut"])
+    run = Search(cfg, model_table(cfg), "cpu", say=lambda line: None)
+    run.plan()
+    with pytest.raises(KeyboardInterrupt):
+        run.open()
+    assert not (tmp_path / "results").exists()
+
+    monkeypatch.undo()
+    run = Search(cfg, model_table(cfg), "cpu", say=lambda line: None)
+    run.plan()
+    run.open()
+    before = sorted(p.name for p in run.sweep_dir.iterdir())
+    monkeypatch.setattr(search_module, "fail_stale_trials", interrupt)
+    again = Search(cfg, model_table(cfg), "cpu", say=lambda line: None)
+    again.plan()
+    with pytest.raises(KeyboardInterrupt):
+        again.open()
+    assert sorted(p.name for p in run.sweep_dir.iterdir()) == before
+    assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{run.sweep_dir / 'study.db'}")] == ["cut"]
