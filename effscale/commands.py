@@ -132,7 +132,6 @@ def compare(overrides: list[str]) -> None:
 
     run = Comparison(cfg, architecture, resolve_device(cfg["device"]))
     run.plan()
-    print(run.describe_plan())
     table = run.run()
     print(outcome(table, run.sweep_dir, write_report(run.sweep_dir)))
     print(f"total {time.perf_counter() - started:.0f} s")

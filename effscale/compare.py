@@ -360,6 +360,7 @@ class Comparison:
     def _run(self, existing: pd.DataFrame) -> pd.DataFrame:
         settings = results.trained_with(self.baseline, self.cfg["data"], self.data.class_names, self.recipe)
         results.check_settings(self.sweep_dir, "compare", settings)
+        self.say(self.describe_plan())  # once the folder is known to take this plan
         log_to(log, self.sweep_dir / "compare.log")
         complete = existing[existing["state"] == "COMPLETE"] if not existing.empty else existing
         self.warn_of_selected_runs(complete)

@@ -148,10 +148,12 @@ def test_tiny_compare_trains_every_model_and_seed_resumes_and_reports(tmp_path, 
     compare([f"out={tmp_path}", "name=tiny", *TINY])  # everything is COMPLETE: nothing trains again
     assert "8 trainings already complete, 0 to run" in capsys.readouterr().out
     assert read_trials(sweep)["train_seconds"].tolist() == table["train_seconds"].tolist()
-    # A comparison trained with another recipe would be ranked beside these: refused, nothing trained.
+    # A comparison trained with another recipe would be ranked beside these: refused, nothing trained,
+    # and no plan printed for it.
     with pytest.raises(UserError, match=r"its compare trials were trained with other settings "
                                         r"\(trainer.label_smoothing 0.1, now 0.0\)"):
         compare([f"out={tmp_path}", "name=tiny", *TINY, "trainer.label_smoothing=0.0"])
+    assert capsys.readouterr().out == ""
     assert read_trials(sweep)["train_seconds"].tolist() == table["train_seconds"].tolist()
     recorded = (sweep / "settings.json").read_text()
     (sweep / "settings.json").unlink()  # ... and so would one whose settings nobody knows any more
