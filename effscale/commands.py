@@ -72,15 +72,13 @@ def search(overrides: list[str]) -> None:
     architecture = model_table(cfg)
 
     from effscale.results import read_trials
-    from effscale.search import Search, exit_if_nothing_completed, outcome
+    from effscale.search import Search, end_search, outcome
     from effscale.stops import stops_as_interrupt
-    from effscale.workers import record_storage, run_local
+    from effscale.workers import open_launch, run_local
 
     run = Search(cfg, architecture, resolve_device(cfg["device"]))
     run.plan()
-    run.open()
-    print(run.describe_plan())
-    record_storage(run)  # a non-default search.storage: where `effscale dashboard results/<sweep>` finds it
+    open_launch(run)
     done, total = run.counts()
     # A run stopped after a round of extra seeds: points that moved up among the best by mean have
     # theirs to train still, beyond what `counts` foresees.
@@ -109,12 +107,8 @@ def search(overrides: list[str]) -> None:
     if elsewhere:
         print(f"effscale search: {elsewhere}", file=sys.stderr)
     print(f"total {time.perf_counter() - started:.0f} s")
-    if failed:
-        print(f"effscale search: {failed} of {workers} workers failed (their errors are above); the trials they "
-              "finished are kept, and the same command trains what is left", file=sys.stderr)
-    exit_if_nothing_completed(table, run.sweep_dir)
-    if failed:
-        raise SystemExit(1)
+    end_search(table, run.sweep_dir, f"{failed} of {workers} workers failed (their errors are above); the trials "
+               "they finished are kept, and the same command trains what is left" if failed else None)
 
 
 def compare(overrides: list[str]) -> None:

@@ -114,7 +114,7 @@ def job_overrides(cfg: dict[str, Any], launcher: str, sweep_dir: Path, overrides
 def multirun(overrides: list[str]) -> None:
     """`effscale search -m OVERRIDES`: check and plan here, then one Hydra job per worker."""
     from effscale import results
-    from effscale.search import exit_if_nothing_completed, outcome
+    from effscale.search import end_search, outcome
 
     overrides = [o for o in overrides if o not in MULTIRUN_FLAGS]
     cfg, launcher = checked_config(overrides)
@@ -130,12 +130,8 @@ def multirun(overrides: list[str]) -> None:
         failed = launch(cfg, launcher, overrides, sweep_dir, search, new)
     table = results.read_trials(sweep_dir)
     print(outcome(table, sweep_dir, search.logger_kind))
-    if failed:
-        print("effscale search: a worker job ended without finishing (cancelled, killed, or out of time and "
-              "requeues); run the same command again to train what is left", file=sys.stderr)
-    exit_if_nothing_completed(table, sweep_dir)
-    if failed:
-        raise SystemExit(1)
+    end_search(table, sweep_dir, "a worker job ended without finishing (cancelled, killed, or out of time and "
+               "requeues); run the same command again to train what is left" if failed else None)
 
 
 def checked_config(overrides: list[str]) -> tuple[dict[str, Any], str]:
@@ -159,15 +155,13 @@ def planned_study(cfg: dict[str, Any]) -> tuple[Search, Path | None]:
     or peak-memory budget needs `device`: this process measures those once for every worker."""
     from effscale.budget import bounds_device_costs
     from effscale.search import Search
-    from effscale.workers import record_storage
+    from effscale.workers import open_launch
 
     device = resolve_device(cfg["device"]) if bounds_device_costs(cfg["budget"]) else "cpu"
     search = Search(cfg, model_table(cfg), device, shared=True)
     search.plan()
     new = first_new_folder(search.sweep_dir)
-    search.open()
-    print(search.describe_plan())
-    record_storage(search)
+    open_launch(search)
     return search, new
 
 

@@ -956,6 +956,16 @@ def exit_if_nothing_completed(table: pd.DataFrame, sweep_dir: Path, command: str
         raise SystemExit(1)
 
 
+def end_search(table: pd.DataFrame, sweep_dir: Path, failure: str | None = None) -> None:
+    """The last of `effscale search`, however its workers ran: why a part of it ended early
+    (`failure`, on stderr), then its exit status: 1 when no trial completed or a worker failed."""
+    if failure:
+        print(f"effscale search: {failure}", file=sys.stderr)
+    exit_if_nothing_completed(table, sweep_dir)
+    if failure:
+        raise SystemExit(1)
+
+
 def noise_verdict(summary: pd.DataFrame) -> str:
     """One plain sentence on whether the best point's lead is more than seed noise."""
     if len(summary) < 2:

@@ -145,6 +145,14 @@ def record_storage(search: Search) -> None:
         (search.sweep_dir / "storage.txt").write_text(without_password(absolute(url), masked=False) + "\n")
 
 
+def open_launch(search: Search) -> None:
+    """Open the study of a launch (`effscale search`, with or without -m) before any worker starts,
+    print its plan, and record where a non-default storage is (`record_storage`)."""
+    search.open()
+    print(search.describe_plan())
+    record_storage(search)
+
+
 def run_local(search: Search, overrides: list[str], workers: int) -> tuple["pd.DataFrame", int]:
     """`search.workers=N` on this machine, after `search` planned the sweep and opened its study:
     N processes `python -m effscale.worker_process I OVERRIDES`, each with an equal share of the cores
@@ -154,7 +162,6 @@ def run_local(search: Search, overrides: list[str], workers: int) -> tuple["pd.D
 
     if not search.recipe.get("threads"):
         overrides = [*overrides, f"trainer.threads={local_threads(workers)}"]
-    record_storage(search)
     commands = [[sys.executable, "-m", "effscale.worker_process", str(i), *overrides] for i in range(workers)]
     failed = run_workers(commands)
     return results.read_trials(search.table), failed
