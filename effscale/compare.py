@@ -434,7 +434,8 @@ class Comparison:
         with closed_if_stopped(loggers):
             metrics = fit_or_fail(model.table, self.data, self.recipe, seed=seed, device=self.device, loggers=loggers,
                                   log=log, label=f"{model.strategy} phi={model.phi:g} seed {seed}")
-        metrics = {k: metrics.get(k) for k in ("state", "val_acc", "test_acc", "epochs", "train_seconds", "reason")}
+        metrics = {k: metrics.get(k) for k in ("state", "val_acc", "test_acc", "epochs", "train_seconds", "reason",
+                                               "device", "precision")}
         close_loggers(loggers, {k: (metrics | row).get(k) for k in SUMMARY_KEYS} | {"state": metrics["state"]})
         return row | metrics
 
@@ -460,6 +461,9 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, files: list[Path]) -> str:
     margin = compound_margin(summary)
     if not margin.empty:
         lines += ["", margin_sentences(margin)]
+    mixed = results.mixed_training(table[results.from_compare(table)])
+    if mixed:
+        lines.append(mixed)
     report = next((f for f in files if f.name == "report.html"), sweep_dir / "report.html")
     lines += ["", f"table   {results.table_path(sweep_dir)}", f"report  {report} (and report.md, plots/)"]
     return "\n".join(lines)

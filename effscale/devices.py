@@ -65,6 +65,15 @@ def _cfs_quota(folder: Path) -> float | None:
         return None
 
 
+def device_name(device: str, count: int = 1) -> str:
+    """The hardware a trial trained on, as its results row records it: `cpu`, or the GPU's name (`NVIDIA
+    H100 80GB HBM3`), with how many when it trained on several (`4x NVIDIA A100-SXM4-40GB`)."""
+    import torch
+
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+    return f"{count}x {name}" if count > 1 else name
+
+
 def resolve_device(device: str) -> str:
     """`device` (auto, cpu, cuda, cuda:N) as torch names it; one error when this machine has no such device."""
     import torch

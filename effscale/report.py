@@ -29,8 +29,8 @@ import pandas as pd
 
 from effscale.errors import UserError
 from effscale.files import first_new_folder, remove_created, write_atomically
-from effscale.results import (MODEL_COLUMNS, SINGLE_DIMENSIONS, STATES, best_first, from_compare, megabytes, read_table,
-                              search_trials, table_path)
+from effscale.results import (MODEL_COLUMNS, SINGLE_DIMENSIONS, STATES, best_first, from_compare, megabytes,
+                              mixed_training, read_table, search_trials, table_path)
 
 COEFFICIENTS = ["alpha", "beta", "gamma"]
 METRICS = ("val_acc", "test_acc")  # what `--metric` may rank by
@@ -568,11 +568,15 @@ def _paper_view(paper: pd.DataFrame) -> pd.DataFrame:
 def _describe(df: pd.DataFrame) -> str:
     states = ", ".join(f"{n} {s}" for s, n in df["state"].value_counts().items())
     parts = [f"{len(df)} rows ({states})."]
-    for column, label in (("dataset", "data"), ("baseline", "baseline"), ("epochs", "epochs")):
+    for column, label in (("dataset", "data"), ("baseline", "baseline"), ("epochs", "epochs"), ("device", "device"),
+                          ("precision", "precision")):
         if column in df and df[column].notna().any():
             values = ", ".join(f"{v:g}" if isinstance(v, float) else str(v)
                                for v in sorted(df[column].dropna().unique(), key=str))
             parts.append(f"{label}: {values}.")
+    mixed = mixed_training(df)
+    if mixed:
+        parts.append(f"**{mixed[0].upper()}{mixed[1:]}.**")
     return " ".join(parts)
 
 

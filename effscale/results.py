@@ -32,7 +32,7 @@ CONTRACT = ["trial", "strategy", "phi", "alpha", "beta", "gamma", "depth_mult", 
             "params", "macs", "macs_ratio", "peak_mem_mb", "feasible", "state", "val_acc", "seed", "epochs",
             "train_seconds"]
 COLUMNS = CONTRACT + ["test_acc", "reason", "flops", "activations", "latency_ms", "constraint", "point",
-                      "same_as", "baseline", "dataset"]
+                      "same_as", "baseline", "dataset", "device", "precision"]
 KEY = ["point", "seed", "strategy"]
 TABLE = "trials.csv"  # a sweep folder's results table
 STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE")
@@ -268,6 +268,19 @@ def _upsert(path: str | Path, new: pd.DataFrame) -> pd.DataFrame:
                                      na_position="last", kind="stable").reset_index(drop=True))
     write_trials(table, path)
     return table
+
+
+def mixed_training(table: pd.DataFrame) -> str | None:
+    """A caveat when the trained rows of `table` ran on more than one device or in more than one
+    precision (a sweep resumed on other hardware, workers on mixed nodes): mixed precision changes the
+    accuracy a recipe reaches, so they rank apart. None when they are alike, or nothing says."""
+    ran = table[table["state"].isin(["COMPLETE", "PRUNED"])] if "state" in table else table
+    mixed = []
+    for column in ("device", "precision"):
+        counts = ran[column].value_counts() if column in ran else pd.Series(dtype=int)
+        if len(counts) > 1:
+            mixed.append(f"{column}s " + ", ".join(f"{value} ({n})" for value, n in counts.items()))
+    return f"trials trained on several {' and '.join(mixed)}: compare them with care" if mixed else None
 
 
 def trained(table: pd.DataFrame) -> pd.DataFrame:

@@ -853,7 +853,8 @@ class Search:
         with closed_if_stopped(loggers), heartbeat(self.study, trial._trial_id, every_s):
             metrics = fit_or_fail(c.table, self.data, self.recipe, seed=seed, device=self.device, loggers=loggers,
                                   report=report, log=log, label=f"trial {trial.number} ({c.point}, seed {seed})")
-        summary = {k: metrics.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds", "reason")}
+        summary = {k: metrics.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds", "reason", "device",
+                                               "precision")}
         self.record(trial, summary, metrics["state"], progress)  # first: a Ctrl-C while closing keeps it
         close_loggers(loggers, summary | {"macs": c.cost.macs, "params": c.cost.params, "state": metrics["state"]})
 
@@ -925,6 +926,9 @@ def outcome(table: pd.DataFrame, sweep_dir: Path, logger_kind: str) -> str:
     if repeats:
         lines.append(f"      the same network as {', '.join(repeats)} (rounding gives them its depth, width and size)")
     lines.append(noise_verdict(summary))
+    mixed = results.mixed_training(table)
+    if mixed:
+        lines.append(mixed)
     lines += ["", results.format_summary(summary), ""]
     storage = sweep_dir / "storage.txt"  # written when search.storage names another study than study.db
     study = storage.read_text().strip() if storage.exists() else sweep_dir / "study.db"

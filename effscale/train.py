@@ -26,7 +26,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from effscale.devices import available_cores
+from effscale.devices import available_cores, device_name
 from effscale.errors import UserError
 from effscale.models import build_model
 from effscale.stops import stop_reason
@@ -341,8 +341,9 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
 
     `recipe` is the `trainer` config group (max_epochs, optimizer, lr, …). Returns `state` (COMPLETE,
     PRUNED, or FAIL for a non-finite loss or no validation epoch), `val_acc` (last epoch), `test_acc`,
-    `epochs` run, `train_seconds` (fit wall time, validation included), `val_history` and `reason`.
-    Exceptions propagate: the caller decides whether one failed trial stops a sweep.
+    `epochs` run, `train_seconds` (fit wall time, validation included), `val_history`, `reason`, and
+    the `device` and `precision` it trained with. Exceptions propagate: the caller decides whether one
+    failed trial stops a sweep.
     """
     set_threads(recipe.get("threads"))
     L.seed_everything(seed, workers=True, verbose=False)
@@ -370,7 +371,9 @@ def fit_candidate(table: dict[str, Any], datamodule: L.LightningDataModule, reci
         if spawned and report is not None:
             for epoch, acc in enumerate(module.val_history, start=1):
                 report(epoch, acc)
-        return _outcome(trainer, module, datamodule, seconds)
+        return _outcome(trainer, module, datamodule, seconds) | {
+            "device": device_name(str(trainer.strategy.root_device), trainer.num_devices),
+            "precision": str(trainer.precision)}
 
 
 def fit_or_fail(table: dict[str, Any], datamodule: L.LightningDataModule, recipe: dict[str, Any], *,

@@ -134,6 +134,7 @@ def test_tiny_compare_trains_every_model_and_seed_resumes_and_reports(tmp_path, 
         [("baseline", 0, s) for s in (0, 1)] + [(k, 1, s) for k in ("compound", "depth", "width") for s in (0, 1)])
     assert (table["state"] == "COMPLETE").all() and table["val_acc"].between(0, 1).all()
     assert (table["epochs"] == 1).all() and table["trial"].is_unique
+    assert set(table["device"]) == {"cpu"} and set(table["precision"]) == {"32-true"}
     phi1 = table[table["phi"] == 1].set_index(["strategy", "seed"])
     compound = phi1.loc[("compound", 0)]
     assert (compound["depth_mult"], compound["width_mult"]) == (1.2, 1.1)

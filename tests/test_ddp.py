@@ -107,6 +107,7 @@ def test_search_on_two_ranks_trains_each_point_once_with_one_logger_run_per_tria
     table = pd.read_csv(tmp_path / "ddp" / "trials.csv")
     assert list(table["state"]) == ["COMPLETE", "COMPLETE"] and table["point"].is_unique
     assert table["val_acc"].between(0, 1).all() and table["test_acc"].between(0, 1).all()
+    assert set(table["device"]) == {"2x cpu"}
     # One W&B run and one CSV log per trial, written by rank 0 only.
     assert len(list((tmp_path / "ddp" / "wandb").glob("offline-run-*"))) == 2
     assert sorted(p.name for p in (tmp_path / "ddp" / "logs").iterdir() if p.name.startswith("trial_")) == \

@@ -529,3 +529,20 @@ def test_a_strategy_at_the_baselines_parameters_is_drawn_beside_the_baseline_not
     assert drawn["lines"][beside] == pytest.approx([1.0, 1.03, 1.06])  # φ = 0, 1, 2, in millions
     assert drawn["lines"]["width"] == pytest.approx([1.0, 2.0, 4.0])  # a strategy that moves is drawn where it is
     assert drawn["notes"].count("φ=1") == 1 and drawn["notes"].count("φ=2") == 1  # resolution's
+
+
+def test_a_sweep_trained_on_several_devices_or_precisions_says_so_and_one_trained_alike_does_not(tmp_path):
+    from effscale.results import mixed_training
+
+    table = search_table_rows().assign(device="cpu", precision="32-true")
+    assert mixed_training(table) is None
+    assert mixed_training(search_table_rows()) is None  # a table written before these columns were
+    resumed = table.copy()
+    resumed.loc[resumed.index[:2], ["device", "precision"]] = ["NVIDIA H100 80GB HBM3", "bf16-mixed"]
+    resumed.loc[resumed.index[-1], "precision"] = "16-mixed"  # INFEASIBLE: never trained, never counted
+    assert mixed_training(resumed) == ("trials trained on several devices cpu (3), NVIDIA H100 80GB HBM3 (2) and "
+                                       "precisions 32-true (3), bf16-mixed (2): compare them with care")
+    write_report(write(tmp_path, resumed))
+    md = (tmp_path / "report.md").read_text()
+    assert "device: NVIDIA H100 80GB HBM3, cpu. precision: 16-mixed, 32-true, bf16-mixed." in md
+    assert "**Trials trained on several devices cpu (3), NVIDIA H100 80GB HBM3 (2) and precisions" in md

@@ -80,6 +80,8 @@ def test_table_has_one_row_per_grid_point_and_seed_with_contract_columns(tiny_ta
     assert set(table["state"]) <= set(results.STATES)
     trained = table[table["state"] == "COMPLETE"]
     assert len(trained) >= 3 and trained["val_acc"].between(0, 1).all() and (trained["train_seconds"] > 0).all()
+    assert set(trained["device"]) == {"cpu"} and set(trained["precision"]) == {"32-true"}  # what each trained with
+    assert table.loc[table["state"] == "INFEASIBLE", "precision"].isna().all()
     # the best seed-0 point was trained again with seed 1
     best = trained[trained["seed"] == 0].sort_values("val_acc", ascending=False).iloc[0]["point"]
     assert set(trained.loc[trained["point"] == best, "seed"]) == {0, 1}
