@@ -38,7 +38,7 @@ from effscale.checks import check_values, count
 from effscale.devices import available_cores
 from effscale.errors import UserError
 from effscale.procedural import PROCEDURAL_CLASSES, generate_procedural
-from effscale.weights import to_8bit, too_elongated, upright
+from effscale.images import to_8bit, too_elongated, upright
 
 # --- shared helpers -------------------------------------------------------------------------------
 

@@ -30,14 +30,14 @@ def check_image(path: str | Path) -> None:
 
 def open_image(path: str | Path) -> Any:
     """The image at `path`, fully decoded and turned upright (EXIF orientation), or a UserError saying why not."""
-    from effscale.weights import upright
+    from effscale.images import upright
 
     # copy() decodes: a truncated file fails here
     return _opened(path, lambda image: upright(_resizable(path, image).copy()))
 
 
 def _resizable(path: str | Path, image: Any) -> Any:
-    from effscale.weights import too_elongated
+    from effscale.images import too_elongated
 
     why = too_elongated(image.size)
     if why:

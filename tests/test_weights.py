@@ -12,8 +12,8 @@ import torchvision
 from torch import nn
 
 from effscale.errors import UserError
-from effscale.weights import (Preprocessing, imagenet_file, load_pretrained, read_checkpoint, save_checkpoint,
-                              to_8bit)
+from effscale.images import to_8bit
+from effscale.weights import Preprocessing, imagenet_file, load_pretrained, read_checkpoint, save_checkpoint
 
 
 def randomised(model: nn.Module) -> nn.Module:
