@@ -817,7 +817,8 @@ class Search:
         original = self.original(job)
         if original is not None:
             # Nothing trains, so nothing to time: train_seconds 0, and epochs those of the result.
-            summary = {k: original.user_attrs.get(k) for k in ("val_acc", "test_acc", "epochs", "reason")}
+            summary = {k: original.user_attrs.get(k) for k in ("val_acc", "test_acc", "epochs", "reason", "device",
+                                                               "precision")}
             summary.update(train_seconds=0.0, same_as=original.user_attrs["point"])
             self.record(trial, summary, original.state.name, progress)
             return False

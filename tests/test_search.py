@@ -242,6 +242,7 @@ def test_points_that_build_the_same_network_train_it_once(tmp_path, capsys, work
     assert first["same_as"].dropna().to_dict() == SAME_AS
     for point, same in SAME_AS.items():
         assert first.loc[point, "val_acc"] == first.loc[same, "val_acc"] and first.loc[point, "train_seconds"] == 0
+        assert (first.loc[point, "device"], first.loc[point, "precision"]) == ("cpu", "32-true")
     # Extra seeds go to the two best networks, not to a network and its repeat; four trainings in all.
     assert set(table.loc[table["seed"] != seed, "point"]) == set(SAME_AS.values())
     assert len(list((tmp_path / "tiny" / "logs").iterdir())) == 4
