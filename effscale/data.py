@@ -766,9 +766,11 @@ def build_datamodule(cfg: Mapping[str, Any], resolution: int, batch_size: int, n
         raise UserError(f"data.name: unknown data source {name!r}; expected one of {', '.join(DATAMODULES)}")
     cls = DATAMODULES[name]
     unknown = sorted(set(cfg) - _settings(cls))
-    if unknown:
-        raise UserError(f"data.{unknown[0]}: not a setting of data={name} "
-                        f"(its settings: {', '.join(sorted(_settings(cls) - {'seed'}))})")
+    if unknown:  # often a +sweep preset's, made for another data set: the removal is said in full
+        keys = [f"data.{key}" for key in unknown]
+        raise UserError(f"{', '.join(keys)}: not {'a setting' if len(keys) == 1 else 'settings'} of data={name} "
+                        f"(its settings: {', '.join(sorted(_settings(cls) - {'seed'}))}); set by a +sweep preset? "
+                        f"drop {'it' if len(keys) == 1 else 'them'} with {' '.join('~' + k for k in keys)}")
     overrides = {"resolution": resolution, "batch_size": batch_size, "seed": seed}
     if num_workers is not None:
         overrides["num_workers"] = num_workers

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FASHION_MNIST
+from conftest import FASHION_MNIST, run_cli
 from effscale import data
 from effscale.data import IDX_IMAGES, IDX_LABELS, TensorBatchLoader, build_datamodule, read_idx, resize_uint8
 from effscale.procedural import TEXTURES, generate_procedural
@@ -496,7 +496,8 @@ def test_every_shipped_config_builds():
 def test_unknown_source_or_setting_is_a_user_error():
     with pytest.raises(UserError, match="^data.name: unknown data source 'mnist'"):
         build_datamodule({**SMALL_PROCEDURAL, "name": "mnist"}, 32, 8)
-    with pytest.raises(UserError, match="^data.trian_size: not a setting of data=procedural"):
+    with pytest.raises(UserError, match="^data.trian_size: not a setting of data=procedural .* drop it with "
+                                        "~data.trian_size$"):
         build_datamodule({**SMALL_PROCEDURAL, "trian_size": 5}, 32, 8)
     with pytest.raises(UserError, match="^data.mean: 2 values for in_channels=3$"):
         build_datamodule({**SMALL_PROCEDURAL, "mean": [0.5, 0.5]}, 32, 8)
@@ -576,3 +577,17 @@ def test_imagefolder_turns_photos_upright_and_skips_a_strip_too_elongated_to_res
     assert torch.equal(files[0][0], files[1][0])
     with pytest.raises(UserError, match="strip.png: unreadable image .*too elongated"):
         _ImageFiles([(str(root / "dog" / "strip.png"), 1)], lambda image: image, "RGB")[0]
+
+
+def test_a_preset_made_for_another_data_set_on_an_image_folder_says_how_to_drop_its_sizes(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (12, 12), (80 * i, 40, 200)).save(tmp_path / "images" / name / f"{i}.png")
+    run = run_cli("search", "+sweep=quick", "data=imagefolder", f"data.root={tmp_path / 'images'}",
+                  f"out={tmp_path / 'results'}", cwd=tmp_path)
+    assert run.returncode == 2 and len(run.stderr.splitlines()) == 1, run.stderr
+    assert run.stderr.startswith("effscale search: data.test_size, data.train_size, data.val_size: not settings of "
+                                 "data=imagefolder")
+    assert run.stderr.rstrip().endswith("drop them with ~data.test_size ~data.train_size ~data.val_size")
+    assert not (tmp_path / "results").exists()
