@@ -71,6 +71,10 @@ def _check_removals(overrides: list[str]) -> None:
                             f"{', '.join(available_options(key))}")
 
 
+# Mappings a config leaves empty for the user to fill (`compare.trainer`: the comparison's own recipe changes).
+EMPTY_MAPPINGS = ("compare.trainer",)
+
+
 def _one_line(exc: Exception, command: str) -> str:
     """Hydra's messages span lines (with option lists); keep what names the key and what is wrong."""
     from hydra.errors import OverrideParseException
@@ -89,6 +93,10 @@ def _one_line(exc: Exception, command: str) -> str:
         if inner and inner.group(1).startswith(f"{key}."):  # a mapping that holds no keys until told to
             return (f"{key}: has no key {inner.group(1)[len(key) + 1:]} (add keys to it with "
                     f"'++{key}={{key: value}}')")
+        parent, _, leaf = key.rpartition(".")
+        if parent in EMPTY_MAPPINGS:
+            return (f"{key}: {parent} holds no keys until they are added: '++{key}=VALUE', or "
+                    f"'++{parent}={{{leaf}: VALUE}}'")
         if key == "sweep":  # the one config group no command picks by default: its presets are added
             return f"{key}: not in the config until added: +{key}=NAME ({', '.join(available_options(key))})"
         # not "+key=…": nothing would read a key the config does not have

@@ -71,6 +71,18 @@ def test_a_key_given_to_a_launcher_mapping_that_holds_none_yet_says_how_to_add_i
     assert dict(cfg.hydra.launcher.additional_parameters) == {"mail-type": "END"}
 
 
+def test_a_key_of_the_comparisons_own_recipe_is_not_called_a_misspelling_and_the_forms_that_add_it_work():
+    from effscale.config import load
+    from effscale.errors import UserError
+
+    with pytest.raises(UserError, match=re.escape("compare.trainer.max_epochs: compare.trainer holds no keys until "
+                                                  "they are added: '++compare.trainer.max_epochs=VALUE', or "
+                                                  "'++compare.trainer={max_epochs: VALUE}'")):
+        load("compare", ["compare.trainer.max_epochs=1"])
+    for form in ("++compare.trainer.max_epochs=1", "++compare.trainer={max_epochs: 1}"):
+        assert load("compare", [form])["compare"]["trainer"] == {"max_epochs": 1}
+
+
 @pytest.mark.parametrize("args", [
     ["measure", "scale.phi=-1"], ["measure", "format=xml"], ["search", "trainer.lr=abc"],
     ["search", "baseline=nope"], ["compare", "compare.seeds=0"], ["finetune", "finetune.recipe.momentum=1.5"],
