@@ -24,6 +24,7 @@ import struct
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -37,6 +38,7 @@ from omegaconf import OmegaConf
 from effscale.checks import check_values, count
 from effscale.devices import available_cores
 from effscale.errors import UserError
+from effscale.files import first_new_folder, remove_created
 from effscale.procedural import PROCEDURAL_CLASSES, generate_procedural
 from effscale.images import to_8bit, too_elongated, upright
 
@@ -406,6 +408,19 @@ class CarvedDataModule(TensorDataModule):
         return images[chosen], labels[chosen]
 
 
+@contextmanager
+def fetching(name: str, root: Path, into: Path) -> Iterator[None]:
+    """A download of data set `name` under data.root=`root` into `into`: a failure (offline, say) is one
+    line, and the folders the download made are removed again."""
+    new = first_new_folder(into)
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        remove_created(new, into)
+        reason = " ".join(str(exc).split())  # torchvision's message spans lines, one per mirror tried
+        raise UserError(f"data.download: could not fetch {name} into {root} ({reason[:300]})") from None
+
+
 class FashionMNISTDataModule(CarvedDataModule):
     """Fashion-MNIST (Xiao et al. 2017) from its original IDX files (train and t10k)."""
 
@@ -417,10 +432,8 @@ class FashionMNISTDataModule(CarvedDataModule):
             return
         from torchvision.datasets import FashionMNIST
 
-        try:
+        with fetching(self.NAME, self._root(), self._root() / "FashionMNIST" / "raw"):  # where torchvision puts it
             FashionMNIST(str(self._root()), download=True)
-        except (OSError, RuntimeError) as exc:
-            raise UserError(f"data.download: could not fetch Fashion-MNIST into {self.root} ({exc})") from None
 
     def _root(self) -> Path:
         if self.root is None:
@@ -475,12 +488,11 @@ class CIFAR10DataModule(CarvedDataModule):
             raise UserError("data.root: not set; point it at the folder holding cifar-10-batches-py "
                             "(data.root=DIR) or add data.download=true")
         try:
-            dataset = CIFAR10(str(self.root), train=train, download=self.download)
+            with fetching(self.NAME, self.root, self.root) if self.download else nullcontext():
+                dataset = CIFAR10(str(self.root), train=train, download=self.download)
         except RuntimeError:  # torchvision: "Dataset not found or corrupted"
             raise UserError(f"data.root: no intact CIFAR-10 (cifar-10-batches-py) under {self.root}; "
                             "data.download=true fetches it") from None
-        except OSError as exc:
-            raise UserError(f"data.download: could not fetch CIFAR-10 into {self.root} ({exc})") from None
         images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
         return images, torch.tensor(dataset.targets, dtype=torch.int64)
 

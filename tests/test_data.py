@@ -591,3 +591,36 @@ def test_a_preset_made_for_another_data_set_on_an_image_folder_says_how_to_drop_
                                  "data=imagefolder")
     assert run.stderr.rstrip().endswith("drop them with ~data.test_size ~data.train_size ~data.val_size")
     assert not (tmp_path / "results").exists()
+
+
+def test_a_download_that_fails_offline_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch):
+    import yaml
+    from torchvision.datasets import CIFAR10, FashionMNIST
+
+    from effscale.config import CONF_DIR
+
+    def load_config(name):
+        return yaml.safe_load((CONF_DIR / "data" / f"{name}.yaml").read_text())
+
+    def offline(self):  # as torchvision's: the folders first, then one line per mirror tried
+        Path(self.raw_folder if hasattr(self, "raw_folder") else self.root).mkdir(parents=True, exist_ok=True)
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://mirror, got:\n"
+                           "<urlopen error [Errno -3] Temporary failure in name resolution>\n")
+
+    monkeypatch.setattr(FashionMNIST, "download", offline)
+    root = tmp_path / "data" / "fm"
+    module = build_datamodule(dict(load_config("fashion_mnist"), root=str(root), download=True), 32, 8)
+    with pytest.raises(UserError, match=r"^data.download: could not fetch Fashion-MNIST into .*fm \(Error downloading "
+                                        r"train-images-idx3-ubyte.gz: Tried https://mirror, got: <urlopen error"):
+        module.prepare_data()
+    assert not (tmp_path / "data").exists()
+    root.mkdir(parents=True)  # a folder of the user's stays, without what the download made in it
+    with pytest.raises(UserError, match="could not fetch"):
+        module.prepare_data()
+    assert list(root.iterdir()) == []
+
+    monkeypatch.setattr(CIFAR10, "download", offline)
+    module = build_datamodule(dict(load_config("cifar10"), root=str(tmp_path / "c10"), download=True), 32, 8)
+    with pytest.raises(UserError, match=r"^data.download: could not fetch CIFAR-10 into .*c10 \(Error downloading"):
+        module.prepare_data()
+    assert not (tmp_path / "c10").exists()
