@@ -170,7 +170,8 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "compare.trainer": TRAINER,
     "finetune": {"head_epochs": count(1), "unfreeze_epochs": count(0), "backbone_lr_mult": above(0),
                  "unfreeze_grad_clip": optional(above(0)), "train_bn": FLAG, "batch_size": count(1),
-                 "min_resolution": count(1), "checkpoint": FILE_PATH},
+                 "min_resolution": count(1), "checkpoint": FILE_PATH,
+                 "weights": text("imagenet, lite0 or a weights file")},
     "finetune.recipe": TRAINER,
     "logger": {"name": one_of("wandb", "csv"), "project": WANDB_PROJECT},
     "strategy": {"name": ((lambda v: v == "compound"), "compound (a search's grid is of compound coefficients; "
@@ -186,7 +187,7 @@ READ_ELSEWHERE: dict[str, set[str]] = {
     "search": {"grid", "sampler", "pruner", "reduction_factor", "min_epochs"},
     "scale": {"phi", "depth", "width", "resolution"},
     "compare": {"trainer", "from_search"},
-    "finetune": {"recipe", "weights"},
+    "finetune": {"recipe"},
 }
 CLOSED = ("data", "trainer", "search", "search.grid", "scale", "budget", "measure", "compare", "compare.trainer",
           "finetune", "finetune.recipe", "logger", "strategy")

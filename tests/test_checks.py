@@ -99,6 +99,8 @@ from effscale.errors import UserError
     ("measure", "baseline.activation=gelu", "baseline.activation: expected one of hardswish, relu, relu6, silu, "
                                             "got 'gelu'"),  # before torch is imported, not once the data is read
     ("finetune", "finetune.head_epochs=0", "finetune.head_epochs: expected an integer of at least 1, got 0"),
+    ("finetune", "finetune.weights=null", "finetune.weights: expected imagenet, lite0 or a weights file, got None"),
+    ("finetune", "finetune.weights=''", "finetune.weights: expected imagenet, lite0 or a weights file, got ''"),
     ("finetune", "finetune.recipe.lr=abc", "finetune.recipe.lr: expected a number above 0, got 'abc'"),
     ("search", "search.storage=${oc.env:EFFSCALE_UNSET}", "search.storage: Environment variable 'EFFSCALE_UNSET' "
      "not found"),
