@@ -34,7 +34,7 @@ def compose(command: str, overrides: list[str], hydra: bool = False) -> DictConf
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=command):
             cfg = hydra_compose(config_name=command, overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UserError(_one_line(exc, command)) from None
+        raise UserError(_one_line(exc, command, overrides)) from None
     except yaml.YAMLError as exc:  # a config file of the user's own, on hydra.searchpath
         raise UserError(_yaml_error(exc)) from None
     except UnicodeDecodeError as exc:
@@ -75,7 +75,7 @@ def _check_removals(overrides: list[str]) -> None:
 EMPTY_MAPPINGS = ("compare.trainer",)
 
 
-def _one_line(exc: Exception, command: str) -> str:
+def _one_line(exc: Exception, command: str, overrides: list[str] = ()) -> str:
     """Hydra's messages span lines (with option lists); keep what names the key and what is wrong."""
     from hydra.errors import OverrideParseException
 
@@ -101,6 +101,11 @@ def _one_line(exc: Exception, command: str) -> str:
             return f"{key}: not in the config until added: +{key}=NAME ({', '.join(available_options(key))})"
         # not "+key=…": nothing would read a key the config does not have
         return f"{key}: unknown key (check the spelling; effscale {command} --help shows every key)"
+    twice = re.search(r"Multiple values for (\S+)\. To override a value use 'override \S+: (\S+)'", text)
+    if twice:  # +sweep=quick +sweep=slurm: Hydra's advice is for a defaults list in a file
+        group = twice.group(1)
+        given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").split("=", 1)[0] == group and "=" in o]
+        return f"+{group} given more than once: to combine presets, list them: '+{group}=[{','.join(given)}]'"
     ambiguous = re.search(r"Ambiguous value for argument '([^'=]+)=([^']*)'", text)
     if ambiguous:  # a comma outside brackets: Hydra's sweep syntax, which a single run does not take
         key, value = ambiguous.groups()

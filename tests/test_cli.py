@@ -44,6 +44,8 @@ def test_measure_compound_phi_uses_alpha_beta_gamma():
     (["variant=b9"], "variant: expected null or one of b0, b1, b2, b3, b4, b5, b6, b7, got 'b9'"),
     (["nokey=1"], "nokey: unknown key (check the spelling; effscale measure --help shows every key)"),
     (["sweep=quick"], "sweep: not in the config until added: +sweep=NAME (fashion_mnist, paper_grid, quick, "),
+    (["+sweep=quick", "+sweep=slurm"], "+sweep given more than once: to combine presets, list them: "
+                                       "'+sweep=[quick,slurm]'"),
     (["format=xml"], "format=xml"),
     (["variant=b1", "measure.variants=all"], "variant and measure.variants are both set"),
     (["measure.variants=some"], "measure.variants: expected all or a list of b0, b1, b2, b3, b4, b5, b6, b7, got 'some'"),
