@@ -24,7 +24,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
@@ -45,6 +47,9 @@ if TYPE_CHECKING:
 
 POLL_S = 5.0          # how often an idle worker looks for abandoned trials while others train
 SLURM_CHECK_S = 60.0  # how often a worker asks SLURM whether the jobs of RUNNING trials still run
+WAIT_S = 0.2          # how often `run_workers` looks whether a worker has ended
+USER_ERROR = 2        # a worker's exit status for a UserError (the CLI's, for bad input)
+LAST_LINE = "EFFSCALE_WORKER_LAST_LINE"  # the file a worker started by `run_workers` leaves its last line in
 
 
 def local_threads(workers: int) -> int:
@@ -171,20 +176,45 @@ def run_workers(commands: list[list[str]], stop_s: float = 30.0) -> int:
     """Run one worker process per command until all have ended; how many failed. Each worker has a
     session of its own, so a Ctrl-C at the terminal, a hang-up or a SIGTERM reaches this process
     alone, which passes it on to each worker once, as a SIGINT (a second one could cut short the
-    record of the interrupted trial), and raises KeyboardInterrupt. Anything else that ends this
-    process's wait (a worker that cannot start) stops the started workers the same way and is raised.
-    A worker still running `stop_s` later, or at a second stop signal, is terminated with the
-    processes it started."""
+    record of the interrupted trial), and raises KeyboardInterrupt. A worker that ends on a UserError
+    (a corrupt image found in training, say) stops the others the same way, and its error is raised
+    here, once: every worker would have met it. Anything else that ends this process's wait (a worker
+    that cannot start) stops the started workers too and is raised. A worker still running `stop_s`
+    later, or at a second stop signal, is terminated with the processes it started.
+
+    A worker leaves its last line (its UserError, or that it was interrupted) in a file (`LAST_LINE`),
+    and this process prints those that are news: each worker's "interrupted" after a stop, but not
+    those of the workers it stopped because another met a UserError."""
     procs: list[subprocess.Popen] = []
-    with stops_as_interrupt():
+    with stops_as_interrupt(), tempfile.TemporaryDirectory(prefix="effscale-workers-") as folder:
+        lines = [Path(folder, str(i)) for i in range(len(commands))]
         try:
-            for command in commands:
+            for command, line in zip(commands, lines):
                 with interrupts_deferred():  # a worker that was started is one `_stop` knows of
-                    procs.append(subprocess.Popen(command, start_new_session=True, preexec_fn=_stop_with(os.getpid())))
-            return sum(p.wait() != 0 for p in procs)
-        except BaseException:
+                    procs.append(subprocess.Popen(command, start_new_session=True, preexec_fn=_stop_with(os.getpid()),
+                                                  env=os.environ | {LAST_LINE: str(line)}))
+            while True:
+                error = next((line for p, line in zip(procs, lines) if p.poll() == USER_ERROR and line.exists()), None)
+                if error is not None:
+                    raise UserError(error.read_text().strip())
+                if all(p.returncode is not None for p in procs):
+                    break
+                time.sleep(WAIT_S)
+        except UserError:
             _stop(procs, stop_s)
             raise
+        except BaseException:
+            _stop(procs, stop_s)
+            _print_last_lines(lines)
+            raise
+        _print_last_lines(lines)
+        return sum(p.returncode != 0 for p in procs)
+
+
+def _print_last_lines(lines: list[Path]) -> None:
+    for line in lines:
+        if line.exists():
+            print(f"effscale search: {line.read_text().strip()}", file=sys.stderr)
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -230,13 +260,23 @@ def main(argv: list[str]) -> int:
     try:
         work(load("search", overrides), index)
     except UserError as exc:
-        print(f"effscale search: worker {index}: {exc}", file=sys.stderr)
-        return 2
+        last_line(f"worker {index}: {exc}", exc)
+        return USER_ERROR
     except KeyboardInterrupt:  # its trial is recorded as interrupted; the search command says the rest
-        print(f"effscale search: worker {index}: interrupted", file=sys.stderr)
+        last_line(f"worker {index}: interrupted")
         return 130
     except BrokenPipeError:  # the search's standard output, which every worker shares, closed
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         output_closed(f"effscale search: worker {index}")
         return 1
     return 0
+
+
+def last_line(line: str, error: UserError | None = None) -> None:
+    """A worker's last line: to the `run_workers` that started it (an error bare, as the search command
+    raises it), or on stderr where nothing did."""
+    path = os.environ.get(LAST_LINE)
+    if path:
+        Path(path).write_text(f"{error if error is not None else line}\n")
+    else:
+        print(f"effscale search: {line}", file=sys.stderr)

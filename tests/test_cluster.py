@@ -197,6 +197,45 @@ def test_two_local_workers_train_each_grid_point_exactly_once(tmp_path):
     assert_each_point_once(tmp_path / "two", study_trials(f"sqlite:///{tmp_path}/two/study.db", "two"))
 
 
+def test_a_user_error_met_by_two_workers_in_training_is_one_line_and_exit_2(tmp_path):
+    import reliability_scenarios as rs
+
+    # data.verify=false: the cut-off image is met in the first batch that holds it, in both workers.
+    images = rs.image_folder(tmp_path / "images", per_class=12, corrupt=1)
+    tiny = [o for o in TINY if not o.startswith("data.")]
+    done = run_cli("search", *tiny, f"out={tmp_path}", "name=bad", "search.workers=2", "data=imagefolder",
+                   f"data.root={images}", "data.verify=false", "data.num_workers=0", "data.resolution=16",
+                   "data.native_resolution=16", "data.batch_size=8")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert re.fullmatch(rf"effscale search: {images}/red/0\.png: unreadable image \(.*\); data\.verify=true skips "
+                        r"such files\n", done.stderr), done.stderr
+    trials = study_trials(f"sqlite:///{tmp_path}/bad/study.db", "bad")
+    assert trials and {(t.state, t.user_attrs["stale"]) for t in trials} == {(TrialState.FAIL, True)}  # run again
+
+
+WORKERS_OF_A_USER_ERROR = ["""import os, sys
+open(os.environ["EFFSCALE_WORKER_LAST_LINE"], "w").write("data.root: no images\\n")
+sys.exit(2)
+""", """import os, signal, sys, time
+def stop(*_):
+    open(os.environ["EFFSCALE_WORKER_LAST_LINE"], "w").write("worker 1: interrupted\\n")
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+time.sleep(60)
+"""]
+
+
+def test_a_worker_that_ends_on_a_user_error_stops_the_others_and_its_line_is_raised_once(capfd):
+    from effscale.errors import UserError
+    from effscale.workers import run_workers
+
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"^data\.root: no images$"):
+        run_workers([[sys.executable, "-c", code] for code in WORKERS_OF_A_USER_ERROR], stop_s=20)
+    assert time.monotonic() - started < 15  # the sleeper was stopped, not waited for
+    assert capfd.readouterr().err == ""  # the stopped worker's "interrupted" is not news
+
+
 @pytest.mark.slow  # ~45 s: trials long enough to be interrupted inside one
 def test_ctrl_c_sent_to_the_search_alone_reaches_its_workers_and_leaves_no_trial_running(tmp_path):
     import reliability_scenarios as rs
