@@ -102,6 +102,10 @@ FOLDER_NAME: Check = ((lambda v: isinstance(v, (str, int)) and not isinstance(v,
                        and str(v).strip() not in ("", ".", "..") and "/" not in str(v) and "\\" not in str(v)),
                       "a folder name without / (the sweep folder is out/name)")
 
+# Bounds on what a typo could make thousands of: threads a process starts, processes a command starts
+# (data-loading processes, local workers or cluster jobs).
+MAX_THREADS, MAX_PROCESSES = 1024, 1024
+
 # Lightning's precision settings, its short forms included.
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "32", "16", "64", "bf16")
 
@@ -117,8 +121,8 @@ TRAINER: dict[str, Check] = {
     "gradient_clip_val": optional(above(0)),
     "precision": one_of(*PRECISIONS),
     "devices": ((lambda v: v in ("auto", None) or count(1)[0](v)), "a positive integer or auto"),
-    "threads": optional(count(1)),
-    "num_workers": optional(count(0)),
+    "threads": optional(integer_range(1, MAX_THREADS)),
+    "num_workers": optional(integer_range(0, MAX_PROCESSES)),
     "limit_train_batches": BATCHES,
     "limit_val_batches": BATCHES,
     "log_every_n_steps": count(1),
@@ -153,7 +157,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
              "hflip": FLAG, "verify": FLAG, "download": FLAG},
     "trainer": TRAINER,
     "search": {"phi": at_least(0), "n_trials": optional(count(1)), "top_k": count(0), "extra_seeds": count(0),
-               "workers": count(1), "retry_failed": FLAG, "stale_after_s": above(0), "storage": STORAGE},
+               "workers": integer_range(1, MAX_PROCESSES), "retry_failed": FLAG, "stale_after_s": above(0), "storage": STORAGE},
     "search.grid": {"alpha": RANGE, "beta": RANGE, "step": above(0), "tolerance": at_least(0), "gamma_values": GAMMAS,
                     "gamma_multiple": optional(at_least(0))},
     "baseline": {"name": NAME, "stages": STAGES, "resolution": count(1), "divisor": count(1), "dropout": below_one(),

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from effscale.checks import check_values, count
+from effscale.checks import MAX_PROCESSES, check_values, count, integer_range
 from effscale.devices import available_cores
 from effscale.errors import UserError
 from effscale.files import first_new_folder, remove_created
@@ -133,8 +133,8 @@ class TensorBatchLoader:
 # --- the shared base ------------------------------------------------------------------------------
 
 
-def _count(value: Any, key: str, minimum: int = 1) -> int:
-    check_values({key: value}, "data", {key: count(minimum)})
+def _count(value: Any, key: str, minimum: int = 1, maximum: int | None = None) -> int:
+    check_values({key: value}, "data", {key: count(minimum) if maximum is None else integer_range(minimum, maximum)})
     return int(value)
 
 
@@ -165,7 +165,7 @@ class DataModule(pl.LightningDataModule):
         if min(self.std) <= 0:
             raise UserError(f"data.std: must be positive, got {list(std)}")
         self.batch_size = _count(batch_size, "batch_size")
-        self._num_workers = None if num_workers is None else _count(num_workers, "num_workers", 0)
+        self._num_workers = None if num_workers is None else _count(num_workers, "num_workers", 0, MAX_PROCESSES)
         self.hflip = bool(hflip)
         self.data_seed, self.seed = int(data_seed), int(seed)
         self.resolution = native_resolution if resolution is None else resolution

@@ -503,6 +503,8 @@ def test_unknown_source_or_setting_is_a_user_error():
         build_datamodule({**SMALL_PROCEDURAL, "mean": [0.5, 0.5]}, 32, 8)
     with pytest.raises(UserError, match="^data.root: data=procedural generates its images"):
         build_datamodule({**SMALL_PROCEDURAL, "root": "/data"}, 32, 8)
+    with pytest.raises(UserError, match="^data.num_workers: expected an integer from 0 to 1024, got 5000$"):
+        build_datamodule({**SMALL_PROCEDURAL, "num_workers": 5000}, 32, 8)
 
 
 def test_no_validation_images_is_one_line(tmp_path):
