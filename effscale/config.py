@@ -80,10 +80,17 @@ def _one_line(exc: Exception, command: str, overrides: list[str] = ()) -> str:
     from hydra.errors import OverrideParseException
 
     text = str(exc).strip()
-    missing = re.search(r"Could not find '([^']+)/([^'/]*)'", text)
+    missing = re.search(r"Could not find '([^']+)'", text)
     if missing:
-        group, option = missing.groups()
+        group, option = _group_and_option(missing.group(1), overrides)
         options = available_options(group)  # Hydra's own groups (hydra/launcher) come from plugins: not listed
+        if "/" in option or option.endswith((".yaml", ".yml")):  # baseline=my_net.yaml, a file
+            stem = Path(option).stem
+            if stem in options:
+                return f"{group}={option}: an option is named without its folder or .yaml: {group}={stem}"
+            return (f"{group}={option}: {group} takes an option's name, not a file; put the file in a folder "
+                    f"of your own as {group}/NAME.yaml and add 'hydra.searchpath=[file:///ABS/FOLDER]' "
+                    f"{group}=NAME (README: Your own baseline)")
         what = "no such option" if option else "no option given"
         return f"{group}={option}: {what}" + (f"; available: {', '.join(options)}" if options else "")
     unknown = re.search(r"Could not override '([^']+)'", text)
@@ -119,6 +126,17 @@ def _one_line(exc: Exception, command: str, overrides: list[str] = ()) -> str:
     if isinstance(exc, OverrideParseException):
         return _unparsable(exc.override, lines)
     return " ".join(lines[:2]) if lines else type(exc).__name__
+
+
+def _group_and_option(path: str, overrides: list[str]) -> tuple[str, str]:
+    """The group and option of the config Hydra could not find at `path` ("baseline/NAME"), as the
+    user typed them: an option may hold slashes (a file's path), and a group too (hydra/launcher)."""
+    for override in overrides:
+        key, equals, value = override.lstrip("+").partition("=")
+        if equals and path == f"{key}/{value}":
+            return key, value
+    group, _, option = path.rpartition("/")
+    return group, option
 
 
 def _unparsable(override: str, lines: list[str]) -> str:

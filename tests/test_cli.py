@@ -38,6 +38,12 @@ def test_measure_compound_phi_uses_alpha_beta_gamma():
 @pytest.mark.parametrize("args, needle", [
     (["baseline=nope"], "baseline=nope: no such option"),
     (["baseline="], "baseline=: no option given; available: efficientnet_b0, efficientnet_lite0, mobilenet_v2,"),
+    # A file where an option's name goes: Hydra's message would split its path at the wrong slash.
+    (["baseline=/abs/conf/baseline/resnet18.yaml"], "baseline=/abs/conf/baseline/resnet18.yaml: an option is named "
+                                                    "without its folder or .yaml: baseline=resnet18"),
+    (["baseline=nets/my_net.yaml"], "baseline=nets/my_net.yaml: baseline takes an option's name, not a file; put "
+                                    "the file in a folder of your own as baseline/NAME.yaml and add "
+                                    "'hydra.searchpath=[file:///ABS/FOLDER]' baseline=NAME"),
     (["scale.phi=-1"], "scale.phi must be >= 0"),
     (["scale.phi=abc"], "scale.phi must be a number"),
     (["scale.alpha=0.9", "scale.phi=1"], "scale.alpha must be >= 1"),
