@@ -757,6 +757,11 @@ def write_report(folder: str | Path, out: str | Path | None = None, metric: str 
                 raise UserError(f"{where}: cannot write the report there ({exc.strerror})") from None
             if not os.access(where, os.W_OK | os.X_OK):
                 raise UserError(f"{where}: cannot write the report there ({os.strerror(errno.EACCES)})")
+        files = [out / "report.md", out / "report.html", *(out / "plots" / f"{stem}.png" for stem in PLOTS)]
+        for path in files:
+            if path.is_dir():  # not found at the last rename, with report.md already in place
+                raise UserError(f"{path}: a folder where the report writes a file; move it aside or write the "
+                                "report elsewhere (--out)")
         return _draw_and_move(df, out, f"effscale report — {name}", metric)
     except BaseException as exc:  # Ctrl-C included
         remove_created(new, out / "plots")

@@ -426,6 +426,16 @@ def test_a_full_disk_while_drawing_is_one_line_and_leaves_the_previous_report(tm
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("in_the_way", ["report.html", "plots/accuracy_vs_macs.png"])
+def test_a_folder_where_a_report_file_goes_is_one_line_before_anything_is_written(tmp_path, in_the_way):
+    write(tmp_path, compare_table())
+    (tmp_path / "out" / in_the_way).mkdir(parents=True)
+    with pytest.raises(UserError, match=f"^{re.escape(str(tmp_path / 'out' / in_the_way))}: a folder where the "
+                                        "report writes a file; move it aside"):
+        write_report(tmp_path, tmp_path / "out")
+    assert not files_in(tmp_path / "out")  # report.md was written before report.html failed to move
+
+
 def test_plots_on_another_file_system_are_copied_into_place(tmp_path, monkeypatch):
     write(tmp_path, compare_table())
     real = os.replace
