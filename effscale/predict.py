@@ -8,6 +8,7 @@ preprocessing they were trained with (see `effscale.weights`).
 from __future__ import annotations
 
 import json
+import warnings
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
@@ -25,7 +26,7 @@ def check_image(path: str | Path) -> None:
     """From its header only: whether `path` is an image Pillow opens and preprocessing can resize; a
     UserError saying why not. Every path is checked before the weights load; pixels are decoded later,
     a batch at a time, so that a folder of photos never sits decoded in memory at once."""
-    _opened(path, lambda image: _resizable(path, image))
+    _opened(path, lambda image: _resizable(path, image), warn=True)
 
 
 def open_image(path: str | Path) -> Any:
@@ -45,8 +46,10 @@ def _resizable(path: str | Path, image: Any) -> Any:
     return image
 
 
-def _opened(path: str | Path, read: Callable[[Any], T]) -> T:
-    """`read(image)` of the image at `path`, with every way the file can be wrong a one-line UserError."""
+def _opened(path: str | Path, read: Callable[[Any], T], warn: bool = False) -> T:
+    """`read(image)` of the image at `path`, with every way the file can be wrong a one-line UserError.
+    With `warn`, a warning naming the file if it is larger than Pillow opens without one (that
+    warning names no file, and would come again when the image is decoded)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -55,8 +58,15 @@ def _opened(path: str | Path, read: Callable[[Any], T]) -> T:
     if not path.is_file():
         raise UserError(f"{path}: not a file")
     try:
-        with Image.open(path) as image:
-            return read(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                pixels, limit = image.width * image.height, Image.MAX_IMAGE_PIXELS
+                if warn and limit and pixels > limit:
+                    decoded_mb = pixels * len(image.getbands()) / 2**20
+                    warnings.warn(f"{path}: {pixels:,} pixels, beyond Pillow's {limit:,} (a guard against "
+                                  f"decompression bombs); decoding it takes {decoded_mb:,.0f} MB", stacklevel=2)
+                return read(image)
     except UserError:
         raise
     except UnidentifiedImageError:

@@ -183,6 +183,20 @@ def test_an_image_too_large_to_open_or_an_unknown_variant_is_one_line_exit_2(tmp
                                        "b7\n")
 
 
+def test_an_image_beyond_pillows_guard_but_openable_is_one_warning_naming_it_and_is_classified(
+        tmp_path, capsys, monkeypatch, photos):
+    from PIL import Image
+
+    # 90,000 pixels: a warning, not yet a refusal (over twice the limit); above the 256 × 256 it is resized to
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 70_000)
+    Image.new("RGB", (300, 300)).save(tmp_path / "large.png")
+    assert main(["predict", str(tmp_path / "large.png"), "--weights", "lite0", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (f"effscale predict: warning: {tmp_path / 'large.png'}: 90,000 pixels, beyond Pillow's 70,000 "
+                            "(a guard against decompression bombs); decoding it takes 0 MB\n")
+    assert len(json.loads(captured.out)["top"]) == 5
+
+
 def test_weights_that_name_a_folder_or_nothing_known_say_so(tmp_path, capsys, photos):
     image = str(photos / "coffee.png")
     assert main(["predict", image, "--weights", "lite1"]) == 2
