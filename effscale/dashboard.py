@@ -148,6 +148,9 @@ def run(folder: str | Path | None, host: str = "127.0.0.1", port: int = 8080, st
     """Serve the sweep's study (or the `storage` URL given) until Ctrl-C."""
     if folder is None and storage is None:
         raise UserError("name a sweep folder (results/<sweep>) or --storage URL")
+    if folder is not None and storage is not None:  # the folder's own study would be silently passed over
+        raise UserError(f"{folder} and --storage {without_password(storage)}: name the study once, by its sweep "
+                        "folder or by --storage")
     server = serve(dashboard_url(storage) if storage else find_storage(folder), host, port)
     address, port = server.server_address[:2]  # as bound: port 0 has become a free port
     url = f"http://{f'[{address}]' if ':' in address else address}:{port}/dashboard"  # an IPv6 address in []

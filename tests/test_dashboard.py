@@ -181,6 +181,9 @@ def test_dashboard_without_a_folder_or_storage_or_on_a_taken_port_is_one_line(sw
 
     assert cli.main(["dashboard"]) == 2
     assert capsys.readouterr().err == "effscale dashboard: name a sweep folder (results/<sweep>) or --storage URL\n"
+    assert cli.main(["dashboard", str(sweep), "--storage", "postgresql://u:secret@db/x"]) == 2
+    assert capsys.readouterr().err == (f"effscale dashboard: {sweep} and --storage postgresql://u:***@db/x: name the "
+                                       "study once, by its sweep folder or by --storage\n")
     with serving(find_storage(sweep)) as taken:
         assert cli.main(["dashboard", str(sweep), "--port", str(taken.server_port)]) == 2
     assert capsys.readouterr().err == (f"effscale dashboard: --host 127.0.0.1 --port {taken.server_port}: "
