@@ -567,6 +567,10 @@ def weights_file(spec: str, baseline: str | None = None, variant: str | None = N
     if spec == "imagenet":
         return imagenet_file(baseline or "efficientnet_b0", variant)
     if spec == "lite0":
+        if baseline not in (None, "efficientnet_lite0") or variant not in (None, "b0"):
+            given = " ".join(f"--{k} {v}" for k, v in (("baseline", baseline), ("variant", variant)) if v is not None)
+            raise UserError(f"--weights lite0 with {given}: these are EfficientNet-Lite0's weights, which fit "
+                            "efficientnet_lite0 at b0 only; leave out --baseline and --variant")
         return lite0_file()
     if not spec.strip():
         raise UserError("weights: empty; expected imagenet, lite0 or a weights file")

@@ -181,6 +181,10 @@ def test_an_image_too_large_to_open_or_an_unknown_variant_is_one_line_exit_2(tmp
     assert main(["predict", str(photos / "coffee.png"), "--weights", "lite0", "--variant", "b9"]) == 2
     assert capsys.readouterr().err == ("effscale predict: --variant b9: expected one of b0, b1, b2, b3, b4, b5, b6, "
                                        "b7\n")
+    assert main(["predict", str(photos / "coffee.png"), "--weights", "lite0", "--variant", "b3"]) == 2
+    assert capsys.readouterr().err == ("effscale predict: --weights lite0 with --variant b3: these are "
+                                       "EfficientNet-Lite0's weights, which fit efficientnet_lite0 at b0 only; leave "
+                                       "out --baseline and --variant\n")
 
 
 def test_an_image_beyond_pillows_guard_but_openable_is_one_warning_naming_it_and_is_classified(
