@@ -142,7 +142,8 @@ def _per_channel(values: Any, channels: int, key: str) -> tuple[float, ...]:
     """`values` as one float per channel; a single value stands for every channel."""
     values = [values] if isinstance(values, numbers.Real) else list(values)
     if len(values) not in (1, channels):
-        raise UserError(f"data.{key}: {len(values)} values for in_channels={channels}")
+        raise UserError(f"data.{key}: {len(values)} values for in_channels={channels}; give {channels}, or one "
+                        "for every channel")
     return tuple(float(v) for v in values) * (channels if len(values) == 1 else 1)
 
 

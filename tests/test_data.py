@@ -499,7 +499,7 @@ def test_unknown_source_or_setting_is_a_user_error():
     with pytest.raises(UserError, match="^data.trian_size: not a setting of data=procedural .* drop it with "
                                         "~data.trian_size$"):
         build_datamodule({**SMALL_PROCEDURAL, "trian_size": 5}, 32, 8)
-    with pytest.raises(UserError, match="^data.mean: 2 values for in_channels=3$"):
+    with pytest.raises(UserError, match="^data.mean: 2 values for in_channels=3; give 3, or one for every channel$"):
         build_datamodule({**SMALL_PROCEDURAL, "mean": [0.5, 0.5]}, 32, 8)
     with pytest.raises(UserError, match="^data.root: data=procedural generates its images"):
         build_datamodule({**SMALL_PROCEDURAL, "root": "/data"}, 32, 8)
