@@ -8,6 +8,7 @@ on stderr with exit status 2 (`--debug` shows the traceback instead).
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import warnings
@@ -157,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         if command not in TRAINING_COMMANDS or "--help" in argv or "-h" in argv:
             return 0
         output_closed(f"effscale {command}", resumes=command != "finetune")
+        return 1
+    except OSError as exc:  # `effscale search > log` on a full disk or quota: no traceback for that
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or exc.filename is not None:
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python would try again at exit
+        command = next((f" {a}" for a in argv if not a.startswith("-")), "")
+        print(f"effscale{command}: stopped: {exc.strerror}", file=sys.stderr)
         return 1
 
 

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -308,6 +309,16 @@ def test_output_into_a_closed_pipe_is_no_error_and_python_m_effscale_runs():
     proc.stdout.close()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and err == ""
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("args", [["measure", "measure.memory=false"], ["measure", "--help"], ["--help"]])
+def test_output_onto_a_full_disk_is_one_line_exit_1(args):
+    with open("/dev/full", "w") as full:  # every write fails with ENOSPC, as on a full disk or quota
+        proc = subprocess.run([sys.executable, "-m", "effscale", *args], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+    command = f"effscale {args[0]}" if args[0] != "--help" else "effscale"
+    assert (proc.returncode, proc.stderr) == (1, f"{command}: stopped: No space left on device\n")
 
 
 def test_only_the_cli_layer_imports_the_cli_layer():
