@@ -222,10 +222,14 @@ def set_threads(threads: int | None) -> int:
     return threads
 
 
+# Lightning's short forms, by what it takes them to mean (it warns at every Trainer that one is given).
+PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+
+
 def _precision(device: str, requested: str) -> str:
     """Mixed precision only pays (and only exists for BatchNorm-heavy nets without surprises) on CUDA."""
     if requested != "auto":
-        return requested
+        return PRECISION_ALIASES.get(str(requested), str(requested))
     if device.startswith("cuda"):  # bf16 where the GPU computes in it (Ampere on), not where it is emulated
         with torch.cuda.device(device):
             return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"

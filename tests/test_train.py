@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,16 @@ def test_a_trial_on_data_without_a_test_split_of_its_own_reports_no_test_accurac
     assert outcome["test_acc"] == 0.7 and tested == [1]
 
 
+@pytest.mark.parametrize("short, full", [("bf16", "bf16-mixed"), (32, "32-true"), ("64", "64-true")])
+def test_a_short_precision_is_given_to_lightning_in_full_without_its_warning_per_trainer(short, full):
+    from effscale.train import make_trainer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Lightning: "`precision=bf16` is supported for historical reasons but …"
+        trainer = make_trainer({"max_epochs": 1, "precision": short, "progress": False})
+    assert str(trainer.precision) == full
+
+
 @pytest.mark.parametrize("native, expected", [(True, "bf16-mixed"), (False, "16-mixed")])
 def test_auto_precision_on_cuda_is_bf16_only_where_the_gpu_computes_in_it(monkeypatch, native, expected):
     import contextlib
@@ -147,6 +158,7 @@ def test_auto_precision_on_cuda_is_bf16_only_where_the_gpu_computes_in_it(monkey
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
     assert _precision("cuda:0", "auto") == expected
     assert _precision("cpu", "auto") == "32-true" and _precision("cuda", "16-mixed") == "16-mixed"
+    assert _precision("cuda", 16) == "16-mixed"  # Hydra reads trainer.precision=16 as a number
 
 
 def test_lightnings_sigterm_notice_is_left_to_the_commands_own_line_and_its_requeue_notice_kept():
