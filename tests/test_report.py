@@ -310,7 +310,9 @@ def test_a_table_with_a_word_where_a_number_belongs_is_one_line_naming_the_cell(
 
 
 @pytest.mark.parametrize("second, message", [
-    ("compound,1,0.7,COMP", r"row 2 has 4 of the header's 5 fields \(cut off, or edited by hand\?\)$"),
+    ("compound,1,0.7,COMP", r"row 2 has 4 of the header's 5 fields \(cut off, or edited by hand\?\); moved aside, it is "
+                             r"written again from the study by the search's command \(a comparison's rows are only "
+                             r"in the table\)$"),
     ("compound,1,0.7,COMPLETE,1,x\n", r"not a readable CSV table \(Error tokenizing data"),
     ("compound,1,inf,COMPLETE,1\n", r"column val_acc, row 2: inf is not an accuracy between 0 and 1$"),
     ("compound,1,85,COMPLETE,1\n", r"column val_acc, row 2: 85 is not an accuracy between 0 and 1$"),

@@ -182,6 +182,16 @@ def test_rerun_resumes_without_training_again(tmp_path, capsys):
     pd.testing.assert_frame_equal(first, again)
 
 
+def test_a_cut_off_table_is_refused_and_once_moved_aside_is_written_again_from_the_study(tmp_path):
+    first = tiny_search(tmp_path)
+    table = tmp_path / "tiny" / "trials.csv"
+    table.write_text(table.read_text()[:300])  # a copy cut short
+    with pytest.raises(UserError, match="row 1 has .* fields .*; moved aside, it is written again from the study"):
+        tiny_search(tmp_path)
+    table.rename(tmp_path / "tiny" / "trials.cut.csv")
+    pd.testing.assert_frame_equal(first, tiny_search(tmp_path))  # nothing trained again, no row lost
+
+
 def test_a_sweep_rerun_with_another_seed_keeps_one_row_per_point_over_the_budget(tmp_path, monkeypatch):
     from effscale import train
 
