@@ -66,6 +66,10 @@ def _check_removals(overrides: list[str]) -> None:
             raise UserError(f"{override}: {removed.group(1)} cannot be removed (effscale reads it); "
                             "override its value")
         key, _, value = override.partition("=")
+        if not key.lstrip("+~"):  # Hydra would read `=1` as a config group's option
+            raise UserError(f"{override}: an override is KEY=VALUE, and this has no key")
+        if key == "hydra" and value.replace(" ", "") in ("null", "None"):
+            raise UserError(f"{override}: hydra holds Hydra's own settings; set them one by one (hydra.KEY=…)")
         if value.replace(" ", "") in ("null", "None", "[]") and (CONF_DIR / key).is_dir():  # [] selects none
             raise UserError(f"{override}: a config group needs an option; available: "
                             f"{', '.join(available_options(key))}")

@@ -120,9 +120,14 @@ def test_a_section_read_as_empty_when_null_may_be_null():
     assert load("measure", ["scale=null"])["scale"] is None
 
 
-def test_hydras_own_settings_set_to_null_are_one_line():
-    with pytest.raises(UserError, match="^Config group override must be a string or a list. Got NoneType$"):
+def test_hydras_own_settings_set_to_null_or_an_override_without_a_key_are_one_line_that_says_so():
+    # Hydra: "Config group override must be a string or a list. Got NoneType" (int for `=1`)
+    with pytest.raises(UserError, match=r"^hydra=null: hydra holds Hydra's own settings; set them one by one "
+                                        r"\(hydra.KEY=…\)$"):
         compose("search", ["hydra=null"], hydra=True)
+    for override in ("=1", "+=2"):
+        with pytest.raises(UserError, match=f"^{re.escape(override)}: an override is KEY=VALUE, and this has no key$"):
+            load("measure", [override])
 
 
 @pytest.mark.parametrize("command, override, message", [
