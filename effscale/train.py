@@ -103,7 +103,7 @@ class Classifier(L.LightningModule):
             if self.trainer.world_size > 1:  # Lightning refuses a skipped step under DDP: take one that adds nothing
                 return sum(p.sum() * 0 for p in self.parameters())
             return None
-        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)  # every rank's mean, per epoch
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -161,7 +161,7 @@ class Classifier(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         acc = self._accuracy()
         self.val_history.append(acc)
-        self.log("val_acc", acc)
+        self.log("val_acc", acc, sync_dist=True)  # the same on every rank: the sync only says so to Lightning
         if self.report is not None and self.failure is None and self.report(self.current_epoch + 1, acc):
             self.pruned = True
             self.trainer.should_stop = True
@@ -171,7 +171,7 @@ class Classifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_acc = self._accuracy()
-        self.log("test_acc", self.test_acc)
+        self.log("test_acc", self.test_acc, sync_dist=True)
 
     def param_groups(self) -> list[tuple[list[nn.Parameter], float]]:
         """(parameters, learning-rate multiplier) pairs to optimise: all of them at the recipe's rate.
