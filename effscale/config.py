@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -79,7 +79,7 @@ def _check_removals(overrides: list[str]) -> None:
 EMPTY_MAPPINGS = ("compare.trainer",)
 
 
-def _one_line(exc: Exception, command: str, overrides: list[str] = ()) -> str:
+def _one_line(exc: Exception, command: str, overrides: Sequence[str] = ()) -> str:
     """Hydra's messages span lines (with option lists); keep what names the key and what is wrong."""
     from hydra.errors import OverrideParseException
 
@@ -132,7 +132,7 @@ def _one_line(exc: Exception, command: str, overrides: list[str] = ()) -> str:
     return " ".join(lines[:2]) if lines else type(exc).__name__
 
 
-def _group_and_option(path: str, overrides: list[str]) -> tuple[str, str]:
+def _group_and_option(path: str, overrides: Sequence[str]) -> tuple[str, str]:
     """The group and option of the config Hydra could not find at `path` ("baseline/NAME"), as the
     user typed them: an option may hold slashes (a file's path), and a group too (hydra/launcher)."""
     for override in overrides:
