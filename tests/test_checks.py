@@ -50,7 +50,8 @@ from effscale.errors import UserError
     # A typo that would start thousands of processes or threads (the latter: a MemoryError mid-trial).
     ("search", "search.workers=100000", "search.workers: expected an integer from 1 to 1024, got 100000"),
     ("search", "trainer.threads=100000", "trainer.threads: expected null or an integer from 1 to 1024, got 100000"),
-    ("search", "++trainer.num_workers=5000", "trainer.num_workers: expected null or an integer from 0 to 1024, got 5000"),
+    ("search", "++trainer.num_workers=5000",
+     "trainer.num_workers: expected null or an integer from 0 to 1024, got 5000"),
     ("search", "search.n_trials=0", "search.n_trials: expected null or an integer of at least 1, got 0"),
     ("search", "search.storage=123", f"search.storage: expected {STORAGE[1]}, got 123"),
     ("search", "search.storage=sqlite:///", f"search.storage: expected {STORAGE[1]}, got 'sqlite:///'"),
