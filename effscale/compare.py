@@ -207,12 +207,18 @@ def coefficients(cfg: dict[str, Any]) -> Coefficients:
     return Coefficients(alpha, beta, gamma, origin, seeds)
 
 
+# Keys of the scaled stage table a search records, by the settings that make them.
+AS_TYPED = {"baseline.depth_mult": "scale.depth", "baseline.width_mult": "scale.width"}
+
+
 def check_searched_like(source: str, baseline: dict[str, Any], dataset: str, classes: list[str]) -> None:
     """A search chooses its point for its baseline (the whole scaled stage table: blocks, input size,
     dropout…) and data (its name and, where the search recorded them, its classes): α, β, γ compared on
     others answer another question. One line naming the first difference, read from the table's rows
     and the search's settings.json."""
-    said, hint = f"compare.from_search={source}: the search ran on", "; scale.alpha/beta/gamma compare them elsewhere"
+    said = f"compare.from_search={source}: the search ran on"
+    hint = ("; give the comparison the search's settings (its +sweep preset and overrides), or scale.alpha, "
+            "scale.beta and scale.gamma in place of compare.from_search to scale this baseline by them")
     searched = results.search_trials(results.read_trials(results.table_path(source)))
     for key, ours in (("baseline", baseline["name"]), ("dataset", dataset)):
         theirs = sorted(set(searched.get(key, pd.Series()).dropna().astype(str)) - {ours})
@@ -225,7 +231,8 @@ def check_searched_like(source: str, baseline: dict[str, Any], dataset: str, cla
         found = results.differences(theirs, results.as_recorded(ours)) if isinstance(theirs, dict) else []
         if found:
             key, was, now = found[0]
-            raise UserError(f"{said} {section}.{key} {results.shown(was, now)}, this comparison on "
+            key = AS_TYPED.get(f"{section}.{key}", f"{section}.{key}")
+            raise UserError(f"{said} {key} {results.shown(was, now)}, this comparison on "
                             f"{results.shown(now, was)}{hint}")
 
 

@@ -245,7 +245,8 @@ def test_compare_from_a_search_on_another_baseline_or_data_set_is_refused_before
     (search / "settings.json").write_text(json.dumps({"search": {"baseline": as_recorded(baseline)}}))
     classes = ["circle", "square"]
     check_searched_like(str(search), baseline, "procedural", classes)  # the search's own: nothing to say
-    hint = "; scale.alpha/beta/gamma compare them elsewhere"
+    hint = ("; give the comparison the search's settings (its +sweep preset and overrides), or scale.alpha, "
+            "scale.beta and scale.gamma in place of compare.from_search to scale this baseline by them")
     with pytest.raises(UserError, match=re.escape(f"the search ran on dataset procedural, this comparison on "
                                                   f"fashion_mnist{hint}")):
         check_searched_like(str(search), baseline, "fashion_mnist", classes)
@@ -262,6 +263,11 @@ def test_compare_from_a_search_on_another_baseline_or_data_set_is_refused_before
     with pytest.raises(UserError, match=re.escape(f"compare.from_search={search}: the search ran on "
                                                   f"baseline.resolution 16, this comparison on 24{hint}")):
         compare([f"out={tmp_path}", "name=compared", *TINY, "data.resolution=24", f"compare.from_search={search}"])
+    # A scaled table's multiplier is named by the setting a user gives: scale.depth, not baseline.depth_mult.
+    deeper = {**baseline, "depth_mult": baseline["depth_mult"] * 2}
+    with pytest.raises(UserError, match=re.escape(f"the search ran on scale.depth {baseline['depth_mult']!r}, this "
+                                                  f"comparison on {deeper['depth_mult']!r}{hint}")):
+        check_searched_like(str(search), deeper, "procedural", classes)
     assert not (tmp_path / "compared").exists()
 
 
