@@ -220,7 +220,7 @@ def trials_followed(search: Search, every_s: float = FOLLOW_S) -> Iterator[None]
     shown = threading.Lock()  # the last look, at the end, may run beside a late one of the thread's
 
     def show_new() -> None:
-        nonlocal done
+        nonlocal done, total
         trials = search.study.get_trials(deepcopy=False)
         with shown:
             for t in trials:
@@ -229,6 +229,8 @@ def trials_followed(search: Search, every_s: float = FOLLOW_S) -> Iterator[None]
                     # a claim another worker won, or a trial given up as stale: its point is trained elsewhere
                     if not ({"repeat_of", "stale"} & set(t.user_attrs)) and "alpha" in t.user_attrs:
                         done += 1
+                        # Extra seeds for a point that moved up among the best come beyond the total foreseen.
+                        total = max(total, done)
                         print(trial_line(f"[{done}/{total}]", t), flush=True)
 
     def follow() -> None:

@@ -568,3 +568,17 @@ def test_a_trial_that_finishes_while_it_is_being_marked_stale_is_left_as_it_fini
     assert mark_stale(study, frozen) is False
     [after] = study.get_trials()
     assert after.state == TrialState.COMPLETE and after.value == 0.5 and "stale" not in after.user_attrs
+
+
+def test_the_trials_of_a_multirun_are_counted_past_the_total_foreseen_without_passing_it(capsys):
+    """Extra seeds for a point that moved up among the best come after the total `counts` foresees:
+    the launching process's lines then read [9/9], not [9/8]."""
+    from effscale.multirun import trials_followed
+
+    attrs = {"alpha": 1.0, "beta": 1.0, "gamma": 1.4, "seed": 0, "resolution": 36, "macs_ratio": 2.0, "val_acc": 0.5}
+    study = optuna.create_study()
+    search = SimpleNamespace(study=study, counts=lambda: (0, 2))
+    with trials_followed(search, every_s=60):  # only its last look, at the end, sees the trials
+        for _ in range(3):
+            study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs=attrs))
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["[1/2]", "[2/2]", "[3/3]"]
