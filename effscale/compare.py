@@ -207,8 +207,10 @@ def coefficients(cfg: dict[str, Any]) -> Coefficients:
     return Coefficients(alpha, beta, gamma, origin, seeds)
 
 
-# Keys of the scaled stage table a search records, by the settings that make them.
-AS_TYPED = {"baseline.depth_mult": "scale.depth", "baseline.width_mult": "scale.width"}
+# Keys of the scaled stage table a search records, by the settings that make them (the input size:
+# data.resolution, or the baseline's own where that is null).
+AS_TYPED = {"baseline.depth_mult": "scale.depth", "baseline.width_mult": "scale.width",
+            "baseline.resolution": "data.resolution"}
 
 
 def check_searched_like(source: str, baseline: dict[str, Any], dataset: str, classes: list[str]) -> None:

@@ -261,7 +261,7 @@ def test_compare_from_a_search_on_another_baseline_or_data_set_is_refused_before
         check_searched_like(str(search), {**baseline, "stages": [{**baseline["stages"][0], "kernel": 5},
                                                                  *baseline["stages"][1:]]}, "procedural", classes)
     with pytest.raises(UserError, match=re.escape(f"compare.from_search={search}: the search ran on "
-                                                  f"baseline.resolution 16, this comparison on 24{hint}")):
+                                                  f"data.resolution 16, this comparison on 24{hint}")):
         compare([f"out={tmp_path}", "name=compared", *TINY, "data.resolution=24", f"compare.from_search={search}"])
     # A scaled table's multiplier is named by the setting a user gives: scale.depth, not baseline.depth_mult.
     deeper = {**baseline, "depth_mult": baseline["depth_mult"] * 2}
