@@ -75,6 +75,9 @@ def _check_removals(overrides: list[str]) -> None:
                             f"{', '.join(available_options(key))}")
 
 
+# Config groups a user adds options of their own to, from a folder on hydra.searchpath (README).
+OWN_OPTIONS = ("baseline", "sweep")
+
 # Mappings a config leaves empty for the user to fill (`compare.trainer`: the comparison's own recipe changes).
 EMPTY_MAPPINGS = ("compare.trainer",)
 
@@ -96,7 +99,9 @@ def _one_line(exc: Exception, command: str, overrides: Sequence[str] = ()) -> st
                     f"of your own as {group}/NAME.yaml and add 'hydra.searchpath=[file:///ABS/FOLDER]' "
                     f"{group}=NAME (README: Your own baseline)")
         what = "no such option" if option else "no option given"
-        return f"{group}={option}: {what}" + (f"; available: {', '.join(options)}" if options else "")
+        own = (f"; one of your own is {group}/{option or 'NAME'}.yaml in a folder given as "
+               "'hydra.searchpath=[file:///ABS/FOLDER]'") if group in OWN_OPTIONS else ""
+        return f"{group}={option}: {what}" + (f"; available: {', '.join(options)}" if options else "") + own
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
         key = unknown.group(1)

@@ -386,7 +386,8 @@ def test_a_warning_is_one_line_before_the_error_it_explains(tmp_path):
     assert out.returncode == 2 and out.stderr.splitlines() == [
         f"effscale measure: warning: provider=hydra.searchpath in command-line, path={missing} is not available.",
         "effscale measure: baseline=tinynet: no such option; available: efficientnet_b0, efficientnet_lite0, "
-        "mobilenet_v2, resnet101, resnet152, resnet18, resnet34, resnet50"]
+        "mobilenet_v2, resnet101, resnet152, resnet18, resnet34, resnet50; one of your own is baseline/tinynet.yaml "
+        "in a folder given as 'hydra.searchpath=[file:///ABS/FOLDER]'"]
 
 
 def test_a_warning_from_inside_lightning_is_one_line_too(monkeypatch, capsys):
