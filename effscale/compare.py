@@ -198,7 +198,11 @@ def coefficients(cfg: dict[str, Any]) -> Coefficients:
         origin, seeds = f"best point of {source}", tuple(sorted({int(s) for s in searched["seed"].dropna()}))
     else:
         scale = cfg.get("scale") or {}
-        alpha, beta, gamma = (float(scale.get(k)) for k in ("alpha", "beta", "gamma"))
+        missing = next((k for k in ("alpha", "beta", "gamma") if scale.get(k) is None), None)
+        if missing:  # scale=null or ~scale.alpha
+            raise UserError(f"scale.{missing}: not set; a comparison takes α, β, γ from scale.alpha, scale.beta and "
+                            "scale.gamma, or from a search (compare.from_search=results/<sweep>)")
+        alpha, beta, gamma = (float(scale[k]) for k in ("alpha", "beta", "gamma"))
         origin, seeds = "scale.alpha/beta/gamma", ()
     try:
         check_coefficients(alpha, beta, gamma)

@@ -19,6 +19,7 @@ import errno
 import html
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -717,7 +718,9 @@ def to_html(report: Report, folder: Path) -> str:
     for section in report.sections:
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
         if section.text:
-            parts.append(f"<p>{html.escape(section.text).replace('*same*', '<em>same</em>')}</p>")
+            text = html.escape(section.text).replace("*same*", "<em>same</em>")
+            text = re.sub(r"[*][*](.+?)[*][*]", r"<strong>\1</strong>", text)  # markdown's bold, as to_markdown has it
+            parts.append(f"<p>{text}</p>")
         if section.image:
             src = "data:image/png;base64," + base64.b64encode((folder / section.image).read_bytes()).decode()
             parts.append(f"<img src='{src}' alt='{html.escape(section.title)}'>")

@@ -228,6 +228,16 @@ def test_compare_from_a_search_plans_and_trains_past_its_seeds(tmp_path, monkeyp
     assert "has compound rows on seed(s) 1, those the search chose its point on" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("override", ["scale=null", "~scale.beta"])
+def test_coefficients_left_unset_without_a_search_are_one_line(tmp_path, override):
+    from effscale.commands import compare
+
+    missing = "alpha" if override == "scale=null" else "beta"
+    with pytest.raises(UserError, match=f"^scale.{missing}: not set; a comparison takes α, β, γ from scale.alpha"):
+        compare([f"out={tmp_path}", "name=unset", *TINY, override])
+    assert not (tmp_path / "unset").exists()
+
+
 def test_compare_from_a_search_on_another_baseline_or_data_set_is_refused_before_anything_is_written(tmp_path):
     import json
 

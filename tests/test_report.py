@@ -558,3 +558,5 @@ def test_a_sweep_trained_on_several_devices_or_precisions_says_so_and_one_traine
     md = (tmp_path / "report.md").read_text()
     assert "device: NVIDIA H100 80GB HBM3, cpu. precision: 16-mixed, 32-true, bf16-mixed." in md
     assert "**Trials trained on several devices cpu (3), NVIDIA H100 80GB HBM3 (2) and precisions" in md
+    page = (tmp_path / "report.html").read_text()  # bold there too, not markdown's asterisks
+    assert "<strong>Trials trained on several devices cpu (3)" in page and "**" not in page
