@@ -36,6 +36,8 @@ from effscale.devices import resolve_device
 from effscale.data import EVAL_CROP, build_datamodule
 from effscale.errors import UserError
 from effscale.files import remove_created, unused_path, writable_folder
+from effscale.models.blocks import init_weights
+from effscale.models.network import LINEAR_INIT, ResNet
 from effscale.train import Classifier, interruptible, make_trainer, set_threads
 from effscale.weights import Preprocessing, Pretrained, load_pretrained, save_checkpoint
 
@@ -79,22 +81,19 @@ def adapt_stem(model: nn.Module, trained_mean: Sequence[float], trained_std: Seq
     bn.running_mean -= offset.to(bn.running_mean.dtype)
 
 
-def replace_classifier(model: nn.Module, num_classes: int) -> nn.Linear:
-    """A fresh linear classifier for `num_classes`, initialised as torchvision initialises the family."""
-    old = model.fc if hasattr(model, "fc") else model.classifier[-1]
-    new = nn.Linear(old.in_features, num_classes)
-    if not hasattr(model, "fc"):
-        bound = 1.0 / num_classes**0.5  # torchvision EfficientNet: uniform ±1/√out, zero bias
-        nn.init.uniform_(new.weight, -bound, bound)
-        nn.init.zeros_(new.bias)
-        model.classifier[-1] = new
-    else:
+def replace_classifier(model: nn.Module, num_classes: int, family: str) -> nn.Linear:
+    """A fresh linear classifier for `num_classes`, initialised as torchvision initialises `family`'s."""
+    new = nn.Linear(classifier_of(model).in_features, num_classes)
+    init_weights(new, LINEAR_INIT[family])
+    if isinstance(model, ResNet):
         model.fc = new
+    else:
+        model.classifier[-1] = new
     return new
 
 
 def classifier_of(model: nn.Module) -> nn.Linear:
-    return model.fc if hasattr(model, "fc") else model.classifier[-1]
+    return model.fc if isinstance(model, ResNet) else model.classifier[-1]
 
 
 def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -112,7 +111,7 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
 
 def head_module(network: nn.Module) -> nn.Module:
     """The part that stays in train mode while the backbone is frozen (the classifier with its dropout)."""
-    return network.fc if hasattr(network, "fc") else network.classifier
+    return network.fc if isinstance(network, ResNet) else network.classifier
 
 
 class KeepBackboneBatchNormFrozen(L.Callback):
@@ -335,7 +334,7 @@ def transferred(pretrained: Pretrained, data: Any) -> nn.Module:
         raise UserError(f"data.in_channels={data.in_channels}: the weights take {trained_channels} channel(s); use "
                         f"data.in_channels={trained_channels}{either}, with as many values in data.mean and data.std")
     adapt_stem(network, pretrained.preprocessing.mean, pretrained.preprocessing.std, data.mean, data.std)
-    replace_classifier(network, data.num_classes)
+    replace_classifier(network, data.num_classes, pretrained.table["family"])
     return network
 
 

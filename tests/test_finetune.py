@@ -53,9 +53,20 @@ def test_rgb_stem_follows_the_datas_normalisation():
 def test_new_classifier_has_the_datas_classes_and_keeps_the_features():
     model = random_b0()
     before = model.features[-1][0].weight.clone()
-    replace_classifier(model, 10)
+    replace_classifier(model, 10, "efficientnet")
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     assert torch.equal(model.features[-1][0].weight, before)
+
+
+@pytest.mark.parametrize("baseline, std", [("efficientnet_b0", (1 / 10**0.5) / 3**0.5),  # uniform ±1/√out
+                                           ("mobilenet_v2", 0.01),                         # normal, σ = 0.01
+                                           ("resnet18", (1 / 512**0.5) / 3**0.5)])         # PyTorch's default
+def test_new_classifier_is_drawn_as_torchvision_draws_the_familys(baseline, std):
+    torch.manual_seed(0)
+    model = build_model(architecture(baseline))
+    new = replace_classifier(model, 10, architecture(baseline)["family"])
+    assert new is (model.fc if baseline.startswith("resnet") else model.classifier[-1])
+    assert new.weight.std().item() == pytest.approx(std, rel=0.05)
 
 
 # --- the command end to end -----------------------------------------------------------------------

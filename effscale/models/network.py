@@ -23,7 +23,7 @@ from effscale.errors import UserError
 from effscale.models.blocks import ACTIVATIONS, BLOCKS, init_weights
 
 # How each of checks.FAMILIES initialises its linear classifier in torchvision.
-_LINEAR_INIT = {"efficientnet": "uniform", "mobilenet_v2": "normal", "resnet": "default"}
+LINEAR_INIT = {"efficientnet": "uniform", "mobilenet_v2": "normal", "resnet": "default"}
 
 
 class ConvNet(nn.Module):
@@ -129,5 +129,5 @@ def build_model(table: dict[str, Any], num_classes: int = 1000, in_channels: int
         # torchvision's EfficientNet drops in place; MobileNetV2 does not (no parameter difference).
         classifier = nn.Sequential(nn.Dropout(dropout, inplace=family == "efficientnet"), nn.Linear(head, num_classes))
         model = ConvNet(features, classifier, table["resolution"])
-    init_weights(model, _LINEAR_INIT[family])
+    init_weights(model, LINEAR_INIT[family])
     return model
