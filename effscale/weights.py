@@ -662,7 +662,7 @@ def _from_effscale_checkpoint(state_dict: dict[str, Tensor], meta: dict[str, Any
         raise UserError(f"{path}: weights do not fit the checkpoint's own stage table: {exc}") from None
     model = build(table)
     load_weights(model, state_dict)
-    extra = {k: v for k, v in meta.items() if k not in ("table", "class_names", "preprocessing")}
+    extra = {k: v for k, v in meta.items() if k not in CHECKPOINT_ENTRIES}
     return Pretrained(model.eval(), table, names, preprocessing, CHECKPOINT_FORMAT, str(path), extra)
 
 

@@ -92,8 +92,6 @@ class InvertedResidual(nn.Module):
 
 
 class _ResidualBlock(nn.Module):
-    expansion = 1
-
     def _shortcut(self, c_in: int, c_out: int, stride: int, norm: Norm) -> nn.Module | None:
         if stride == 1 and c_in == c_out:
             return None
@@ -166,7 +164,7 @@ def init_weights(model: nn.Module, linear: str) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+        elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear) and linear == "uniform":
