@@ -157,7 +157,7 @@ def _device_label(device: str) -> str:
 
 
 def _print_table(rows: list[dict[str, Any]], device: str, batch: int, human) -> None:
-    from effscale.results import megabytes
+    from effscale.results import fixed_width, megabytes
 
     headers = ["model", "res", "width", "depth", "params", "MACs", "FLOPs", "activations",
                f"peak train MB (b={batch})", "latency ms"]
@@ -169,12 +169,7 @@ def _print_table(rows: list[dict[str, Any]], device: str, batch: int, human) -> 
         megabytes(r["peak_mem_mb"]),
         "–" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}",
     ] for r in rows]
-    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    print(line(headers))
-    print("  ".join("-" * w for w in widths))
-    for row in body:
-        print(line(row))
+    print(fixed_width(headers, body, left=1))
 
 
 def print_help(command: str, overrides: list[str]) -> None:

@@ -373,8 +373,15 @@ def format_summary(summary: pd.DataFrame) -> str:
              "–" if pd.isna(r.val_std) else f"{r.val_std:.3f}", str(int(r.seeds)),
              "–" if pd.isna(r.test_acc) else f"{r.test_acc:.3f}", f"{r.train_seconds:.0f}"]
             for i, r in enumerate(summary.itertuples())]
+    return fixed_width(headers, body)
+
+
+def fixed_width(headers: list[str], body: list[list[str]], left: int = 0) -> str:
+    """A text table: the header, a rule, then a line per row; the first `left` columns aligned left,
+    the rest (numbers) right."""
     widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(cells, widths)) for cells in [headers, *body]]
+    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+             for cells in [headers, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
