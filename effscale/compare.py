@@ -447,8 +447,7 @@ class Comparison:
         with closed_if_stopped(loggers):
             metrics = fit_or_fail(model.table, self.data, self.recipe, seed=seed, device=self.device, loggers=loggers,
                                   log=log, label=f"{model.strategy} phi={model.phi:g} seed {seed}")
-        metrics = {k: metrics.get(k) for k in ("state", "val_acc", "test_acc", "epochs", "train_seconds", "reason",
-                                               "device", "precision")}
+        metrics = {k: metrics.get(k) for k in ("state", *results.OUTCOME_KEYS)}
         close_loggers(loggers, {k: (metrics | row).get(k) for k in SUMMARY_KEYS} | {"state": metrics["state"]})
         return row | metrics
 

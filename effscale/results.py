@@ -36,6 +36,8 @@ COLUMNS = CONTRACT + ["test_acc", "reason", "flops", "activations", "latency_ms"
 KEY = ["point", "seed", "strategy"]
 TABLE = "trials.csv"  # a sweep folder's results table
 STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE")
+# What a trained model's outcome (train.fit_or_fail) gives its row, besides its state.
+OUTCOME_KEYS = ("val_acc", "test_acc", "epochs", "train_seconds", "reason", "device", "precision")
 INTEGER = ["trial", "resolution", "params", "macs", "flops", "activations", "seed", "epochs"]
 SINGLE_DIMENSIONS = ("width", "depth", "resolution")  # the strategies compound scaling is compared with
 COMPARE_PREFIX = "compare_"  # the point ids of the rows `effscale compare` writes

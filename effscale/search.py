@@ -817,8 +817,7 @@ class Search:
         original = self.original(job)
         if original is not None:
             # Nothing trains, so nothing to time: train_seconds 0, and epochs those of the result.
-            summary = {k: original.user_attrs.get(k) for k in ("val_acc", "test_acc", "epochs", "reason", "device",
-                                                               "precision")}
+            summary = {k: original.user_attrs.get(k) for k in results.OUTCOME_KEYS}
             summary.update(train_seconds=0.0, same_as=original.user_attrs["point"])
             self.record(trial, summary, original.state.name, progress)
             return False
@@ -854,8 +853,7 @@ class Search:
         with closed_if_stopped(loggers), heartbeat(self.study, trial._trial_id, every_s):
             metrics = fit_or_fail(c.table, self.data, self.recipe, seed=seed, device=self.device, loggers=loggers,
                                   report=report, log=log, label=f"trial {trial.number} ({c.point}, seed {seed})")
-        summary = {k: metrics.get(k) for k in ("val_acc", "test_acc", "epochs", "train_seconds", "reason", "device",
-                                               "precision")}
+        summary = {k: metrics.get(k) for k in results.OUTCOME_KEYS}
         self.record(trial, summary, metrics["state"], progress)  # first: a Ctrl-C while closing keeps it
         close_loggers(loggers, summary | {"macs": c.cost.macs, "params": c.cost.params, "state": metrics["state"]})
 

@@ -245,7 +245,7 @@ def trial_devices(recipe: dict[str, Any], device: str) -> int:
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
         raise UserError(f"trainer.devices: expected a positive integer or auto, got {requested!r}")
     if device.startswith("cuda"):
-        first = int(device.split(":")[1]) if ":" in device else 0
+        first = torch.device(device).index or 0
         seen = torch.cuda.device_count() - first
         if requested > seen:
             raise UserError(f"trainer.devices={requested}: this process sees {max(0, seen)} GPU"
@@ -255,7 +255,7 @@ def trial_devices(recipe: dict[str, Any], device: str) -> int:
 
 def _accelerator(device: str, count: int = 1) -> tuple[str, Any]:
     if device.startswith("cuda"):
-        first = int(device.split(":")[1]) if ":" in device else 0
+        first = torch.device(device).index or 0
         return "gpu", list(range(first, first + count))
     return "cpu", count
 
