@@ -152,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a pipe is block-buffered: write what is left here, not at exit
         return status
     except BrokenPipeError:  # `effscale measure format=csv | head`: the reader has all it wanted
-        # Python would complain again when it flushes stdout at exit; point stdout at nothing instead.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        command = next((a for a in argv if not a.startswith("-")), "")
+        command = _output_lost(argv)
         if command not in TRAINING_COMMANDS or "--help" in argv or "-h" in argv:
             return 0
         output_closed(f"effscale {command}", resumes=command != "finetune")
@@ -162,10 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # `effscale search > log` on a full disk or quota: no traceback for that
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or exc.filename is not None:
             raise
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python would try again at exit
-        command = next((f" {a}" for a in argv if not a.startswith("-")), "")
-        print(f"effscale{command}: stopped: {exc.strerror}", file=sys.stderr)
+        command = _output_lost(argv)
+        print(f"effscale{' ' if command else ''}{command}: stopped: {exc.strerror}", file=sys.stderr)
         return 1
+
+
+def _output_lost(argv: list[str]) -> str:
+    """Point stdout at nothing once it can take no more (Python would try again, and complain, as it
+    flushes at exit); the command that was writing, or "" when none was named."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
 def _main(argv: list[str]) -> int:
