@@ -301,6 +301,7 @@ def scale_stage_table(table: dict[str, Any], mult: Multipliers, resolution_multi
     Per-family rules come from the table itself:
       stem.scale / head.scale: 'width' (round_filters(c·w)), 'width_up' (only when w > 1, as
       MobileNetV2's head), or 'none' (EfficientNet-Lite keeps stem and head fixed).
+      channel_scale: the same rule for every stage's channels ('width' in all the built-in families).
       divisor: the channel rounding multiple (8 for all the built-in families).
       stages[i].fixed_repeats: the stage keeps its repeats whatever the depth (EfficientNet-Lite's first
       and last stage).
