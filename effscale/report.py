@@ -85,6 +85,11 @@ def load_trials(folder: str | Path) -> pd.DataFrame:
     missing = [c for c in ("strategy", "phi", "state", "val_acc") if c not in df.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}; is this an effscale trials.csv?")
+    for column in ("strategy", "phi", *COEFFICIENTS):
+        blank = df[column].isna() if column in df.columns else pd.Series(False, index=df.index)
+        if blank.any():
+            raise UserError(f"{path}: column {column}, row {int(blank.to_numpy().nonzero()[0][0]) + 1}: blank; "
+                            "every row of an effscale table has one")
     for column in sorted(NUMERIC_COLUMNS & set(df.columns)):
         numbers = pd.to_numeric(df[column], errors="coerce")
         bad, what = df[column].notna() & numbers.isna(), "a number"

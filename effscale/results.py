@@ -93,8 +93,8 @@ def read_table(path: Path) -> pd.DataFrame:
     short = next((i for i, n in enumerate(rows, 1) if 0 < n < header), None)
     if short is not None:
         raise UserError(f"{path}: row {short} has {rows[short - 1]} of the header's {header} fields "
-                        "(cut off, or edited by hand?); moved aside, it is written again from the study by "
-                        "the search's command (a comparison's rows are only in the table)")
+                        "(cut off, or edited by hand?); once it is moved aside, the search's command writes it "
+                        "again from its study (a comparison's rows are only in the table)")
     return table
 
 

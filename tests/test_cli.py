@@ -96,7 +96,8 @@ def test_a_key_of_the_comparisons_own_recipe_is_not_called_a_misspelling_and_the
     ["measure", "scale.phi=-1"], ["measure", "format=xml"], ["search", "trainer.lr=abc"],
     ["search", "baseline=nope"], ["compare", "compare.seeds=0"], ["finetune", "finetune.recipe.momentum=1.5"],
     ["predict", "photo.jpg", "--top", "many"], ["predict", "no-such-photo.jpg"], ["predict", "README.md"],
-    ["dashboard", "results/quick", "--port", "70000"],
+    ["dashboard", "results/quick", "--port", "70000"], ["report", "results/quick", "--out", ""],
+    ["dashboard", "--storage", " "],
 ])
 def test_a_mistyped_override_or_argument_is_answered_before_torch_is_imported(args):
     code = ("import sys; from effscale.cli import main; status = main(sys.argv[1:]); "

@@ -299,6 +299,15 @@ def test_the_committed_reports_are_what_their_tables_give_now(tmp_path, sweep):
     assert (tmp_path / "report.md").read_text() == (REPO / "results" / sweep / "report.md").read_text()
 
 
+@pytest.mark.parametrize("column", ["strategy", "phi", "alpha", "beta", "gamma"])
+def test_a_table_with_a_column_emptied_by_hand_is_one_line_naming_it(tmp_path, column):
+    write(tmp_path, compare_table().assign(**{column: None}))
+    with pytest.raises(UserError, match=rf"trials.csv: column {column}, row 1: blank; every row of an effscale table "
+                                        r"has one$"):
+        write_report(tmp_path)
+    assert not (tmp_path / "plots").exists()
+
+
 def test_a_table_with_a_word_where_a_number_belongs_is_one_line_naming_the_cell(tmp_path):
     table = compare_table()
     table["val_acc"] = table["val_acc"].astype(object)
@@ -310,9 +319,9 @@ def test_a_table_with_a_word_where_a_number_belongs_is_one_line_naming_the_cell(
 
 
 @pytest.mark.parametrize("second, message", [
-    ("compound,1,0.7,COMP", r"row 2 has 4 of the header's 5 fields \(cut off, or edited by hand\?\); moved aside, it is "
-                             r"written again from the study by the search's command \(a comparison's rows are only "
-                             r"in the table\)$"),
+    ("compound,1,0.7,COMP", r"row 2 has 4 of the header's 5 fields \(cut off, or edited by hand\?\); once it is moved "
+                             r"aside, the search's command writes it again from its study \(a comparison's rows are "
+                             r"only in the table\)$"),
     ("compound,1,0.7,COMPLETE,1,x\n", r"not a readable CSV table \(Error tokenizing data"),
     ("compound,1,inf,COMPLETE,1\n", r"column val_acc, row 2: inf is not an accuracy between 0 and 1$"),
     ("compound,1,85,COMPLETE,1\n", r"column val_acc, row 2: 85 is not an accuracy between 0 and 1$"),
