@@ -70,7 +70,8 @@ def _path(text: str) -> str:
 def _report(args: list[str]) -> None:
     parser = _ArgumentParser(prog="effscale report", description="Plots and a report from a sweep's results table.")
     parser.add_argument("sweep", type=_path, help="the sweep folder, e.g. results/quick (reads its trials.csv)")
-    parser.add_argument("--out", type=_path, help="where plots/, report.md and report.html go (default: the sweep folder)")
+    parser.add_argument("--out", type=_path,
+                        help="where plots/, report.md and report.html go (default: the sweep folder)")
     parser.add_argument("--metric", default="val_acc", help="accuracy column to report (val_acc or test_acc)")
     opts = parser.parse_args(args)
     from effscale.report import write_report  # after the arguments are known good
@@ -81,10 +82,10 @@ def _report(args: list[str]) -> None:
 
 def _dashboard(args: list[str]) -> None:
     parser = _ArgumentParser(prog="effscale dashboard", description="optuna-dashboard on a sweep's Optuna study.")
-    parser.add_argument("sweep", nargs="?", type=_path, help="the sweep folder, e.g. results/quick (its study.db, journal or "
-                                                 "storage.txt)")
-    parser.add_argument("--storage", type=_path, help="an Optuna storage URL, a SQLite file or a journal file, instead "
-                                             "of a sweep folder")
+    parser.add_argument("sweep", nargs="?", type=_path,
+                        help="the sweep folder, e.g. results/quick (its study.db, journal or storage.txt)")
+    parser.add_argument("--storage", type=_path,
+                        help="an Optuna storage URL, a SQLite file or a journal file, instead of a sweep folder")
     parser.add_argument("--port", type=_port, default=8080, help="default 8080; 0 picks a free one")
     parser.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only); 0.0.0.0 exposes it "
                                                             "to the network")

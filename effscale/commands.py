@@ -167,7 +167,8 @@ def _print_table(rows: list[dict[str, Any]], device: str, batch: int, human) -> 
         r["name"], str(r["resolution"]), f"{r['width_mult']:.3g}", f"{r['depth_mult']:.3g}",
         f"{r['params']:,}", human(r["macs"]), human(r["flops"]), human(r["activations"]),
         megabytes(r["peak_mem_mb"]),
-        "–" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}",
+        "–" if r["latency_ms"] is None else
+        "out of memory" if math.isinf(r["latency_ms"]) else f"{r['latency_ms']:.1f}",
     ] for r in rows]
     print(fixed_width(headers, body, left=1))
 

@@ -20,7 +20,6 @@ normalisation (`adapt_stem`), which also turns an RGB stem into a greyscale one.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from effscale.devices import resolve_device
 from effscale.data import EVAL_CROP, build_datamodule
 from effscale.errors import UserError
 from effscale.files import remove_created, unused_path, writable_folder
+from effscale.measure import least_memory_mb, memory_mb
 from effscale.models.blocks import init_weights
 from effscale.models.network import LINEAR_INIT, ResNet
 from effscale.train import Classifier, interruptible, make_trainer, set_threads
@@ -226,40 +226,6 @@ def check_features_vary(network: nn.Module, data: Any) -> None:
         raise UserError(f"at {data.resolution} px the pretrained network gives every image the same "
                         f"features, to within {spread:.1g} (as Lite0 does when its last stage sees 1×1); "
                         "fine-tune at a larger input, data.resolution=64 or more")
-
-
-def memory_mb(device: str) -> float:
-    """The memory a training step can have: a GPU's total, or what the operating system says is available."""
-    if device.startswith("cuda"):
-        return torch.cuda.mem_get_info(torch.device(device))[1] / 2**20
-    try:
-        with open("/proc/meminfo") as meminfo:
-            return next(int(line.split()[1]) / 1024 for line in meminfo if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):  # not Linux
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def least_memory_mb(network: nn.Module, in_channels: int, resolution: int, batch_size: int) -> float:
-    """A floor under the memory of any training step: the weights, the input batch, and the largest
-    feature map of a forward pass in 16 bits, which even a frozen backbone under bf16 holds at once
-    (from shapes, on the meta device). A full step in fp32 needs several times more."""
-    meta = copy.deepcopy(network).to("meta").eval()
-    largest = 0
-
-    def seen(module: nn.Module, args: Any, out: Any) -> None:
-        nonlocal largest
-        if isinstance(out, torch.Tensor):
-            largest = max(largest, out[0].numel())
-
-    hooks = [m.register_forward_hook(seen) for m in meta.modules() if not any(m.children())]
-    try:
-        with torch.no_grad():
-            meta(torch.empty(1, in_channels, resolution, resolution, device="meta"))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    weights = sum(p.numel() * p.element_size() for p in network.parameters())
-    return (weights + batch_size * (in_channels * resolution**2 * 4 + largest * 2)) / 2**20
 
 
 @contextmanager

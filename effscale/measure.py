@@ -23,6 +23,7 @@ import copy
 import gc
 import json
 import math
+import os
 import re
 import statistics
 import time
@@ -460,9 +461,59 @@ def cuda_peak_train_mb(build: Callable[[], nn.Module], resolution: int, batch_si
         torch.cuda.empty_cache()
 
 
+def memory_mb(device: str) -> float:
+    """The memory a model on `device` can have: a GPU's total, or what the operating system says is available."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[1] / 2**20
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) / 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):  # not Linux
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def least_memory_mb(network: nn.Module, in_channels: int, resolution: int, batch_size: int) -> float:
+    """A floor under the memory of any forward pass or training step: the weights, the input batch, and
+    the largest feature map of a forward pass in 16 bits, which even a frozen backbone under bf16 holds
+    at once (from shapes, on the meta device). A full step in fp32 needs several times more."""
+    meta = copy.deepcopy(network).to("meta").eval()
+    largest = 0
+
+    def seen(module: nn.Module, args: Any, out: Any) -> None:
+        nonlocal largest
+        if isinstance(out, torch.Tensor):
+            largest = max(largest, out[0].numel())
+
+    hooks = [m.register_forward_hook(seen) for m in meta.modules() if not any(m.children())]
+    try:
+        with torch.no_grad():
+            meta(torch.empty(1, in_channels, resolution, resolution, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    weights = sum(p.numel() * p.element_size() for p in network.parameters())
+    return (weights + batch_size * (in_channels * resolution**2 * 4 + largest * 2)) / 2**20
+
+
 def latency_ms(model: nn.Module, resolution: int, device: str = "cpu", in_channels: int = 3,
                batch_size: int = 1, repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall time of an inference forward pass on `device` (channels_last, no grad)."""
+    """Median wall time of an inference forward pass on `device` (channels_last, no grad); infinite
+    when the pass cannot fit in the device's memory (over any latency budget, as `cuda_peak_train_mb`)."""
+    if least_memory_mb(model, in_channels, resolution, batch_size) > memory_mb(device):
+        return math.inf  # the kernel would stop the process before an allocation failed
+    try:
+        return _latency_ms(model, resolution, device, in_channels, batch_size, repeats, warmup)
+    except RuntimeError as exc:  # torch.OutOfMemoryError on CUDA; the CPU allocator's is a RuntimeError
+        if not (isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)):
+            raise
+        return math.inf
+    finally:
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def _latency_ms(model: nn.Module, resolution: int, device: str, in_channels: int, batch_size: int, repeats: int,
+                warmup: int) -> float:
     model = model.to(device).eval().to(memory_format=torch.channels_last)
     x = torch.randn(batch_size, in_channels, resolution, resolution, device=device).to(memory_format=torch.channels_last)
     times = []

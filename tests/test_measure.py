@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from effscale.measure import count_macs_and_activations, count_training_forward, measure_table, measure_tables
 from effscale.models import build_model
 from effscale.scaling import compound_grid, compound_multipliers, scale_stage_table, scaled_baseline
+from effscale.weights import architecture
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "baseline"
 BASELINES = sorted(p.stem for p in CONF.glob("*.yaml"))
@@ -419,3 +420,24 @@ def test_the_counting_pass_counts_convolutions_of_any_dimension_and_transposed_o
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         out = model.eval()(torch.empty(1, 3, 16, 16, device="meta"))
     assert count_macs_and_activations(model, 16) == (counter.get_total_flops() // 2, 8 * 256 + 4 * 252 + out.numel())
+
+
+def test_a_latency_pass_that_cannot_fit_in_memory_is_infinite_and_the_table_says_out_of_memory(monkeypatch, capsys):
+    from effscale import measure
+    from effscale.commands import _print_table
+
+    model = build_model(architecture("efficientnet_b0"))
+    monkeypatch.setattr(measure, "memory_mb", lambda device: 10.0)  # under B0's 21 MB of weights: refused unrun
+    monkeypatch.setattr(measure, "_latency_ms", lambda *a: pytest.fail("ran a pass that cannot fit"))
+    assert math.isinf(measure.latency_ms(model, 64))
+    monkeypatch.setattr(measure, "memory_mb", lambda device: 1e9)
+    failed = "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate"
+    monkeypatch.setattr(measure, "_latency_ms", lambda *a: (_ for _ in ()).throw(RuntimeError(failed)))
+    assert math.isinf(measure.latency_ms(model, 64))  # past the floor: the allocator's failure
+    monkeypatch.setattr(measure, "_latency_ms", lambda *a: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        measure.latency_ms(model, 64)
+    row = dict(name="m", resolution=64, width_mult=1.0, depth_mult=1.0, params=1, macs=1, flops=2, activations=1,
+               peak_mem_mb=None, latency_ms=math.inf)
+    _print_table([row], "cpu", 8, measure.human)
+    assert capsys.readouterr().out.splitlines()[2].endswith("  out of memory")

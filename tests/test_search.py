@@ -186,7 +186,8 @@ def test_a_cut_off_table_is_refused_and_once_moved_aside_is_written_again_from_t
     first = tiny_search(tmp_path)
     table = tmp_path / "tiny" / "trials.csv"
     table.write_text(table.read_text()[:300])  # a copy cut short
-    with pytest.raises(UserError, match="row 1 has .* fields .*; once it is moved aside, the search's command writes it again from its study"):
+    with pytest.raises(UserError, match="row 1 has .* fields .*; once it is moved aside, the search's command "
+                                        "writes it again from its study"):
         tiny_search(tmp_path)
     table.rename(tmp_path / "tiny" / "trials.cut.csv")
     pd.testing.assert_frame_equal(first, tiny_search(tmp_path))  # nothing trained again, no row lost
