@@ -53,6 +53,7 @@ def solve_multiplier(ratio_at: Callable[[float], float], target: float, max_step
         return target in seen.values()
 
     lo, hi = 1.0, target
+    at(lo)  # the unscaled model: the nearest when the first step up overshoots further (depth's often does)
     if at(hi) < target:
         lo = hi
         while at(hi := hi * 2) < target:
@@ -138,21 +139,6 @@ def matched_models(base: dict[str, Any], strategies: list[str], phi: float, alph
     return models
 
 
-def best_point(trials: pd.DataFrame, metric: str = "val_acc") -> tuple[float, float, float]:
-    """The (α, β, γ) of a search's best grid point: the highest mean `metric` over its completed seeds
-    (ties as `results.best_first` breaks them). A point that only repeats another's network (`same_as`)
-    has that point's first seed alone, so it is left out."""
-    rows = results.search_trials(trials)
-    rows = rows[rows["state"] == "COMPLETE"]
-    rows = results.trained(rows).dropna(subset=[metric])
-    if rows.empty:
-        raise ValueError("no completed search trial")
-    columns = {metric: (metric, "mean")} | ({"macs_ratio": ("macs_ratio", "first")} if "macs_ratio" in rows else {})
-    means = rows.groupby(["alpha", "beta", "gamma"], sort=False).agg(**columns).reset_index()
-    best = results.best_first(means, metric).iloc[0]
-    return float(best["alpha"]), float(best["beta"]), float(best["gamma"])
-
-
 # --- the command: plan every model, then train each (strategy, φ, seed) not yet in the table ---------
 
 SUMMARY_KEYS = ("val_acc", "test_acc", "macs", "params", "train_seconds")
@@ -192,7 +178,7 @@ def coefficients(cfg: dict[str, Any]) -> Coefficients:
         trials = results.read_trials(table)
         searched = trials[~results.from_compare(trials)]
         try:
-            alpha, beta, gamma = best_point(searched)
+            alpha, beta, gamma = results.best_point(searched)
         except (KeyError, ValueError):
             raise UserError(f"compare.from_search={source}: no completed search trial in {table}") from None
         origin, seeds = f"best point of {source}", tuple(sorted({int(s) for s in searched["seed"].dropna()}))

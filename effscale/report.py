@@ -30,8 +30,8 @@ import pandas as pd
 
 from effscale.errors import UserError
 from effscale.files import first_new_folder, remove_created, write_atomically
-from effscale.results import (MODEL_COLUMNS, SINGLE_DIMENSIONS, STATES, best_first, from_compare, megabytes,
-                              mixed_training, read_table, search_trials, table_path)
+from effscale.results import (MODEL_COLUMNS, SINGLE_DIMENSIONS, STATES, best_first, best_point, from_compare,
+                              megabytes, mixed_training, read_table, search_trials, table_path, trained)
 
 COEFFICIENTS = ["alpha", "beta", "gamma"]
 METRICS = ("val_acc", "test_acc")  # what `--metric` may rank by
@@ -190,12 +190,13 @@ def other_comparisons(df: pd.DataFrame, metric: str = "val_acc") -> str:
 
 
 def _compare_coefficients(compound: pd.DataFrame, metric: str) -> dict[str, float]:
+    """The α, β, γ compound is shown with: those its rows at φ ≠ 1 were scaled with (the most rows, then
+    the best mean), or else the search's best point, as `effscale compare` takes it."""
     scaled = compound[compound["phi"] != 1]
-    pool = scaled if not scaled.empty else compound
-    means = pool.groupby(COEFFICIENTS)[metric].agg(["size", "mean"])
-    best = means.sort_values(["size", "mean"], ascending=False).index[0] if not scaled.empty \
-        else means["mean"].idxmax()
-    return dict(zip(COEFFICIENTS, best))
+    if scaled.empty and not trained(search_trials(compound)).empty:
+        return dict(zip(COEFFICIENTS, best_point(compound, metric)))
+    means = (scaled if not scaled.empty else compound).groupby(COEFFICIENTS)[metric].agg(["size", "mean"])
+    return dict(zip(COEFFICIENTS, means.sort_values(["size", "mean"], ascending=False).index[0]))
 
 
 # --- the numbers of the report ----------------------------------------------------------------------
@@ -287,8 +288,8 @@ def search_table(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     out = []
     for (alpha, beta, gamma), group in rows.groupby(COEFFICIENTS):
         same = group["same_as"].dropna() if "same_as" in group and "point" in rows else ()
-        trained = rows[rows["point"] == same.iloc[0]] if len(same) else group
-        done = completed(trained, metric)
+        network = rows[rows["point"] == same.iloc[0]] if len(same) else group
+        done = completed(network, metric)
         mean, half, n = mean_ci(done[metric])
         states = group["state"].value_counts()
         state = "COMPLETE" if n else states.index[0]

@@ -62,6 +62,21 @@ def search_trials(df: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
+def best_point(trials: pd.DataFrame, metric: str = "val_acc") -> tuple[float, float, float]:
+    """The (α, β, γ) of a search's best grid point: the highest mean `metric` over its completed seeds
+    (ties as `results.best_first` breaks them). A point that only repeats another's network (`same_as`)
+    has that point's first seed alone, so it is left out."""
+    rows = search_trials(trials)
+    rows = rows[rows["state"] == "COMPLETE"]
+    rows = trained(rows).dropna(subset=[metric])
+    if rows.empty:
+        raise ValueError("no completed search trial")
+    columns = {metric: (metric, "mean")} | ({"macs_ratio": ("macs_ratio", "first")} if "macs_ratio" in rows else {})
+    means = rows.groupby(["alpha", "beta", "gamma"], sort=False).agg(**columns).reset_index()
+    best = best_first(means, metric).iloc[0]
+    return float(best["alpha"]), float(best["beta"]), float(best["gamma"])
+
+
 def read_trials(path: str | Path) -> pd.DataFrame:
     """The table at `path` (a trials.csv or the sweep folder holding it); empty if there is none. One
     that cannot be read as written is a UserError (`read_table`)."""

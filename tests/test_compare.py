@@ -55,6 +55,9 @@ def test_bisection_finds_the_step_nearest_the_target():
     steps = [(1.0, 1.0), (1.5, 1.92), (1.9, 1.99), (2.0, 2.15), (3.0, 3.2)]
     s, ratio = solve_multiplier(lambda s: max(r for edge, r in steps if s >= edge), 2.0)
     assert ratio == 1.99 and 1.9 <= s < 2.0
+    # The first step up overshoots further than the unscaled model falls short (depth: any d > 1 adds a
+    # layer to every stage): the unscaled model is the nearest.
+    assert solve_multiplier(lambda s: 1.0 if s <= 1 else 1.5, 1.15) == (1.0, 1.0)
 
 
 def test_of_the_multipliers_that_build_the_nearest_network_the_one_nearest_the_analytic_guess_is_kept():

@@ -251,7 +251,7 @@ def test_metric_test_acc_ranks_by_it_and_a_wrong_metric_writes_nothing(tmp_path)
 
 def test_search_report_and_compare_break_a_tie_alike_the_cheaper_point_first():
     from effscale import results
-    from effscale.compare import best_point
+    from effscale.results import best_point
 
     # Three points at the same mean accuracy (the quick sweep's tie): α=1.4 β=1 has the fewest measured
     # MACs (×2.04 against ×2.06) and is listed last; α=1.6 β=1 repeats its network (same_as), so it
@@ -265,6 +265,17 @@ def test_search_report_and_compare_break_a_tie_alike_the_cheaper_point_first():
     assert best_point(table) == (1.4, 1.0, 1.1952)
     assert search_table(table)[["alpha", "beta"]].values.tolist() == [[1.4, 1.0], [1.0, 1.4], [1.6, 1.0], [1.2, 1.0]]
     assert tuple(results.seed_summary(table).iloc[0][["alpha", "beta"]]) == (1.4, 1.0)
+
+
+def test_a_table_without_comparison_rows_shows_compound_at_the_point_compare_would_take():
+    # p2 repeats p1's network (same_as) with p1's first seed alone: p1, over both its seeds, is the best point.
+    rows = [row(0, "compound", 1, 0, 0.80, alpha=1.2, beta=1.1, gamma=1.1736),
+            row(1, "compound", 1, 1, 0.70, alpha=1.2, beta=1.1, gamma=1.1736),
+            row(2, "compound", 1, 0, 0.80, alpha=1.25, beta=1.1, gamma=1.15),
+            row(3, "width", 1, 0, 0.74), row(4, "width", 1, 1, 0.72)]
+    table = pd.DataFrame(rows).assign(point=["p1", "p1", "p2", "w", "w"], same_as=[None, None, "p1", None, None])
+    compound = strategy_summary(table).set_index("strategy").loc["compound"]
+    assert (compound["n"], compound["mean"]) == (2, pytest.approx(0.75))
 
 
 def test_error_bars_stop_at_0_and_100_percent():
