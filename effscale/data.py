@@ -505,9 +505,10 @@ EVAL_CROP = 0.875  # evaluation resizes to resolution / 0.875, then centre-crops
 Sample = tuple[str, int]
 
 
-def _unreadable(path: str) -> str | None:
-    """Why PIL cannot decode `path`, or None. `verify()` checks the container without decoding (and
-    leaves the image unusable), and a truncated JPEG passes it, so a second open decodes the pixels."""
+def _checked(path: str) -> tuple[str | None, int]:
+    """Why PIL cannot decode `path` (None: it can), and its pixel count. `verify()` checks the container
+    without decoding (and leaves the image unusable), and a truncated JPEG passes it, so a second open
+    decodes the pixels."""
     from PIL import Image
 
     try:
@@ -516,8 +517,8 @@ def _unreadable(path: str) -> str | None:
         with Image.open(path) as image:
             image.load()
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-        return f"{type(exc).__name__}: {exc}"
-    return too_elongated(image.size)
+        return f"{type(exc).__name__}: {exc}", 0
+    return too_elongated(image.size), image.width * image.height
 
 
 class _ImageFiles(torch.utils.data.Dataset):
@@ -533,16 +534,19 @@ class _ImageFiles(torch.utils.data.Dataset):
         from PIL import Image
 
         path, label = self.samples[index]
-        try:
-            with Image.open(path) as image:
-                why = too_elongated(image.size)
-                if why:
-                    raise ValueError(why)
-                image = to_8bit(upright(image), self.mode)  # decodes it
-        except Exception as exc:  # every trial would meet it: stop, naming the file
-            raise UserError(f"{path}: unreadable image ({type(exc).__name__}: {exc}); "
-                            "data.verify=true skips such files") from None
-        return self.transform(image), label
+        # Setup warned of an image beyond Pillow's pixel guard, which Pillow checks again at each open and crop.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                with Image.open(path) as image:
+                    why = too_elongated(image.size)
+                    if why:
+                        raise ValueError(why)
+                    image = to_8bit(upright(image), self.mode)  # decodes it
+            except Exception as exc:  # every trial would meet it: stop, naming the file
+                raise UserError(f"{path}: unreadable image ({type(exc).__name__}: {exc}); "
+                                "data.verify=true skips such files") from None
+            return self.transform(image), label
 
 
 def _class_folders(folder: Path) -> set[str]:
@@ -687,29 +691,40 @@ class ImageFolderDataModule(DataModule):
 
     def _without_unreadable(self, splits: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
         """Each file opened once, in parallel threads (PIL decodes without the GIL); the unreadable ones
-        dropped with a single warning that counts them and names the first."""
+        dropped with a single warning that counts them and names the first. A split left with no image,
+        or with none of a class it had (a test accuracy over the other classes only), is refused."""
+        from PIL import Image
+
         paths = sorted({path for samples in splits.values() for path, _ in samples})
-        with ThreadPoolExecutor(max(1, self.num_workers)) as pool:
-            problems = {path: why for path, why in zip(paths, pool.map(_unreadable, paths)) if why}
+        # Pillow's warning of an image beyond its pixel guard names no file and comes at each open: ours instead.
+        with warnings.catch_warnings(), ThreadPoolExecutor(max(1, self.num_workers)) as pool:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            checked = dict(zip(paths, pool.map(_checked, paths)))
+        problems = {path: why for path, (why, _) in checked.items() if why}
+        limit = Image.MAX_IMAGE_PIXELS
+        large = {path: pixels for path, (why, pixels) in checked.items() if not why and limit and pixels > limit}
+        if large:
+            largest = max(large, key=large.get)
+            warnings.warn(f"{self.root}: {len(large)} image(s) beyond Pillow's {limit:,} pixels (a guard against "
+                          f"decompression bombs), the largest {largest} ({large[largest]:,} pixels), decoded at "
+                          "every epoch", stacklevel=2)
         if not problems:
             return splits
-        first = min(problems)
-        warnings.warn(f"{self.root}: skipped {len(problems)} unreadable image(s), the first {first} "
-                      f"({problems[first]})", stacklevel=2)
         kept = {split: [s for s in samples if s[0] not in problems] for split, samples in splits.items()}
         for split, samples in kept.items():
             if not samples:
                 raise UserError(f"{self.root}: no readable images left in the {split} split")
-        untrained = set(range(len(self.class_names))) - {label for _, label in kept["train"]}
-        lost: dict[int, list[str]] = {}
-        for path, label in splits["train"]:
-            if label in untrained:  # and so unreadable, each of its training images
-                lost.setdefault(label, []).append(path)
-        if lost:
-            label = min(lost)
-            first = min(lost[label])
-            raise UserError(f"{self.root}: no readable training image of class {self.class_names[label]} is left "
-                            f"({len(lost[label])} unreadable, the first {first}: {problems[first]})")
+        for split, samples in splits.items():
+            gone = {label for _, label in samples} - {label for _, label in kept[split]}
+            if gone:  # and so unreadable, each image of the class in this split
+                label = min(gone)
+                lost = sorted(path for path, of in samples if of == label)
+                what = "training" if split == "train" else split
+                raise UserError(f"{self.root}: no readable {what} image of class {self.class_names[label]} is left "
+                                f"({len(lost)} unreadable, the first {lost[0]}: {problems[lost[0]]})")
+        first = min(problems)
+        warnings.warn(f"{self.root}: skipped {len(problems)} unreadable image(s), the first {first} "
+                      f"({problems[first]})", stacklevel=2)
         return kept
 
     def _transform(self, train: bool) -> Any:

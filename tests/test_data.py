@@ -6,6 +6,7 @@ import gzip
 import re
 import shutil
 import struct
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -343,6 +344,23 @@ def test_imagefolder_skips_unreadable_images_with_one_counted_warning(tmp_path):
     assert next(iter(module.val_dataloader()))[0].shape == (3, 3, 16, 16)
 
 
+def test_an_image_beyond_pillows_pixel_guard_is_one_warning_naming_it_not_pillows_at_every_open(tmp_path,
+                                                                                                 monkeypatch):
+    root = _image_tree(tmp_path / "photos", per_class=3)  # 20×24 = 480 pixels each
+    Image.new("RGB", (30, 30)).save(root / "cat" / "large.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)  # as 9500×9500 is beyond Pillow's 89 million
+    module = build_datamodule(_folder_cfg(root, val_fraction=0.25), resolution=16, batch_size=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module.setup()
+        for _ in range(20):  # random crops of the large image, some beyond the guard again
+            list(module.train_dataloader())
+        list(module.val_dataloader())
+    assert [str(w.message) for w in caught] == [
+        f"{root}: 1 image(s) beyond Pillow's 600 pixels (a guard against decompression bombs), the largest "
+        f"{root / 'cat' / 'large.png'} (900 pixels), decoded at every epoch"]
+
+
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_an_unreadable_image_met_without_verify_stops_in_one_line_naming_it(tmp_path, num_workers):
     root = _image_tree(tmp_path / "photos", per_class=2)
@@ -512,17 +530,21 @@ def test_no_validation_images_is_one_line(tmp_path):
         build_datamodule(_fashion_cfg(_tiny_fashion_root(tmp_path / "fm"), val_size=0), 28, 8)
 
 
-def test_a_class_whose_training_images_are_all_unreadable_is_one_line_not_a_class_never_trained(tmp_path):
+@pytest.mark.parametrize("split, what", [("train", "training"), ("test", "test")])
+def test_a_class_whose_images_of_a_split_are_all_unreadable_is_one_line_not_a_class_never_trained_or_tested(
+        tmp_path, recwarn, split, what):
     root = tmp_path / "photos"
-    train, _ = _image_tree(root / "train", per_class=3), _image_tree(root / "val", per_class=2)
+    for name in ("train", "val", "test"):
+        _image_tree(root / name, per_class=3)
     for index in range(3):
-        (train / "dog" / f"{index}.{'png' if index % 2 else 'jpg'}").write_bytes(b"not an image")
+        (root / split / "dog" / f"{index}.{'png' if index % 2 else 'jpg'}").write_bytes(b"not an image")
     module = build_datamodule(_folder_cfg(root), resolution=16, batch_size=4)
-    with pytest.warns(UserWarning, match="skipped 3 unreadable"), pytest.raises(UserError) as raised:
+    with pytest.raises(UserError) as raised:
         module.setup()
-    assert str(raised.value).startswith(f"{root}: no readable training image of class dog is left (3 unreadable, "
-                                        f"the first {train / 'dog' / '0.jpg'}: ")
+    assert str(raised.value).startswith(f"{root}: no readable {what} image of class dog is left (3 unreadable, "
+                                        f"the first {root / split / 'dog' / '0.jpg'}: ")
     assert "\n" not in str(raised.value) and module._samples is None
+    assert not [w for w in recwarn if "unreadable" in str(w.message)]  # the refusal is the one line
 
 
 @pytest.mark.parametrize("data_seed", range(4))
