@@ -701,15 +701,6 @@ class ImageFolderDataModule(DataModule):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             checked = dict(zip(paths, pool.map(_checked, paths)))
         problems = {path: why for path, (why, _) in checked.items() if why}
-        limit = Image.MAX_IMAGE_PIXELS
-        large = {path: pixels for path, (why, pixels) in checked.items() if not why and limit and pixels > limit}
-        if large:
-            largest = max(large, key=large.get)
-            warnings.warn(f"{self.root}: {len(large)} image(s) beyond Pillow's {limit:,} pixels (a guard against "
-                          f"decompression bombs), the largest {largest} ({large[largest]:,} pixels), decoded at "
-                          "every epoch", stacklevel=2)
-        if not problems:
-            return splits
         kept = {split: [s for s in samples if s[0] not in problems] for split, samples in splits.items()}
         for split, samples in kept.items():
             if not samples:
@@ -722,9 +713,17 @@ class ImageFolderDataModule(DataModule):
                 what = "training" if split == "train" else split
                 raise UserError(f"{self.root}: no readable {what} image of class {self.class_names[label]} is left "
                                 f"({len(lost)} unreadable, the first {lost[0]}: {problems[lost[0]]})")
-        first = min(problems)
-        warnings.warn(f"{self.root}: skipped {len(problems)} unreadable image(s), the first {first} "
-                      f"({problems[first]})", stacklevel=2)
+        if problems:
+            first = min(problems)
+            warnings.warn(f"{self.root}: skipped {len(problems)} unreadable image(s), the first {first} "
+                          f"({problems[first]})", stacklevel=2)
+        limit = Image.MAX_IMAGE_PIXELS
+        large = {path: pixels for path, (why, pixels) in checked.items() if not why and limit and pixels > limit}
+        if large:
+            largest = max(large, key=large.get)
+            warnings.warn(f"{self.root}: {len(large)} image(s) beyond Pillow's {limit:,} pixels (a guard against "
+                          f"decompression bombs), the largest {largest} ({large[largest]:,} pixels), decoded at "
+                          "every epoch", stacklevel=2)
         return kept
 
     def _transform(self, train: bool) -> Any:
