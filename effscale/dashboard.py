@@ -105,7 +105,7 @@ def read_storage(storage: str) -> Any:
     what, engine = storage, {}
     if "://" not in storage:
         if not Path(storage).is_file():
-            raise UserError(f"storage {storage}: no such journal file")
+            raise UserError(f"storage {storage}: no such file")
         if not _journal_or_empty(Path(storage)):  # Optuna's reader skips lines it cannot parse: it would serve none
             raise UserError(f"storage {storage}: not an Optuna journal file (its first line is no journal record)")
     elif storage.startswith("sqlite:"):

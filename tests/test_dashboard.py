@@ -205,8 +205,9 @@ def test_a_missing_or_corrupt_storage_is_one_line_and_no_file_is_created(tmp_pat
     cases = [(["--storage", f"sqlite:///{missing_db}"], f"storage sqlite:///{missing_db}: no such SQLite file"),
              (["--storage", f"sqlite:///{garbage}"], f"storage sqlite:///{garbage}: {not_optuna}"),
              ([str(sweep)], f"storage sqlite:///{sweep / 'study.db'}: {not_optuna}"),
-             (["--storage", f"journal://{missing_log}"], f"storage {missing_log}: no such journal file"),
-             (["--storage", str(missing_log)], f"storage {missing_log}: no such journal file"),
+             (["--storage", f"journal://{missing_log}"], f"storage {missing_log}: no such file"),
+             (["--storage", str(missing_log)], f"storage {missing_log}: no such file"),
+             (["--storage", str(missing_db)], f"storage {missing_db}: no such file"),  # SQLite or journal: unknown
              (["--storage", str(notes)], f"storage {notes}: not an Optuna journal file (its first line is no "
                                          "journal record)")]
     for args, message in cases:
