@@ -54,7 +54,8 @@ def _opened(path: str | Path, read: Callable[[Any], T], warn: bool = False) -> T
 
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path}: no such file")
+        why = "a symbolic link that leads to no file (broken, or a loop)" if path.is_symlink() else "no such file"
+        raise UserError(f"{path}: {why}")
     if not path.is_file():
         raise UserError(f"{path}: not a file")
     try:

@@ -123,6 +123,8 @@ def tiff_with_fractional_strip_offsets(tmp_path):
 
 @pytest.mark.parametrize("make, needle", [
     (lambda p: p / "missing.jpg", "missing.jpg: no such file"),
+    (lambda p: ((p / "loop.jpg").symlink_to(p / "loop.jpg"), p / "loop.jpg")[1],
+     "loop.jpg: a symbolic link that leads to no file (broken, or a loop)"),
     (lambda p: p, "not a file"),
     (lambda p: (p / "notes.txt", (p / "notes.txt").write_text("hello"))[0], "notes.txt: not an image"),
     (truncated_png, "cut.png: corrupt or truncated image"),
