@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 log = logging.getLogger("effscale.search")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -45,7 +45,7 @@ def is_stale(trial: FrozenTrial, stale_after_s: float) -> bool:
     one's whose pid came back."""
     attrs, here = trial.user_attrs, this_process()
     if attrs.get("pid") and (attrs.get("host"), attrs.get("pid_ns")) == (here["host"], here["pid_ns"]):
-        return attrs["pid"] == here["pid"] or not _alive(int(attrs["pid"]))
+        return attrs["pid"] == here["pid"] or not alive(int(attrs["pid"]))
     started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
     return time.time() - float(attrs.get("heartbeat", started)) > stale_after_s
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from effscale.claims import claim, holders, owner
 from effscale.config import load, model_table
 from effscale.devices import available_cores, resolve_device
 from effscale.errors import UserError, output_closed
-from effscale.liveness import fail_stale_trials, mark_stale
+from effscale.liveness import alive, fail_stale_trials, mark_stale
 from effscale.search import Job, Search
 from effscale.stops import interrupts_deferred, stops_as_interrupt
 from effscale.storages import absolute, without_password
@@ -186,7 +187,7 @@ def run_workers(commands: list[list[str]], stop_s: float = 30.0) -> int:
     and this process prints those that are news: each worker's "interrupted" after a stop, but not
     those of the workers it stopped because another met a UserError."""
     procs: list[subprocess.Popen] = []
-    with stops_as_interrupt(), tempfile.TemporaryDirectory(prefix="effscale-workers-") as folder:
+    with stops_as_interrupt(), _last_lines_folder() as folder:
         lines = [Path(folder, str(i)) for i in range(len(commands))]
         try:
             for command, line in zip(commands, lines):
@@ -209,6 +210,19 @@ def run_workers(commands: list[list[str]], stop_s: float = 30.0) -> int:
             raise
         _print_last_lines(lines)
         return sum(p.returncode != 0 for p in procs)
+
+
+LAST_LINES = "effscale-workers-"  # the temporary folders of `run_workers`: effscale-workers-<its pid>-<random>
+
+
+def _last_lines_folder() -> tempfile.TemporaryDirectory:
+    """A temporary folder for the workers' last lines, named for this process. Those of searches that
+    ended without removing theirs (`kill -9`) are removed first."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{LAST_LINES}*"):
+        pid = folder.name[len(LAST_LINES):].split("-")[0]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{LAST_LINES}{os.getpid()}-")
 
 
 def _print_last_lines(lines: list[Path]) -> None:
@@ -276,7 +290,10 @@ def last_line(line: str, error: UserError | None = None) -> None:
     """A worker's last line: to the `run_workers` that started it (an error bare, as the search command
     raises it), or on stderr where nothing did."""
     path = os.environ.get(LAST_LINE)
-    if path:
-        Path(path).write_text(f"{error if error is not None else line}\n")
-    else:
-        print(f"effscale search: {line}", file=sys.stderr)
+    try:
+        if path:
+            Path(path).write_text(f"{error if error is not None else line}\n")
+            return
+    except OSError:  # its folder gone with the search that started it (killed, and another search cleared it)
+        pass
+    print(f"effscale search: {line}", file=sys.stderr)

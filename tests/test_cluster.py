@@ -323,6 +323,30 @@ def test_a_worker_stopped_while_it_still_imports_says_interrupted_without_a_trac
     assert worker.stderr.read() == "effscale search: worker 3: interrupted\n"
 
 
+def test_the_folder_a_killed_search_left_its_workers_last_lines_in_is_removed_by_the_next(tmp_path, monkeypatch):
+    import tempfile
+
+    from effscale.workers import run_workers
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f"effscale-workers-{int(ended.stdout)}-k1lled"  # its search is gone
+    running = tmp_path / f"effscale-workers-{os.getpid()}-running"  # another search's, still running
+    for folder in (left, running):
+        folder.mkdir()
+        (folder / "0").write_text("interrupted\n")
+    assert run_workers([[sys.executable, "-c", "pass"]]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name]
+
+
+def test_a_worker_whose_last_lines_folder_is_gone_says_its_last_line_on_stderr(tmp_path, monkeypatch, capsys):
+    from effscale.workers import LAST_LINE, last_line
+
+    monkeypatch.setenv(LAST_LINE, str(tmp_path / "gone" / "0"))
+    last_line("worker 0: interrupted")
+    assert capsys.readouterr().err == "effscale search: worker 0: interrupted\n"
+
+
 def test_a_worker_that_cannot_start_stops_those_already_started(tmp_path):
     from effscale.workers import run_workers
 
