@@ -38,7 +38,7 @@ from effscale.claims import claim, holders, owner
 from effscale.config import load, model_table
 from effscale.devices import available_cores, resolve_device
 from effscale.errors import UserError, output_closed
-from effscale.liveness import alive, fail_stale_trials, mark_stale
+from effscale.liveness import alive, fail_stale_trials, mark_stale, this_process
 from effscale.search import Job, Search
 from effscale.stops import interrupts_deferred, stops_as_interrupt
 from effscale.storages import absolute, without_password
@@ -212,17 +212,20 @@ def run_workers(commands: list[list[str]], stop_s: float = 30.0) -> int:
         return sum(p.returncode != 0 for p in procs)
 
 
-LAST_LINES = "effscale-workers-"  # the temporary folders of `run_workers`: effscale-workers-<its pid>-<random>
+LAST_LINES = "effscale-workers-"  # `run_workers`'s temporary folders: effscale-workers-<host>.<pid namespace>.<pid>-…
 
 
 def _last_lines_folder() -> tempfile.TemporaryDirectory:
     """A temporary folder for the workers' last lines, named for this process. Those of searches that
-    ended without removing theirs (`kill -9`) are removed first."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{LAST_LINES}*"):
-        pid = folder.name[len(LAST_LINES):].split("-")[0]
+    ended without removing theirs (`kill -9`) are removed first: of this host and pid namespace, whose
+    process is gone (a /tmp shared with other hosts or containers holds theirs too)."""
+    here = this_process()
+    ours = f"{LAST_LINES}{here['host']}.{''.join(c for c in here['pid_ns'] if c.isdigit())}."
+    for folder in Path(tempfile.gettempdir()).glob(f"{ours}*"):
+        pid = folder.name[len(ours):].split("-")[0]
         if pid.isdigit() and not alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-    return tempfile.TemporaryDirectory(prefix=f"{LAST_LINES}{os.getpid()}-")
+    return tempfile.TemporaryDirectory(prefix=f"{ours}{here['pid']}-", ignore_cleanup_errors=True)
 
 
 def _print_last_lines(lines: list[Path]) -> None:

@@ -328,15 +328,21 @@ def test_the_folder_a_killed_search_left_its_workers_last_lines_in_is_removed_by
 
     from effscale.workers import run_workers
 
+    from effscale.liveness import this_process
+
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    left = tmp_path / f"effscale-workers-{int(ended.stdout)}-k1lled"  # its search is gone
-    running = tmp_path / f"effscale-workers-{os.getpid()}-running"  # another search's, still running
-    for folder in (left, running):
+    ended = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                               text=True).stdout)
+    here = this_process()
+    ours = f"effscale-workers-{here['host']}.{''.join(c for c in here['pid_ns'] if c.isdigit())}."
+    left = tmp_path / f"{ours}{ended}-k1lled"  # its search is gone
+    running = tmp_path / f"{ours}{os.getpid()}-running"  # another search's, still running
+    elsewhere = tmp_path / f"effscale-workers-{here['host']}.1.{ended}-other"  # another pid namespace's
+    for folder in (left, running, elsewhere):
         folder.mkdir()
         (folder / "0").write_text("interrupted\n")
     assert run_workers([[sys.executable, "-c", "pass"]]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, elsewhere.name])
 
 
 def test_a_worker_whose_last_lines_folder_is_gone_says_its_last_line_on_stderr(tmp_path, monkeypatch, capsys):
